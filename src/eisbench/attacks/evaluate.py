@@ -1,0 +1,63 @@
+"""Accuracy and robust accuracy of a model on a dataset, batched, with the attack recorded."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from eisbench.attacks.core import ATTACKS
+from eisbench.attacks.projection import eval_mode
+from eisbench.progress import progress
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """A fully specified attack: everything a reader needs to judge a robust-accuracy number."""
+
+    name: str = "pgd"
+    norm: str = "linf"
+    eps: float = 0.3
+    steps: int = 50
+    step_size: float | None = None  # None: 2.5 * eps / steps
+    restarts: int = 1
+    early_exit: bool = True
+
+    def describe(self) -> str:
+        size = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        return (f"{self.name.upper()}-{self.steps} {self.norm} eps={self.eps:g} "
+                f"step={size:.3g} restarts={self.restarts}")
+
+    def kwargs(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("name")
+        if self.name == "fgsm":
+            return {"eps": self.eps, "norm": self.norm}
+        return d
+
+
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1000,
+            device: str | torch.device = "cpu") -> torch.Tensor:
+    """Predicted classes (N,) for images (N, C, H, W)."""
+    out = []
+    with eval_mode(model), torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def correct_under_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         attack: AttackConfig, *, batch_size: int = 500, seed: int = 0,
+                         device: str | torch.device = "cpu", desc: str = "attack") -> torch.Tensor:
+    """Per-example robustness (N,) bool: still classified correctly after ``attack``."""
+    fn = ATTACKS.get(attack.name)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in progress(range(0, len(x), batch_size), desc=desc):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        x_adv = fn(model, xb, yb, generator=gen, **attack.kwargs())
+        with eval_mode(model), torch.no_grad():
+            out.append((model(x_adv).argmax(1) == yb).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.bool)

@@ -1,0 +1,55 @@
+"""Representation inversion: find an image whose penultimate features match a target's.
+
+Used by the D_R / D_NR constructions of Ilyas et al. 2019: start from another image and descend
+``||g(x) - g(x_target)||_2`` with normalised L2 gradient steps, staying in [0,1].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eisbench.attacks.projection import eval_mode, steepest_direction
+from eisbench.data import check_images
+from eisbench.models import features
+
+
+def invert_representation(model: nn.Module, x_start: torch.Tensor, target: torch.Tensor, *,
+                          steps: int = 200, step_size: float = 0.1) -> torch.Tensor:
+    """Optimise images so that their features match those of ``target``.
+
+    Args:
+        model: a classifier with ``features(x) -> (B, D)``.
+        x_start: starting images (B, C, H, W) in [0,1].
+        target: the images (B, C, H, W) whose representation is matched.
+        steps, step_size: normalised-gradient descent on the L2 feature distance, unconstrained
+            in input space except for the [0,1] box (as in Ilyas et al.).
+
+    Returns:
+        images (B, C, H, W) in [0,1].
+
+    Example:
+        >>> x_r = invert_representation(robust_model, x[perm], x, steps=200, step_size=0.1)
+    """
+    check_images(x_start, what="starting images")
+    check_images(target, what="target images")
+    if x_start.shape != target.shape:
+        raise ValueError(f"x_start {tuple(x_start.shape)} and target {tuple(target.shape)} differ")
+    with eval_mode(model), torch.no_grad():
+        goal = features(model, target)  # (B, D)
+    x = x_start.clone()
+    with eval_mode(model):
+        for _ in range(steps):
+            xr = x.requires_grad_(True)
+            loss = (features(model, xr) - goal).norm(dim=1).sum()
+            (grad,) = torch.autograd.grad(loss, xr)
+            with torch.no_grad():
+                x = (xr - step_size * steepest_direction(grad, "l2")).clamp(0.0, 1.0)
+    return x.detach()
+
+
+def representation_distance(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Relative feature distance ``||g(x) - g(t)|| / ||g(t)||`` per example (B,)."""
+    with eval_mode(model), torch.no_grad():
+        gx, gt = features(model, x), features(model, target)
+    return (gx - gt).norm(dim=1) / gt.norm(dim=1).clamp_min(1e-12)

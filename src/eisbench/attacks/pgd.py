@@ -1,0 +1,103 @@
+"""Projected gradient descent (Madry et al. 2018) and FGSM, Linf and L2, (un)targeted."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eisbench.attacks.core import ATTACKS, check_inputs
+from eisbench.attacks.projection import (
+    assert_within_budget,
+    eval_mode,
+    project,
+    random_start,
+    steepest_direction,
+)
+
+
+def _success(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    pred = logits.argmax(1)  # (B,)
+    return pred == y if targeted else pred != y
+
+
+def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
+         steps: int, norm: str, targeted: bool, rand_init: bool, early_exit: bool,
+         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One PGD run. Returns (x_adv (B,C,H,W), success (B,) bool) judged on the returned points."""
+    x_adv = random_start(x, norm=norm, eps=eps, generator=generator) if rand_init else x.clone()
+    active = torch.arange(len(x), device=x.device)  # indices still being attacked
+    done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    sign = -1.0 if targeted else 1.0
+    for _ in range(steps):
+        xa = x_adv[active].requires_grad_(True)  # (A, C, H, W)
+        logits = model(xa)
+        if early_exit:
+            hit = _success(logits.detach(), y[active], targeted)
+            done[active[hit]] = True
+        loss = F.cross_entropy(logits, y[active], reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xa)
+        with torch.no_grad():
+            step = xa + sign * step_size * steepest_direction(grad, norm)
+            keep = ~done[active] if early_exit else slice(None)
+            idx = active[keep]
+            x_adv[idx] = project(x[idx], step[keep], norm=norm, eps=eps)
+        if early_exit:
+            active = idx
+            if len(active) == 0:
+                break
+    with torch.no_grad():
+        if len(active):
+            done[active] = _success(model(x_adv[active]), y[active], targeted)
+    return x_adv.detach(), done
+
+
+@ATTACKS.register("pgd")
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+        step_size: float | None = None, steps: int = 40, norm: str = "linf",
+        targeted: bool = False, random_start: bool = True, restarts: int = 1,
+        early_exit: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient descent on the cross-entropy loss.
+
+    Args:
+        model: maps (B, C, H, W) images in [0,1] to logits (B, K).
+        x: clean images (B, C, H, W) in [0,1].  y: labels (B,), or target labels if ``targeted``.
+        eps: radius of the ``norm`` ball.  step_size: defaults to ``2.5 * eps / steps``.
+        restarts: extra random restarts are run only on examples not yet fooled (worst case).
+        early_exit: stop attacking an example as soon as it is fooled (for evaluation: cheaper
+            and never weaker, since a fooled example is never "un-fooled" by later steps).
+        generator: seeds the random start, for reproducibility.
+
+    Returns:
+        x_adv (B, C, H, W) within the budget and in [0,1].
+
+    Example:
+        >>> x_adv = pgd(model, x, y, eps=0.3, steps=40, restarts=2, early_exit=True)
+    """
+    check_inputs(x, y, norm=norm, eps=eps)
+    step = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
+    with eval_mode(model):
+        out = x.clone()
+        todo = torch.arange(len(x), device=x.device)
+        for r in range(max(restarts, 1)):
+            xa, ok = _run(model, x[todo], y[todo], eps=eps, step_size=step, steps=steps,
+                          norm=norm, targeted=targeted, rand_init=random_start or r > 0,
+                          early_exit=early_exit, generator=generator)
+            out[todo] = xa
+            todo = todo[~ok]
+            if len(todo) == 0:
+                break
+    assert_within_budget(x, out, norm=norm, eps=eps)
+    return out
+
+
+@ATTACKS.register("fgsm")
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
+         targeted: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fast gradient (sign) method: one step of size ``eps`` from ``x`` (Goodfellow et al. 2015).
+
+    Shapes as :func:`pgd`. ``generator`` is accepted for a uniform signature and unused.
+    """
+    del generator
+    return pgd(model, x, y, eps=eps, step_size=eps, steps=1, norm=norm, targeted=targeted,
+               random_start=False)

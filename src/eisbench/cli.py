@@ -1,0 +1,225 @@
+"""The ``eisbench`` command line: run, train, attack, data fetch, list."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from eisbench.registry import UnknownNameError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint", help="eisbench checkpoint (<name>.safetensors + <name>.json)")
+    g.add_argument("--model", help="bring your own model: package.module:Class (on PYTHONPATH)")
+    p.add_argument("--weights", help="weights for --model: .safetensors or a .pt state dict")
+    p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for --model")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from eisbench.experiments import EXPERIMENTS
+
+    p = argparse.ArgumentParser(prog="eisbench", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run an experiment and write record.json + report.html")
+    r.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS.names())}")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="quick preset (default)")
+    mode.add_argument("--full", action="store_true", help="full preset")
+    r.add_argument("--dataset", help="dataset name (mnist, fashion-mnist, ...)")
+    r.add_argument("--data-root", help="folder of IDX / cifar-10-batches-py files")
+    r.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    r.add_argument("--out", required=True, type=Path, help="output folder")
+
+    t = sub.add_parser("train", help="train a model and save a checkpoint")
+    t.add_argument("--arch", default="cnn-small")
+    t.add_argument("--dataset", default="mnist")
+    t.add_argument("--data-root")
+    t.add_argument("--method", default="standard", help="standard, pgd-at or fast-at")
+    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--eps", type=float, default=0.3)
+    t.add_argument("--norm", default="linf")
+    t.add_argument("--alpha", type=float)
+    t.add_argument("--attack-steps", type=int, default=40)
+    t.add_argument("--eps-warmup-epochs", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--out", required=True, type=Path, help="checkpoint path stem")
+
+    a = sub.add_parser("attack", help="robust accuracy of a checkpoint or your own model")
+    _add_model_args(a)
+    a.add_argument("--dataset", default="mnist")
+    a.add_argument("--data-root")
+    a.add_argument("--attack", default="pgd", help="pgd or fgsm")
+    a.add_argument("--norm", default="linf")
+    a.add_argument("--eps", type=float, default=0.3)
+    a.add_argument("--steps", type=int, default=50)
+    a.add_argument("--step-size", type=float)
+    a.add_argument("--restarts", type=int, default=1)
+    a.add_argument("--no-early-exit", action="store_true")
+    a.add_argument("--n", type=int, default=1000, help="number of test images")
+    a.add_argument("--scale", type=float, default=1.0,
+                   help="divide inputs by this (e.g. 255 for a model that expects raw pixels)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", type=Path, help="write the result as JSON here")
+
+    d = sub.add_parser("data", help="datasets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    f = dsub.add_parser("fetch", help="download/convert/verify a dataset into the cache")
+    f.add_argument("name")
+    f.add_argument("--root", help="folder holding the source files instead of the default")
+
+    sub.add_parser("list", help="list every registry")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from eisbench.experiments import EXPERIMENTS
+    from eisbench.paths import cache_dir
+    from eisbench.store import Store
+
+    exp = EXPERIMENTS.get(args.experiment)
+    cfg = exp.full if args.full else exp.quick
+    changes: dict[str, object] = {"device": args.device}
+    if args.dataset:
+        changes["dataset"] = args.dataset
+    if args.data_root:
+        changes["data_root"] = args.data_root
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValueError("--seeds must be >= 1")
+        changes["seeds"] = tuple(range(args.seeds))
+    cfg = dataclasses.replace(cfg, **changes)
+    t0 = time.perf_counter()
+    rec = exp.run(cfg, out=args.out, store=Store(cache_dir()))
+    report = exp.report(rec, args.out)
+    print(f"\n{exp.name}: {time.perf_counter() - t0:.0f} s")
+    for c in rec["claims"]:
+        print(f"  [{c['verdict']:>14}] {c['claim']}\n                   {c['measured']}")
+    print(f"record: {args.out / 'record.json'}\nreport: {report}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from eisbench import data
+    from eisbench.config import resolve_device
+    from eisbench.models import ModelSpec, save_checkpoint
+    from eisbench.training import TrainConfig, train
+
+    ds = data.load(args.dataset, root=args.data_root)
+    spec = ModelSpec(arch=args.arch, in_shape=ds.shape, num_classes=ds.num_classes)
+    cfg = TrainConfig(method=args.method, epochs=args.epochs, lr=args.lr,
+                      batch_size=args.batch_size, eps=args.eps, norm=args.norm, alpha=args.alpha,
+                      attack_steps=args.attack_steps, eps_warmup_epochs=args.eps_warmup_epochs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = spec.build()
+    t0 = time.perf_counter()
+    model = train(model, ds.x_train, ds.y_train, cfg=cfg, seed=args.seed,
+                  device=resolve_device(args.device), desc=f"{args.arch} {args.method}")
+    path = save_checkpoint(model, spec, args.out)
+    print(f"trained in {time.perf_counter() - t0:.0f} s -> {path}")
+    return 0
+
+
+def _load_model(args: argparse.Namespace) -> torch.nn.Module:
+    from eisbench.models import load_checkpoint, load_foreign
+
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint)
+    return load_foreign(args.model, args.weights, kwargs=json.loads(args.model_kwargs))
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from eisbench import data
+    from eisbench.attacks import AttackConfig, correct_under_attack, predict
+    from eisbench.config import resolve_device
+    from eisbench.stats import wilson_ci
+
+    device = resolve_device(args.device)
+    model = _load_model(args).to(device)
+    ds = data.load(args.dataset, root=args.data_root)
+    x, y = ds.x_test[:args.n], ds.y_test[:args.n]
+    if args.scale != 1.0:
+        model = _Scaled(model, args.scale)
+    attack = AttackConfig(name=args.attack, norm=args.norm, eps=args.eps, steps=args.steps,
+                          step_size=args.step_size, restarts=args.restarts,
+                          early_exit=not args.no_early_exit)
+    t0 = time.perf_counter()
+    clean = float((predict(model, x, device=device) == y).float().mean())
+    ok = correct_under_attack(model, x, y, attack, seed=args.seed, device=device)
+    k = int(ok.sum())
+    lo, hi = wilson_ci(k, len(ok))
+    res = {"clean_acc": clean, "robust_acc": k / len(ok), "ci95": [lo, hi], "n": len(ok),
+           "attack": attack.describe(), "seconds": time.perf_counter() - t0}
+    print(json.dumps(res, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+class _Scaled(torch.nn.Module):
+    """Feeds a model that expects pixels in [0, scale] from [0,1] images."""
+
+    def __init__(self, model: torch.nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x * self.scale)
+        return out
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from eisbench import data
+
+    path = data.fetch(args.name, root=args.root)
+    d = data.load(args.name, root=args.root)
+    print(f"{args.name}: {len(d.x_train)} train / {len(d.x_test)} test, shape {d.shape}, "
+          f"{d.num_classes} classes, sha256 {d.sha256[:16]}... -> {path}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from eisbench.attacks import ATTACKS
+    from eisbench.construct import CONSTRUCTIONS
+    from eisbench.data import DATASETS
+    from eisbench.experiments import EXPERIMENTS
+    from eisbench.models import MODELS
+    from eisbench.training import METHODS
+
+    for reg in (DATASETS, MODELS, ATTACKS, METHODS, CONSTRUCTIONS, EXPERIMENTS):
+        print(f"{reg.kind}s: {', '.join(reg.names())}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "train": _cmd_train, "attack": _cmd_attack,
+                "data": _cmd_data, "list": _cmd_list}
+    try:
+        return handlers[args.cmd](args)
+    except (UnknownNameError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"eisbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eisbench: interrupted; finished stages are cached, run again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

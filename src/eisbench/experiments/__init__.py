@@ -1,0 +1,8 @@
+"""Experiments: registered functions ``run(cfg, *, out, store) -> Record``."""
+
+from __future__ import annotations
+
+from eisbench.experiments import features_vs_bugs as _fvb  # noqa: F401  (registers)
+from eisbench.experiments.core import EXPERIMENTS, Experiment
+
+__all__ = ["EXPERIMENTS", "Experiment"]

@@ -1,0 +1,109 @@
+"""Cached stages shared by experiments: train a model, construct a dataset, evaluate a model.
+
+Each stage's output is cached in a :class:`~eisbench.store.Store` under the hash of its config
+and its inputs' keys, so re-running reuses finished work and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from eisbench.attacks.evaluate import AttackConfig, correct_under_attack, predict
+from eisbench.construct import CONSTRUCTIONS
+from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
+from eisbench.store import StageLog, Store
+from eisbench.training import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """A labelled image set plus the cache key that identifies its content."""
+
+    x: torch.Tensor  # (N, C, H, W)
+    y: torch.Tensor  # (N,)
+    key: str
+
+
+@dataclass
+class Context:
+    store: Store
+    log: StageLog
+    device: torch.device
+
+
+def train_stage(ctx: Context, *, spec: ModelSpec, cfg: TrainConfig, data: Tensors, seed: int,
+                desc: str) -> tuple[nn.Module, str]:
+    """Train a fresh ``spec`` model on ``data`` with ``cfg`` (cached, resumable)."""
+
+    def compute(work: Path) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # weight init only; restored on exit
+            model = spec.build()
+        return train(model, data.x, data.y, cfg=cfg, seed=seed, device=ctx.device,
+                     resume_dir=work, desc=desc)
+
+    def save(model: nn.Module, d: Path) -> None:
+        save_checkpoint(model, spec, d / "model")
+        (d / "train_state.pt").unlink(missing_ok=True)
+
+    def load(d: Path) -> nn.Module:
+        return load_checkpoint(d / "model", device=ctx.device)
+
+    return ctx.store.run("train", {"spec": spec, "cfg": cfg, "seed": seed,
+                                   "device": ctx.device.type},
+                         inputs=(data.key,), compute=compute, save=save, load=load, log=ctx.log)
+
+
+def construct_stage(ctx: Context, *, name: str, model: nn.Module, model_key: str, data: Tensors,
+                    num_classes: int, seed: int, hyper: dict[str, Any]) -> Tensors:
+    """Run registered construction ``name`` with ``model`` on ``data`` (cached)."""
+    fn = CONSTRUCTIONS.get(name)
+
+    def compute(work: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        return fn(model, data.x, data.y, num_classes=num_classes, generator=gen,
+                  device=ctx.device, **hyper)
+
+    def save(out: tuple[torch.Tensor, torch.Tensor], d: Path) -> None:
+        save_file({"x": out[0].contiguous(), "y": out[1].contiguous()}, str(d / "data.safetensors"))
+
+    def load(d: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        t = load_file(str(d / "data.safetensors"))
+        return t["x"], t["y"]
+
+    (x, y), key = ctx.store.run("construct", {"name": name, "hyper": hyper, "seed": seed},
+                                inputs=(model_key, data.key), compute=compute, save=save,
+                                load=load, log=ctx.log)
+    return Tensors(x, y, key)
+
+
+def evaluate_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tensors,
+                   n_robust: int, attack: AttackConfig, seed: int, desc: str) -> dict[str, Any]:
+    """Standard accuracy on all of ``test`` and robust accuracy on its first ``n_robust``."""
+
+    def compute(work: Path) -> dict[str, Any]:
+        pred = predict(model, test.x, device=ctx.device)
+        ok = correct_under_attack(model, test.x[:n_robust], test.y[:n_robust], attack, seed=seed,
+                                  device=ctx.device, desc=desc)
+        return {"std_acc": float((pred == test.y).float().mean()), "n_std": len(test.y),
+                "robust_acc": float(ok.float().mean()), "n_robust": len(ok),
+                "attack": attack.describe()}
+
+    def save(out: dict[str, Any], d: Path) -> None:
+        (d / "metrics.json").write_text(json.dumps(out))
+
+    def load(d: Path) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads((d / "metrics.json").read_text())
+        return out
+
+    out, _ = ctx.store.run("evaluate", {"attack": attack, "n_robust": n_robust, "seed": seed},
+                           inputs=(model_key, test.key), compute=compute, save=save, load=load,
+                           log=ctx.log)
+    return out

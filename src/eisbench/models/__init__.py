@@ -1,0 +1,23 @@
+"""Model architectures (a registry), normalisation wrapper, checkpoints and bring-your-own models.
+
+All models take images in [0,1] (NCHW) and return logits. Normalisation, if any, lives inside
+:class:`Normalized`, never in attacks.
+"""
+
+from __future__ import annotations
+
+from eisbench.models import architectures as _architectures  # noqa: F401  (registers models)
+from eisbench.models.core import MODELS, Normalized, build, features, num_params
+from eisbench.models.io import ModelSpec, load_checkpoint, load_foreign, save_checkpoint
+
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "Normalized",
+    "build",
+    "features",
+    "load_checkpoint",
+    "load_foreign",
+    "num_params",
+    "save_checkpoint",
+]

@@ -1,0 +1,66 @@
+"""The model registry and the contract every model follows.
+
+A registered model builder takes ``in_shape=(C, H, W)`` and ``num_classes`` (keyword-only) and
+returns an ``nn.Module`` mapping images ``(B, C, H, W)`` in [0,1] to logits ``(B, num_classes)``.
+Each architecture exposes ``features(x) -> (B, D)``: its penultimate-layer representation, used by
+representation inversion (D_R / D_NR) and by linear probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from eisbench.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+class Normalized(nn.Module):
+    """Wrap ``model`` so that it takes [0,1] images: ``model((x - mean) / std)``.
+
+    Example:
+        >>> net = Normalized(build("mlp", in_shape=(1, 28, 28), num_classes=10), mean=[0.13], std=[0.31])
+    """
+
+    def __init__(self, model: nn.Module, *, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return features(self.model, (x - self.mean) / self.std)
+
+
+def build(name: str, *, in_shape: tuple[int, int, int], num_classes: int, **kwargs: Any) -> nn.Module:
+    """Instantiate the registered architecture ``name`` for inputs ``(C, H, W)``.
+
+    Example:
+        >>> net = build("cnn-small", in_shape=(1, 28, 28), num_classes=10)
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    return MODELS.get(name)(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate-layer representation ``(B, D)`` of ``x`` ``(B, C, H, W)`` under ``model``."""
+    fn = getattr(model, "features", None)
+    if fn is None:
+        raise TypeError(
+            f"{type(model).__name__} has no features(x) method: representation-based "
+            "constructions need the penultimate layer; add `def features(self, x)` to the model"
+        )
+    out: torch.Tensor = fn(x)
+    return out
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

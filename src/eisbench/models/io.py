@@ -1,0 +1,133 @@
+"""Checkpoints (safetensors weights + a small JSON spec) and bring-your-own models.
+
+Nothing here unpickles untrusted data: eisbench's own checkpoints are safetensors; foreign
+``.pt``/``.pth`` state dicts are read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from eisbench.models.core import MODELS, Normalized, build
+from eisbench.paths import atomic_write_bytes
+
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to rebuild a model: a registered name or ``package.module:Class``."""
+
+    arch: str
+    in_shape: tuple[int, int, int]
+    num_classes: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model for this spec (weights are random)."""
+        if ":" in self.arch:
+            net = _import_class(self.arch)(**self.kwargs)
+        else:
+            net = build(self.arch, in_shape=self.in_shape, num_classes=self.num_classes,
+                        **self.kwargs)
+        if self.mean is not None and self.std is not None:
+            net = Normalized(net, mean=list(self.mean), std=list(self.std))
+        return net
+
+
+def _import_class(target: str) -> type[nn.Module]:
+    mod_name, _, cls_name = target.partition(":")
+    if not mod_name or not cls_name:
+        raise ValueError(f"expected 'package.module:Class', got {target!r}")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import module {mod_name!r} for model {target!r}: {e}. "
+                         "Is it on PYTHONPATH?") from e
+    cls = getattr(mod, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{target!r} is not an nn.Module class")
+    return cls
+
+
+def save_checkpoint(model: nn.Module, spec: ModelSpec, path: str | Path) -> Path:
+    """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path."""
+    stem = Path(path).with_suffix("")
+    weights = stem.with_suffix(".safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    save_file(state, str(tmp))
+    tmp.replace(weights)
+    meta = {"version": SPEC_VERSION, **dataclasses.asdict(spec)}
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+    return weights
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_checkpoint` (in eval mode, on ``device``)."""
+    stem = Path(path).with_suffix("")
+    spec_file = stem.with_suffix(".json")
+    if not spec_file.exists():
+        raise FileNotFoundError(f"{spec_file} is missing: a checkpoint is <name>.safetensors plus "
+                                "<name>.json (written by eisbench train)")
+    try:
+        meta = json.loads(spec_file.read_text())
+        meta.pop("version", None)
+        spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()})
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{spec_file} is not a valid model spec: {e}") from e
+    net = spec.build()
+    _load_state(net, stem.with_suffix(".safetensors"))
+    return net.to(device).eval()
+
+
+def load_foreign(target: str, weights: str | Path | None = None, *,
+                 kwargs: dict[str, Any] | None = None,
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """Bring your own model: instantiate ``package.module:Class(**kwargs)`` and load ``weights``.
+
+    ``weights`` may be ``.safetensors`` or a ``.pt``/``.pth`` state dict (read with
+    ``weights_only=True``, so a hostile pickle cannot run code).
+    """
+    net = _import_class(target)(**(kwargs or {}))
+    if weights is not None:
+        _load_state(net, Path(weights))
+    return net.to(device).eval()
+
+
+def _load_state(net: nn.Module, file: Path) -> None:
+    if not file.exists():
+        raise FileNotFoundError(f"weights file {file} does not exist")
+    try:
+        if file.suffix == ".safetensors":
+            state = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError,
+            ValueError) as e:
+        raise ValueError(f"cannot read weights from {file}: {e}. Expected a safetensors file or "
+                         "a plain state dict saved with torch.save(model.state_dict(), f)") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{file} does not hold a state dict (got {type(state).__name__})")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"weights in {file} do not fit {type(net).__name__}: {e}") from e
+
+
+__all__ = ["MODELS", "ModelSpec", "load_checkpoint", "load_foreign", "save_checkpoint"]

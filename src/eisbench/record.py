@@ -1,0 +1,141 @@
+"""The run record (``record.json``): one documented, versioned schema for every experiment.
+
+Schema version 1::
+
+    {
+      "schema_version": 1,
+      "experiment": "features-vs-bugs",
+      "created": "2026-01-01T00:00:00+00:00",       # UTC, ISO 8601
+      "config": {...},                               # the resolved, frozen config
+      "seeds": [0, 1, 2],
+      "git": {"sha": "abc..." | null, "dirty": bool | null},
+      "versions": {"python": ..., "torch": ..., "eisbench": ..., ...},
+      "device": "cpu",
+      "data": {"mnist": "<sha256 of the source file>"},
+      "stages": [{"name", "key", "seconds", "cached"}],
+      "wall_seconds": 123.4,
+      "metrics": {"<name>": {"value": float, "ci95": [lo, hi], "n": int,
+                              "higher_is_better": bool}},
+      "claims": [{"claim", "rule", "measured", "verdict"}],   # verdict: reproduced |
+                                                               # not reproduced | inconclusive
+      "details": {...}                                         # per-seed values, attack specs
+    }
+
+Accuracies are fractions in [0, 1]. ``ci95`` is a t-interval over seeds when n > 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypedDict
+
+from eisbench.paths import atomic_write_bytes
+
+SCHEMA_VERSION = 1
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+
+class Metric(TypedDict):
+    value: float
+    ci95: list[float]
+    n: int
+    higher_is_better: bool
+
+
+class Claim(TypedDict):
+    claim: str
+    rule: str
+    measured: str
+    verdict: str
+
+
+class Record(TypedDict):
+    schema_version: int
+    experiment: str
+    created: str
+    config: dict[str, Any]
+    seeds: list[int]
+    git: dict[str, Any]
+    versions: dict[str, str]
+    device: str
+    data: dict[str, str]
+    stages: list[dict[str, Any]]
+    wall_seconds: float
+    metrics: dict[str, Metric]
+    claims: list[Claim]
+    details: dict[str, Any]
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """``{"sha", "dirty"}`` of the eisbench source tree (nulls when not in a git checkout)."""
+    here = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip() != ""
+        return {"sha": sha, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None}
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("eisbench", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "captum",
+                "matplotlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def validate(rec: dict[str, Any]) -> None:
+    """Raise ValueError listing every way ``rec`` departs from the schema."""
+    problems: list[str] = []
+    for key, typ in Record.__annotations__.items():
+        if key not in rec:
+            problems.append(f"missing field {key!r}")
+    if rec.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version must be {SCHEMA_VERSION}")
+    for name, m in rec.get("metrics", {}).items():
+        if set(m) != {"value", "ci95", "n", "higher_is_better"}:
+            problems.append(f"metric {name!r} has fields {sorted(m)}")
+            continue
+        v, ci = m["value"], m["ci95"]
+        if not (isinstance(v, (int, float)) and math.isfinite(v)):
+            problems.append(f"metric {name!r} value {v!r} is not a finite number")
+        elif not (isinstance(ci, list) and len(ci) == 2 and ci[0] <= v + 1e-9 <= ci[1] + 2e-9):
+            problems.append(f"metric {name!r} ci95 {ci!r} does not bracket its value {v}")
+        if not (isinstance(m["n"], int) and m["n"] >= 1):
+            problems.append(f"metric {name!r} n must be a positive int")
+        if "acc" in name.rsplit("/", 1)[-1] and not 0.0 <= v <= 1.0:
+            problems.append(f"accuracy {name!r} = {v} is not a fraction in [0,1]")
+    for c in rec.get("claims", []):
+        if c.get("verdict") not in VERDICTS:
+            problems.append(f"claim {c.get('claim')!r} has verdict {c.get('verdict')!r}")
+    if problems:
+        raise ValueError("invalid record: " + "; ".join(problems))
+
+
+def write(rec: Record, path: Path) -> None:
+    """Validate and atomically write ``rec`` as JSON."""
+    validate(dict(rec))
+    atomic_write_bytes(path, json.dumps(rec, indent=2).encode())
+
+
+def read(path: Path) -> Record:
+    rec = json.loads(Path(path).read_text())
+    validate(rec)
+    out: Record = rec
+    return out

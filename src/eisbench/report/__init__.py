@@ -1,0 +1,1 @@
+"""HTML reports with embedded plots (matplotlib, Agg backend), one module per experiment."""

@@ -1,0 +1,83 @@
+"""Shared fixtures: a hermetic cache folder, tiny hand-checkable models and data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("EISBENCH_QUIET", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hermetic_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    old = os.environ.get("EISBENCH_HOME")
+    os.environ["EISBENCH_HOME"] = str(tmp_path_factory.mktemp("eisbench_home"))
+    yield
+    if old is None:
+        os.environ.pop("EISBENCH_HOME", None)
+    else:
+        os.environ["EISBENCH_HOME"] = old
+
+
+class LinearBinary(nn.Module):
+    """logits = [0, w.x + b] on inputs (B, 1, 1, 2): its optimal adversary is known exactly."""
+
+    def __init__(self, w: tuple[float, float] = (2.0, -1.0), b: float = -0.5) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor([w]))
+            self.lin.bias.fill_(b)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.lin(x.flatten(1))  # (B, 1)
+        return torch.cat([torch.zeros_like(z), z], dim=1)  # (B, 2)
+
+
+def gaussian_mixture(n: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes in [0.2, 0.8]^2 (B, 1, 1, 2), labelled by the LinearBinary boundary."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    centres = torch.tensor([[0.35, 0.6], [0.65, 0.4]])
+    x = (centres[y] + 0.08 * torch.randn(n, 2, generator=g)).clamp(0.2, 0.8)
+    return x.view(n, 1, 1, 2), y
+
+
+@pytest.fixture
+def linear_model() -> LinearBinary:
+    return LinearBinary()
+
+
+@pytest.fixture
+def mixture() -> tuple[torch.Tensor, torch.Tensor]:
+    return gaussian_mixture(400)
+
+
+@pytest.fixture(scope="session")
+def digits_small() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from eisbench import data
+
+    d = data.load("digits")
+    return d.x_train, d.y_train, d.x_test, d.y_test
+
+
+@pytest.fixture(scope="session")
+def trained_digits_cnn(digits_small: tuple[torch.Tensor, ...]) -> nn.Module:
+    """A small CNN trained for a few epochs on 8x8 digits (~90% test accuracy)."""
+    from eisbench.models import build
+    from eisbench.training import TrainConfig, train
+
+    x, y, _, _ = digits_small
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build("cnn-small", in_shape=(1, 8, 8), num_classes=10)
+    return train(net, x, y, cfg=TrainConfig(epochs=15, lr=5e-3), seed=0)
+
+

@@ -1,0 +1,123 @@
+"""Attack contracts (over the registry), budgets, determinism and a closed-form optimum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from eisbench.attacks import (
+    ATTACKS,
+    AttackConfig,
+    BudgetViolation,
+    assert_within_budget,
+    correct_under_attack,
+    pgd,
+    project,
+)
+from eisbench.attacks.projection import distance, random_start
+
+BUDGETS = {"linf": 0.1, "l2": 0.15}
+
+
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_attack_contract(name: str, norm: str, linear_model: nn.Module,
+                         mixture: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = mixture
+    eps = BUDGETS[norm]
+    linear_model.train()
+    hooks_before = len(linear_model._forward_hooks) + len(linear_model._backward_hooks)
+    attack = ATTACKS.get(name)
+    x1 = attack(linear_model, x, y, eps=eps, norm=norm, generator=torch.Generator().manual_seed(3))
+    x2 = attack(linear_model, x, y, eps=eps, norm=norm, generator=torch.Generator().manual_seed(3))
+    assert x1.shape == x.shape and x1.dtype == x.dtype
+    torch.testing.assert_close(x1, x2)  # deterministic under a seed
+    assert_within_budget(x, x1, norm=norm, eps=eps)
+    assert float(x1.min()) >= 0.0 and float(x1.max()) <= 1.0
+    assert _acc(linear_model, x1, y) < _acc(linear_model, x, y) - 0.1
+    assert linear_model.training  # mode restored
+    assert len(linear_model._forward_hooks) + len(linear_model._backward_hooks) == hooks_before
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_matches_closed_form_optimum_on_linear_model(
+        norm: str, linear_model: nn.Module, mixture: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = mixture
+    eps = 0.05
+    w = linear_model.lin.weight.detach().view(-1)  # type: ignore[union-attr]
+    b = float(linear_model.lin.bias.detach())  # type: ignore[union-attr]
+    margin = (2 * y - 1).float() * (x.view(-1, 2) @ w + b)  # (N,) signed margin
+    dual = float(w.abs().sum()) if norm == "linf" else float(w.norm())
+    robust_closed_form = margin > eps * dual  # the box [0,1] is inactive for these points
+    x_adv = pgd(linear_model, x, y, eps=eps, steps=20, norm=norm, random_start=False)
+    with torch.no_grad():
+        robust_pgd = linear_model(x_adv).argmax(1) == y
+    assert torch.equal(robust_pgd, robust_closed_form)
+    # on the points it breaks, PGD lands on the optimal adversary: x - eps * sign(w) * s
+    s = (2 * y - 1).float().view(-1, 1)
+    d = w.sign() * eps if norm == "linf" else w / w.norm() * eps
+    optimum = (x.view(-1, 2) - s * d).view_as(x)
+    torch.testing.assert_close(x_adv[~robust_closed_form], optimum[~robust_closed_form])
+
+
+def test_targeted_pgd_reaches_target(linear_model: nn.Module,
+                                     mixture: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = mixture
+    target = 1 - y
+    x_adv = pgd(linear_model, x, target, eps=0.5, steps=30, norm="l2", targeted=True)
+    with torch.no_grad():
+        hit = (linear_model(x_adv).argmax(1) == target).float().mean()
+    assert hit > 0.95
+
+
+def test_early_exit_is_never_weaker_and_restarts_never_hurt(
+        trained_digits_cnn: nn.Module,
+        digits_small: tuple[torch.Tensor, ...]) -> None:
+    _, _, x, y = digits_small
+    x, y = x[:200], y[:200]
+    res = {}
+    for early in (False, True):
+        cfg = AttackConfig(eps=0.1, steps=10, restarts=1, early_exit=early)
+        res[early] = correct_under_attack(trained_digits_cnn, x, y, cfg, seed=0)
+    # an example fooled at any step counts as fooled with early exit
+    assert res[True].float().mean() <= res[False].float().mean() + 1e-9
+    more = correct_under_attack(trained_digits_cnn, x, y,
+                                AttackConfig(eps=0.1, steps=10, restarts=3), seed=0)
+    assert not (more & ~res[True]).any()  # restarts only attack still-robust points
+    assert more.float().mean() <= res[True].float().mean()
+
+
+def test_budget_is_asserted() -> None:
+    x = torch.full((2, 1, 2, 2), 0.5)
+    with pytest.raises(BudgetViolation):
+        assert_within_budget(x, x + 0.2, norm="linf", eps=0.1)
+    with pytest.raises(BudgetViolation, match="box"):
+        assert_within_budget(x, x + 0.6, norm="linf", eps=1.0)
+    assert_within_budget(x, project(x, x + 0.2, norm="linf", eps=0.1), norm="linf", eps=0.1)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_start_inside_ball(norm: str) -> None:
+    x = torch.rand(64, 1, 5, 5) * 0.5 + 0.25
+    xs = random_start(x, norm=norm, eps=0.2, generator=torch.Generator().manual_seed(0))
+    assert float(distance(x, xs, norm=norm).max()) <= 0.2 + 1e-6
+    assert float(distance(x, xs, norm=norm).min()) > 0
+
+
+def test_bad_inputs_are_explained(linear_model: nn.Module) -> None:
+    x = torch.rand(4, 1, 1, 2)
+    y = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="divide by 255"):
+        pgd(linear_model, x * 255, y, eps=0.1)
+    with pytest.raises(ValueError, match="labels of shape"):
+        pgd(linear_model, x, y[:2], eps=0.1)
+    with pytest.raises(ValueError, match="unknown norm"):
+        pgd(linear_model, x, y, eps=0.1, norm="l3")
+    with pytest.raises(ValueError):
+        pgd(linear_model, x.view(4, 2), y, eps=0.1)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from eisbench.registry import Registry, UnknownNameError
+
+
+def test_duplicate_name_raises() -> None:
+    reg: Registry[int] = Registry("thing")
+    reg.register("a")(1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a")(2)
+
+
+def test_unknown_name_suggests_closest() -> None:
+    reg: Registry[int] = Registry("model")
+    for n in ("cnn-small", "cnn-deep", "mlp"):
+        reg.register(n)(0)
+    with pytest.raises(UnknownNameError, match="did you mean 'cnn-small'"):
+        reg.get("cnn-smal")
+    assert reg.names() == ["cnn-deep", "cnn-small", "mlp"]
+    assert "mlp" in reg and len(reg) == 3
+
+
+def test_every_registry_is_populated() -> None:
+    from eisbench.attacks import ATTACKS
+    from eisbench.construct import CONSTRUCTIONS
+    from eisbench.data import DATASETS
+    from eisbench.experiments import EXPERIMENTS
+    from eisbench.models import MODELS
+    from eisbench.training import METHODS
+
+    assert {"pgd", "fgsm"} <= set(ATTACKS.names())
+    assert {"mlp", "cnn-small", "cnn-deep", "cnn-madry", "resnet-small"} <= set(MODELS.names())
+    assert {"standard", "pgd-at", "fast-at"} <= set(METHODS.names())
+    assert {"representation", "wrong-label"} <= set(CONSTRUCTIONS.names())
+    assert {"mnist", "fashion-mnist", "digits", "cifar10", "tsipras"} <= set(DATASETS.names())
+    assert "features-vs-bugs" in EXPERIMENTS
