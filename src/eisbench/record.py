@@ -103,7 +103,7 @@ def now() -> str:
 def validate(rec: dict[str, Any]) -> None:
     """Raise ValueError listing every way ``rec`` departs from the schema."""
     problems: list[str] = []
-    for key, typ in Record.__annotations__.items():
+    for key in Record.__annotations__:
         if key not in rec:
             problems.append(f"missing field {key!r}")
     if rec.get("schema_version") != SCHEMA_VERSION:

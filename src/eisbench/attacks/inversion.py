@@ -48,7 +48,8 @@ def invert_representation(model: nn.Module, x_start: torch.Tensor, target: torch
     return x.detach()
 
 
-def representation_distance(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def representation_distance(model: nn.Module, x: torch.Tensor,
+                            target: torch.Tensor) -> torch.Tensor:
     """Relative feature distance ``||g(x) - g(t)|| / ||g(t)||`` per example (B,)."""
     with eval_mode(model), torch.no_grad():
         gx, gt = features(model, x), features(model, target)

@@ -19,9 +19,10 @@ from eisbench.progress import progress
 def derangement(n: int, *, generator: torch.Generator) -> torch.Tensor:
     """A random permutation (n,) with no fixed point (n >= 2), so each image starts elsewhere."""
     perm = torch.randperm(n, generator=generator)
-    fixed = perm == torch.arange(n)
-    if fixed.any():  # shift the fixed points among themselves / onto a neighbour
-        perm = torch.where(fixed, torch.roll(perm, 1), perm)
+    for i in (perm == torch.arange(n)).nonzero().flatten().tolist():
+        if perm[i] == i:  # swapping with a neighbour fixes i and creates no new fixed point
+            j = (i + 1) % n
+            perm[i], perm[j] = perm[j].clone(), perm[i].clone()
     return perm
 
 
@@ -30,7 +31,7 @@ def representation_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
                            num_classes: int, generator: torch.Generator, steps: int = 100,
                            step_size: float = 0.1, batch_size: int = 500,
                            device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Build D_R (robust ``model``) or D_NR (standard ``model``) from ``x`` (N, C, H, W), ``y`` (N,).
+    """Build D_R (robust ``model``) or D_NR (standard ``model``) from x (N, C, H, W), y (N,).
 
     Returns (x_new (N, C, H, W) in [0,1], y (N,)): x_new[i] matches the representation of x[i]
     and starts from x[perm[i]], a different random image.

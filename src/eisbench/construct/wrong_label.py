@@ -32,7 +32,7 @@ def wrong_label_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n
                         steps: int = 100, step_size: float = 0.1, norm: str = "l2",
                         batch_size: int = 500,
                         device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Build D_rand (``mode="random"``) or D_det (``mode="det"``) from ``x`` (N, C, H, W), ``y`` (N,).
+    """Build D_rand (``mode="random"``) or D_det (``mode="det"``) from x (N, C, H, W), y (N,).
 
     Returns (x_adv (N, C, H, W) within ``eps`` of x, targets (N,)).
 

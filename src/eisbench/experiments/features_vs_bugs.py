@@ -19,6 +19,7 @@ import torch
 
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig, predict
+from eisbench.attacks.inversion import representation_distance
 from eisbench.config import resolve_device, to_plain
 from eisbench.experiments.core import Experiment, register
 from eisbench.experiments.stages import (
@@ -127,6 +128,10 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
         for name in ("D_rand", "D_det"):  # how often the source model sees the target label
             hit = (predict(std, built[name].x, device=device) == built[name].y).float().mean()
             construction.setdefault(f"construct/{name}/target_rate", []).append(float(hit))
+        for name, src in (("D_R", rob), ("D_NR", std)):  # how well inversion converged
+            dist = representation_distance(src.to(device), built[name].x[:1000].to(device),
+                                           base.x[:1000].to(device)).mean()
+            construction.setdefault(f"construct/{name}/feature_distance", []).append(float(dist))
         if seed == cfg.seeds[0]:
             samples = {"D": base.x[:8], **{k: v.x[:8] for k, v in built.items()}}
             samples.update({f"{k}_labels": v.y[:8] for k, v in built.items()})
@@ -160,9 +165,11 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
     return rec
 
 
-def _metric(values: list[float], *, higher_is_better: bool = True) -> Metric:
+def _metric(values: list[float], *, higher_is_better: bool = True,
+            upper: float = 1.0) -> Metric:
+    """Mean and 95% t-interval over seeds, clipped to the metric's range [0, upper]."""
     m, lo, hi = mean_ci(values)
-    return {"value": m, "ci95": [max(0.0, lo), min(1.0, hi)], "n": len(values),
+    return {"value": m, "ci95": [max(0.0, lo), min(upper, hi)], "n": len(values),
             "higher_is_better": higher_is_better}
 
 
@@ -173,7 +180,8 @@ def _aggregate(per_seed: dict[str, list[dict[str, Any]]],
         out[f"{name}/std_acc"] = _metric([r["std_acc"] for r in runs])
         out[f"{name}/robust_acc"] = _metric([r["robust_acc"] for r in runs])
     for name, vals in construction.items():
-        out[name] = _metric(vals)
+        dist = name.endswith("feature_distance")
+        out[name] = _metric(vals, higher_is_better=not dist, upper=float("inf") if dist else 1.0)
     return out
 
 

@@ -94,7 +94,8 @@ class BasicBlock(nn.Module):
 class ResNet(Classifier):
     """A small pre-activation-free ResNet: one block per stage, widths ``(w, 2w, 4w)``."""
 
-    def __init__(self, *, in_shape: tuple[int, int, int], num_classes: int, width: int = 16) -> None:
+    def __init__(self, *, in_shape: tuple[int, int, int], num_classes: int,
+                 width: int = 16) -> None:
         super().__init__()
         c = in_shape[0]
         self.body = nn.Sequential(
@@ -107,7 +108,8 @@ class ResNet(Classifier):
 
 
 @MODELS.register("mlp")
-def mlp(*, in_shape: tuple[int, int, int], num_classes: int, width: int = 256, depth: int = 2) -> MLP:
+def mlp(*, in_shape: tuple[int, int, int], num_classes: int, width: int = 256,
+        depth: int = 2) -> MLP:
     """784-256-256-10 MLP on MNIST."""
     return MLP(in_shape=in_shape, num_classes=num_classes, width=width, depth=depth)
 

@@ -23,12 +23,15 @@ class Normalized(nn.Module):
     """Wrap ``model`` so that it takes [0,1] images: ``model((x - mean) / std)``.
 
     Example:
-        >>> net = Normalized(build("mlp", in_shape=(1, 28, 28), num_classes=10), mean=[0.13], std=[0.31])
+        >>> mlp = build("mlp", in_shape=(1, 28, 28), num_classes=10)
+        >>> net = Normalized(mlp, mean=[0.13], std=[0.31])
     """
 
     def __init__(self, model: nn.Module, *, mean: list[float], std: list[float]) -> None:
         super().__init__()
         self.model = model
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
@@ -39,7 +42,8 @@ class Normalized(nn.Module):
         return features(self.model, (x - self.mean) / self.std)
 
 
-def build(name: str, *, in_shape: tuple[int, int, int], num_classes: int, **kwargs: Any) -> nn.Module:
+def build(name: str, *, in_shape: tuple[int, int, int], num_classes: int,
+          **kwargs: Any) -> nn.Module:
     """Instantiate the registered architecture ``name`` for inputs ``(C, H, W)``.
 
     Example:

@@ -86,8 +86,10 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     try:
         meta = json.loads(spec_file.read_text())
         meta.pop("version", None)
-        spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()})
-    except (json.JSONDecodeError, TypeError) as e:
+        spec = ModelSpec(arch=str(meta["arch"]), in_shape=tuple(meta["in_shape"]),
+                         num_classes=int(meta["num_classes"]), kwargs=dict(meta.get("kwargs", {})),
+                         mean=_opt_tuple(meta.get("mean")), std=_opt_tuple(meta.get("std")))
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise ValueError(f"{spec_file} is not a valid model spec: {e}") from e
     net = spec.build()
     _load_state(net, stem.with_suffix(".safetensors"))
@@ -106,6 +108,10 @@ def load_foreign(target: str, weights: str | Path | None = None, *,
     if weights is not None:
         _load_state(net, Path(weights))
     return net.to(device).eval()
+
+
+def _opt_tuple(v: Any) -> tuple[float, ...] | None:
+    return None if v is None else tuple(float(t) for t in v)
 
 
 def _load_state(net: nn.Module, file: Path) -> None:

@@ -37,7 +37,8 @@ def _bars(rec: Record) -> str:
         ms = [rec["metrics"][f"{r}/{kind}"] for r in rows]
         vals = np.array([m["value"] for m in ms]) * 100
         err = np.array([[m["value"] - m["ci95"][0], m["ci95"][1] - m["value"]] for m in ms]).T
-        label = "Std accuracy" if kind == "std_acc" else f"Adv accuracy ({rec['details']['attack']})"
+        attack = rec["details"]["attack"]
+        label = "Std accuracy" if kind == "std_acc" else f"Adv accuracy ({attack})"
         ax.bar(xs + off, vals, 0.4, yerr=err * 100, capsize=3, color=color, label=label)
     ax.set_xticks(xs, [LABELS[r].replace(" training on ", "\n") for r in rows])
     ax.set_ylabel("Test accuracy on D (%)")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks.projection import project, random_start, steepest_direction
 from eisbench.attacks.pgd import pgd
+from eisbench.attacks.projection import project, random_start, steepest_direction
 from eisbench.registry import Registry
 
 if TYPE_CHECKING:

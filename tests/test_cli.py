@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from eisbench.cli import main
+from eisbench.models import ModelSpec, save_checkpoint
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("cnn-small", "pgd", "fast-at", "features-vs-bugs", "mnist", "wrong-label"):
+        assert word in out
+
+
+@pytest.mark.parametrize("cmd", [["--help"], ["run", "--help"], ["train", "--help"],
+                                 ["attack", "--help"], ["data", "fetch", "--help"]])
+def test_help(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(cmd)
+    assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_unknown_names_suggest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "features-vs-bug", "--out", str(tmp_path)]) == 2
+    assert "did you mean 'features-vs-bugs'" in capsys.readouterr().err
+    assert main(["data", "fetch", "mnits"]) == 2
+    assert "did you mean 'mnist'" in capsys.readouterr().err
+    assert main(["run", "features-vs-bugs", "--device", "cuda:7", "--out", str(tmp_path)]) == 2
+
+
+def test_train_then_attack_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stem = tmp_path / "digits_cnn"
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2",
+                 "--out", str(stem)]) == 0
+    assert main(["attack", "--checkpoint", str(stem), "--dataset", "digits", "--eps", "0.1",
+                 "--steps", "5", "--n", "50", "--out", str(tmp_path / "res.json")]) == 0
+    res = (tmp_path / "res.json").read_text()
+    assert '"robust_acc"' in res and "PGD-5 linf eps=0.1" in res
+
+
+def test_attack_byo_model_with_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "rawnet.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1) / 16.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import sys
+
+    sys.modules.pop("rawnet", None)
+    net = importlib.import_module("rawnet").Net()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    assert main(["attack", "--model", "rawnet:Net", "--weights", str(tmp_path / "w.pt"),
+                 "--dataset", "digits", "--scale", "16", "--steps", "2", "--n", "20"]) == 0
+    assert '"clean_acc"' in capsys.readouterr().out
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    spec = ModelSpec(arch="mlp", in_shape=(1, 8, 8), num_classes=10)
+    save_checkpoint(spec.build(), spec, tmp_path / "m")
+    (tmp_path / "m.safetensors").write_bytes(b"garbage")
+    assert main(["attack", "--checkpoint", str(tmp_path / "m"), "--dataset", "digits"]) == 2
+    assert "cannot read weights" in capsys.readouterr().err

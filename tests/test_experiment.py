@@ -1,0 +1,74 @@
+"""End-to-end features-vs-bugs on a tiny subset of real data (8x8 digits), in seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from eisbench import record
+from eisbench.attacks import AttackConfig
+from eisbench.experiments import EXPERIMENTS
+from eisbench.experiments.features_vs_bugs import judge
+from eisbench.store import Store
+from eisbench.training import TrainConfig
+
+METRICS = [f"{m}/{k}" for m in ("train_on_D", "adv_train_on_D", "train_on_D_R", "train_on_D_NR",
+                                 "train_on_D_rand", "train_on_D_det")
+           for k in ("std_acc", "robust_acc")]
+
+
+def _tiny() -> object:
+    exp = EXPERIMENTS.get("features-vs-bugs")
+    return dataclasses.replace(
+        exp.quick, dataset="digits", seeds=(0, 1), n_construct=120, n_test_robust=60,
+        std_train=TrainConfig(epochs=3, lr=5e-3),
+        robust_train=TrainConfig(method="fast-at", epochs=3, lr=5e-3, eps=0.1),
+        fresh_train=TrainConfig(epochs=3, lr=5e-3), inversion_steps=5, wrong_label_steps=5,
+        eval_attack=AttackConfig(eps=0.05, steps=3))
+
+
+def test_features_vs_bugs_end_to_end_and_resume(tmp_path: Path) -> None:
+    exp = EXPERIMENTS.get("features-vs-bugs")
+    cfg = _tiny()
+    store = Store(tmp_path / "cache")
+    rec = exp.run(cfg, out=tmp_path / "a", store=store)
+    record.validate(dict(rec))
+    assert set(METRICS) <= set(rec["metrics"])
+    for name in METRICS:
+        assert rec["metrics"][name]["n"] == 2
+    assert {c["verdict"] for c in rec["claims"]} <= set(record.VERDICTS)
+    assert len(rec["claims"]) == 4
+    assert rec["details"]["attack"].startswith("PGD-3 linf eps=0.05")
+    report = exp.report(rec, tmp_path / "a")
+    html = report.read_text()
+    assert "Verdicts" in html and "data:image/png;base64" in html and "D_det" in html
+    # an interrupted run: drop one finished evaluation; the rerun recomputes only that stage
+    evals = sorted((tmp_path / "cache" / "evaluate").iterdir())
+    import shutil
+
+    shutil.rmtree(evals[0])
+    again = exp.run(cfg, out=tmp_path / "b", store=store)
+    assert again["metrics"] == rec["metrics"]
+    assert sum(not s["cached"] for s in again["stages"]) == 1
+    on_disk = json.loads((tmp_path / "b" / "record.json").read_text())
+    assert on_disk["metrics"] == rec["metrics"]
+
+
+def _m(v: float, lo: float, hi: float) -> record.Metric:
+    return {"value": v, "ci95": [lo, hi], "n": 3, "higher_is_better": True}
+
+
+@pytest.mark.parametrize(("dnr_std", "dr_rob", "drand", "expect"), [
+    (_m(0.95, 0.94, 0.96), _m(0.4, 0.3, 0.5), _m(0.6, 0.5, 0.7), "reproduced"),
+    (_m(0.5, 0.4, 0.6), _m(0.01, 0.0, 0.02), _m(0.12, 0.1, 0.15), "not reproduced"),
+])
+def test_verdict_rules(dnr_std: record.Metric, dr_rob: record.Metric, drand: record.Metric,
+                       expect: str) -> None:
+    metrics = {"train_on_D_NR/std_acc": dnr_std, "train_on_D_NR/robust_acc": _m(0, 0, 0.01),
+               "train_on_D/robust_acc": _m(0.0, 0.0, 0.01), "train_on_D_R/robust_acc": dr_rob,
+               "train_on_D_rand/std_acc": drand, "train_on_D_det/std_acc": drand}
+    claims = judge(metrics, num_classes=10)
+    assert [c["verdict"] for c in claims] == [expect] * 4

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eisbench import record
+from eisbench.stats import mean_ci, wilson_ci
+from eisbench.store import StageLog, Store
+
+
+def _save(v: int, d: Path) -> None:
+    (d / "v.json").write_text(json.dumps(v))
+
+
+def _load(d: Path) -> int:
+    out: int = json.loads((d / "v.json").read_text())
+    return out
+
+
+def test_stage_runs_once_and_is_keyed_by_config_and_inputs(tmp_path: Path) -> None:
+    store, log = Store(tmp_path), StageLog()
+    calls: list[int] = []
+
+    def compute(work: Path) -> int:
+        calls.append(1)
+        return 41 + len(calls)
+
+    a, ka = store.run("s", {"x": 1}, compute=compute, save=_save, load=_load, log=log)
+    b, kb = store.run("s", {"x": 1}, compute=compute, save=_save, load=_load, log=log)
+    c, kc = store.run("s", {"x": 2}, compute=compute, save=_save, load=_load, log=log)
+    d, kd = store.run("s", {"x": 1}, inputs=("other",), compute=compute, save=_save, load=_load)
+    assert (a, b) == (42, 42) and ka == kb and len({ka, kc, kd}) == 3
+    assert len(calls) == 3
+    assert [e["cached"] for e in log.entries] == [False, True, False]
+
+
+def test_interrupted_stage_leaves_no_result_and_resumes_in_place(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    seen: list[Path] = []
+
+    def dying(work: Path) -> int:
+        (work / "progress").write_text("half")
+        seen.append(work)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.run("s", {"x": 1}, compute=dying, save=_save, load=_load)
+
+    def resuming(work: Path) -> int:
+        assert (work / "progress").read_text() == "half"  # same work folder, state kept
+        return 7
+
+    out, key = store.run("s", {"x": 1}, compute=resuming, save=_save, load=_load)
+    assert out == 7 and (tmp_path / "s" / key / "done.json").exists()
+    assert not seen[0].exists()  # the partial folder was published
+
+
+def _valid() -> dict:
+    return {"schema_version": 1, "experiment": "e", "created": record.now(), "config": {},
+            "seeds": [0], "git": record.git_state(), "versions": record.library_versions(),
+            "device": "cpu", "data": {}, "stages": [], "wall_seconds": 1.0,
+            "metrics": {"a/std_acc": {"value": 0.5, "ci95": [0.4, 0.6], "n": 3,
+                                      "higher_is_better": True}},
+            "claims": [{"claim": "c", "rule": "r", "measured": "m", "verdict": "reproduced"}],
+            "details": {}}
+
+
+def test_record_schema_validation(tmp_path: Path) -> None:
+    rec = _valid()
+    record.validate(rec)
+    record.write(rec, tmp_path / "r.json")  # type: ignore[arg-type]
+    assert record.read(tmp_path / "r.json")["metrics"] == rec["metrics"]
+    for broken, msg in [
+        ({"metrics": {"a/std_acc": {"value": 1.5, "ci95": [1.4, 1.6], "n": 1,
+                                    "higher_is_better": True}}}, "not a fraction"),
+        ({"metrics": {"m": {"value": 0.5, "ci95": [0.6, 0.7], "n": 1,
+                            "higher_is_better": True}}}, "does not bracket"),
+        ({"metrics": {"m": {"value": 0.5}}}, "has fields"),
+        ({"claims": [{"claim": "c", "verdict": "maybe"}]}, "verdict"),
+        ({"schema_version": 0}, "schema_version"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            record.validate({**_valid(), **broken})
+    bad = _valid()
+    del bad["git"]
+    with pytest.raises(ValueError, match="missing field 'git'"):
+        record.validate(bad)
+
+
+def test_confidence_intervals() -> None:
+    m, lo, hi = mean_ci([0.9, 0.92, 0.94])
+    assert lo < m < hi and abs(m - 0.92) < 1e-12
+    assert abs((hi - m) - 4.302652729 * 0.02 / 3 ** 0.5) < 1e-6  # t_{0.975, 2}
+    assert mean_ci([0.3]) == (0.3, 0.3, 0.3)
+    lo, hi = wilson_ci(50, 100)
+    assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-9
