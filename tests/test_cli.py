@@ -72,3 +72,19 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path,
     (tmp_path / "m.safetensors").write_bytes(b"garbage")
     assert main(["attack", "--checkpoint", str(tmp_path / "m"), "--dataset", "digits"]) == 2
     assert "cannot read weights" in capsys.readouterr().err
+
+
+def test_config_overrides() -> None:
+    from eisbench import overrides
+    from eisbench.experiments.features_vs_bugs import QUICK
+
+    cfg = overrides.apply(QUICK, ["n_construct=500", "robust_train.epochs=3",
+                                  "eval_attack.eps=0.1", "seeds=0,5", "n_train=none"])
+    assert cfg.n_construct == 500 and cfg.robust_train.epochs == 3
+    assert cfg.eval_attack.eps == 0.1 and cfg.seeds == (0, 5) and cfg.n_train is None
+    with pytest.raises(ValueError, match="did you mean n_construct"):
+        overrides.apply(QUICK, ["n_constuct=5"])
+    with pytest.raises(ValueError, match="expected a value of type"):
+        overrides.apply(QUICK, ["n_construct=many"])
+    with pytest.raises(ValueError, match="key=value"):
+        overrides.apply(QUICK, ["n_construct"])

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", help="folder of IDX / cifar-10-batches-py files")
     r.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set n_construct=500 "
+                        "--set robust_train.epochs=10 (repeatable; see the record's config)")
     r.add_argument("--out", required=True, type=Path, help="output folder")
 
     t = sub.add_parser("train", help="train a model and save a checkpoint")
@@ -86,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from eisbench import overrides
     from eisbench.experiments import EXPERIMENTS
     from eisbench.paths import cache_dir
     from eisbench.store import Store
@@ -101,7 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.seeds < 1:
             raise ValueError("--seeds must be >= 1")
         changes["seeds"] = tuple(range(args.seeds))
-    cfg = dataclasses.replace(cfg, **changes)
+    cfg = overrides.apply(dataclasses.replace(cfg, **changes), args.set)
     t0 = time.perf_counter()
     rec = exp.run(cfg, out=args.out, store=Store(cache_dir()))
     report = exp.report(rec, args.out)

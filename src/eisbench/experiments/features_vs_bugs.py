@@ -72,6 +72,7 @@ class FeaturesVsBugsConfig:
     wrong_label_step_size: float = 0.1
     eval_attack: AttackConfig = field(default_factory=lambda: AttackConfig(
         name="pgd", norm="linf", eps=0.15, steps=20, restarts=1, early_exit=True))
+    eps_curve: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)  # extra budgets for the curve (no claim)
     device: str = "cpu"
 
 
@@ -144,6 +145,12 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
             m = evaluate_stage(ctx, model=model, model_key=key, test=test_d,
                                n_robust=cfg.n_test_robust, attack=cfg.eval_attack, seed=seed,
                                desc=f"[seed {seed}] evaluate {name}")
+            for eps in cfg.eps_curve:
+                attack = dataclasses.replace(cfg.eval_attack, eps=eps)
+                m[f"robust_acc_eps={eps:g}"] = evaluate_stage(
+                    ctx, model=model, model_key=key, test=test_d, n_robust=cfg.n_test_robust,
+                    attack=attack, seed=seed, desc=f"[seed {seed}] {name} eps={eps:g}",
+                )["robust_acc"]
             per_seed.setdefault(name, []).append(m)
     metrics = _aggregate(per_seed, construction)
     rec: Record = {
@@ -177,8 +184,9 @@ def _aggregate(per_seed: dict[str, list[dict[str, Any]]],
                construction: dict[str, list[float]]) -> dict[str, Metric]:
     out: dict[str, Metric] = {}
     for name, runs in per_seed.items():
-        out[f"{name}/std_acc"] = _metric([r["std_acc"] for r in runs])
-        out[f"{name}/robust_acc"] = _metric([r["robust_acc"] for r in runs])
+        for key in runs[0]:
+            if key == "std_acc" or key.startswith("robust_acc"):
+                out[f"{name}/{key}"] = _metric([r[key] for r in runs])
     for name, vals in construction.items():
         dist = name.endswith("feature_distance")
         out[name] = _metric(vals, higher_is_better=not dist, upper=float("inf") if dist else 1.0)

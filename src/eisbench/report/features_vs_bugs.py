@@ -48,11 +48,72 @@ def _bars(rec: Record) -> str:
     return figure(fig)
 
 
+def _curve(rec: Record) -> str:
+    """Robust accuracy against eps for every model (mean and 95% CI over seeds)."""
+    main_eps = float(rec["config"]["eval_attack"]["eps"])
+    curve = sorted({main_eps, *map(float, rec["config"].get("eps_curve", []))})
+    if len(curve) < 2:
+        return ""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for r in ROWS:
+        pts = []
+        for eps in curve:
+            key = f"{r}/robust_acc" if eps == main_eps else f"{r}/robust_acc_eps={eps:g}"
+            m = rec["metrics"].get(key)
+            if m is not None:
+                pts.append((eps, m["value"], m["ci95"][0], m["ci95"][1]))
+        if pts:
+            e, v, lo, hi = (np.array(t) for t in zip(*pts, strict=True))
+            ax.errorbar(e, v * 100, yerr=[(v - lo) * 100, (hi - v) * 100], marker="o",
+                        capsize=2, label=LABELS[r])
+    ax.set_xlabel(f"{rec['config']['eval_attack']['norm']} eps")
+    ax.set_ylabel("Robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=7)
+    ax.set_title("Robust accuracy on the original test set vs. budget", fontsize=10)
+    return figure(fig)
+
+
+def _per_seed(rec: Record) -> str:
+    rows = []
+    for r in ROWS:
+        for seed, m in zip(rec["seeds"], rec["details"]["per_seed"].get(r, []), strict=False):
+            rows.append([LABELS[r], seed, f"{m['std_acc']:.1%}", f"{m['robust_acc']:.1%}"])
+    return table(["model", "seed", "std acc", "robust acc"], rows)
+
+
+def diagnostics(rec: Record) -> list[str]:
+    """Plain-language warnings about the run that a reader should weigh with the verdicts."""
+    notes = []
+    for name in ("D_rand", "D_det"):
+        m = rec["metrics"].get(f"construct/{name}/target_rate")
+        if m is not None and m["value"] < 0.9:
+            notes.append(f"The targeted attack that builds {name} reached its target class on "
+                         f"the source model for only {m['value']:.0%} of images (L2 eps "
+                         f"{rec['config']['wrong_label_eps']}); the rest carry a wrong label "
+                         "without the target's non-robust features.")
+    for r in ROWS:
+        runs = rec["details"]["per_seed"].get(r, [])
+        vals = [x["robust_acc"] for x in runs]
+        if len(vals) > 1 and max(vals) - min(vals) > 0.2:
+            notes.append(f"{LABELS[r]}: robust accuracy varies across seeds from {min(vals):.1%}"
+                         f" to {max(vals):.1%}; see the per-seed table.")
+    for name in ("D_R", "D_NR"):
+        m = rec["metrics"].get(f"construct/{name}/feature_distance")
+        if m is not None and m["value"] > 0.2:
+            notes.append(f"Representation inversion for {name} left a relative feature distance "
+                         f"of {m['value']:.2f} (0 = exact match); more inversion steps would "
+                         "match the representation more closely.")
+    return notes
+
+
 def _samples(out: Path) -> str:
     f = out / "samples.safetensors"
     if not f.exists():
         return "<p>(no sample images saved)</p>"
     s = load_file(str(f))
+    if "D_R_labels" in s:
+        s["D_labels"] = s["D_R_labels"]  # D_R keeps the original labels
     names = [k for k in ("D", "D_R", "D_NR", "D_rand", "D_det") if k in s]
     n = s["D"].shape[0]
     fig, axes = plt.subplots(len(names), n, figsize=(n * 0.9, len(names) * 1.0), squeeze=False)
@@ -87,6 +148,8 @@ def write_report(rec: Record, out: Path) -> Path:
                      "-" if s is None else f"{s:.1%}", "-" if a is None else f"{a:.1%}"])
     acc = table(["model", "std acc (95% CI)", "robust acc (95% CI)", "paper std (CIFAR-10)",
                  "paper robust"], rows)
+    notes = "".join(f"<li>{esc(n)}</li>" for n in diagnostics(rec))
+    notes_html = f"<h2>Warnings</h2><ul>{notes}</ul>" if notes else ""
     extra = table(["construction diagnostic", "value"],
                   [[k, _fmt(v)] for k, v in rec["metrics"].items()  # type: ignore[arg-type]
                    if k.startswith("construct/")])
@@ -100,11 +163,14 @@ Git: {esc(rec['git'])}. Wall time: {rec['wall_seconds']:.0f} s.
 Robust accuracy: {esc(rec['details']['attack'])} on the first
 {esc(rec['config']['n_test_robust'])} test images.</p>
 <h2>Verdicts</h2>{verdicts}
+{notes_html}
 <h2>Accuracy on the original test set</h2>{acc}
 <p>Paper figures: {esc(rec['details']['literature_source'])}; different data, architecture and
 budget, shown for the pattern only.</p>
 {_bars(rec)}
+{_curve(rec)}
 {extra}
+<h2>Every run</h2>{_per_seed(rec)}
 <h2>Constructed datasets</h2>{_samples(out)}
 <h2>Hyper-parameters</h2><pre>{esc(cfg)}</pre>
 <h2>Stages</h2>{stages}
