@@ -102,3 +102,13 @@ def test_model_without_features_is_explained() -> None:
 
     with pytest.raises(TypeError, match="features"):
         features(nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+def test_checkpoint_names_with_dots_are_kept(tmp_path: Path) -> None:
+    spec = ModelSpec(arch="mlp", in_shape=(1, 8, 8), num_classes=10)
+    a, b = spec.build(), spec.build()
+    save_checkpoint(a, spec, tmp_path / "run-lr0.005")
+    save_checkpoint(b, spec, tmp_path / "run-lr0.01")
+    x = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(load_checkpoint(tmp_path / "run-lr0.005")(x), a.eval()(x))
+    torch.testing.assert_close(load_checkpoint(tmp_path / "run-lr0.01.safetensors")(x), b.eval()(x))

@@ -62,8 +62,8 @@ class FeaturesVsBugsConfig:
     n_test: int | None = None  # test images for standard accuracy (None: all)
     n_test_robust: int = 1000  # test images for robust accuracy
     std_train: TrainConfig = TrainConfig(method="standard", epochs=2, lr=2e-3)
-    robust_train: TrainConfig = TrainConfig(method="fast-at", epochs=5, lr=5e-3, eps=0.3,
-                                            alpha=0.375, eps_warmup_epochs=2)
+    robust_train: TrainConfig = TrainConfig(method="fast-at", epochs=12, lr=5e-3, eps=0.3,
+                                            alpha=0.3, eps_warmup_epochs=8)
     fresh_train: TrainConfig = TrainConfig(method="standard", epochs=10, lr=2e-3)
     inversion_steps: int = 100
     inversion_step_size: float = 0.1
@@ -80,8 +80,6 @@ QUICK = FeaturesVsBugsConfig()
 FULL = dataclasses.replace(
     QUICK, n_construct=10000, n_test_robust=2000,
     std_train=TrainConfig(method="standard", epochs=5, lr=2e-3),
-    robust_train=TrainConfig(method="fast-at", epochs=10, lr=5e-3, eps=0.3, alpha=0.375,
-                             eps_warmup_epochs=3),
     fresh_train=TrainConfig(method="standard", epochs=20, lr=2e-3),
     inversion_steps=200, wrong_label_steps=100, wrong_label_step_size=0.05,
     eval_attack=AttackConfig(name="pgd", norm="linf", eps=0.15, steps=50, restarts=3,

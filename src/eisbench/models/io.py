@@ -65,21 +65,21 @@ def _import_class(target: str) -> type[nn.Module]:
 
 def save_checkpoint(model: nn.Module, spec: ModelSpec, path: str | Path) -> Path:
     """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path."""
-    stem = Path(path).with_suffix("")
-    weights = stem.with_suffix(".safetensors")
+    stem = _stem(path)
+    weights = stem.with_name(stem.name + ".safetensors")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = weights.with_name(f".{weights.name}.tmp")
     save_file(state, str(tmp))
     tmp.replace(weights)
     meta = {"version": SPEC_VERSION, **dataclasses.asdict(spec)}
-    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(stem.with_name(stem.name + ".json"), json.dumps(meta, indent=2).encode())
     return weights
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by :func:`save_checkpoint` (in eval mode, on ``device``)."""
-    stem = Path(path).with_suffix("")
-    spec_file = stem.with_suffix(".json")
+    stem = _stem(path)
+    spec_file = stem.with_name(stem.name + ".json")
     if not spec_file.exists():
         raise FileNotFoundError(f"{spec_file} is missing: a checkpoint is <name>.safetensors plus "
                                 "<name>.json (written by eisbench train)")
@@ -92,7 +92,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise ValueError(f"{spec_file} is not a valid model spec: {e}") from e
     net = spec.build()
-    _load_state(net, stem.with_suffix(".safetensors"))
+    _load_state(net, stem.with_name(stem.name + ".safetensors"))
     return net.to(device).eval()
 
 
@@ -108,6 +108,12 @@ def load_foreign(target: str, weights: str | Path | None = None, *,
     if weights is not None:
         _load_state(net, Path(weights))
     return net.to(device).eval()
+
+
+def _stem(path: str | Path) -> Path:
+    """``dir/name`` for ``dir/name``, ``dir/name.json`` or ``dir/name.safetensors`` (dots kept)."""
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
 
 
 def _opt_tuple(v: Any) -> tuple[float, ...] | None:
