@@ -26,26 +26,33 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step
          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One PGD run. Returns (x_adv (B,C,H,W), success (B,) bool) judged on the returned points."""
     x_adv = random_start(x, norm=norm, eps=eps, generator=generator) if rand_init else x.clone()
+    sign = -1.0 if targeted else 1.0
+    if not early_exit:  # fixed steps on the whole batch: no gather/scatter per step
+        for _ in range(steps):
+            xa = x_adv.requires_grad_(True)
+            loss = F.cross_entropy(model(xa), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xa)
+            with torch.no_grad():
+                x_adv = project(x, xa + sign * step_size * steepest_direction(grad, norm),
+                                norm=norm, eps=eps)
+        with torch.no_grad():
+            return x_adv.detach(), _success(model(x_adv), y, targeted)
     active = torch.arange(len(x), device=x.device)  # indices still being attacked
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    sign = -1.0 if targeted else 1.0
     for _ in range(steps):
         xa = x_adv[active].requires_grad_(True)  # (A, C, H, W)
         logits = model(xa)
-        if early_exit:
-            hit = _success(logits.detach(), y[active], targeted)
-            done[active[hit]] = True
+        done[active[_success(logits.detach(), y[active], targeted)]] = True
         loss = F.cross_entropy(logits, y[active], reduction="sum")
         (grad,) = torch.autograd.grad(loss, xa)
         with torch.no_grad():
             step = xa + sign * step_size * steepest_direction(grad, norm)
-            keep = ~done[active] if early_exit else slice(None)
+            keep = ~done[active]
             idx = active[keep]
             x_adv[idx] = project(x[idx], step[keep], norm=norm, eps=eps)
-        if early_exit:
-            active = idx
-            if len(active) == 0:
-                break
+        active = idx
+        if len(active) == 0:
+            break
     with torch.no_grad():
         if len(active):
             done[active] = _success(model(x_adv[active]), y[active], targeted)
