@@ -33,6 +33,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from _common import default_threads
+from _common import import_torchattacks as _import_torchattacks
 
 from eisbench import data
 from eisbench.attacks import AttackConfig, correct_under_attack, predict
@@ -54,18 +56,8 @@ then run  PYTHONPATH=src /tmp/venvbench/bin/python {script} ...
 
 
 def import_torchattacks():  # noqa: ANN201
-    try:
-        import torchattacks
-    except ImportError:
-        sys.exit(INSTALL_HINT.format(exe=sys.executable, script="benchmarks/fast_at.py"))
-    return torchattacks
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    hint = INSTALL_HINT.format(exe=sys.executable, script="benchmarks/fast_at.py")
+    return _import_torchattacks(hint)
 
 
 def run_name(args: argparse.Namespace) -> str:

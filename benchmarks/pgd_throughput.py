@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import default_threads
+from _common import import_torchattacks as _import_torchattacks
 
 from eisbench import data
 from eisbench.attacks import AttackConfig, correct_under_attack, pgd, predict
@@ -66,18 +68,7 @@ then run  PYTHONPATH=src /tmp/venvbench/bin/python benchmarks/pgd_throughput.py 
 
 
 def import_torchattacks():  # noqa: ANN201
-    try:
-        import torchattacks
-    except ImportError:
-        sys.exit(INSTALL_HINT.format(exe=sys.executable))
-    return torchattacks
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return _import_torchattacks(INSTALL_HINT.format(exe=sys.executable))
 
 
 def get_model(kind: str, d: data.ImageData, cache: Path, device: str,

@@ -88,7 +88,7 @@ def distance(x: torch.Tensor, x_adv: torch.Tensor, *, norm: str) -> torch.Tensor
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the duration of an attack; restore its mode afterwards."""
     was_training = model.training
-    model.eval()
+    model.eval()  # safe: nn.Module.eval (mode switch)
     try:
         yield model
     finally:

@@ -93,7 +93,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise ValueError(f"{spec_file} is not a valid model spec: {e}") from e
     net = spec.build()
     _load_state(net, stem.with_name(stem.name + ".safetensors"))
-    return net.to(device).eval()
+    return net.to(device).eval()  # safe: nn.Module.eval (mode switch)
 
 
 def load_foreign(target: str, weights: str | Path | None = None, *,
@@ -107,7 +107,7 @@ def load_foreign(target: str, weights: str | Path | None = None, *,
     net = _import_class(target)(**(kwargs or {}))
     if weights is not None:
         _load_state(net, Path(weights))
-    return net.to(device).eval()
+    return net.to(device).eval()  # safe: nn.Module.eval (mode switch)
 
 
 def _stem(path: str | Path) -> Path:

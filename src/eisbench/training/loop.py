@@ -101,7 +101,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                         "gen": gen.get_state(), "epoch": epoch + 1}, tmp)
             tmp.replace(ckpt)
-    return model.eval()
+    return model.eval()  # safe: nn.Module.eval (mode switch)
 
 
 def _with_eps(cfg: TrainConfig, eps: float) -> TrainConfig:
