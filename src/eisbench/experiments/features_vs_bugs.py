@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig, predict
@@ -147,7 +148,7 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
                 attack = dataclasses.replace(cfg.eval_attack, eps=eps)
                 m[f"robust_acc_eps={eps:g}"] = evaluate_stage(
                     ctx, model=model, model_key=key, test=test_d, n_robust=cfg.n_test_robust,
-                    attack=attack, seed=seed, desc=f"[seed {seed}] {name} eps={eps:g}",
+                    attack=attack, seed=seed, desc=f"[seed {seed}] {name} eps={eps:g}", std=False,
                 )["robust_acc"]
             per_seed.setdefault(name, []).append(m)
     metrics = _aggregate(per_seed, construction)
@@ -164,8 +165,6 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
     }
     out.mkdir(parents=True, exist_ok=True)
     write_record(rec, out / "record.json")
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous() for k, v in samples.items()}, str(out / "samples.safetensors"))
     return rec
 

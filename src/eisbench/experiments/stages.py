@@ -85,16 +85,20 @@ def construct_stage(ctx: Context, *, name: str, model: nn.Module, model_key: str
 
 
 def evaluate_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tensors,
-                   n_robust: int, attack: AttackConfig, seed: int, desc: str) -> dict[str, Any]:
-    """Standard accuracy on all of ``test`` and robust accuracy on its first ``n_robust``."""
+                   n_robust: int, attack: AttackConfig, seed: int, desc: str,
+                   std: bool = True) -> dict[str, Any]:
+    """Robust accuracy on the first ``n_robust`` of ``test``, and (``std``) standard accuracy
+    on all of it."""
 
     def compute(work: Path) -> dict[str, Any]:
-        pred = predict(model, test.x, device=ctx.device)
         ok = correct_under_attack(model, test.x[:n_robust], test.y[:n_robust], attack, seed=seed,
                                   device=ctx.device, desc=desc)
-        return {"std_acc": float((pred == test.y).float().mean()), "n_std": len(test.y),
-                "robust_acc": float(ok.float().mean()), "n_robust": len(ok),
-                "attack": attack.describe()}
+        out: dict[str, Any] = {"robust_acc": float(ok.float().mean()), "n_robust": len(ok),
+                               "attack": attack.describe()}
+        if std:
+            pred = predict(model, test.x, device=ctx.device)
+            out.update(std_acc=float((pred == test.y).float().mean()), n_std=len(test.y))
+        return out
 
     def save(out: dict[str, Any], d: Path) -> None:
         (d / "metrics.json").write_text(json.dumps(out))
@@ -103,7 +107,8 @@ def evaluate_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tens
         out: dict[str, Any] = json.loads((d / "metrics.json").read_text())
         return out
 
-    out, _ = ctx.store.run("evaluate", {"attack": attack, "n_robust": n_robust, "seed": seed},
+    out, _ = ctx.store.run("evaluate", {"attack": attack, "n_robust": n_robust, "seed": seed,
+                                        "std": std},
                            inputs=(model_key, test.key), compute=compute, save=save, load=load,
                            log=ctx.log)
     return out

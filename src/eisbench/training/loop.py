@@ -76,7 +76,6 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
         perm = torch.randperm(len(x), generator=gen)
         ramp = min(1.0, (epoch + 1) / cfg.eps_warmup_epochs) if cfg.eps_warmup_epochs else 1.0
         ecfg = cfg if ramp == 1.0 else _with_eps(cfg, cfg.eps * ramp)
-        seen = correct = 0
         loss_sum = 0.0
         bar = progress(range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}")
         for b in bar:
@@ -85,13 +84,10 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
             xt = perturb(model, xb, yb, cfg=ecfg, generator=gen)
-            logits = model(xt)
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(model(xt), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            seen += len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
             loss_sum += float(loss.detach()) * len(yb)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"{desc}: training loss became {loss_sum} in epoch {epoch + 1}"
