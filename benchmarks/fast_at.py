@@ -1,4 +1,4 @@
-"""Benchmark: fast adversarial training (Wong et al. 2020) of cnn-small on MNIST at Linf eps 0.3.
+"""Benchmark: fast adversarial training (Wong et al. 2020) on MNIST at Linf eps 0.3.
 
 Targets (printed with PASS/FAIL):
   * robust accuracy >= 85% under PGD-50 with 10 restarts (Linf eps 0.3, step 2.5*eps/50),
@@ -14,7 +14,7 @@ step and restarts) on a subset of the test set.
 
 Usage (torchattacks lives in a separate venv, see benchmarks/README.md):
     PYTHONPATH=src /tmp/venvbench/bin/python benchmarks/fast_at.py
-    PYTHONPATH=src /tmp/venvbench/bin/python benchmarks/fast_at.py --epochs 12 --alpha 0.3
+    PYTHONPATH=src /tmp/venvbench/bin/python benchmarks/fast_at.py --arch cnn-small --epochs 12
     PYTHONPATH=src python benchmarks/fast_at.py --no-xcheck --n-eval 2000
 
 The last line of the output is one JSON object with every figure.
@@ -42,7 +42,6 @@ from eisbench.models import ModelSpec, num_params, save_checkpoint
 from eisbench.training import TrainConfig, train
 
 EPS = 0.3
-SPEC = ModelSpec(arch="cnn-small", in_shape=(1, 28, 28), num_classes=10)
 MADRY_ITERS, MADRY_BATCH = 100_000, 50  # Madry et al. 2018, MNIST
 INSTALL_HINT = """\
 torchattacks is not installed in this Python ({exe}).
@@ -65,18 +64,22 @@ def run_name(args: argparse.Namespace) -> str:
 
     No dots: ``save_checkpoint`` treats everything after the last dot as a suffix.
     """
-    name = (f"cnn-small-fast-at-eps{EPS:g}-e{args.epochs}-lr{args.lr:g}-a{args.alpha:g}"
+    name = (f"{args.arch}-fast-at-eps{EPS:g}-e{args.epochs}-lr{args.lr:g}-a{args.alpha:g}"
             f"-w{args.eps_warmup}-b{args.batch}-s{args.seed}")
     return name.replace(".", "p")
 
 
-def fresh_model(seed: int) -> torch.nn.Module:
+def spec_of(arch: str) -> ModelSpec:
+    return ModelSpec(arch=arch, in_shape=(1, 28, 28), num_classes=10)
+
+
+def fresh_model(arch: str, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SPEC.build()
+        return spec_of(arch).build()
 
 
-def time_per_batch(x: torch.Tensor, y: torch.Tensor, *, batch: int, n_batches: int,
+def time_per_batch(x: torch.Tensor, y: torch.Tensor, *, arch: str, batch: int, n_batches: int,
                    fast_cfg: TrainConfig, seed: int, device: str) -> dict[str, list[float]]:
     """Seconds per batch of PGD-40 adversarial training (step 0.01) and of fast AT, measured
     through the real training loop, interleaved in groups of 5 batches so that both see the
@@ -86,7 +89,7 @@ def time_per_batch(x: torch.Tensor, y: torch.Tensor, *, batch: int, n_batches: i
                                   alpha=0.01, attack_steps=40, schedule="constant"),
             "fast-at": replace(fast_cfg, epochs=1, batch_size=batch, schedule="constant",
                                eps_warmup_epochs=0)}
-    nets = {k: fresh_model(seed) for k in cfgs}
+    nets = {k: fresh_model(arch, seed) for k in cfgs}
     for k, cfg in cfgs.items():  # warm-up
         train(nets[k], x[:2 * batch], y[:2 * batch], cfg=cfg, seed=seed, device=device,
               desc="warm-up")
@@ -143,11 +146,12 @@ def torchattacks_eval(ta, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="cnn-deep", help="registered model (eisbench list)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=5e-3, help="peak Adam lr (onecycle schedule)")
-    p.add_argument("--alpha", type=float, default=0.375, help="FGSM step (1.25*eps)")
-    p.add_argument("--eps-warmup", type=int, default=3, help="epochs of linear eps ramp")
+    p.add_argument("--alpha", type=float, default=0.3, help="FGSM step (Wong et al.: 1.25*eps)")
+    p.add_argument("--eps-warmup", type=int, default=8, help="epochs of linear eps ramp")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--n-train", type=int, default=None,
                    help="train on the first N training images only (smoke tests)")
@@ -181,8 +185,8 @@ def main() -> None:
     cfg = TrainConfig(method="fast-at", epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                       eps=EPS, alpha=args.alpha, eps_warmup_epochs=args.eps_warmup,
                       schedule="onecycle")
-    net = fresh_model(args.seed)
-    print(f"\n[1] fast-AT: cnn-small ({num_params(net):,} params), {cfg}", flush=True)
+    net = fresh_model(args.arch, args.seed)
+    print(f"\n[1] fast-AT: {args.arch} ({num_params(net):,} params), {cfg}", flush=True)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     net = train(net, x_tr, y_tr, cfg=cfg, seed=args.seed, device=args.device, desc="fast-at")
@@ -193,7 +197,7 @@ def main() -> None:
           f"{load0:.1f} before, {load1:.1f} after", flush=True)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     name = run_name(args) + (f"-n{args.n_train}" if args.n_train is not None else "")
-    ckpt = save_checkpoint(net, SPEC, args.cache_dir / name)
+    ckpt = save_checkpoint(net, spec_of(args.arch), args.cache_dir / name)
     print(f"    saved {ckpt}")
     net = net.to(args.device).eval()
 
@@ -243,8 +247,9 @@ def main() -> None:
           "timed batches each per batch size, interleaved", flush=True)
     timing: dict[int, dict] = {}
     for b in (MADRY_BATCH, args.batch):
-        per = time_per_batch(d.x_train, d.y_train, batch=b, n_batches=args.pgd_at_batches,
-                             fast_cfg=cfg, seed=args.seed, device=args.device)
+        per = time_per_batch(d.x_train, d.y_train, arch=args.arch, batch=b,
+                             n_batches=args.pgd_at_batches, fast_cfg=cfg, seed=args.seed,
+                             device=args.device)
         timing[b] = {k: {"median_s": statistics.median(v), "groups_s": [round(t, 4) for t in v]}
                      for k, v in per.items()}
         for k, v in per.items():
@@ -290,7 +295,8 @@ def main() -> None:
         print(f"{k:<44}{'PASS' if v else 'FAIL':>20}")
     print("=" * 78)
     result = {
-        "benchmark": "fast_at", "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
+        "benchmark": "fast_at", "arch": args.arch, "seed": args.seed, "epochs": args.epochs,
+        "lr": args.lr,
         "alpha": args.alpha, "eps_warmup_epochs": args.eps_warmup, "batch": args.batch,
         "eps": EPS, "threads": args.threads, "device": args.device,
         "torch": torch.__version__, "train_s": round(train_s, 1), "epoch_s": round(epoch_s, 2),

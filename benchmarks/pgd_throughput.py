@@ -15,7 +15,7 @@ Both libraries attack the same model object in eval mode, and every adversarial 
 is checked against the budget here (independently of eisbench's own assertion).
 
 Models are trained on first use and cached as safetensors under ``--cache-dir``; the robust one
-has the same name and settings as ``benchmarks/fast_at.py --epochs 12 --eps-warmup 8 --alpha 0.3``,
+has the same name and settings as ``benchmarks/fast_at.py --arch cnn-small --epochs 12``,
 so either script reuses the other's model (``--robust-ckpt`` picks any other checkpoint).
 
 Usage (torchattacks lives in a separate venv, see benchmarks/README.md):
@@ -49,8 +49,8 @@ EPS, ALPHA = 0.3, 0.01
 SPEC = ModelSpec(arch="cnn-small", in_shape=(1, 28, 28), num_classes=10)
 MODELS = {
     # name in the cache -> training config. "robust" is the run of benchmarks/fast_at.py with
-    # --epochs 12 --eps-warmup 8 --alpha 0.3 (same cache name): with its defaults (10 epochs,
-    # alpha 0.375, 3 warm-up epochs) seed 0 overfits catastrophically (0% PGD accuracy).
+    # --arch cnn-small --epochs 12 (same cache name); with 10 epochs, alpha 0.375 and 3 warm-up
+    # epochs, seed 0 overfits catastrophically (0% PGD accuracy).
     "standard": ("cnn-small-standard-e2-lr2e-3-s0",
                  TrainConfig(method="standard", epochs=2, batch_size=128, lr=2e-3)),
     "robust": ("cnn-small-fast-at-eps0p3-e12-lr0p005-a0p3-w8-b128-s0",

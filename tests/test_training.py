@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,36 @@ def test_bad_training_input() -> None:
     with pytest.raises(ValueError, match=r"\[0,1\]"):
         train(_fresh(), torch.rand(4, 1, 8, 8) * 255, torch.zeros(4, dtype=torch.long),
               cfg=TrainConfig(epochs=1), seed=0)
+
+
+def test_overfitting_guard_keeps_the_best_epoch(digits_small: tuple[torch.Tensor, ...],
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collapse of the probe accuracy in epoch 3 restores epoch 2's weights and stops."""
+    import json
+
+    import eisbench.training.loop as loop
+
+    x, y, _, _ = digits_small
+    cfg = TrainConfig(method="fast-at", epochs=4, lr=1e-2, eps=0.05, schedule="constant")
+    two = train(_fresh(), x, y, cfg=dataclasses.replace(cfg, epochs=2), seed=0)
+    probe = iter([0.5, 0.6, 0.1, 0.9])
+    monkeypatch.setattr(loop, "_guard_accuracy", lambda *a, **k: next(probe))
+    with pytest.warns(UserWarning, match="catastrophic overfitting"):
+        net = train(_fresh(), x, y, cfg=cfg, seed=0, resume_dir=tmp_path)
+    for a, b in zip(two.state_dict().values(), net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["stopped"] and history[-1]["guard_pgd10_acc"] == 0.1
+
+
+def test_guard_probe_sees_robustness(digits_small: tuple[torch.Tensor, ...]) -> None:
+    from eisbench.training.loop import _guard_accuracy
+
+    x, y, _, _ = digits_small
+    cfg = TrainConfig(method="fast-at", epochs=6, lr=1e-2, eps=0.1)
+    std = train(_fresh(), x, y, cfg=TrainConfig(epochs=6, lr=1e-2), seed=0)
+    rob = train(_fresh(), x, y, cfg=cfg, seed=0)
+    a_std, a_rob = (_guard_accuracy(m, x, y, cfg=cfg, device="cpu") for m in (std, rob))
+    assert 0.0 <= a_std < a_rob <= 1.0

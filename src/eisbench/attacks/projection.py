@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from eisbench.models.core import fast_layout
+
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
 _TOL = 1e-5
@@ -86,10 +88,13 @@ def distance(x: torch.Tensor, x_adv: torch.Tensor, *, norm: str) -> torch.Tensor
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the duration of an attack; restore its mode afterwards."""
+    """Put ``model`` in eval mode (and, on CPU, its conv weights channels-last: see
+    :func:`eisbench.models.fast_layout`) for the duration of an attack; restore both afterwards.
+    """
     was_training = model.training
     model.eval()  # safe: nn.Module.eval (mode switch)
     try:
-        yield model
+        with fast_layout(model):
+            yield model
     finally:
         model.train(was_training)

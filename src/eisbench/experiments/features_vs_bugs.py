@@ -68,7 +68,7 @@ class FeaturesVsBugsConfig:
     fresh_train: TrainConfig = TrainConfig(method="standard", epochs=10, lr=2e-3)
     inversion_steps: int = 100
     inversion_step_size: float = 0.1
-    wrong_label_eps: float = 2.0  # L2
+    wrong_label_eps: float = 3.0  # L2: the targeted attack hits ~84% of MNIST targets (50% at 2.0)
     wrong_label_steps: int = 50
     wrong_label_step_size: float = 0.1
     eval_attack: AttackConfig = field(default_factory=lambda: AttackConfig(

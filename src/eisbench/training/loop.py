@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eisbench.attacks.pgd import pgd
+from eisbench.attacks.projection import eval_mode
 from eisbench.data import check_images
+from eisbench.models.core import fast_layout
 from eisbench.progress import progress
-from eisbench.training.methods import METHODS
+from eisbench.training.methods import METHODS, Perturb
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,10 @@ class TrainConfig:
     alpha: float | None = None  # attack step; fast-at default 1.25 eps, pgd-at 2.5 eps/steps
     attack_steps: int = 40  # pgd-at only
     eps_warmup_epochs: int = 0  # linearly ramp eps over the first epochs (helps fast-at on MNIST)
+    # Adversarial methods: after each epoch, PGD-10 accuracy at the full eps on a fixed batch of
+    # training images; if it falls this far below its best (catastrophic overfitting, Wong et al.
+    # 2020), restore the best epoch's weights and stop. 0 turns the guard off.
+    overfit_guard: float = 0.2
 
 
 def _lr_at(cfg: TrainConfig, t: float) -> float:
@@ -59,19 +69,30 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
         raise ValueError(f"{len(x)} images but {len(y)} labels")
     perturb = METHODS.get(cfg.method)
     model.to(device)
+    with fast_layout(model):
+        _train(model, x, y, perturb=perturb, cfg=cfg, seed=seed, device=device,
+               resume_dir=resume_dir, desc=desc)
+    return model.eval()  # safe: nn.Module.eval (mode switch)
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, perturb: Perturb,
+           cfg: TrainConfig, seed: int, device: str | torch.device, resume_dir: Path | None,
+           desc: str) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    start = 0
+    guard = cfg.overfit_guard > 0 and cfg.method != "standard"
+    state: dict = {"epoch": 0, "history": [], "best": None, "best_acc": -1.0, "stopped": False}
     ckpt = resume_dir / "train_state.pt" if resume_dir is not None else None
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        start = int(state["epoch"])
+        model.load_state_dict(state.pop("model"))
+        opt.load_state_dict(state.pop("opt"))
+        gen.set_state(state.pop("gen"))
     n_batches = math.ceil(len(x) / cfg.batch_size)
     total = cfg.epochs * n_batches
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(int(state["epoch"]), cfg.epochs):
+        if state["stopped"]:
+            break
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         ramp = min(1.0, (epoch + 1) / cfg.eps_warmup_epochs) if cfg.eps_warmup_epochs else 1.0
@@ -92,12 +113,43 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"{desc}: training loss became {loss_sum} in epoch {epoch + 1}"
                                      "; lower the learning rate")
+        entry = {"epoch": epoch + 1, "loss": loss_sum / len(x), "eps": ecfg.eps}
+        if guard:
+            acc = _guard_accuracy(model, x, y, cfg=cfg, device=device)
+            entry["guard_pgd10_acc"] = acc
+            if acc >= state["best_acc"]:
+                state["best_acc"] = acc
+                state["best"] = copy.deepcopy(model.state_dict())
+            elif acc < state["best_acc"] - cfg.overfit_guard:
+                model.load_state_dict(state["best"])
+                state["stopped"] = True
+                entry["stopped"] = True
+                warnings.warn(f"{desc}: PGD-10 accuracy on the guard batch fell from "
+                              f"{state['best_acc']:.2f} to {acc:.2f} in epoch {epoch + 1} "
+                              "(catastrophic overfitting); kept the best epoch and stopped",
+                              stacklevel=2)
+        state["history"].append(entry)
+        state["epoch"] = epoch + 1
         if ckpt is not None:
             tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "epoch": epoch + 1}, tmp)
+            torch.save({**state, "model": model.state_dict(), "opt": opt.state_dict(),
+                        "gen": gen.get_state()}, tmp)
             tmp.replace(ckpt)
-    return model.eval()  # safe: nn.Module.eval (mode switch)
+    if resume_dir is not None:
+        (resume_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+
+
+GUARD_N = 512  # training images probed by the overfitting guard
+
+
+def _guard_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
+                    device: str | torch.device) -> float:
+    """PGD-10 accuracy (fixed start, so the same every call) on the first GUARD_N images."""
+    xb, yb = x[:GUARD_N].to(device), y[:GUARD_N].to(device)
+    x_adv = pgd(model, xb, yb, eps=cfg.eps, steps=10, norm=cfg.norm, random_start=True,
+                generator=torch.Generator().manual_seed(0))
+    with eval_mode(model), torch.no_grad():
+        return float((model(x_adv).argmax(1) == yb).float().mean())
 
 
 def _with_eps(cfg: TrainConfig, eps: float) -> TrainConfig:
