@@ -50,6 +50,43 @@ def gaussian_mixture(n: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return x.view(n, 1, 1, 2), y
 
 
+class LinearMulti(nn.Module):
+    """Nearest-centre classifier on (B, 1, 1, 2): logits_k = 2 c_k.x - |c_k|^2 (K=4, linear)."""
+
+    CENTRES = ((0.35, 0.35), (0.65, 0.35), (0.35, 0.65), (0.65, 0.65))
+
+    def __init__(self) -> None:
+        super().__init__()
+        c = torch.tensor(self.CENTRES)  # (K, 2)
+        self.lin = nn.Linear(2, len(c))
+        with torch.no_grad():
+            self.lin.weight.copy_(2 * c)
+            self.lin.bias.copy_(-(c ** 2).sum(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.flatten(1))  # (B, K)
+
+
+def multi_mixture(n: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four Gaussian clusters (B, 1, 1, 2) around LinearMulti's centres, labelled by it."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(0, 4, (n,), generator=g)
+    x = (torch.tensor(LinearMulti.CENTRES)[k] + 0.06 * torch.randn(n, 2, generator=g)).clamp(0, 1)
+    x = x.view(n, 1, 1, 2)
+    with torch.no_grad():
+        return x, LinearMulti()(x).argmax(1)
+
+
+@pytest.fixture
+def linear_multi() -> LinearMulti:
+    return LinearMulti()
+
+
+@pytest.fixture
+def mixture_multi() -> tuple[torch.Tensor, torch.Tensor]:
+    return multi_mixture(400)
+
+
 @pytest.fixture
 def linear_model() -> LinearBinary:
     return LinearBinary()

@@ -1,15 +1,27 @@
-"""Attacks: PGD and FGSM (registered), representation inversion, evaluation helpers."""
+"""Attacks: PGD, FGSM, APGD(-T), FMN, Square (registered), representation inversion, evaluation."""
 
 from __future__ import annotations
 
-from eisbench.attacks import pgd as _pgd  # noqa: F401  (registers attacks)
+from eisbench.attacks import apgd as _apgd  # noqa: F401  (registers attacks)
+from eisbench.attacks import fmn as _fmn  # noqa: F401
+from eisbench.attacks import pgd as _pgd  # noqa: F401
+from eisbench.attacks import square as _square  # noqa: F401
+from eisbench.attacks.apgd import apgd, apgd_t, dlr_loss
 from eisbench.attacks.core import ATTACKS, check_inputs
 from eisbench.attacks.evaluate import AttackConfig, correct_under_attack, predict
+from eisbench.attacks.fmn import fmn, fmn_min_norm
 from eisbench.attacks.inversion import invert_representation, representation_distance
 from eisbench.attacks.pgd import fgsm, pgd
 from eisbench.attacks.projection import BudgetViolation, assert_within_budget, eval_mode, project
+from eisbench.attacks.square import square
 
 __all__ = [
+    "apgd",
+    "apgd_t",
+    "dlr_loss",
+    "fmn",
+    "fmn_min_norm",
+    "square",
     "ATTACKS",
     "AttackConfig",
     "BudgetViolation",
