@@ -85,10 +85,12 @@ def time_per_batch(x: torch.Tensor, y: torch.Tensor, *, arch: str, batch: int, n
     through the real training loop, interleaved in groups of 5 batches so that both see the
     same load from other processes (a burst shows up as one outlying group, not as a bias).
     """
+    # overfit_guard=0: the guard probes once per train() call, i.e. once per group here
     cfgs = {"pgd-at": TrainConfig(method="pgd-at", epochs=1, batch_size=batch, lr=1e-3, eps=EPS,
-                                  alpha=0.01, attack_steps=40, schedule="constant"),
+                                  alpha=0.01, attack_steps=40, schedule="constant",
+                                  overfit_guard=0.0),
             "fast-at": replace(fast_cfg, epochs=1, batch_size=batch, schedule="constant",
-                               eps_warmup_epochs=0)}
+                               eps_warmup_epochs=0, overfit_guard=0.0)}
     nets = {k: fresh_model(arch, seed) for k in cfgs}
     for k, cfg in cfgs.items():  # warm-up
         train(nets[k], x[:2 * batch], y[:2 * batch], cfg=cfg, seed=seed, device=device,

@@ -10,6 +10,7 @@ from eisbench.attacks.core import ATTACKS, check_inputs
 from eisbench.attacks.projection import (
     assert_within_budget,
     eval_mode,
+    linf_bounds,
     project,
     random_start,
     steepest_direction,
@@ -28,13 +29,14 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step
     x_adv = random_start(x, norm=norm, eps=eps, generator=generator) if rand_init else x.clone()
     sign = -1.0 if targeted else 1.0
     if not early_exit:  # fixed steps on the whole batch: no gather/scatter per step
+        bounds = linf_bounds(x, eps) if norm == "linf" else None
         for _ in range(steps):
             xa = x_adv.requires_grad_(True)
             loss = F.cross_entropy(model(xa), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, xa)
             with torch.no_grad():
                 x_adv = project(x, xa + sign * step_size * steepest_direction(grad, norm),
-                                norm=norm, eps=eps)
+                                norm=norm, eps=eps, bounds=bounds)
         with torch.no_grad():
             return x_adv.detach(), _success(model(x_adv), y, targeted)
     active = torch.arange(len(x), device=x.device)  # indices still being attacked

@@ -13,8 +13,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from eisbench.models.core import fast_layout
-
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
 _TOL = 1e-5
@@ -42,18 +40,29 @@ def steepest_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / n.view(-1, *([1] * (grad.dim() - 1)))
 
 
-def project(x: torch.Tensor, x_adv: torch.Tensor, *, norm: str, eps: float) -> torch.Tensor:
+def linf_bounds(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel bounds (lo, hi), each shaped like ``x``, of the Linf ball intersected with [0,1].
+
+    Attacks that project many times onto the same ball compute these once and pass them to
+    :func:`project` (one clamp per step instead of five element-wise operations).
+    """
+    return (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+
+
+def project(x: torch.Tensor, x_adv: torch.Tensor, *, norm: str, eps: float,
+            bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Project ``x_adv`` onto the eps-ball around ``x`` and then onto the [0,1] box.
 
     Clamping to the box after the ball never leaves the ball (each coordinate moves towards x).
+    For Linf the two together are one clamp to :func:`linf_bounds` (pass ``bounds`` to reuse).
     """
-    delta = x_adv - x  # (B, C, H, W)
     if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        n = _flat_norm(delta, "l2")  # (B,)
-        factor = (eps / n.clamp_min(1e-12)).clamp(max=1.0)
-        delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+        lo, hi = bounds if bounds is not None else linf_bounds(x, eps)
+        return torch.clamp(x_adv, lo, hi)
+    delta = x_adv - x  # (B, C, H, W)
+    n = _flat_norm(delta, "l2")  # (B,)
+    factor = (eps / n.clamp_min(1e-12)).clamp(max=1.0)
+    delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
     return (x + delta).clamp(0.0, 1.0)
 
 
@@ -88,13 +97,10 @@ def distance(x: torch.Tensor, x_adv: torch.Tensor, *, norm: str) -> torch.Tensor
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode (and, on CPU, its conv weights channels-last: see
-    :func:`eisbench.models.fast_layout`) for the duration of an attack; restore both afterwards.
-    """
+    """Put ``model`` in eval mode for the duration of an attack; restore its mode afterwards."""
     was_training = model.training
     model.eval()  # safe: nn.Module.eval (mode switch)
     try:
-        with fast_layout(model):
-            yield model
+        yield model
     finally:
         model.train(was_training)

@@ -7,7 +7,7 @@ All models take images in [0,1] (NCHW) and return logits. Normalisation, if any,
 from __future__ import annotations
 
 from eisbench.models import architectures as _architectures  # noqa: F401  (registers models)
-from eisbench.models.core import MODELS, Normalized, build, fast_layout, features, num_params
+from eisbench.models.core import MODELS, Normalized, build, features, num_params
 from eisbench.models.io import ModelSpec, load_checkpoint, load_foreign, save_checkpoint
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "ModelSpec",
     "Normalized",
     "build",
-    "fast_layout",
     "features",
     "load_checkpoint",
     "load_foreign",

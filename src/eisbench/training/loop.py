@@ -16,7 +16,6 @@ from torch import nn
 from eisbench.attacks.pgd import pgd
 from eisbench.attacks.projection import eval_mode
 from eisbench.data import check_images
-from eisbench.models.core import fast_layout
 from eisbench.progress import progress
 from eisbench.training.methods import METHODS, Perturb
 
@@ -69,9 +68,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
         raise ValueError(f"{len(x)} images but {len(y)} labels")
     perturb = METHODS.get(cfg.method)
     model.to(device)
-    with fast_layout(model):
-        _train(model, x, y, perturb=perturb, cfg=cfg, seed=seed, device=device,
-               resume_dir=resume_dir, desc=desc)
+    _train(model, x, y, perturb=perturb, cfg=cfg, seed=seed, device=device,
+           resume_dir=resume_dir, desc=desc)
     return model.eval()  # safe: nn.Module.eval (mode switch)
 
 
