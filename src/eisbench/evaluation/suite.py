@@ -1,0 +1,108 @@
+"""Named attack suites: several attacks in sequence, each only on the points still unbroken.
+
+The ``standard`` suite follows AutoAttack's standard version (Croce & Hein 2020) with eisbench's
+own implementations: APGD-CE, APGD-T (targeted DLR, 9 target classes), FMN (a minimum-norm
+attack in the role of FAB-T) and Square (5000 queries, gradient-free). Robust accuracy is the
+per-example worst case over all attacks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from eisbench.attacks import ATTACKS, assert_within_budget, check_inputs, eval_mode
+from eisbench.progress import progress
+from eisbench.registry import Registry
+
+Step = tuple[str, dict[str, Any]]  # (registered attack, hyper-parameters)
+SUITES: Registry[tuple[Step, ...]] = Registry("attack suite")
+SUITES.register("standard")((
+    ("apgd", {"loss": "ce", "steps": 100}),
+    ("apgd-t", {"n_targets": 9, "steps": 100}),
+    ("fmn", {"steps": 100}),
+    ("square", {"n_queries": 5000}),
+))
+SUITES.register("fast")((  # a cheaper screen for inner loops; not for reported numbers
+    ("apgd", {"loss": "ce", "steps": 50}),
+    ("apgd-t", {"n_targets": 3, "steps": 50}),
+))
+
+
+@dataclass
+class SuiteResult:
+    """Outcome of a suite on N examples."""
+
+    suite: str
+    norm: str
+    eps: float
+    clean: torch.Tensor  # (N,) bool: correctly classified without attack
+    robust: torch.Tensor  # (N,) bool: correct under every attack of the suite
+    x_adv: torch.Tensor  # (N, C, H, W): the first adversarial example found, else x
+    broken_by: list[str]  # (N,) name of the attack that broke each example ("" if none/clean)
+    per_attack: list[dict[str, Any]] = field(default_factory=list)  # name, hyper, n_in, n_broken, s
+
+    @property
+    def robust_acc(self) -> float:
+        return float(self.robust.float().mean()) if len(self.robust) else float("nan")
+
+    @property
+    def clean_acc(self) -> float:
+        return float(self.clean.float().mean()) if len(self.clean) else float("nan")
+
+
+def steps_of(suite: str) -> tuple[Step, ...]:
+    return SUITES.get(suite)
+
+
+def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+              norm: str = "linf", suite: str = "standard", batch_size: int = 500, seed: int = 0,
+              device: str | torch.device = "cpu",
+              steps: tuple[Step, ...] | None = None) -> SuiteResult:
+    """Run the attacks of ``suite`` (or the explicit ``steps``) on images x (N, C, H, W) in [0,1]
+    with labels y (N,), each attack only on the examples that every earlier attack left
+    correctly classified. Returns a :class:`SuiteResult` with per-example outcomes.
+
+    Example:
+        >>> res = run_suite(model, x_test[:1000], y_test[:1000], eps=0.3, suite="standard")
+        >>> res.robust_acc, [a["n_broken"] for a in res.per_attack]
+    """
+    check_inputs(x, y, norm=norm, eps=eps)
+    plan = steps if steps is not None else steps_of(suite)
+    n = len(x)
+    with eval_mode(model), torch.no_grad():
+        clean = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                           == y[i:i + batch_size] for i in range(0, n, batch_size)]) if n else \
+            torch.zeros(0, dtype=torch.bool)
+    robust = clean.clone()
+    x_adv = x.clone()
+    broken_by = [""] * n
+    per_attack: list[dict[str, Any]] = []
+    for j, (name, hyper) in enumerate(plan):
+        fn = ATTACKS.get(name)
+        todo = robust.nonzero().flatten()
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(seed * 1000 + j)
+        n_broken = 0
+        for i in progress(range(0, len(todo), batch_size), desc=f"{suite}: {name}"):
+            idx = todo[i:i + batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            xa = fn(model, xb, yb, eps=eps, norm=norm, generator=gen, **hyper)
+            assert_within_budget(xb, xa, norm=norm, eps=eps)
+            with eval_mode(model), torch.no_grad():
+                ok = (model(xa).argmax(1) == yb).cpu()
+            hit = idx[~ok]
+            x_adv[hit] = xa[~ok].cpu()
+            robust[hit] = False
+            for k in hit.tolist():
+                broken_by[k] = name
+            n_broken += len(hit)
+        per_attack.append({"name": name, "hyper": dict(hyper), "n_in": len(todo),
+                           "n_broken": n_broken, "seconds": time.perf_counter() - t0})
+    return SuiteResult(suite=suite if steps is None else "custom", norm=norm, eps=eps,
+                       clean=clean, robust=robust, x_adv=x_adv, broken_by=broken_by,
+                       per_attack=per_attack)
