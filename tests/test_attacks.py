@@ -57,8 +57,8 @@ def test_pgd_matches_closed_form_optimum_on_linear_model(
         norm: str, linear_model: nn.Module, mixture: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = mixture
     eps = 0.05
-    w = linear_model.lin.weight.detach().view(-1)  # type: ignore[union-attr]
-    b = float(linear_model.lin.bias.detach())  # type: ignore[union-attr]
+    params = dict(linear_model.named_parameters())
+    w, b = params["lin.weight"].detach().view(-1), float(params["lin.bias"].detach())
     margin = (2 * y - 1).float() * (x.view(-1, 2) @ w + b)  # (N,) signed margin
     dual = float(w.abs().sum()) if norm == "linf" else float(w.norm())
     robust_closed_form = margin > eps * dual  # the box [0,1] is inactive for these points

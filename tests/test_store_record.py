@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_record_schema_validation(tmp_path: Path) -> None:
     record.validate(rec)
     record.write(rec, tmp_path / "r.json")  # type: ignore[arg-type]
     assert record.read(tmp_path / "r.json")["metrics"] == rec["metrics"]
-    for broken, msg in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"metrics": {"a/std_acc": {"value": 1.5, "ci95": [1.4, 1.6], "n": 1,
                                     "higher_is_better": True}}}, "not a fraction"),
         ({"metrics": {"m": {"value": 0.5, "ci95": [0.6, 0.7], "n": 1,
@@ -80,7 +81,8 @@ def test_record_schema_validation(tmp_path: Path) -> None:
         ({"metrics": {"m": {"value": 0.5}}}, "has fields"),
         ({"claims": [{"claim": "c", "verdict": "maybe"}]}, "verdict"),
         ({"schema_version": 0}, "schema_version"),
-    ]:
+    ]
+    for broken, msg in cases:
         with pytest.raises(ValueError, match=msg):
             record.validate({**_valid(), **broken})
     bad = _valid()

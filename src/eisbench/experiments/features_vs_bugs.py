@@ -10,6 +10,7 @@ Claims are judged by rules fixed in :func:`judge` before any number is seen.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,11 +106,15 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
     per_seed: dict[str, list[dict[str, Any]]] = {}
     construction: dict[str, list[float]] = {}
     samples: dict[str, torch.Tensor] = {}
+    training: dict[str, list[dict[str, Any]]] = {}  # per-epoch history of the robust models
     for seed in cfg.seeds:
         std, std_key = train_stage(ctx, spec=spec, cfg=cfg.std_train, data=train_d, seed=seed,
                                    desc=f"[seed {seed}] standard model")
         rob, rob_key = train_stage(ctx, spec=spec, cfg=cfg.robust_train, data=train_d, seed=seed,
                                    desc=f"[seed {seed}] robust model")
+        hist = store.root / "train" / rob_key / "history.json"
+        if hist.exists():
+            training[f"seed {seed} robust model"] = json.loads(hist.read_text())
         inv = {"steps": cfg.inversion_steps, "step_size": cfg.inversion_step_size}
         wl = {"eps": cfg.wrong_label_eps, "steps": cfg.wrong_label_steps,
               "step_size": cfg.wrong_label_step_size, "norm": "l2"}
@@ -161,7 +166,8 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
         "claims": judge(metrics, num_classes=ds.num_classes),
         "details": {"per_seed": per_seed, "attack": cfg.eval_attack.describe(),
                     "literature": {k: list(v) for k, v in LITERATURE.items()},
-                    "literature_source": "Ilyas et al. 2019, CIFAR-10 (Fig. 2, Table 1)"},
+                    "literature_source": "Ilyas et al. 2019, CIFAR-10 (Fig. 2, Table 1)",
+                    "training": training},
     }
     out.mkdir(parents=True, exist_ok=True)
     write_record(rec, out / "record.json")

@@ -98,6 +98,16 @@ def diagnostics(rec: Record) -> list[str]:
         if len(vals) > 1 and max(vals) - min(vals) > 0.2:
             notes.append(f"{LABELS[r]}: robust accuracy varies across seeds from {min(vals):.1%}"
                          f" to {max(vals):.1%}; see the per-seed table.")
+    for run, hist in rec["details"].get("training", {}).items():
+        stop = [h for h in hist if h.get("stopped")]
+        if stop:
+            h = stop[0]
+            best = max((x for x in hist if not x.get("stopped")),
+                       key=lambda x: x["guard_pgd10_acc"], default=h)
+            notes.append(f"The {run} overfitted catastrophically in epoch {h['epoch']} (PGD-10 "
+                         f"accuracy on a fixed training batch fell to {h['guard_pgd10_acc']:.0%})"
+                         f"; training stopped and kept epoch {best['epoch']}, trained at eps "
+                         f"{best['eps']:.3g}.")
     for name in ("D_R", "D_NR"):
         m = rec["metrics"].get(f"construct/{name}/feature_distance")
         if m is not None and m["value"] > 0.2:

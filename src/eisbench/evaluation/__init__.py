@@ -1,0 +1,9 @@
+"""Trustworthy robust accuracy: named attack suites and the sanity checks attached to them."""
+
+from __future__ import annotations
+
+from eisbench.evaluation.checks import CHECKS, CheckResult, Evaluation, evaluate_robustness
+from eisbench.evaluation.suite import SUITES, SuiteResult, run_suite
+
+__all__ = ["CHECKS", "SUITES", "CheckResult", "Evaluation", "SuiteResult", "evaluate_robustness",
+           "run_suite"]

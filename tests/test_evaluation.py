@@ -1,0 +1,236 @@
+"""Robustness evaluation: suites and sanity checks, each proven on a model built to trip it.
+
+The models are real: a small CNN adversarially trained on the 8x8 digits (the clean robust
+model, which must trip no check), a standard one (the undefended control), and broken versions
+of the robust model: quantised input (masked gradients), softmax output, random noise, left in
+training mode, a forward pass that runs autograd itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from eisbench.attacks import ATTACKS
+from eisbench.evaluation import CHECKS, SUITES, evaluate_robustness, run_suite
+from eisbench.evaluation.checks import Context
+from eisbench.evaluation.suite import Step
+
+EPS = 0.2  # Linf, on 8x8 digits
+N = 120  # test images per evaluation
+
+
+@pytest.fixture(scope="session")
+def robust_digits(digits_small: tuple[torch.Tensor, ...]) -> nn.Module:
+    from eisbench.models import build
+    from eisbench.training import TrainConfig, train
+
+    x, y, _, _ = digits_small
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build("cnn-small", in_shape=(1, 8, 8), num_classes=10)
+    cfg = TrainConfig(method="fast-at", epochs=20, lr=5e-3, eps=EPS, eps_warmup_epochs=5)
+    return train(net, x, y, cfg=cfg, seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def test_set(digits_small: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    return digits_small[2][:N], digits_small[3][:N]
+
+
+class Quantised(nn.Module):
+    """Rounds the input to 4 grey levels first: zero input gradient almost everywhere."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x * 3) / 3)
+
+
+class Softmax(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).softmax(1)
+
+
+class Noisy(nn.Module):
+    """Adds fresh Gaussian noise to every input: a randomised defence."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+
+
+class WithDropout(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.drop = net, nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.drop(x))
+
+
+class Purifier(nn.Module):
+    """Takes one gradient step on its input towards its own most confident class first."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            xp = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.net(xp).max(1).values.sum(), xp)
+        return self.net((x + 0.01 * g.sign()).clamp(0, 1))
+
+
+class FirstClasses(nn.Module):
+    """Keeps only the first k logits (a k-class model)."""
+
+    def __init__(self, net: nn.Module, k: int) -> None:
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:, :self.k]
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: object) -> dict:
+    ev = evaluate_robustness(model, x, y, eps=EPS, suite="fast", n_checks=N, **kw)  # type: ignore[arg-type]
+    return {ch.name: ch for ch in ev.checks}
+
+
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+def _context(model: nn.Module, data: Data, *, steps: tuple[Step, ...], **kw: object) -> Context:
+    x, y = data
+    res = run_suite(model, x, y, eps=EPS, steps=steps)
+    fields = {"model": model, "x": x, "y": y, "eps": EPS, "norm": "linf", "result": res,
+              "was_training": False, "num_classes": 10, "n_checks": len(x), "seed": 0,
+              "device": torch.device("cpu"), "cache": {"skipped": []}}
+    return Context(**{**fields, **kw})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def clean_checks(robust_digits: nn.Module, trained_digits_cnn: nn.Module,
+                 test_set: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    x, y = test_set
+    return _evaluate(robust_digits, x, y, control=trained_digits_cnn.eval(),
+                     surrogate=trained_digits_cnn)
+
+
+def test_registries_hold_the_documented_entries() -> None:
+    assert set(CHECKS.names()) == {
+        "returns-logits", "deterministic", "gradients", "no-autograd-in-forward", "eval-mode",
+        "within-budget", "iterative-beats-single-step", "eps-curve", "more-steps-and-restarts",
+        "black-box-not-stronger", "control-falls", "enough-classes"}
+    assert [name for name, _ in SUITES.get("standard")] == ["apgd", "apgd-t", "fmn", "square"]
+    for suite in SUITES.names():
+        for name, _ in SUITES.get(suite):
+            ATTACKS.get(name)  # every step names a registered attack
+
+
+def test_clean_robust_model_trips_no_check(clean_checks: dict) -> None:
+    failed = {n: ch.detail for n, ch in clean_checks.items() if ch.passed is not True}
+    assert not failed
+
+
+def test_returns_logits(robust_digits: nn.Module, test_set: Data) -> None:
+    ch = CHECKS.get("returns-logits")(_context(Softmax(robust_digits), test_set, steps=()))
+    assert ch.passed is False and "probabilities" in ch.detail
+
+
+def test_deterministic(robust_digits: nn.Module, test_set: Data) -> None:
+    assert CHECKS.get("deterministic")(_context(Noisy(robust_digits), test_set,
+                                                steps=())).passed is False
+
+
+def test_gradients_and_eps_curve_catch_quantised_input(robust_digits: nn.Module,
+                                                       test_set: Data) -> None:
+    checks = _evaluate(Quantised(robust_digits), *test_set)
+    assert checks["gradients"].passed is False
+    assert checks["eps-curve"].passed is False  # never reaches chance: gradients are masked
+
+
+def test_black_box_catches_quantised_input_by_transfer(robust_digits: nn.Module,
+                                                       trained_digits_cnn: nn.Module,
+                                                       test_set: Data) -> None:
+    ctx = _context(Quantised(robust_digits), test_set, steps=(("apgd", {"steps": 20}),),
+                   surrogate=robust_digits)
+    ch = CHECKS.get("black-box-not-stronger")(ctx)
+    assert ch.passed is False and "transfer" in ch.detail
+
+
+def test_no_autograd_in_forward(robust_digits: nn.Module, test_set: Data) -> None:
+    ch = CHECKS.get("no-autograd-in-forward")(_context(Purifier(robust_digits), test_set,
+                                                       steps=()))
+    assert ch.passed is False
+
+
+def test_eval_mode(robust_digits: nn.Module, test_set: Data) -> None:
+    model = WithDropout(robust_digits).train()
+    checks = _evaluate(model, *test_set)
+    assert checks["eval-mode"].passed is False
+    assert model.training  # the caller's mode is restored afterwards
+    assert checks["deterministic"].passed is True  # attacks and checks run in eval mode
+
+
+def test_within_budget_catches_an_attack_that_leaves_the_ball(robust_digits: nn.Module,
+                                                              test_set: Data) -> None:
+    ctx = _context(robust_digits, test_set, steps=())
+    x_adv = ctx.result.x_adv.clone()
+    x_adv[0] = (x_adv[0] + 2 * EPS).clamp(0, 1)
+    ctx = dataclasses.replace(ctx, result=dataclasses.replace(ctx.result, x_adv=x_adv))
+    assert CHECKS.get("within-budget")(ctx).passed is False
+
+
+def test_iterative_and_convergence_checks_catch_a_misconfigured_attack(
+        trained_digits_cnn: nn.Module, test_set: Data) -> None:
+    weak = (("pgd", {"steps": 2, "step_size": 1e-3}),)  # far too small a step to leave x
+    ctx = _context(trained_digits_cnn.eval(), test_set, steps=weak)
+    assert CHECKS.get("iterative-beats-single-step")(ctx).passed is False
+    assert CHECKS.get("more-steps-and-restarts")(ctx).passed is False
+
+
+def test_control_falls(robust_digits: nn.Module, trained_digits_cnn: nn.Module,
+                       test_set: Data) -> None:
+    check = CHECKS.get("control-falls")
+    assert check(_context(robust_digits, test_set, steps=(),
+                          control=robust_digits)).passed is False
+    assert check(_context(robust_digits, test_set, steps=(),
+                          control=trained_digits_cnn.eval())).passed is True
+    assert check(_context(robust_digits, test_set, steps=())).passed is None
+
+
+def test_enough_classes(robust_digits: nn.Module, test_set: Data) -> None:
+    x, y = test_set
+    keep = y < 3
+    checks = _evaluate(FirstClasses(robust_digits, 3), x[keep], y[keep])
+    assert checks["enough-classes"].passed is False
+
+
+def test_suite_worst_case_is_never_weaker_than_any_of_its_attacks(
+        trained_digits_cnn: nn.Module, test_set: Data) -> None:
+    x, y = test_set
+    eps = 0.05  # the standard model is partly robust here
+    steps: tuple[Step, ...] = (("fgsm", {}), ("pgd", {"steps": 10, "random_start": False}))
+    res = run_suite(trained_digits_cnn, x, y, eps=eps, steps=steps)
+    for name, hyper in steps:  # deterministic attacks: per-example comparison is exact
+        alone = ATTACKS.get(name)(trained_digits_cnn, x, y, eps=eps, **hyper)
+        with torch.no_grad():
+            survives = trained_digits_cnn(alone).argmax(1) == y
+        assert not (res.robust & ~survives).any()
+    assert sum(a["n_broken"] for a in res.per_attack) == int((res.clean & ~res.robust).sum())
+    assert 0 < res.robust_acc < res.clean_acc
