@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,22 @@ def test_train_then_attack_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixt
     stem = tmp_path / "digits_cnn"
     assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2",
                  "--out", str(stem)]) == 0
+    assert main(["attack", "--checkpoint", str(stem), "--dataset", "digits", "--eps", "0.3",
+                 "--suite", "fast", "--n", "50", "--n-checks", "30", "--control", str(stem),
+                 "--out", str(tmp_path / "res.json")]) == 0
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert res["suite"] == "fast" and [a["name"] for a in res["per_attack"]] == ["apgd", "apgd-t"]
+    assert 0 <= res["ci95"][0] <= res["robust_acc"] <= res["ci95"][1] <= 1
+    checks = {c["name"]: c for c in res["checks"]}
+    assert checks["control-falls"]["passed"] is not None and checks["eval-mode"]["passed"]
+    assert "sanity checks failed" in capsys.readouterr().err
     assert main(["attack", "--checkpoint", str(stem), "--dataset", "digits", "--eps", "0.1",
-                 "--steps", "5", "--n", "50", "--out", str(tmp_path / "res.json")]) == 0
-    res = (tmp_path / "res.json").read_text()
-    assert '"robust_acc"' in res and "PGD-5 linf eps=0.1" in res
+                 "--attack", "pgd", "--steps", "5", "--n", "50", "--n-checks", "20"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["suite"] == "custom" and out["per_attack"][0]["hyper"]["steps"] == 5
+    assert main(["attack", "--checkpoint", str(stem), "--dataset", "digits",
+                 "--suite", "strong"]) == 2
+    assert "did you mean" in capsys.readouterr().err
 
 
 def test_attack_byo_model_with_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -61,7 +74,8 @@ def test_attack_byo_model_with_scale(tmp_path: Path, monkeypatch: pytest.MonkeyP
     net = importlib.import_module("rawnet").Net()
     torch.save(net.state_dict(), tmp_path / "w.pt")
     assert main(["attack", "--model", "rawnet:Net", "--weights", str(tmp_path / "w.pt"),
-                 "--dataset", "digits", "--scale", "16", "--steps", "2", "--n", "20"]) == 0
+                 "--dataset", "digits", "--scale", "16", "--attack", "fgsm", "--n", "20",
+                 "--n-checks", "20"]) == 0
     assert '"clean_acc"' in capsys.readouterr().out
 
 

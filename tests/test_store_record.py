@@ -98,3 +98,6 @@ def test_confidence_intervals() -> None:
     assert mean_ci([0.3]) == (0.3, 0.3, 0.3)
     lo, hi = wilson_ci(50, 100)
     assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-9
+    for k, n in [(0, 50), (50, 50), (0, 1000)]:  # the interval brackets p exactly at the edges
+        lo, hi = wilson_ci(k, n)
+        assert lo <= k / n <= hi

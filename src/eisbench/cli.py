@@ -60,18 +60,27 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu")
     t.add_argument("--out", required=True, type=Path, help="checkpoint path stem")
 
-    a = sub.add_parser("attack", help="robust accuracy of a checkpoint or your own model")
+    a = sub.add_parser("attack", help="robust accuracy of a checkpoint or your own model, "
+                       "with an attack suite and sanity checks")
     _add_model_args(a)
     a.add_argument("--dataset", default="mnist")
     a.add_argument("--data-root")
-    a.add_argument("--attack", default="pgd", help="pgd or fgsm")
+    a.add_argument("--suite", default="standard",
+                   help="attack suite: standard (APGD-CE, APGD-T, FMN, Square; default) or fast")
+    a.add_argument("--attack", help="one registered attack instead of a suite (e.g. pgd, fgsm)")
     a.add_argument("--norm", default="linf")
     a.add_argument("--eps", type=float, default=0.3)
-    a.add_argument("--steps", type=int, default=50)
-    a.add_argument("--step-size", type=float)
-    a.add_argument("--restarts", type=int, default=1)
-    a.add_argument("--no-early-exit", action="store_true")
+    a.add_argument("--steps", type=int, default=50, help="steps of --attack")
+    a.add_argument("--step-size", type=float, help="step of --attack (pgd)")
+    a.add_argument("--restarts", type=int, default=1, help="restarts of --attack (pgd, apgd)")
     a.add_argument("--n", type=int, default=1000, help="number of test images")
+    a.add_argument("--n-checks", type=int, default=200,
+                   help="test images used by the costlier sanity checks")
+    a.add_argument("--control", type=Path,
+                   help="checkpoint stem of an undefended model of the same task: it must fall "
+                   "to ~0%% under the same attack (control-falls check)")
+    a.add_argument("--surrogate", type=Path,
+                   help="checkpoint stem of a model to transfer attacks from")
     a.add_argument("--scale", type=float, default=1.0,
                    help="divide inputs by this (e.g. 255 for a model that expects raw pixels)")
     a.add_argument("--seed", type=int, default=0)
@@ -148,27 +157,47 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
 
 def _cmd_attack(args: argparse.Namespace) -> int:
     from eisbench import data
-    from eisbench.attacks import AttackConfig, correct_under_attack, predict
+    from eisbench.attacks import ATTACKS
     from eisbench.config import resolve_device
+    from eisbench.evaluation import SUITES, evaluate_robustness
+    from eisbench.models import load_checkpoint
     from eisbench.stats import wilson_ci
 
     device = resolve_device(args.device)
+    steps = None
+    if args.attack:
+        ATTACKS.get(args.attack)  # unknown name: clear error with the closest match
+        hyper: dict[str, object] = {}
+        if args.attack not in ("fgsm", "square"):
+            hyper["steps"] = args.steps
+        if args.attack in ("pgd", "apgd"):
+            hyper["restarts"] = args.restarts
+        if args.attack == "pgd":
+            hyper |= {"step_size": args.step_size, "early_exit": True}
+        steps = ((args.attack, hyper),)
+    else:
+        SUITES.get(args.suite)
     model = _load_model(args).to(device)
     ds = data.load(args.dataset, root=args.data_root)
     x, y = ds.x_test[:args.n], ds.y_test[:args.n]
     if args.scale != 1.0:
         model = _Scaled(model, args.scale)
-    attack = AttackConfig(name=args.attack, norm=args.norm, eps=args.eps, steps=args.steps,
-                          step_size=args.step_size, restarts=args.restarts,
-                          early_exit=not args.no_early_exit)
+    control, surrogate = (load_checkpoint(p).to(device) if p else None
+                          for p in (args.control, args.surrogate))
     t0 = time.perf_counter()
-    clean = float((predict(model, x, device=device) == y).float().mean())
-    ok = correct_under_attack(model, x, y, attack, seed=args.seed, device=device)
-    k = int(ok.sum())
-    lo, hi = wilson_ci(k, len(ok))
-    res = {"clean_acc": clean, "robust_acc": k / len(ok), "ci95": [lo, hi], "n": len(ok),
-           "attack": attack.describe(), "seconds": time.perf_counter() - t0}
+    ev = evaluate_robustness(model, x, y, eps=args.eps, norm=args.norm, suite=args.suite,
+                             steps=steps, n_checks=args.n_checks, seed=args.seed, device=device,
+                             control=control, surrogate=surrogate)
+    res = ev.to_dict()
+    k = int(ev.result.robust.sum())
+    res |= {"ci95": list(wilson_ci(k, len(x))), "seconds": time.perf_counter() - t0}
     print(json.dumps(res, indent=2))
+    for w in ev.warnings:
+        print(f"WARNING [{w.name}] {w.detail}. {w.advice}", file=sys.stderr)
+    print(f"robust accuracy {ev.result.robust_acc:.1%} (clean {ev.result.clean_acc:.1%}) on "
+          f"{len(x)} images, {args.norm} eps={args.eps:g}, {res['suite']} "
+          f"({', '.join(a['name'] for a in ev.result.per_attack)}); "
+          f"{len(ev.warnings)} of {len(ev.checks)} sanity checks failed", file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2))

@@ -19,7 +19,7 @@ from torch import nn
 
 from eisbench.attacks import apgd, assert_within_budget, fgsm, pgd
 from eisbench.attacks.projection import BudgetViolation, eval_mode
-from eisbench.evaluation.suite import SuiteResult, run_suite, steps_of
+from eisbench.evaluation.suite import Step, SuiteResult, run_suite, steps_of
 from eisbench.registry import Registry
 
 
@@ -278,8 +278,10 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
                         norm: str = "linf", suite: str = "standard", n_checks: int = 200,
                         control: nn.Module | None = None, surrogate: nn.Module | None = None,
                         batch_size: int = 500, seed: int = 0,
-                        device: str | torch.device = "cpu") -> Evaluation:
-    """Robust accuracy of ``model`` on x (N, C, H, W), y (N,) under ``suite``, with every check.
+                        device: str | torch.device = "cpu",
+                        steps: tuple[Step, ...] | None = None) -> Evaluation:
+    """Robust accuracy of ``model`` on x (N, C, H, W), y (N,) under ``suite`` (or the explicit
+    attack plan ``steps``), with every check.
 
     Costly checks use the first ``n_checks`` examples. ``control``: an undefended model of the
     same task (should fall to ~0%); ``surrogate``: a model for a transfer attack.
@@ -293,12 +295,12 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     was_training = any(m.training for m in model.modules())
     with eval_mode(model), torch.no_grad():
         k = int(model(x[:1].to(dev)).shape[1])
-    plan = steps_of(suite)
+    plan = steps if steps is not None else steps_of(suite)
     skipped = [name for name, _ in plan if name == "apgd-t" and k < 4]
     plan = tuple(s for s in plan if s[0] not in skipped)
     result = run_suite(model, x, y, eps=eps, norm=norm, steps=plan, batch_size=batch_size,
                        seed=seed, device=dev)
-    result.suite = suite
+    result.suite = suite if steps is None else "custom"
     ctx = Context(model=model, x=x, y=y, eps=eps, norm=norm, result=result,
                   was_training=was_training, num_classes=k, n_checks=min(n_checks, len(x)),
                   seed=seed, device=dev, control=control, surrogate=surrogate,
