@@ -27,7 +27,7 @@ def _tiny() -> object:
         std_train=TrainConfig(epochs=3, lr=5e-3),
         robust_train=TrainConfig(method="fast-at", epochs=3, lr=5e-3, eps=0.1),
         fresh_train=TrainConfig(epochs=3, lr=5e-3), inversion_steps=5, wrong_label_steps=5,
-        eval_attack=AttackConfig(eps=0.05, steps=3))
+        eval_attack=AttackConfig(eps=0.05, steps=3), n_checks=30)
 
 
 def test_features_vs_bugs_end_to_end_and_resume(tmp_path: Path) -> None:
@@ -41,10 +41,15 @@ def test_features_vs_bugs_end_to_end_and_resume(tmp_path: Path) -> None:
         assert rec["metrics"][name]["n"] == 2
     assert {c["verdict"] for c in rec["claims"]} <= set(record.VERDICTS)
     assert len(rec["claims"]) == 4
-    assert rec["details"]["attack"].startswith("PGD-3 linf eps=0.05")
+    assert rec["details"]["attack"].startswith("suite fast (apgd ")
+    assert rec["details"]["curve_attack"].startswith("PGD-3 linf eps=0.05")
+    for runs in rec["details"]["per_seed"].values():  # every robust number carries its checks
+        for m in runs:
+            assert {c["name"] for c in m["checks"]} >= {"gradients", "control-falls"}
     report = exp.report(rec, tmp_path / "a")
     html = report.read_text()
     assert "Verdicts" in html and "data:image/png;base64" in html and "D_det" in html
+    assert "Sanity checks of the robust accuracies" in html
     # an interrupted run: drop one finished evaluation; the rerun recomputes only that stage
     evals = sorted((tmp_path / "cache" / "evaluate").iterdir())
     import shutil

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eisbench.evaluation.checks import CHECKS, CheckResult, Evaluation, evaluate_robustness
-from eisbench.evaluation.suite import SUITES, SuiteResult, run_suite
+from eisbench.evaluation.suite import SUITES, SuiteResult, describe_suite, run_suite
 
-__all__ = ["CHECKS", "SUITES", "CheckResult", "Evaluation", "SuiteResult", "evaluate_robustness",
-           "run_suite"]
+__all__ = ["CHECKS", "SUITES", "CheckResult", "Evaluation", "SuiteResult", "describe_suite",
+           "evaluate_robustness", "run_suite"]

@@ -59,6 +59,13 @@ def steps_of(suite: str) -> tuple[Step, ...]:
     return SUITES.get(suite)
 
 
+def describe_suite(suite: str, norm: str, eps: float) -> str:
+    """E.g. ``suite fast (apgd loss=ce steps=50; apgd-t n_targets=3 steps=50) linf eps=0.15``."""
+    parts = "; ".join(" ".join([name, *(f"{k}={v}" for k, v in hyper.items())])
+                      for name, hyper in steps_of(suite))
+    return f"suite {suite} ({parts}) {norm} eps={eps:g}"
+
+
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
               norm: str = "linf", suite: str = "standard", batch_size: int = 500, seed: int = 0,
               device: str | torch.device = "cpu",

@@ -17,6 +17,7 @@ from torch import nn
 
 from eisbench.attacks.evaluate import AttackConfig, correct_under_attack, predict
 from eisbench.construct import CONSTRUCTIONS
+from eisbench.evaluation import describe_suite, evaluate_robustness
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
 from eisbench.store import StageLog, Store
 from eisbench.training import TrainConfig, train
@@ -86,15 +87,33 @@ def construct_stage(ctx: Context, *, name: str, model: nn.Module, model_key: str
 
 def evaluate_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tensors,
                    n_robust: int, attack: AttackConfig, seed: int, desc: str,
-                   std: bool = True) -> dict[str, Any]:
+                   std: bool = True, suite: str | None = None,
+                   control: tuple[nn.Module, str] | None = None,
+                   n_checks: int = 200) -> dict[str, Any]:
     """Robust accuracy on the first ``n_robust`` of ``test``, and (``std``) standard accuracy
-    on all of it."""
+    on all of it.
+
+    With ``suite``, robust accuracy comes from that attack suite at ``attack``'s eps and norm,
+    with every sanity check of :mod:`eisbench.evaluation` (``control``: an undefended model and
+    its key, for the control-falls check); otherwise from ``attack`` alone, without checks.
+    """
 
     def compute(work: Path) -> dict[str, Any]:
-        ok = correct_under_attack(model, test.x[:n_robust], test.y[:n_robust], attack, seed=seed,
-                                  device=ctx.device, desc=desc)
-        out: dict[str, Any] = {"robust_acc": float(ok.float().mean()), "n_robust": len(ok),
-                               "attack": attack.describe()}
+        x, y = test.x[:n_robust], test.y[:n_robust]
+        out: dict[str, Any]
+        if suite is None:
+            ok = correct_under_attack(model, x, y, attack, seed=seed, device=ctx.device,
+                                      desc=desc)
+            out = {"robust_acc": float(ok.float().mean()), "n_robust": len(ok),
+                   "attack": attack.describe()}
+        else:
+            ev = evaluate_robustness(model, x, y, eps=attack.eps, norm=attack.norm, suite=suite,
+                                     n_checks=n_checks, seed=seed, device=ctx.device,
+                                     control=control[0] if control else None)
+            d = ev.to_dict()
+            out = {"robust_acc": d["robust_acc"], "n_robust": d["n"],
+                   "attack": describe_suite(suite, attack.norm, attack.eps),
+                   "per_attack": d["per_attack"], "checks": d["checks"]}
         if std:
             pred = predict(model, test.x, device=ctx.device)
             out.update(std_acc=float((pred == test.y).float().mean()), n_std=len(test.y))
@@ -107,8 +126,11 @@ def evaluate_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tens
         out: dict[str, Any] = json.loads((d / "metrics.json").read_text())
         return out
 
-    out, _ = ctx.store.run("evaluate", {"attack": attack, "n_robust": n_robust, "seed": seed,
-                                        "std": std},
-                           inputs=(model_key, test.key), compute=compute, save=save, load=load,
+    params: dict[str, Any] = {"attack": attack, "n_robust": n_robust, "seed": seed, "std": std}
+    if suite is not None:
+        params |= {"suite": suite, "n_checks": n_checks}
+    inputs = (model_key, test.key) + ((control[1],) if suite is not None and control else ())
+    out, _ = ctx.store.run("evaluate", params,
+                           inputs=inputs, compute=compute, save=save, load=load,
                            log=ctx.log)
     return out

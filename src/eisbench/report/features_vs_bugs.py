@@ -49,29 +49,66 @@ def _bars(rec: Record) -> str:
 
 
 def _curve(rec: Record) -> str:
-    """Robust accuracy against eps for every model (mean and 95% CI over seeds)."""
+    """Robust accuracy against eps for every model (mean and 95% CI over seeds): the curve
+    attack at each eps of the curve, and the suite's reported number as a star."""
     main_eps = float(rec["config"]["eval_attack"]["eps"])
-    curve = sorted({main_eps, *map(float, rec["config"].get("eps_curve", []))})
+    curve = sorted(map(float, rec["config"].get("eps_curve", [])))
     if len(curve) < 2:
         return ""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for r in ROWS:
-        pts = []
-        for eps in curve:
-            key = f"{r}/robust_acc" if eps == main_eps else f"{r}/robust_acc_eps={eps:g}"
-            m = rec["metrics"].get(key)
-            if m is not None:
-                pts.append((eps, m["value"], m["ci95"][0], m["ci95"][1]))
-        if pts:
-            e, v, lo, hi = (np.array(t) for t in zip(*pts, strict=True))
-            ax.errorbar(e, v * 100, yerr=[(v - lo) * 100, (hi - v) * 100], marker="o",
-                        capsize=2, label=LABELS[r])
+        pts = [(eps, m["value"], m["ci95"][0], m["ci95"][1]) for eps in curve
+               if (m := rec["metrics"].get(f"{r}/robust_acc_eps={eps:g}")) is not None]
+        if not pts:
+            continue
+        e, v, lo, hi = (np.array(t) for t in zip(*pts, strict=True))
+        line = ax.errorbar(e, v * 100, yerr=[(v - lo) * 100, (hi - v) * 100], marker="o",
+                           capsize=2, label=LABELS[r])
+        main = rec["metrics"].get(f"{r}/robust_acc")
+        if main is not None:
+            ax.plot([main_eps], [main["value"] * 100], marker="*", markersize=10, linestyle="",
+                    color=line.lines[0].get_color())
     ax.set_xlabel(f"{rec['config']['eval_attack']['norm']} eps")
     ax.set_ylabel("Robust accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7)
-    ax.set_title("Robust accuracy on the original test set vs. budget", fontsize=10)
+    ax.set_title("Robust accuracy vs. budget: lines "
+                 f"{rec['details'].get('curve_attack', 'curve attack')}; stars: the suite",
+                 fontsize=8)
     return figure(fig)
+
+
+def failed_checks(rec: Record) -> list[str]:
+    """One line per sanity check that failed on a reported robust accuracy."""
+    out = []
+    for r in ROWS:
+        for seed, m in zip(rec["seeds"], rec["details"]["per_seed"].get(r, []), strict=False):
+            for ch in m.get("checks", []):
+                if ch["passed"] is False:
+                    out.append(f"{LABELS[r]}, seed {seed}: check '{ch['name']}' failed: "
+                               f"{ch['detail']}. {ch['advice']}")
+    return out
+
+
+def _checks_table(rec: Record) -> str:
+    """Checks by model: how many seeds passed each (n/a: it could not run)."""
+    names: list[str] = []
+    rows = []
+    for r in ROWS:
+        runs = rec["details"]["per_seed"].get(r, [])
+        by: dict[str, list[bool | None]] = {}
+        for m in runs:
+            for ch in m.get("checks", []):
+                by.setdefault(ch["name"], []).append(ch["passed"])
+        names = names or list(by)
+        if by:
+            rows.append([LABELS[r], *(_passes(by.get(n, [])) for n in names)])
+    return table(["model", *names], rows) if rows else ""
+
+
+def _passes(vals: list[bool | None]) -> str:
+    ran = [v for v in vals if v is not None]
+    return f"{sum(ran)}/{len(ran)}" if ran else "n/a"
 
 
 def _per_seed(rec: Record) -> str:
@@ -158,6 +195,9 @@ def write_report(rec: Record, out: Path) -> Path:
                      "-" if s is None else f"{s:.1%}", "-" if a is None else f"{a:.1%}"])
     acc = table(["model", "std acc (95% CI)", "robust acc (95% CI)", "paper std (CIFAR-10)",
                  "paper robust"], rows)
+    failed = "".join(f"<li>{esc(n)}</li>" for n in failed_checks(rec))
+    failed_html = (f"<h2 class='warn'>Sanity checks failed</h2><p>These robust accuracies may "
+                   f"overstate robustness:</p><ul>{failed}</ul>") if failed else ""
     notes = "".join(f"<li>{esc(n)}</li>" for n in diagnostics(rec))
     notes_html = f"<h2>Warnings</h2><ul>{notes}</ul>" if notes else ""
     extra = table(["construction diagnostic", "value"],
@@ -172,6 +212,7 @@ def write_report(rec: Record, out: Path) -> Path:
 Git: {esc(rec['git'])}. Wall time: {rec['wall_seconds']:.0f} s.
 Robust accuracy: {esc(rec['details']['attack'])} on the first
 {esc(rec['config']['n_test_robust'])} test images.</p>
+{failed_html}
 <h2>Verdicts</h2>{verdicts}
 {notes_html}
 <h2>Accuracy on the original test set</h2>{acc}
@@ -180,6 +221,7 @@ budget, shown for the pattern only.</p>
 {_bars(rec)}
 {_curve(rec)}
 {extra}
+<h2>Sanity checks of the robust accuracies (seeds passed)</h2>{_checks_table(rec)}
 <h2>Every run</h2>{_per_seed(rec)}
 <h2>Constructed datasets</h2>{_samples(out)}
 <h2>Hyper-parameters</h2><pre>{esc(cfg)}</pre>

@@ -18,7 +18,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:left}th{background:#f3f3f3}.reproduced{background:#dff5df}
 .not-reproduced{background:#f9dede}.inconclusive{background:#fff4cc}
-code,pre{background:#f6f6f6;padding:2px 4px}img{max-width:100%}"""
+code,pre{background:#f6f6f6;padding:2px 4px}img{max-width:100%}.warn{color:#a00000}"""
 
 
 def esc(x: Any) -> str:

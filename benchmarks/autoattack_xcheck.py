@@ -1,0 +1,148 @@
+"""Benchmark: eisbench's ``standard`` attack suite against torchattacks' AutoAttack.
+
+Same robust MNIST model (the fast-AT cnn-small of ``pgd_throughput.py`` / ``fast_at.py --arch
+cnn-small --epochs 12``, or ``--ckpt``), same ``--n`` test images, Linf eps 0.3, in one run.
+The peer is torchattacks' APGD, APGD-T, FAB-T and Square chained as AutoAttack's standard
+version with the published settings (100 steps); ``torchattacks.AutoAttack`` as shipped runs
+10 steps per attack and is reported alongside for reference.
+
+  eisbench ``standard``:   APGD-CE (100 steps), APGD-T (DLR, 9 targets x 100 steps), FMN (100
+                           steps, minimum-norm in the role of FAB-T), Square (5000 queries)
+  torchattacks:            APGD-CE, APGD-T (DLR, 9 targets), FAB-T, Square (5000 queries),
+                           100 steps each, as in Croce & Hein 2020
+
+Both run each attack only on the points the earlier ones left correct. Targets (PASS/FAIL):
+  (1) robust accuracies agree within 1 point;
+  (2) eisbench is at least as fast (ratio torchattacks time / eisbench time printed);
+  (3) the eisbench suite on 1,000 images finishes in <= 10 minutes.
+Both sets of adversarial examples are checked against the budget here, independently. The
+per-example table says how often the two disagree, and which eisbench attack broke what.
+
+Usage (torchattacks lives in a separate venv, see benchmarks/README.md):
+    EISBENCH_QUIET=1 PYTHONPATH=src /tmp/venvbench/bin/python benchmarks/autoattack_xcheck.py
+
+The last line of the output is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import default_threads
+from pgd_throughput import EPS, check_budget, get_model, import_torchattacks
+
+from eisbench import data
+from eisbench.attacks import predict
+from eisbench.evaluation import run_suite
+from eisbench.stats import wilson_ci
+
+
+def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch: int,
+               seed: int, steps: int | None) -> torch.Tensor:
+    """torchattacks' AutoAttack, batch by batch. Returns x_adv (N, C, H, W).
+
+    ``steps=None``: ``torchattacks.AutoAttack(version="standard")`` as shipped, whose APGD,
+    APGD-T and FAB-T default to 10 steps. ``steps=100``: the same four attacks configured as in
+    Croce & Hein 2020's standard version (100 steps each, 9 target classes, Square 5000
+    queries), which is what eisbench's ``standard`` suite follows.
+    """
+    ta = import_torchattacks()
+    if steps is None:
+        atk = ta.AutoAttack(model, norm="Linf", eps=EPS, version="standard", n_classes=10,
+                            seed=seed)
+    else:
+        atk = ta.MultiAttack([
+            ta.APGD(model, norm="Linf", eps=EPS, steps=steps, seed=seed, loss="ce"),
+            ta.APGDT(model, norm="Linf", eps=EPS, steps=steps, seed=seed, n_classes=10),
+            ta.FAB(model, norm="Linf", eps=EPS, steps=steps, seed=seed, multi_targeted=True,
+                   n_classes=10),
+            ta.Square(model, norm="Linf", eps=EPS, n_queries=5000, seed=seed),
+        ])
+    return torch.cat([atk(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="MNIST test images")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--ckpt", type=Path, help="another robust checkpoint (stem or .safetensors)")
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get(
+        "EISBENCH_BENCH_CACHE", "/tmp/eisbench-benchmarks")))
+    p.add_argument("--threads", type=int, default=default_threads())
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import_torchattacks()  # fail early, with the install hint
+    d = data.load("mnist")
+    model = get_model("robust", d, args.cache_dir, "cpu", args.ckpt).eval()
+    x, y = d.x_test[:args.n], d.y_test[:args.n]
+    clean = predict(model, x) == y
+    print(f"clean accuracy {clean.float().mean():.4f} on {args.n} MNIST test images; "
+          f"Linf eps {EPS}; {args.threads} threads", flush=True)
+
+    t0 = time.perf_counter()
+    res = run_suite(model, x, y, eps=EPS, suite="standard", batch_size=args.batch, seed=args.seed)
+    t_eis = time.perf_counter() - t0
+    check_budget(x, res.x_adv, "eisbench")
+    print(f"eisbench standard: robust {res.robust_acc:.4f} in {t_eis:.1f} s", flush=True)
+    for a in res.per_attack:
+        print(f"    {a['name']:7s} on {a['n_in']:5d} points: broke {a['n_broken']:4d} "
+              f"in {a['seconds']:.1f} s", flush=True)
+
+    peer: dict[str, dict[str, Any]] = {}
+    for name, steps in (("AutoAttack, 100 steps (as published)", 100),
+                        ("AutoAttack as shipped (10 steps)", None)):
+        t0 = time.perf_counter()
+        x_ta = autoattack(model, x, y, batch=args.batch, seed=args.seed, steps=steps)
+        seconds = time.perf_counter() - t0
+        check_budget(x, x_ta, f"torchattacks {name}")
+        robust = clean & (predict(model, x_ta) == y)
+        peer[name] = {"robust": robust, "robust_acc": float(robust.float().mean()),
+                      "seconds": seconds}
+        print(f"torchattacks {name}: robust {peer[name]['robust_acc']:.4f} in {seconds:.1f} s",
+              flush=True)
+    main_peer = peer["AutoAttack, 100 steps (as published)"]
+    robust_ta, acc_ta, t_ta = main_peer["robust"], main_peer["robust_acc"], main_peer["seconds"]
+    only_eis = int((robust_ta & ~res.robust).sum())  # broken by eisbench only
+    only_ta = int((res.robust & ~robust_ta).sum())  # broken by torchattacks only
+    gap = abs(res.robust_acc - acc_ta)
+    ratio = t_ta / t_eis
+    rows = [
+        ("robust accuracies agree within 1 point", gap <= 0.01,
+         f"eisbench {res.robust_acc:.4f} vs torchattacks {acc_ta:.4f} (gap {gap * 100:.2f} pt)"),
+        ("eisbench at least as fast", ratio >= 1.0,
+         f"{t_eis:.1f} s vs {t_ta:.1f} s: ratio {ratio:.2f}x"),
+    ]
+    if args.n >= 1000:
+        rows.append(("suite on 1,000 images <= 10 min", t_eis <= 600, f"{t_eis:.1f} s"))
+    shipped = peer["AutoAttack as shipped (10 steps)"]
+    print(f"\nfor reference, torchattacks.AutoAttack as shipped (10 steps): robust "
+          f"{shipped['robust_acc']:.4f} in {shipped['seconds']:.1f} s")
+    print("\nper example: broken only by eisbench "
+          f"{only_eis}, only by torchattacks {only_ta}; eisbench's breaks by attack: "
+          f"{dict(Counter(b for b in res.broken_by if b))}")
+    for name, ok, detail in rows:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    lo, hi = wilson_ci(int(res.robust.sum()), args.n)
+    out = {"n": args.n, "eps": EPS, "clean_acc": float(clean.float().mean()),
+           "eisbench": {"robust_acc": res.robust_acc, "ci95": [lo, hi], "seconds": t_eis,
+                        "per_attack": res.per_attack},
+           "torchattacks": {k: {"robust_acc": v["robust_acc"], "seconds": v["seconds"]}
+                            for k, v in peer.items()},
+           "only_eisbench_breaks": only_eis, "only_torchattacks_breaks": only_ta,
+           "ratio_torchattacks_over_eisbench": ratio, "threads": args.threads,
+           "targets": {name: ok for name, ok, _ in rows}}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if all(main()["targets"].values()) else 1)
