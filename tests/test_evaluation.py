@@ -142,6 +142,13 @@ def test_registries_hold_the_documented_entries() -> None:
             ATTACKS.get(name)  # every step names a registered attack
 
 
+def test_every_check_honours_the_contract(clean_checks: dict) -> None:
+    assert list(clean_checks) == CHECKS.names()  # every registered check ran, once
+    for name, ch in clean_checks.items():
+        assert ch.name == name and ch.detail and ch.passed in (True, False, None)
+        assert ch.to_dict()["name"] == name
+
+
 def test_clean_robust_model_trips_no_check(clean_checks: dict) -> None:
     failed = {n: ch.detail for n, ch in clean_checks.items() if ch.passed is not True}
     assert not failed

@@ -26,6 +26,7 @@ def test_every_registry_is_populated() -> None:
     from eisbench.attacks import ATTACKS
     from eisbench.construct import CONSTRUCTIONS
     from eisbench.data import DATASETS
+    from eisbench.evaluation import CHECKS, SUITES
     from eisbench.experiments import EXPERIMENTS
     from eisbench.models import MODELS
     from eisbench.training import METHODS
@@ -36,3 +37,5 @@ def test_every_registry_is_populated() -> None:
     assert {"representation", "wrong-label"} <= set(CONSTRUCTIONS.names())
     assert {"mnist", "fashion-mnist", "digits", "cifar10", "tsipras"} <= set(DATASETS.names())
     assert "features-vs-bugs" in EXPERIMENTS
+    assert {"apgd", "apgd-t", "fmn", "square"} <= set(ATTACKS.names())
+    assert {"standard", "fast"} <= set(SUITES.names()) and len(CHECKS) == 12

@@ -230,11 +230,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from eisbench.attacks import ATTACKS
     from eisbench.construct import CONSTRUCTIONS
     from eisbench.data import DATASETS
+    from eisbench.evaluation import CHECKS, SUITES
     from eisbench.experiments import EXPERIMENTS
     from eisbench.models import MODELS
     from eisbench.training import METHODS
 
-    for reg in (DATASETS, MODELS, ATTACKS, METHODS, CONSTRUCTIONS, EXPERIMENTS):
+    for reg in (DATASETS, MODELS, ATTACKS, SUITES, CHECKS, METHODS, CONSTRUCTIONS, EXPERIMENTS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
     return 0
 
