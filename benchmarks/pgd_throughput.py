@@ -56,6 +56,11 @@ MODELS = {
     "robust": ("cnn-small-fast-at-eps0p3-e12-lr0p005-a0p3-w8-b128-s0",
                TrainConfig(method="fast-at", epochs=12, batch_size=128, lr=5e-3, eps=EPS,
                            alpha=0.3, eps_warmup_epochs=8)),
+    # PGD adversarial training (Madry et al., 10 steps of 0.075): slower to train than fast-AT but
+    # without its gradient masking; the model of benchmarks/autoattack_xcheck.py.
+    "pgd-at": ("cnn-small-pgd-at-eps0p3-s10-e10-lr0p005-w3-b128-s0",
+               TrainConfig(method="pgd-at", epochs=10, batch_size=128, lr=5e-3, eps=EPS,
+                           attack_steps=10, eps_warmup_epochs=3)),
 }
 INSTALL_HINT = """\
 torchattacks is not installed in this Python ({exe}), and this benchmark compares against it.

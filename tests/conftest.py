@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -105,16 +106,21 @@ def digits_small() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     return d.x_train, d.y_train, d.x_test, d.y_test
 
 
-@pytest.fixture(scope="session")
-def trained_digits_cnn(digits_small: tuple[torch.Tensor, ...]) -> nn.Module:
-    """A small CNN trained for a few epochs on 8x8 digits (~90% test accuracy)."""
+def train_digits_cnn(digits: tuple[torch.Tensor, ...], **cfg: Any) -> nn.Module:
+    """A cnn-small (seed 0) trained on the 8x8 digits with ``TrainConfig(**cfg)``."""
     from eisbench.models import build
     from eisbench.training import TrainConfig, train
 
-    x, y, _, _ = digits_small
+    x, y, _, _ = digits
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = build("cnn-small", in_shape=(1, 8, 8), num_classes=10)
-    return train(net, x, y, cfg=TrainConfig(epochs=15, lr=5e-3), seed=0)
+    return train(net, x, y, cfg=TrainConfig(**cfg), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_digits_cnn(digits_small: tuple[torch.Tensor, ...]) -> nn.Module:
+    """A small CNN trained for a few epochs on 8x8 digits (~90% test accuracy)."""
+    return train_digits_cnn(digits_small, epochs=15, lr=5e-3)
 
 

@@ -12,6 +12,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import train_digits_cnn
 from torch import nn
 
 from eisbench.attacks import ATTACKS
@@ -25,15 +26,8 @@ N = 120  # test images per evaluation
 
 @pytest.fixture(scope="session")
 def robust_digits(digits_small: tuple[torch.Tensor, ...]) -> nn.Module:
-    from eisbench.models import build
-    from eisbench.training import TrainConfig, train
-
-    x, y, _, _ = digits_small
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = build("cnn-small", in_shape=(1, 8, 8), num_classes=10)
-    cfg = TrainConfig(method="fast-at", epochs=20, lr=5e-3, eps=EPS, eps_warmup_epochs=5)
-    return train(net, x, y, cfg=cfg, seed=0).eval()
+    return train_digits_cnn(digits_small, method="fast-at", epochs=20, lr=5e-3, eps=EPS,
+                            eps_warmup_epochs=5).eval()
 
 
 @pytest.fixture(scope="session")

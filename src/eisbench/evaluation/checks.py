@@ -230,7 +230,9 @@ def black_box_not_stronger(c: Context) -> CheckResult:
     ok = by_black <= 0.005 * len(c.x)
     return CheckResult("black-box-not-stronger", ok, detail,
                        "black-box or transfer attacks beating white-box ones is the signature "
-                       "of gradient masking")
+                       "of gradient masking: the gradients mislead, so robustness may be lower "
+                       "still (the suite's number includes these breaks); try more queries and "
+                       "an adaptive attack")
 
 
 @CHECKS.register("control-falls")
