@@ -77,3 +77,30 @@ def test_verdict_rules(dnr_std: record.Metric, dr_rob: record.Metric, drand: rec
                "train_on_D_rand/std_acc": drand, "train_on_D_det/std_acc": drand}
     claims = judge(metrics, num_classes=10)
     assert [c["verdict"] for c in claims] == [expect] * 4
+
+
+def test_goh_leakage_reuses_the_features_vs_bugs_cache(tmp_path: Path) -> None:
+    import numpy as np
+
+    from eisbench.experiments.goh_leakage import from_source, probe_accuracy
+
+    fvb, goh = EXPERIMENTS.get("features-vs-bugs"), EXPERIMENTS.get("goh-leakage")
+    tiny = _tiny()
+    store = Store(tmp_path / "cache")
+    fvb.run(tiny, out=tmp_path / "fvb", store=store)
+    rec = goh.run(from_source(tiny), out=tmp_path / "goh", store=store)  # type: ignore[arg-type]
+    record.validate(dict(rec))
+    assert all(s["cached"] for s in rec["stages"])  # same models and datasets, nothing retrained
+    m = rec["metrics"]
+    for row in rec["details"]["per_seed"]:  # accuracies against y and y+1 are disjoint events
+        assert row["D_det"] + row["D_det_shifted"] <= 1.0 + 1e-9
+    assert m["goh_leakage/D/probe_acc"]["value"] > 0.5  # the robust features know the digits
+    assert {c["verdict"] for c in rec["claims"]} <= set(record.VERDICTS)
+    assert "Goh 2019" in goh.report(rec, tmp_path / "goh").read_text()
+    # the probe itself: separable features are learnt, shuffled labels are not
+    g = np.random.default_rng(0)
+    x = g.normal(size=(400, 5))
+    y = (x[:, 0] > 0).astype(int)
+    assert probe_accuracy(x[:300], y[:300], x[300:], y[300:], c=1.0, max_iter=500, seed=0) > 0.9
+    assert probe_accuracy(x[:300], g.permutation(y[:300]), x[300:], y[300:], c=1.0,
+                          max_iter=500, seed=0) < 0.75

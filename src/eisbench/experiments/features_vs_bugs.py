@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig, predict
@@ -93,9 +94,20 @@ FULL = dataclasses.replace(
                              early_exit=True), eval_suite="standard")
 
 
-def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
-    """Run the experiment, write ``out/record.json`` and return the record."""
-    t0 = time.perf_counter()
+@dataclass(frozen=True)
+class Setting:
+    """What every seed of this experiment (and of those built on its models) shares."""
+
+    ds: datasets.ImageData
+    ctx: Context
+    train: Tensors  # all of D
+    test: Tensors  # the original test set
+    base: Tensors  # the first n_construct images of D, the seeds of the constructions
+    spec: ModelSpec
+
+
+def setting(cfg: FeaturesVsBugsConfig, store: Store) -> Setting:
+    """Load the data (cached, hash-checked) and check the config before any work."""
     device = resolve_device(cfg.device)
     SUITES.get(cfg.eval_suite)  # a typo fails now, with the closest name, not after training
     ds = datasets.load(cfg.dataset, root=cfg.data_root).subset(n_train=cfg.n_train,
@@ -103,38 +115,58 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
     if cfg.n_construct > len(ds.x_train):
         raise ValueError(f"n_construct={cfg.n_construct} exceeds the {len(ds.x_train)} "
                          "training images")
-    ctx = Context(store=store, log=StageLog(), device=device)
-    train_d = Tensors(ds.x_train, ds.y_train, f"{ds.name}:{ds.sha256}:train:{len(ds.x_train)}")
-    test_d = Tensors(ds.x_test, ds.y_test, f"{ds.name}:{ds.sha256}:test:{len(ds.x_test)}")
-    base = Tensors(ds.x_train[:cfg.n_construct], ds.y_train[:cfg.n_construct],
-                   f"{train_d.key}:first{cfg.n_construct}")
-    spec = ModelSpec(arch=cfg.arch, in_shape=ds.shape, num_classes=ds.num_classes)
+    key = f"{ds.name}:{ds.sha256}"
+    train_d = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
+    return Setting(ds=ds, ctx=Context(store=store, log=StageLog(), device=device),
+                   train=train_d,
+                   test=Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}"),
+                   base=Tensors(ds.x_train[:cfg.n_construct], ds.y_train[:cfg.n_construct],
+                                f"{train_d.key}:first{cfg.n_construct}"),
+                   spec=ModelSpec(arch=cfg.arch, in_shape=ds.shape, num_classes=ds.num_classes))
+
+
+def source_models(st: Setting, cfg: FeaturesVsBugsConfig, seed: int
+                  ) -> tuple[tuple[nn.Module, str], tuple[nn.Module, str]]:
+    """(standard model, key), (robust model, key) trained on D (cached)."""
+    std = train_stage(st.ctx, spec=st.spec, cfg=cfg.std_train, data=st.train, seed=seed,
+                      desc=f"[seed {seed}] standard model")
+    rob = train_stage(st.ctx, spec=st.spec, cfg=cfg.robust_train, data=st.train, seed=seed,
+                      desc=f"[seed {seed}] robust model")
+    return std, rob
+
+
+def wrong_label_sets(st: Setting, cfg: FeaturesVsBugsConfig, std: tuple[nn.Module, str],
+                     seed: int) -> dict[str, Tensors]:
+    """D_rand and D_det: targeted L2 PGD on the standard model, labelled with the target."""
+    wl = {"eps": cfg.wrong_label_eps, "steps": cfg.wrong_label_steps,
+          "step_size": cfg.wrong_label_step_size, "norm": "l2"}
+    return {name: construct_stage(st.ctx, name="wrong-label", model=std[0], model_key=std[1],
+                                  data=st.base, num_classes=st.ds.num_classes, seed=seed,
+                                  hyper={**wl, "mode": mode})
+            for name, mode in (("D_rand", "random"), ("D_det", "det"))}
+
+
+def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
+    """Run the experiment, write ``out/record.json`` and return the record."""
+    t0 = time.perf_counter()
+    st = setting(cfg, store)
+    ds, ctx, test_d, base, device = st.ds, st.ctx, st.test, st.base, st.ctx.device
     per_seed: dict[str, list[dict[str, Any]]] = {}
     construction: dict[str, list[float]] = {}
     samples: dict[str, torch.Tensor] = {}
     training: dict[str, list[dict[str, Any]]] = {}  # per-epoch history of the robust models
     for seed in cfg.seeds:
-        std, std_key = train_stage(ctx, spec=spec, cfg=cfg.std_train, data=train_d, seed=seed,
-                                   desc=f"[seed {seed}] standard model")
-        rob, rob_key = train_stage(ctx, spec=spec, cfg=cfg.robust_train, data=train_d, seed=seed,
-                                   desc=f"[seed {seed}] robust model")
+        (std, std_key), (rob, rob_key) = source_models(st, cfg, seed)
         hist = store.root / "train" / rob_key / "history.json"
         if hist.exists():
             training[f"seed {seed} robust model"] = json.loads(hist.read_text())
         inv = {"steps": cfg.inversion_steps, "step_size": cfg.inversion_step_size}
-        wl = {"eps": cfg.wrong_label_eps, "steps": cfg.wrong_label_steps,
-              "step_size": cfg.wrong_label_step_size, "norm": "l2"}
         built = {
             "D_R": construct_stage(ctx, name="representation", model=rob, model_key=rob_key,
                                    data=base, num_classes=ds.num_classes, seed=seed, hyper=inv),
             "D_NR": construct_stage(ctx, name="representation", model=std, model_key=std_key,
                                     data=base, num_classes=ds.num_classes, seed=seed, hyper=inv),
-            "D_rand": construct_stage(ctx, name="wrong-label", model=std, model_key=std_key,
-                                      data=base, num_classes=ds.num_classes, seed=seed,
-                                      hyper={**wl, "mode": "random"}),
-            "D_det": construct_stage(ctx, name="wrong-label", model=std, model_key=std_key,
-                                     data=base, num_classes=ds.num_classes, seed=seed,
-                                     hyper={**wl, "mode": "det"}),
+            **wrong_label_sets(st, cfg, (std, std_key), seed),
         }
         for name in ("D_rand", "D_det"):  # how often the source model sees the target label
             hit = (predict(std, built[name].x, device=device) == built[name].y).float().mean()
@@ -148,7 +180,7 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
             samples.update({f"{k}_labels": v.y[:8] for k, v in built.items()})
         models = {"train_on_D": (std, std_key), "adv_train_on_D": (rob, rob_key)}
         for name, d in built.items():
-            models[f"train_on_{name}"] = train_stage(ctx, spec=spec, cfg=cfg.fresh_train, data=d,
+            models[f"train_on_{name}"] = train_stage(ctx, spec=st.spec, cfg=cfg.fresh_train, data=d,
                                                      seed=seed,
                                                      desc=f"[seed {seed}] fresh model on {name}")
         for name, (model, key) in models.items():
@@ -185,7 +217,7 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
     return rec
 
 
-def _metric(values: list[float], *, higher_is_better: bool = True,
+def metric_over_seeds(values: list[float], *, higher_is_better: bool = True,
             upper: float = 1.0) -> Metric:
     """Mean and 95% t-interval over seeds, clipped to the metric's range [0, upper]."""
     m, lo, hi = mean_ci(values)
@@ -199,10 +231,11 @@ def _aggregate(per_seed: dict[str, list[dict[str, Any]]],
     for name, runs in per_seed.items():
         for key in runs[0]:
             if key == "std_acc" or key.startswith("robust_acc"):
-                out[f"{name}/{key}"] = _metric([r[key] for r in runs])
+                out[f"{name}/{key}"] = metric_over_seeds([r[key] for r in runs])
     for name, vals in construction.items():
         dist = name.endswith("feature_distance")
-        out[name] = _metric(vals, higher_is_better=not dist, upper=float("inf") if dist else 1.0)
+        out[name] = metric_over_seeds(vals, higher_is_better=not dist,
+                                      upper=float("inf") if dist else 1.0)
     return out
 
 
@@ -232,25 +265,25 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     claims.append({"claim": "D_NR: high standard accuracy, near-zero robust accuracy",
                    "rule": "std mean >= 0.80 and robust CI upper <= 0.10",
                    "measured": f"{fmt('train_on_D_NR/std_acc')}; {fmt('train_on_D_NR/robust_acc')}",
-                   "verdict": _verdict(ok, bad)})
+                   "verdict": verdict(ok, bad)})
     _, base_lo, base_hi = ci("train_on_D/robust_acc")
     r, r_lo, r_hi = ci("train_on_D_R/robust_acc")
     ok, bad = r_lo > 0.10 and r_lo > base_hi + 0.05, r_hi <= base_hi + 0.05
     claims.append({"claim": "D_R: clearly non-zero robust accuracy without adversarial training",
                    "rule": "robust CI lower > 0.10 and > standard model's robust CI upper + 0.05",
                    "measured": f"{fmt('train_on_D_R/robust_acc')}; {fmt('train_on_D/robust_acc')}",
-                   "verdict": _verdict(ok, bad)})
+                   "verdict": verdict(ok, bad)})
     chance2 = 2.0 / num_classes
     for name in ("D_rand", "D_det"):
         key = f"train_on_{name}/std_acc"
         _, lo, hi = ci(key)
         claims.append({"claim": f"{name}: well above chance on the original test set",
                        "rule": f"std acc CI lower > {chance2:.2f} (twice chance)",
-                       "measured": fmt(key), "verdict": _verdict(lo > chance2, hi <= chance2)})
+                       "measured": fmt(key), "verdict": verdict(lo > chance2, hi <= chance2)})
     return claims
 
 
-def _verdict(reproduced: bool, refuted: bool) -> str:
+def verdict(reproduced: bool, refuted: bool) -> str:
     if reproduced:
         return "reproduced"
     return "not reproduced" if refuted else "inconclusive"

@@ -1,0 +1,166 @@
+"""Goh 2019 (Distill response to Ilyas et al.): robust-feature leakage in D_rand and D_det.
+
+D_rand and D_det are labelled with the attack's target. If the targeted attack also moves
+*robust* features towards the target class, a model trained on D_rand may learn the target
+class from those robust features rather than from non-robust ones ("leakage"). Goh measures it
+by fitting a linear classifier on the frozen representation of a ROBUST model, using D_rand
+(or D_det) images and their target labels, and testing it on the clean test set: a robust
+model only sees robust features, so any accuracy above chance is leakage. D_det's targets are
+a fixed permutation of the true class, so robust features there point at the wrong class and
+leakage should be near or below chance (Goh on CIFAR-10: 23.5% for D_rand, 6.8% for D_det).
+
+The models and datasets are those of ``features-vs-bugs`` with the same config (same cache):
+run after it, this experiment reuses them and only fits the probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from eisbench.attacks.projection import eval_mode
+from eisbench.config import to_plain
+from eisbench.experiments.core import Experiment, register
+from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
+from eisbench.experiments.features_vs_bugs import (
+    FeaturesVsBugsConfig,
+    metric_over_seeds,
+    setting,
+    source_models,
+    verdict,
+    wrong_label_sets,
+)
+from eisbench.models.core import features
+from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
+from eisbench.record import write as write_record
+from eisbench.store import Store
+
+LITERATURE = {"D_rand": 0.235, "D_det": 0.068}  # Goh 2019, CIFAR-10, robust ResNet-50 probe
+
+
+@dataclass(frozen=True)
+class GohLeakageConfig(FeaturesVsBugsConfig):
+    """The features-vs-bugs config (models and datasets, shared cache) plus the probe's."""
+
+    probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe
+    probe_max_iter: int = 2000
+
+
+def from_source(source: FeaturesVsBugsConfig, **probe: float) -> GohLeakageConfig:
+    """The probe config on top of a features-vs-bugs config (whose cached stages it reuses)."""
+    fields = {f.name: getattr(source, f.name) for f in dataclasses.fields(FeaturesVsBugsConfig)}
+    return GohLeakageConfig(**fields, **probe)  # type: ignore[arg-type]
+
+
+QUICK = GohLeakageConfig()
+FULL = from_source(FVB_FULL)
+
+
+def representation(model: nn.Module, x: torch.Tensor, *, device: torch.device,
+                   batch_size: int = 1000) -> np.ndarray:
+    """Penultimate-layer features (N, D) of images x (N, C, H, W), as float64 numpy."""
+    out = []
+    with eval_mode(model), torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(features(model, x[i:i + batch_size].to(device)).flatten(1).cpu())
+    return torch.cat(out).double().numpy()
+
+
+def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray, *, c: float, max_iter: int, seed: int) -> float:
+    """Fit a multinomial logistic regression on (train_x (N, D), train_y (N,)) after
+    standardisation; return its accuracy on (test_x (M, D), test_y (M,))."""
+    scaler = StandardScaler().fit(train_x)
+    clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+    clf.fit(scaler.transform(train_x), train_y)
+    return float((clf.predict(scaler.transform(test_x)) == test_y).mean())
+
+
+def run(cfg: GohLeakageConfig, *, out: Path, store: Store) -> Record:
+    """Fit the leakage probes for every seed; write ``out/record.json`` and return it."""
+    t0 = time.perf_counter()
+    st = setting(cfg, store)
+    dev = st.ctx.device
+    per_seed: list[dict[str, float]] = []
+    for seed in cfg.seeds:
+        std, (rob, _) = source_models(st, cfg, seed)
+        sets = wrong_label_sets(st, cfg, std, seed)
+        test_f = representation(rob, st.test.x, device=dev)
+        test_y = st.test.y.numpy()
+        row: dict[str, float] = {}
+        for name, d in (("D", st.base), *sets.items()):
+            row[name] = probe_accuracy(representation(rob, d.x, device=dev), d.y.numpy(),
+                                       test_f, test_y, c=cfg.probe_c,
+                                       max_iter=cfg.probe_max_iter, seed=seed)
+        # D_det's labels are y+1 mod K: a probe that learnt the TRUE class from robust features
+        # predicts y+1 on clean images, so its accuracy against y+1 measures that directly.
+        row["D_det_shifted"] = probe_accuracy(
+            representation(rob, sets["D_det"].x, device=dev), sets["D_det"].y.numpy(), test_f,
+            (test_y + 1) % st.ds.num_classes, c=cfg.probe_c, max_iter=cfg.probe_max_iter,
+            seed=seed)
+        per_seed.append(row)
+    metrics: dict[str, Metric] = {
+        f"goh_leakage/{k}/probe_acc": metric_over_seeds([r[k] for r in per_seed])
+        for k in per_seed[0]}
+    rec: Record = {
+        "schema_version": SCHEMA_VERSION, "experiment": "goh-leakage", "created": now(),
+        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
+        "versions": library_versions(), "device": str(dev),
+        "data": {st.ds.name: st.ds.sha256}, "stages": st.ctx.log.entries,
+        "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
+        "claims": judge(metrics, num_classes=st.ds.num_classes),
+        "details": {"per_seed": per_seed, "literature": LITERATURE,
+                    "num_classes": st.ds.num_classes,
+                    "literature_source": "Goh 2019, Distill, CIFAR-10 (robust ResNet-50)",
+                    "probe": "logistic regression on standardised penultimate-layer features "
+                             "of the robust (fast-AT) model, trained on the constructed set "
+                             "with its target labels, tested on the clean test set"},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_record(rec, out / "record.json")
+    return rec
+
+
+def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
+    """Verdicts by rules fixed in advance, on 95% CIs over seeds (chance = 1/K):
+
+    - D_rand leaks robust features: reproduced if its probe accuracy CI lower > chance + 0.05;
+      not reproduced if its CI upper <= chance + 0.05.
+    - D_det does not: reproduced if its probe accuracy CI upper <= chance + 0.05; not
+      reproduced if its CI lower > chance + 0.05.
+    """
+    margin = 1.0 / num_classes + 0.05
+
+    def fmt(k: str) -> str:
+        m = metrics[f"goh_leakage/{k}/probe_acc"]
+        return f"{k} probe acc = {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+
+    rand, det = (metrics[f"goh_leakage/{k}/probe_acc"]["ci95"] for k in ("D_rand", "D_det"))
+    return [
+        {"claim": "D_rand leaks robust features (a robust-feature probe learns the true class)",
+         "rule": f"probe acc CI lower > {margin:.2f} (chance + 0.05)", "measured": fmt("D_rand"),
+         "verdict": verdict(rand[0] > margin, rand[1] <= margin)},
+        {"claim": "D_det shows little or no robust-feature leakage",
+         "rule": f"probe acc CI upper <= {margin:.2f} (chance + 0.05)",
+         "measured": f"{fmt('D_det')}; {fmt('D_det_shifted')} (against y+1)",
+         "verdict": verdict(det[1] <= margin, det[0] > margin)},
+    ]
+
+
+def _report(rec: Record, out: Path) -> Path:
+    from eisbench.report.goh_leakage import write_report
+
+    return write_report(rec, out)
+
+
+register(Experiment(name="goh-leakage",
+                    summary="Goh 2019: robust-feature leakage in D_rand vs D_det (linear probe)",
+                    quick=QUICK, full=FULL, run=run, report=_report))
