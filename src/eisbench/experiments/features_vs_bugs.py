@@ -218,10 +218,10 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
 
 
 def metric_over_seeds(values: list[float], *, higher_is_better: bool = True,
-            upper: float = 1.0) -> Metric:
-    """Mean and 95% t-interval over seeds, clipped to the metric's range [0, upper]."""
+                      lower: float = 0.0, upper: float = 1.0) -> Metric:
+    """Mean and 95% t-interval over seeds, clipped to the metric's range [lower, upper]."""
     m, lo, hi = mean_ci(values)
-    return {"value": m, "ci95": [max(0.0, lo), min(upper, hi)], "n": len(values),
+    return {"value": m, "ci95": [max(lower, lo), min(upper, hi)], "n": len(values),
             "higher_is_better": higher_is_better}
 
 

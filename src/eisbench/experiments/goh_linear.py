@@ -1,0 +1,236 @@
+"""Goh 2019 (Distill response to Ilyas et al.): useful non-robust LINEAR features.
+
+Two classes of D (labels y in {-1, +1}). A linear feature is f_w(x) = w.(x - mu) / sd_w,
+standardised on the training set (mean 0, variance 1). Following Ilyas et al.'s definitions:
+
+- usefulness          rho(f)   = E[y f(x)]
+- robust usefulness   gamma(f) = E[inf_{||d|| <= eps} y f(x + d)] = rho(f) - eps ||w||_* / sd_w
+
+(||.||_* the dual norm: L2 for an L2 ball, L1 for Linf), exact for a linear feature. Measured
+on the test set for: every right-singular vector of the centred training data, a logistic
+regression's weight vector, and Goh's two constructions of useful non-robust features:
+
+- ensemble: the usefulness-weighted sum of every direction that is useful but not robust on
+  its own is very useful, and not robust at all;
+- contamination: a robust feature plus a little of a low-variance direction keeps (or gains)
+  usefulness and loses its robustness.
+
+Seeds draw bootstrap resamples of the training set, so every figure has a 95% CI.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from eisbench import data as datasets
+from eisbench.config import to_plain
+from eisbench.experiments.core import Experiment, register
+from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
+from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
+from eisbench.record import write as write_record
+from eisbench.store import Store
+
+
+@dataclass(frozen=True)
+class GohLinearConfig:
+    dataset: str = "mnist"
+    data_root: str | None = None
+    classes: tuple[int, int] = (3, 8)  # -1, +1
+    norm: str = "l2"  # l2 | linf
+    eps: float = 0.5
+    seeds: tuple[int, ...] = (0, 1, 2)  # bootstrap resamples of the training set
+    contamination: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)  # weight of the tail
+    device: str = "cpu"  # unused: everything here is closed-form numpy
+
+
+QUICK = GohLinearConfig()
+FULL = GohLinearConfig(seeds=(0, 1, 2, 3, 4))
+
+
+@dataclass(frozen=True)
+class Linear:
+    """f(x) = w.(x - mu) / sd, standardised on the training set."""
+
+    w: np.ndarray  # (D,)
+    mu: np.ndarray  # (D,)
+    sd: float
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # (N, D) -> (N,)
+        out: np.ndarray = (x - self.mu) @ self.w / self.sd
+        return out
+
+
+def standardise(w: np.ndarray, x_train: np.ndarray) -> Linear:
+    mu = x_train.mean(0)
+    sd = float(((x_train - mu) @ w).std())
+    return Linear(w=w, mu=mu, sd=max(sd, 1e-12))
+
+
+def usefulness(f: Linear, x: np.ndarray, y: np.ndarray) -> float:
+    """rho = E[y f(x)] over (x (N, D), y (N,) in {-1, +1})."""
+    return float((y * f(x)).mean())
+
+
+def robust_usefulness(f: Linear, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str) -> float:
+    """gamma = E[inf over the eps-ball of y f(x + d)] = rho - eps ||w||_* / sd (closed form)."""
+    dual = np.abs(f.w).sum() if norm == "linf" else np.linalg.norm(f.w)
+    return usefulness(f, x, y) - eps * float(dual) / f.sd
+
+
+def worst_case(f: Linear, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str) -> np.ndarray:
+    """The minimising perturbation of y f(x + d) itself, (N, D): -eps y times the dual
+    direction of w. No [0,1] clamp: the definition is over the whole ball."""
+    direction = np.sign(f.w) if norm == "linf" else f.w / np.linalg.norm(f.w)
+    out: np.ndarray = -eps * y[:, None] * direction[None, :]
+    return out
+
+
+def _pair(cfg: GohLinearConfig) -> tuple[np.ndarray, ...]:
+    ds = datasets.load(cfg.dataset, root=cfg.data_root)
+    a, b = cfg.classes
+    out = []
+    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        keep = (y == a) | (y == b)
+        out += [x[keep].flatten(1).double().numpy(), np.where(y[keep].numpy() == b, 1.0, -1.0)]
+    return tuple(out)
+
+
+def analyse(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, *,
+            cfg: GohLinearConfig, seed: int) -> dict[str, Any]:
+    """Usefulness and robust usefulness (on the test set) of every feature family, for one
+    training set (N, D) with labels (N,) in {-1, +1}."""
+    def both(f: Linear) -> tuple[float, float]:
+        return (usefulness(f, x_te, y_te),
+                robust_usefulness(f, x_te, y_te, eps=cfg.eps, norm=cfg.norm))
+
+    mu = x_tr.mean(0)
+    _, s, vt = np.linalg.svd(x_tr - mu, full_matrices=False)
+    rank = int((s > s[0] * 1e-6).sum())
+    v = vt[:rank]  # (R, D) orthonormal directions, most variance first
+    sd = (x_tr - mu) @ v.T  # (N, R) projections, standardised below
+    sd_v = sd.std(0)
+    sign = np.sign(((y_tr[:, None] * sd) / sd_v).mean(0))  # orient each towards +1
+    v = v * np.where(sign == 0, 1.0, sign)[:, None]
+    train_rho = ((y_tr[:, None] * ((x_tr - mu) @ v.T)) / sd_v).mean(0)  # (R,)
+    rho_te = ((y_te[:, None] * ((x_te - mu) @ v.T)) / sd_v).mean(0)  # (R,)
+    dual = np.abs(v).sum(1) if cfg.norm == "linf" else np.ones(rank)
+    sv = np.stack([rho_te, rho_te - cfg.eps * dual / sd_v], 1)  # (R, 2)
+    clf = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x_tr - mu, y_tr)
+    lr = both(standardise(clf.coef_[0], x_tr))
+    # ensemble: every direction that is useful but NOT robust on its own (on the training
+    # set), weighted by its training usefulness (the best combination of uncorrelated
+    # standardised features)
+    nonrobust = (train_rho > 0) & (train_rho - cfg.eps * dual / sd_v < 0)
+    w_ens = ((train_rho * nonrobust / sd_v)[:, None] * v).sum(0)  # (D,)
+    ens = both(standardise(w_ens, x_tr))
+    # contamination: the most useful of the top-10 directions (robust), plus alpha times the
+    # ensemble direction, both scaled to unit variance on the training set
+    top = int(np.argmax(train_rho[:10]))
+    base = v[top] / sd_v[top]
+    unit_ens = w_ens / ((x_tr - mu) @ w_ens).std()
+    contam = [both(standardise(base + a * unit_ens, x_tr)) for a in cfg.contamination]
+    return {"singular": sv.tolist(), "logreg": lr, "ensemble": ens,
+            "robust_base": both(standardise(v[top], x_tr)), "contamination": contam,
+            "rank": rank, "n_ensemble": int(nonrobust.sum())}
+
+
+def run(cfg: GohLinearConfig, *, out: Path, store: Store) -> Record:
+    """Analyse ``len(cfg.seeds)`` bootstrap resamples; write ``out/record.json``."""
+    del store  # closed-form: nothing worth caching
+    t0 = time.perf_counter()
+    if cfg.norm not in ("l2", "linf"):
+        raise ValueError(f"norm must be 'l2' or 'linf', got {cfg.norm!r}")
+    x_tr, y_tr, x_te, y_te = _pair(cfg)
+    runs = []
+    for seed in cfg.seeds:
+        idx = np.random.default_rng(seed).integers(0, len(x_tr), len(x_tr))
+        runs.append(analyse(x_tr[idx], y_tr[idx], x_te, y_te, cfg=cfg, seed=seed))
+    metrics: dict[str, Metric] = {}
+    for name in ("logreg", "ensemble", "robust_base"):
+        for j, kind in enumerate(("usefulness", "robust_usefulness")):
+            metrics[f"goh_linear/{name}/{kind}"] = metric_over_seeds(
+                [r[name][j] for r in runs], lower=-np.inf, upper=np.inf)
+    for a_i, a in enumerate(cfg.contamination):
+        for j, kind in enumerate(("usefulness", "robust_usefulness")):
+            metrics[f"goh_linear/contaminated_{a:g}/{kind}"] = metric_over_seeds(
+                [r["contamination"][a_i][j] for r in runs], lower=-np.inf, upper=np.inf)
+    frac = [float(np.mean([(u > 0.1) and (g < 0) for u, g in r["singular"]])) for r in runs]
+    metrics["goh_linear/singular/frac_useful_nonrobust"] = metric_over_seeds(frac)
+    ds = datasets.load(cfg.dataset, root=cfg.data_root)
+    rec: Record = {
+        "schema_version": SCHEMA_VERSION, "experiment": "goh-linear", "created": now(),
+        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
+        "versions": library_versions(), "device": "cpu", "data": {ds.name: ds.sha256},
+        "stages": [], "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
+        "claims": judge(metrics, cfg=cfg), "details": {"per_seed": runs},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_record(rec, out / "record.json")
+    return rec
+
+
+def judge(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
+    """Verdicts by rules fixed in advance, on 95% CIs over bootstrap resamples:
+
+    - useful non-robust directions exist: the fraction of singular directions with
+      usefulness > 0.1 and robust usefulness < 0 has CI lower > 0;
+    - ensemble (of individually non-robust directions): usefulness CI lower > 0.5 and robust
+      usefulness CI upper < 0;
+    - contamination: at the largest weight, usefulness CI lower >= 0.9 x the robust base
+      feature's mean usefulness and robust usefulness CI upper < 0, while the base feature's
+      robust usefulness CI lower > 0.
+    """
+    def ci(k: str) -> tuple[float, float, float]:
+        m = metrics[f"goh_linear/{k}"]
+        return m["value"], m["ci95"][0], m["ci95"][1]
+
+    def fmt(k: str) -> str:
+        v, lo, hi = ci(k)
+        return f"{k} = {v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    claims: list[Claim] = []
+    _, lo, hi = ci("singular/frac_useful_nonrobust")
+    claims.append({"claim": "The data has useful, non-robust linear directions",
+                   "rule": "fraction of singular directions with rho > 0.1 and gamma < 0: CI "
+                           "lower > 0", "measured": fmt("singular/frac_useful_nonrobust"),
+                   "verdict": verdict(lo > 0, hi <= 0)})
+    _, u_lo, u_hi = ci("ensemble/usefulness")
+    _, g_lo, g_hi = ci("ensemble/robust_usefulness")
+    claims.append({"claim": "Ensemble: directions that are non-robust on their own sum to a "
+                            "very useful, non-robust feature",
+                   "rule": "rho CI lower > 0.5 and gamma CI upper < 0",
+                   "measured": f"{fmt('ensemble/usefulness')}; {fmt('ensemble/robust_usefulness')}",
+                   "verdict": verdict(u_lo > 0.5 and g_hi < 0, u_hi <= 0.5 or g_lo >= 0)})
+    a = f"contaminated_{max(cfg.contamination):g}"
+    b_rho, _, _ = ci("robust_base/usefulness")
+    _, b_lo, _ = ci("robust_base/robust_usefulness")
+    _, c_lo, c_hi = ci(f"{a}/usefulness")
+    _, cg_lo, cg_hi = ci(f"{a}/robust_usefulness")
+    ok = c_lo >= 0.9 * b_rho and cg_hi < 0 and b_lo > 0
+    claims.append({"claim": "Contamination: a robust feature plus a little of a non-robust "
+                            "direction stays useful and stops being robust",
+                   "rule": "contaminated rho CI lower >= 0.9 x base rho, contaminated gamma CI "
+                           "upper < 0, base gamma CI lower > 0",
+                   "measured": f"{fmt('robust_base/usefulness')}; "
+                               f"{fmt('robust_base/robust_usefulness')}; {fmt(a + '/usefulness')}; "
+                               f"{fmt(a + '/robust_usefulness')}",
+                   "verdict": verdict(ok, c_hi < 0.9 * b_rho or cg_lo >= 0)})
+    return claims
+
+
+def _report(rec: Record, out: Path) -> Path:
+    from eisbench.report.goh_linear import write_report
+
+    return write_report(rec, out)
+
+
+register(Experiment(name="goh-linear",
+                    summary="Goh 2019: usefulness vs robust usefulness of linear features; "
+                            "ensemble and contamination constructions",
+                    quick=QUICK, full=FULL, run=run, report=_report))
