@@ -82,13 +82,14 @@ def test_verdict_rules(dnr_std: record.Metric, dr_rob: record.Metric, drand: rec
 def test_goh_leakage_reuses_the_features_vs_bugs_cache(tmp_path: Path) -> None:
     import numpy as np
 
-    from eisbench.experiments.goh_leakage import from_source, probe_accuracy
+    from eisbench.experiments.features_vs_bugs import derived_config
+    from eisbench.experiments.goh_leakage import GohLeakageConfig, probe_accuracy
 
     fvb, goh = EXPERIMENTS.get("features-vs-bugs"), EXPERIMENTS.get("goh-leakage")
     tiny = _tiny()
     store = Store(tmp_path / "cache")
     fvb.run(tiny, out=tmp_path / "fvb", store=store)
-    rec = goh.run(from_source(tiny), out=tmp_path / "goh", store=store)  # type: ignore[arg-type]
+    rec = goh.run(derived_config(GohLeakageConfig, tiny), out=tmp_path / "goh", store=store)  # type: ignore[arg-type]
     record.validate(dict(rec))
     assert all(s["cached"] for s in rec["stages"])  # same models and datasets, nothing retrained
     m = rec["metrics"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from eisbench.experiments import features_vs_bugs as _fvb  # noqa: F401  (registers)
 from eisbench.experiments import goh_leakage as _goh  # noqa: F401  (registers)
 from eisbench.experiments import goh_linear as _goh_lin  # noqa: F401  (registers)
+from eisbench.experiments import wallace as _wallace  # noqa: F401  (registers)
 from eisbench.experiments.core import EXPERIMENTS, Experiment
 
 __all__ = ["EXPERIMENTS", "Experiment"]

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import save_file
@@ -215,6 +215,16 @@ def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
     write_record(rec, out / "record.json")
     save_file({k: v.contiguous() for k, v in samples.items()}, str(out / "samples.safetensors"))
     return rec
+
+
+C = TypeVar("C", bound=FeaturesVsBugsConfig)
+
+
+def derived_config(cls: type[C], source: FeaturesVsBugsConfig, **changes: Any) -> C:
+    """An experiment config that extends features-vs-bugs (``cls`` subclasses its config) with
+    every field of ``source``, so the experiment reuses its cached models and datasets."""
+    fields = {f.name: getattr(source, f.name) for f in dataclasses.fields(FeaturesVsBugsConfig)}
+    return cls(**fields | changes)
 
 
 def metric_over_seeds(values: list[float], *, higher_is_better: bool = True,

@@ -15,7 +15,6 @@ run after it, this experiment reuses them and only fits the probes.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from eisbench.experiments.core import Experiment, register
 from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
 from eisbench.experiments.features_vs_bugs import (
     FeaturesVsBugsConfig,
+    derived_config,
     metric_over_seeds,
     setting,
     source_models,
@@ -54,14 +54,8 @@ class GohLeakageConfig(FeaturesVsBugsConfig):
     probe_max_iter: int = 2000
 
 
-def from_source(source: FeaturesVsBugsConfig, **probe: float) -> GohLeakageConfig:
-    """The probe config on top of a features-vs-bugs config (whose cached stages it reuses)."""
-    fields = {f.name: getattr(source, f.name) for f in dataclasses.fields(FeaturesVsBugsConfig)}
-    return GohLeakageConfig(**fields, **probe)  # type: ignore[arg-type]
-
-
 QUICK = GohLeakageConfig()
-FULL = from_source(FVB_FULL)
+FULL = derived_config(GohLeakageConfig, FVB_FULL)
 
 
 def representation(model: nn.Module, x: torch.Tensor, *, device: torch.device,

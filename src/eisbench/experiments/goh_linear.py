@@ -91,9 +91,12 @@ def worst_case(f: Linear, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str
     return out
 
 
-def _pair(cfg: GohLinearConfig) -> tuple[np.ndarray, ...]:
-    ds = datasets.load(cfg.dataset, root=cfg.data_root)
+def _pair(ds: datasets.ImageData, cfg: GohLinearConfig) -> tuple[np.ndarray, ...]:
+    """Train and test images (N, D) float64 and labels in {-1, +1} of the two classes."""
     a, b = cfg.classes
+    if not (0 <= a < ds.num_classes and 0 <= b < ds.num_classes and a != b):
+        raise ValueError(f"classes must be two different labels of {ds.name} "
+                         f"(0..{ds.num_classes - 1}), got {cfg.classes}")
     out = []
     for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
         keep = (y == a) | (y == b)
@@ -146,7 +149,8 @@ def run(cfg: GohLinearConfig, *, out: Path, store: Store) -> Record:
     t0 = time.perf_counter()
     if cfg.norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', got {cfg.norm!r}")
-    x_tr, y_tr, x_te, y_te = _pair(cfg)
+    ds = datasets.load(cfg.dataset, root=cfg.data_root)
+    x_tr, y_tr, x_te, y_te = _pair(ds, cfg)
     runs = []
     for seed in cfg.seeds:
         idx = np.random.default_rng(seed).integers(0, len(x_tr), len(x_tr))
@@ -162,7 +166,6 @@ def run(cfg: GohLinearConfig, *, out: Path, store: Store) -> Record:
                 [r["contamination"][a_i][j] for r in runs], lower=-np.inf, upper=np.inf)
     frac = [float(np.mean([(u > 0.1) and (g < 0) for u, g in r["singular"]])) for r in runs]
     metrics["goh_linear/singular/frac_useful_nonrobust"] = metric_over_seeds(frac)
-    ds = datasets.load(cfg.dataset, root=cfg.data_root)
     rec: Record = {
         "schema_version": SCHEMA_VERSION, "experiment": "goh-linear", "created": now(),
         "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from eisbench.paths import atomic_write_bytes
 from eisbench.record import Record
-from eisbench.report.html import esc, figure, page, table
+from eisbench.report.html import esc, figure, page, table, verdict_table
 
 ROWS = ["train_on_D", "adv_train_on_D", "train_on_D_R", "train_on_D_NR", "train_on_D_rand",
         "train_on_D_det"]
@@ -183,10 +183,7 @@ def _samples(out: Path) -> str:
 def write_report(rec: Record, out: Path) -> Path:
     """Write ``out/report.html`` for a features-vs-bugs record; returns its path."""
     lit = rec["details"]["literature"]
-    claims = rec["claims"]
-    verdicts = table(["claim", "rule (fixed in advance)", "measured", "verdict"],
-                     [[c["claim"], c["rule"], c["measured"], c["verdict"]] for c in claims],
-                     [c["verdict"].replace(" ", "-") for c in claims])
+    verdicts = verdict_table(rec["claims"])
     rows = []
     for r in ROWS:
         s, a = lit.get(r, [None, None])

@@ -3,7 +3,6 @@ contamination curve, and the verdicts."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,7 +10,7 @@ import numpy as np
 
 from eisbench.paths import atomic_write_bytes
 from eisbench.record import Record
-from eisbench.report.html import esc, figure, page, table
+from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
 
 
 def _scatter(rec: Record) -> str:
@@ -52,24 +51,19 @@ def _contamination(rec: Record) -> str:
 
 def write_report(rec: Record, out: Path) -> Path:
     """Write ``out/report.html`` for a goh-linear record; returns its path."""
-    claims = rec["claims"]
-    verdicts = table(["claim", "rule (fixed in advance)", "measured", "verdict"],
-                     [[c["claim"], c["rule"], c["measured"], c["verdict"]] for c in claims],
-                     [c["verdict"].replace(" ", "-") for c in claims])
     rows = [[k, f"{m['value']:.3f}", f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"]
             for k, m in rec["metrics"].items()]
     cfg = rec["config"]
-    body = f"""
+    body = f"""{header(rec)}
 <p>Data: {esc(rec['data'])}, classes {esc(cfg['classes'])} as -1/+1. Threat model:
 {esc(cfg['norm'])} eps={esc(cfg['eps'])} in pixel space. Seeds are bootstrap resamples of the
 training set: {esc(rec['seeds'])}. Usefulness and robust usefulness are closed-form for linear
 features and measured on the test set.</p>
-<h2>Verdicts</h2>{verdicts}
+<h2>Verdicts</h2>{verdict_table(rec['claims'])}
 {_scatter(rec)}
 {_contamination(rec)}
 <h2>Every metric</h2>{table(["metric", "mean", "95% CI"], rows)}
-<h2>Hyper-parameters</h2><pre>{esc(json.dumps(cfg, indent=2))}</pre>
-<h2>Versions</h2><pre>{esc(json.dumps(rec['versions'], indent=2))}</pre>"""
+{footer(rec)}"""
     path = out / "report.html"
     atomic_write_bytes(path, page("eisbench: useful non-robust linear features (Goh 2019)",
                                   body).encode())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -46,3 +46,50 @@ def figure(fig: Figure) -> str:
 def page(title: str, body: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>")
+
+
+def verdict_table(claims: Sequence[Mapping[str, Any]]) -> str:
+    """The claims of a record, one row each, coloured by verdict."""
+    return table(["claim", "rule (fixed in advance)", "measured", "verdict"],
+                 [[c["claim"], c["rule"], c["measured"], c["verdict"]] for c in claims],
+                 [c["verdict"].replace(" ", "-") for c in claims])
+
+
+def header(rec: Mapping[str, Any]) -> str:
+    """Provenance line: data, seeds, device, git, wall time."""
+    return (f"<p>Data: {esc(rec['data'])}. Seeds: {esc(rec['seeds'])}. Device: "
+            f"{esc(rec['device'])}. Git: {esc(rec['git'])}. Wall time: "
+            f"{rec['wall_seconds']:.0f} s.</p>")
+
+
+def footer(rec: Mapping[str, Any]) -> str:
+    """Every hyper-parameter and library version."""
+    import json
+
+    return (f"<h2>Hyper-parameters</h2><pre>{esc(json.dumps(rec['config'], indent=2))}</pre>"
+            f"<h2>Versions</h2><pre>{esc(json.dumps(rec['versions'], indent=2))}</pre>")
+
+
+def accuracy_bars(labels: Sequence[str], metrics: Sequence[Mapping[str, Any]], *,
+                  chance: float, title: str, literature: Sequence[float | None] = (),
+                  literature_label: str = "literature") -> str:
+    """Bars of accuracy metrics (mean and 95% CI, in %) with a chance line and, where given,
+    the literature's figure as a diamond."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    vals = [m["value"] * 100 for m in metrics]
+    err = [[(m["value"] - m["ci95"][0]) * 100 for m in metrics],
+           [(m["ci95"][1] - m["value"]) * 100 for m in metrics]]
+    ax.bar(range(len(labels)), vals, yerr=err, capsize=3, color="#4c72b0")
+    shown = False
+    for i, lit in enumerate(literature):
+        if lit is not None:
+            ax.plot([i], [lit * 100], marker="D", color="#dd8452", linestyle="",
+                    label=None if shown else literature_label)
+            shown = True
+    ax.axhline(chance * 100, color="gray", linestyle="--", label="chance")
+    ax.set_xticks(range(len(labels)), list(labels), fontsize=7, rotation=10)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return figure(fig)

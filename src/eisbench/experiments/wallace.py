@@ -1,0 +1,147 @@
+"""Wallace 2019 (Distill response to Ilyas et al.): learning from incorrectly labelled data.
+
+(a) Foreign images: the standard model of D (the one of ``features-vs-bugs``, same cache)
+    labels images of another dataset (Fashion-MNIST for MNIST), resized to D's shape; a fresh
+    model trained only on those (image, predicted label) pairs is tested on D's test set.
+    Wallace reports 91% on MNIST: the labels transfer the source model's features.
+(b) Errors of a weak model: a model trained briefly on a few images of D labels the training
+    set; only the images it gets WRONG are kept, with its wrong labels; a fresh model trained on
+    them is tested on D's clean test set (Wallace: 49.7% on CIFAR-10).
+
+Above-chance accuracy in either case means that "incorrect" labels still carry the labelling
+model's (generalising) features, which is the phenomenon behind D_rand and D_det.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from eisbench import data as datasets
+from eisbench.attacks.evaluate import predict
+from eisbench.config import to_plain
+from eisbench.experiments.core import Experiment, register
+from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
+from eisbench.experiments.features_vs_bugs import (
+    FeaturesVsBugsConfig,
+    derived_config,
+    metric_over_seeds,
+    setting,
+    source_models,
+    verdict,
+)
+from eisbench.experiments.stages import Tensors, train_stage
+from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
+from eisbench.record import write as write_record
+from eisbench.store import Store
+from eisbench.training import TrainConfig
+
+LITERATURE = {"foreign": 0.91, "weak_errors": 0.497}  # Wallace 2019: MNIST; CIFAR-10
+
+
+@dataclass(frozen=True)
+class WallaceConfig(FeaturesVsBugsConfig):
+    """The features-vs-bugs config (its standard model and cache) plus Wallace's settings."""
+
+    foreign: str = "fashion-mnist"  # images to be labelled by the standard model of D
+    foreign_root: str | None = None
+    n_foreign: int | None = None  # foreign training images used (None: all)
+    n_weak: int = 1000  # images of D the weak model sees
+    weak_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=1e-3))
+
+
+QUICK = WallaceConfig()
+FULL = derived_config(WallaceConfig, FVB_FULL)
+
+
+def resize_like(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Images (N, C', H', W') in [0,1] to (N, C, H, W) = (N, *shape): channel mean or repeat,
+    then bilinear resizing with antialiasing."""
+    c, h, w = shape
+    if x.shape[1] != c:
+        x = x.mean(1, keepdim=True).expand(-1, c, -1, -1) if c in (1, 3) else x
+    if x.shape[2:] != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(0, 1).contiguous()
+
+
+def run(cfg: WallaceConfig, *, out: Path, store: Store) -> Record:
+    """Both Wallace experiments for every seed; write ``out/record.json`` and return it."""
+    t0 = time.perf_counter()
+    st = setting(cfg, store)
+    dev, k = st.ctx.device, st.ds.num_classes
+    fds = datasets.load(cfg.foreign, root=cfg.foreign_root).subset(n_train=cfg.n_foreign)
+    x_f = resize_like(fds.x_train, st.ds.shape)  # (M, C, H, W)
+    weak_d = Tensors(st.train.x[:cfg.n_weak], st.train.y[:cfg.n_weak],
+                     f"{st.train.key}:first{cfg.n_weak}")
+    per_seed: list[dict[str, Any]] = []
+    for seed in cfg.seeds:
+        (std, std_key), _ = source_models(st, cfg, seed)
+        labels = predict(std, x_f, device=dev)
+        foreign = Tensors(x_f, labels, f"{fds.name}:{fds.sha256}:{len(x_f)}:as:{st.ds.shape}"
+                                       f":labelled-by:{std_key}")
+        on_foreign, _ = train_stage(st.ctx, spec=st.spec, cfg=cfg.fresh_train, data=foreign,
+                                    seed=seed, desc=f"[seed {seed}] fresh model on {fds.name}")
+        weak, weak_key = train_stage(st.ctx, spec=st.spec, cfg=cfg.weak_train, data=weak_d,
+                                     seed=seed, desc=f"[seed {seed}] weak model")
+        pred = predict(weak, st.train.x, device=dev)
+        wrong = pred != st.train.y
+        errors = Tensors(st.train.x[wrong], pred[wrong], f"{st.train.key}:errors-of:{weak_key}")
+        on_errors, _ = train_stage(st.ctx, spec=st.spec, cfg=cfg.fresh_train, data=errors,
+                                   seed=seed, desc=f"[seed {seed}] fresh model on its errors")
+        acc = {name: float((predict(m, st.test.x, device=dev) == st.test.y).float().mean())
+               for name, m in (("foreign", on_foreign), ("weak_errors", on_errors),
+                               ("weak_model", weak), ("source_model", std))}
+        per_seed.append({**acc, "n_errors": int(wrong.sum()),
+                         "foreign_label_counts": torch.bincount(labels, minlength=k).tolist()})
+    metrics: dict[str, Metric] = {
+        f"wallace/{name}/std_acc": metric_over_seeds([r[name] for r in per_seed])
+        for name in ("foreign", "weak_errors", "weak_model", "source_model")}
+    rec: Record = {
+        "schema_version": SCHEMA_VERSION, "experiment": "wallace", "created": now(),
+        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
+        "versions": library_versions(), "device": str(dev),
+        "data": {st.ds.name: st.ds.sha256, fds.name: fds.sha256},
+        "stages": st.ctx.log.entries, "wall_seconds": time.perf_counter() - t0,
+        "metrics": metrics, "claims": judge(metrics, num_classes=k),
+        "details": {"per_seed": per_seed, "literature": LITERATURE, "num_classes": k,
+                    "literature_source": "Wallace 2019, Distill: MNIST (a), CIFAR-10 (b)"},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_record(rec, out / "record.json")
+    return rec
+
+
+def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
+    """Rules fixed in advance, on 95% CIs over seeds: each claim is reproduced if the fresh
+    model's test accuracy CI lower > 2/K (twice chance), not reproduced if its CI upper <= 2/K.
+    """
+    bar = 2.0 / num_classes
+    claims: list[Claim] = []
+    for name, claim in (("foreign", "A model trained only on foreign images labelled by a "
+                                    "model of D is well above chance on D"),
+                        ("weak_errors", "A model trained only on a weak model's errors (with its "
+                                        "wrong labels) is well above chance")):
+        m = metrics[f"wallace/{name}/std_acc"]
+        lo, hi = m["ci95"]
+        claims.append({"claim": claim, "rule": f"test accuracy CI lower > {bar:.2f} (twice "
+                       "chance)", "measured": f"wallace/{name}/std_acc = {m['value']:.3f} "
+                       f"[{lo:.3f}, {hi:.3f}]", "verdict": verdict(lo > bar, hi <= bar)})
+    return claims
+
+
+def _report(rec: Record, out: Path) -> Path:
+    from eisbench.report.wallace import write_report
+
+    return write_report(rec, out)
+
+
+register(Experiment(name="wallace",
+                    summary="Wallace 2019: learning from foreign images and from a weak "
+                            "model's errors",
+                    quick=QUICK, full=FULL, run=run, report=_report))
