@@ -39,3 +39,19 @@ def test_every_registry_is_populated() -> None:
     assert "features-vs-bugs" in EXPERIMENTS
     assert {"apgd", "apgd-t", "fmn", "square"} <= set(ATTACKS.names())
     assert {"standard", "fast"} <= set(SUITES.names()) and len(CHECKS) == 12
+
+
+def test_every_experiment_honours_the_cli_contract() -> None:
+    import dataclasses
+
+    from eisbench.experiments import EXPERIMENTS
+
+    assert {"features-vs-bugs", "goh-leakage", "goh-linear", "wallace"} <= set(EXPERIMENTS.names())
+    for name in EXPERIMENTS.names():
+        exp = EXPERIMENTS.get(name)
+        for cfg in (exp.quick, exp.full):  # the fields `eisbench run` sets
+            assert dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
+            dataclasses.replace(cfg, device="cpu", dataset="digits", data_root=None, seeds=(0,))
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(cfg, "seeds", (1,))  # noqa: B010
+        assert callable(exp.run) and callable(exp.report) and exp.summary

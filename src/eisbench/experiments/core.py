@@ -6,6 +6,7 @@ function that runs it and returns a validated :class:`~eisbench.record.Record`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,19 @@ class Experiment:
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 
 
+def report_from(module: str) -> Callable[[Record, Path], Path]:
+    """``module.write_report``, imported on first use (reports pull in matplotlib)."""
+
+    def report(rec: Record, out: Path) -> Path:
+        write: Callable[[Record, Path], Path] = importlib.import_module(module).write_report
+        return write(rec, out)
+
+    return report
+
+
 def register(exp: Experiment) -> Experiment:
     EXPERIMENTS.register(exp.name)(exp)
     return exp
 
 
-__all__ = ["EXPERIMENTS", "Experiment", "Path", "Store", "register"]
+__all__ = ["EXPERIMENTS", "Experiment", "Path", "Store", "register", "report_from"]

@@ -25,7 +25,7 @@ from eisbench.attacks.evaluate import AttackConfig, predict
 from eisbench.attacks.inversion import representation_distance
 from eisbench.config import resolve_device, to_plain
 from eisbench.evaluation import SUITES, describe_suite
-from eisbench.experiments.core import Experiment, register
+from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.stages import (
     Context,
     Tensors,
@@ -299,12 +299,7 @@ def verdict(reproduced: bool, refuted: bool) -> str:
     return "not reproduced" if refuted else "inconclusive"
 
 
-def _report(rec: Record, out: Path) -> Path:
-    from eisbench.report.features_vs_bugs import write_report
-
-    return write_report(rec, out)
-
-
 register(Experiment(name="features-vs-bugs",
                     summary="Ilyas et al. 2019: D_R, D_NR, D_rand, D_det on real data",
-                    quick=QUICK, full=FULL, run=run, report=_report))
+                    quick=QUICK, full=FULL, run=run,
+                    report=report_from("eisbench.report.features_vs_bugs")))

@@ -27,7 +27,7 @@ from torch import nn
 
 from eisbench.attacks.projection import eval_mode
 from eisbench.config import to_plain
-from eisbench.experiments.core import Experiment, register
+from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
 from eisbench.experiments.features_vs_bugs import (
     FeaturesVsBugsConfig,
@@ -149,12 +149,7 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     ]
 
 
-def _report(rec: Record, out: Path) -> Path:
-    from eisbench.report.goh_leakage import write_report
-
-    return write_report(rec, out)
-
-
 register(Experiment(name="goh-leakage",
                     summary="Goh 2019: robust-feature leakage in D_rand vs D_det (linear probe)",
-                    quick=QUICK, full=FULL, run=run, report=_report))
+                    quick=QUICK, full=FULL, run=run,
+                    report=report_from("eisbench.report.goh_leakage")))

@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 
 from eisbench import data as datasets
 from eisbench.config import to_plain
-from eisbench.experiments.core import Experiment, register
+from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
 from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
 from eisbench.record import write as write_record
@@ -227,13 +227,8 @@ def judge(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
     return claims
 
 
-def _report(rec: Record, out: Path) -> Path:
-    from eisbench.report.goh_linear import write_report
-
-    return write_report(rec, out)
-
-
 register(Experiment(name="goh-linear",
                     summary="Goh 2019: usefulness vs robust usefulness of linear features; "
                             "ensemble and contamination constructions",
-                    quick=QUICK, full=FULL, run=run, report=_report))
+                    quick=QUICK, full=FULL, run=run,
+                    report=report_from("eisbench.report.goh_linear")))

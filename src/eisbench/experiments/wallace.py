@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import predict
 from eisbench.config import to_plain
-from eisbench.experiments.core import Experiment, register
+from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
 from eisbench.experiments.features_vs_bugs import (
     FeaturesVsBugsConfig,
@@ -135,13 +135,8 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     return claims
 
 
-def _report(rec: Record, out: Path) -> Path:
-    from eisbench.report.wallace import write_report
-
-    return write_report(rec, out)
-
-
 register(Experiment(name="wallace",
                     summary="Wallace 2019: learning from foreign images and from a weak "
                             "model's errors",
-                    quick=QUICK, full=FULL, run=run, report=_report))
+                    quick=QUICK, full=FULL, run=run,
+                    report=report_from("eisbench.report.wallace")))
