@@ -156,8 +156,9 @@ def eval_mode_check(c: Context) -> CheckResult:
     return CheckResult("eval-mode", not c.was_training,
                        "model was handed over in training mode" if c.was_training
                        else "model was in eval mode",
-                       "call model.eval(): dropout and batch-norm statistics change the "
-                       "function (eisbench attacks and scores in eval mode)")
+                       "switch the model to eval mode (model.train(False)): dropout and "
+                       "batch-norm statistics change the function (eisbench attacks and scores "
+                       "in eval mode)")
 
 
 @CHECKS.register("within-budget")

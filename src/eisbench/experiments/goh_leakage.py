@@ -68,14 +68,15 @@ def representation(model: nn.Module, x: torch.Tensor, *, device: torch.device,
     return torch.cat(out).double().numpy()
 
 
-def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                   test_y: np.ndarray, *, c: float, max_iter: int, seed: int) -> float:
+def probe_predictions(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
+                      c: float, max_iter: int, seed: int) -> np.ndarray:
     """Fit a multinomial logistic regression on (train_x (N, D), train_y (N,)) after
-    standardisation; return its accuracy on (test_x (M, D), test_y (M,))."""
+    standardisation; return its predicted classes (M,) for test_x (M, D)."""
     scaler = StandardScaler().fit(train_x)
     clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
     clf.fit(scaler.transform(train_x), train_y)
-    return float((clf.predict(scaler.transform(test_x)) == test_y).mean())
+    out: np.ndarray = clf.predict(scaler.transform(test_x))
+    return out
 
 
 def run(cfg: GohLeakageConfig, *, out: Path, store: Store) -> Record:
@@ -91,15 +92,12 @@ def run(cfg: GohLeakageConfig, *, out: Path, store: Store) -> Record:
         test_y = st.test.y.numpy()
         row: dict[str, float] = {}
         for name, d in (("D", st.base), *sets.items()):
-            row[name] = probe_accuracy(representation(rob, d.x, device=dev), d.y.numpy(),
-                                       test_f, test_y, c=cfg.probe_c,
-                                       max_iter=cfg.probe_max_iter, seed=seed)
-        # D_det's labels are y+1 mod K: a probe that learnt the TRUE class from robust features
-        # predicts y+1 on clean images, so its accuracy against y+1 measures that directly.
-        row["D_det_shifted"] = probe_accuracy(
-            representation(rob, sets["D_det"].x, device=dev), sets["D_det"].y.numpy(), test_f,
-            (test_y + 1) % st.ds.num_classes, c=cfg.probe_c, max_iter=cfg.probe_max_iter,
-            seed=seed)
+            pred = probe_predictions(representation(rob, d.x, device=dev), d.y.numpy(), test_f,
+                                     c=cfg.probe_c, max_iter=cfg.probe_max_iter, seed=seed)
+            row[name] = float((pred == test_y).mean())
+            if name == "D_det":  # labels y+1 mod K: a probe that learnt the TRUE class from
+                # robust features predicts y+1 on clean images; this measures that directly
+                row["D_det_shifted"] = float((pred == (test_y + 1) % st.ds.num_classes).mean())
         per_seed.append(row)
     metrics: dict[str, Metric] = {
         f"goh_leakage/{k}/probe_acc": metric_over_seeds([r[k] for r in per_seed])
