@@ -113,7 +113,7 @@ def _context(model: nn.Module, data: Data, *, steps: tuple[Step, ...], **kw: obj
     res = run_suite(model, x, y, eps=EPS, steps=steps)
     fields = {"model": model, "x": x, "y": y, "eps": EPS, "norm": "linf", "result": res,
               "was_training": False, "num_classes": 10, "n_checks": len(x), "seed": 0,
-              "device": torch.device("cpu"), "cache": {"skipped": []}}
+              "device": torch.device("cpu")}
     return Context(**{**fields, **kw})  # type: ignore[arg-type]
 
 

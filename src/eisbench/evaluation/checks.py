@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,7 +54,7 @@ class Context:
     device: torch.device
     control: nn.Module | None = None
     surrogate: nn.Module | None = None
-    cache: dict[str, Any] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()  # attacks of the suite that could not run
 
     @property
     def sub(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,10 +252,10 @@ def control_falls(c: Context) -> CheckResult:
 
 @CHECKS.register("enough-classes")
 def enough_classes(c: Context) -> CheckResult:
-    skipped = c.cache.get("skipped", [])
-    return CheckResult("enough-classes", not skipped,
-                       f"{c.num_classes} classes" + (f"; skipped {', '.join(skipped)} (targeted "
-                                                     "DLR needs >= 4 classes)" if skipped else ""),
+    return CheckResult("enough-classes", not c.skipped,
+                       f"{c.num_classes} classes" + (f"; skipped {', '.join(c.skipped)} (targeted"
+                                                     " DLR needs >= 4 classes)" if c.skipped
+                                                     else ""),
                        "with fewer than 4 classes the targeted attacks of the suite cannot run")
 
 
@@ -307,7 +307,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     ctx = Context(model=model, x=x, y=y, eps=eps, norm=norm, result=result,
                   was_training=was_training, num_classes=k, n_checks=min(n_checks, len(x)),
                   seed=seed, device=dev, control=control, surrogate=surrogate,
-                  cache={"skipped": skipped})
+                  skipped=tuple(skipped))
     checks = [CHECKS.get(name)(ctx) for name in CHECKS.names()]
     return Evaluation(result=result, checks=checks)
 

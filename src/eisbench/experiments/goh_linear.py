@@ -116,11 +116,11 @@ def analyse(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarr
     _, s, vt = np.linalg.svd(x_tr - mu, full_matrices=False)
     rank = int((s > s[0] * 1e-6).sum())
     v = vt[:rank]  # (R, D) orthonormal directions, most variance first
-    sd = (x_tr - mu) @ v.T  # (N, R) projections, standardised below
-    sd_v = sd.std(0)
-    sign = np.sign(((y_tr[:, None] * sd) / sd_v).mean(0))  # orient each towards +1
-    v = v * np.where(sign == 0, 1.0, sign)[:, None]
-    train_rho = ((y_tr[:, None] * ((x_tr - mu) @ v.T)) / sd_v).mean(0)  # (R,)
+    proj = (x_tr - mu) @ v.T  # (N, R) projections
+    sd_v = proj.std(0)
+    rho = (y_tr[:, None] * proj).mean(0) / sd_v  # (R,) training usefulness
+    v = v * np.where(rho < 0, -1.0, 1.0)[:, None]  # orient each direction towards +1
+    train_rho = np.abs(rho)
     rho_te = ((y_te[:, None] * ((x_te - mu) @ v.T)) / sd_v).mean(0)  # (R,)
     dual = np.abs(v).sum(1) if cfg.norm == "linf" else np.ones(rank)
     sv = np.stack([rho_te, rho_te - cfg.eps * dual / sd_v], 1)  # (R, 2)
