@@ -1,4 +1,4 @@
-"""End-to-end features-vs-bugs on a tiny subset of real data (8x8 digits), in seconds."""
+"""End-to-end ilyas (Ilyas et al. 2019) on a tiny subset of real data (8x8 digits), in seconds."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ METRICS = [f"{m}/{k}" for m in ("train_on_D", "adv_train_on_D", "train_on_D_R", 
 
 
 def _tiny() -> object:
-    exp = EXPERIMENTS.get("features-vs-bugs")
+    exp = EXPERIMENTS.get("ilyas")
     return dataclasses.replace(
         exp.quick, dataset="digits", seeds=(0, 1), n_construct=120, n_test_robust=60,
         std_train=TrainConfig(epochs=3, lr=5e-3),
@@ -31,7 +31,7 @@ def _tiny() -> object:
 
 
 def test_features_vs_bugs_end_to_end_and_resume(tmp_path: Path) -> None:
-    exp = EXPERIMENTS.get("features-vs-bugs")
+    exp = EXPERIMENTS.get("ilyas")
     cfg = _tiny()
     store = Store(tmp_path / "cache")
     rec = exp.run(cfg, out=tmp_path / "a", store=store)
@@ -85,7 +85,7 @@ def test_goh_leakage_reuses_the_features_vs_bugs_cache(tmp_path: Path) -> None:
     from eisbench.experiments.features_vs_bugs import derived_config
     from eisbench.experiments.goh_leakage import GohLeakageConfig, probe_predictions
 
-    fvb, goh = EXPERIMENTS.get("features-vs-bugs"), EXPERIMENTS.get("goh-leakage")
+    fvb, goh = EXPERIMENTS.get("ilyas"), EXPERIMENTS.get("goh-leakage")
     tiny = _tiny()
     store = Store(tmp_path / "cache")
     fvb.run(tiny, out=tmp_path / "fvb", store=store)

@@ -36,7 +36,7 @@ def test_every_registry_is_populated() -> None:
     assert {"standard", "pgd-at", "fast-at"} <= set(METHODS.names())
     assert {"representation", "wrong-label"} <= set(CONSTRUCTIONS.names())
     assert {"mnist", "fashion-mnist", "digits", "cifar10", "tsipras"} <= set(DATASETS.names())
-    assert "features-vs-bugs" in EXPERIMENTS
+    assert {"features-vs-bugs", "ilyas"} <= set(EXPERIMENTS.names())
     assert {"apgd", "apgd-t", "fmn", "square"} <= set(ATTACKS.names())
     assert {"standard", "fast"} <= set(SUITES.names()) and len(CHECKS) == 12
 

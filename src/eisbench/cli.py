@@ -121,6 +121,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"\n{exp.name}: {time.perf_counter() - t0:.0f} s")
     for c in rec["claims"]:
         print(f"  [{c['verdict']:>14}] {c['claim']}\n                   {c['measured']}")
+    for key, ex in rec["details"].get("exhibits", {}).items():  # the evidence suite's table
+        print(f"  exhibit {key} ({ex['title']}): {ex['world']} {ex['counts']}")
+    for r in rec["details"].get("runs", []):
+        if not r["ok"]:
+            print(f"  {r['status']}: {r['experiment']}: {r['error']}", file=sys.stderr)
     print(f"record: {args.out / 'record.json'}\nreport: {report}")
     return 0
 

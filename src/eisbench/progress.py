@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -15,3 +16,9 @@ def progress(it: Iterable[T], *, desc: str, total: int | None = None) -> Iterato
     """Wrap ``it`` in a progress bar named ``desc``."""
     quiet = os.environ.get("EISBENCH_QUIET") == "1"
     yield from tqdm(it, desc=desc, total=total, disable=quiet, leave=False, dynamic_ncols=True)
+
+
+def say(message: str) -> None:
+    """One line of progress on stderr (silent when EISBENCH_QUIET=1)."""
+    if os.environ.get("EISBENCH_QUIET") != "1":
+        tqdm.write(message, file=sys.stderr)

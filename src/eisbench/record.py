@@ -16,8 +16,9 @@ Schema version 1::
       "wall_seconds": 123.4,
       "metrics": {"<name>": {"value": float, "ci95": [lo, hi], "n": int,
                               "higher_is_better": bool}},
-      "claims": [{"claim", "rule", "measured", "verdict"}],   # verdict: reproduced |
+      "claims": [{"claim", "rule", "measured", "verdict",     # verdict: reproduced |
                                                                # not reproduced | inconclusive
+                  "exhibit", "if_reproduced", "if_not", "literature"}],  # optional: see Claim
       "details": {...}                                         # per-seed values, attack specs
     }
 
@@ -39,6 +40,17 @@ from eisbench.paths import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+WORLDS = ("features", "bugs", "inconclusive")
+EXHIBITS = {  # the exhibits of "features or bugs?" (EIS IX) plus the Distill responses
+    "A": "Robustness <-> interpretability",
+    "B": "Adversarial transferability",
+    "C": "Adversarial training and task performance",
+    "D": "Generalisation from training on non-robust features",
+    "E": "Genuine non-robust features (bugs)",
+    "F": "The superposition perspective",
+    "G": "Evidence from the neural tangent kernel",
+    "H": "Beyond Lp: frequency and corruptions (Distill responses)",
+}
 
 
 class Metric(TypedDict):
@@ -48,11 +60,43 @@ class Metric(TypedDict):
     higher_is_better: bool
 
 
-class Claim(TypedDict):
+class _ClaimCore(TypedDict):
     claim: str
     rule: str
     measured: str
     verdict: str
+
+
+class Claim(_ClaimCore, total=False):
+    """A claim judged by a rule fixed in advance. ``exhibit`` (a key of :data:`EXHIBITS`) and
+    the world each outcome supports (``if_reproduced``, ``if_not``: one of :data:`WORLDS`)
+    place it in the features-vs-bugs verdict table; ``literature`` is the published figure."""
+
+    exhibit: str
+    if_reproduced: str
+    if_not: str
+    literature: str
+
+
+def make_claim(*, claim: str, rule: str, measured: str, verdict: str, exhibit: str,
+               if_reproduced: str, if_not: str = "inconclusive", literature: str = "") -> Claim:
+    """A :class:`Claim` for the verdict table (arguments checked: a typo fails here)."""
+    if verdict not in VERDICTS or exhibit not in EXHIBITS:
+        raise ValueError(f"bad verdict {verdict!r} or exhibit {exhibit!r}")
+    if if_reproduced not in WORLDS or if_not not in WORLDS:
+        raise ValueError(f"worlds must be among {WORLDS}: {if_reproduced!r}, {if_not!r}")
+    return {"claim": claim, "rule": rule, "measured": measured, "verdict": verdict,
+            "exhibit": exhibit, "if_reproduced": if_reproduced, "if_not": if_not,
+            "literature": literature}
+
+
+def world(c: Claim) -> str:
+    """The world a judged claim supports: features, bugs or inconclusive."""
+    if c["verdict"] == "reproduced":
+        return c.get("if_reproduced", "inconclusive")
+    if c["verdict"] == "not reproduced":
+        return c.get("if_not", "inconclusive")
+    return "inconclusive"
 
 
 class Record(TypedDict):
@@ -124,6 +168,11 @@ def validate(rec: dict[str, Any]) -> None:
     for c in rec.get("claims", []):
         if c.get("verdict") not in VERDICTS:
             problems.append(f"claim {c.get('claim')!r} has verdict {c.get('verdict')!r}")
+        if "exhibit" in c and c["exhibit"] not in EXHIBITS:
+            problems.append(f"claim {c.get('claim')!r} has exhibit {c['exhibit']!r}")
+        for k in ("if_reproduced", "if_not"):
+            if k in c and c[k] not in WORLDS:
+                problems.append(f"claim {c.get('claim')!r} has {k} {c[k]!r}")
     if problems:
         raise ValueError("invalid record: " + "; ".join(problems))
 

@@ -202,14 +202,19 @@ def judge(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
     claims.append({"claim": "The data has useful, non-robust linear directions",
                    "rule": "fraction of singular directions with rho > 0.1 and gamma < 0: CI "
                            "lower > 0", "measured": fmt("singular/frac_useful_nonrobust"),
-                   "verdict": verdict(lo > 0, hi <= 0)})
+                   "verdict": verdict(lo > 0, hi <= 0), "exhibit": "D",
+                   "if_reproduced": "features", "literature": "Goh 2019: CIFAR-10 directions"})
     _, u_lo, u_hi = ci("ensemble/usefulness")
     _, g_lo, g_hi = ci("ensemble/robust_usefulness")
     claims.append({"claim": "Ensemble: directions that are non-robust on their own sum to a "
                             "very useful, non-robust feature",
                    "rule": "rho CI lower > 0.5 and gamma CI upper < 0",
                    "measured": f"{fmt('ensemble/usefulness')}; {fmt('ensemble/robust_usefulness')}",
-                   "verdict": verdict(u_lo > 0.5 and g_hi < 0, u_hi <= 0.5 or g_lo >= 0)})
+                   "verdict": verdict(u_lo > 0.5 and g_hi < 0, u_hi <= 0.5 or g_lo >= 0),
+                   # constructions: they show what "non-robust feature" admits, not which
+                   # world the data lives in
+                   "exhibit": "D", "if_reproduced": "inconclusive",
+                   "literature": "Goh 2019: constructed"})
     a = f"contaminated_{max(cfg.contamination):g}"
     b_rho, _, _ = ci("robust_base/usefulness")
     _, b_lo, _ = ci("robust_base/robust_usefulness")
@@ -223,7 +228,8 @@ def judge(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
                    "measured": f"{fmt('robust_base/usefulness')}; "
                                f"{fmt('robust_base/robust_usefulness')}; {fmt(a + '/usefulness')}; "
                                f"{fmt(a + '/robust_usefulness')}",
-                   "verdict": verdict(ok, c_hi < 0.9 * b_rho or cg_lo >= 0)})
+                   "verdict": verdict(ok, c_hi < 0.9 * b_rho or cg_lo >= 0), "exhibit": "D",
+                   "if_reproduced": "inconclusive", "literature": "Goh 2019: constructed"})
     return claims
 
 

@@ -42,6 +42,7 @@ from eisbench.store import Store
 from eisbench.training import TrainConfig
 
 LITERATURE = {"foreign": 0.91, "weak_errors": 0.497}  # Wallace 2019: MNIST; CIFAR-10
+LIT_WHERE = {"foreign": "Wallace 2019, MNIST", "weak_errors": "Wallace 2019, CIFAR-10"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,11 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
         lo, hi = m["ci95"]
         claims.append({"claim": claim, "rule": f"test accuracy CI lower > {bar:.2f} (twice "
                        "chance)", "measured": f"wallace/{name}/std_acc = {m['value']:.3f} "
-                       f"[{lo:.3f}, {hi:.3f}]", "verdict": verdict(lo > bar, hi <= bar)})
+                       f"[{lo:.3f}, {hi:.3f}]", "verdict": verdict(lo > bar, hi <= bar),
+                       # Wallace: learning from wrong labels is distillation, so it explains
+                       # D_rand/D_det without deciding what the features are
+                       "exhibit": "D", "if_reproduced": "inconclusive", "if_not": "inconclusive",
+                       "literature": f"{LITERATURE[name]:.1%} ({LIT_WHERE[name]})"})
     return claims
 
 

@@ -1,0 +1,76 @@
+"""The evidence-suite report: the verdict table exhibit by exhibit, a chart of the worlds each
+exhibit's claims support, links to every experiment's own page, and the time each took."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from eisbench.paths import atomic_write_bytes
+from eisbench.record import EXHIBITS, Record
+from eisbench.report.html import esc, figure, footer, header, page, table
+
+COLOURS = {"features": "#4c72b0", "bugs": "#c44e52", "inconclusive": "#bbbbbb"}
+
+
+def _worlds_chart(exhibits: dict[str, dict[str, object]]) -> str:
+    keys = list(exhibits)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(keys) + 1))
+    left = [0.0] * len(keys)
+    for w, colour in COLOURS.items():
+        vals = [float(exhibits[k]["counts"][w]) for k in keys]  # type: ignore[index]
+        ax.barh(range(len(keys)), vals, left=left, color=colour, label=w)
+        left = [a + b for a, b in zip(left, vals, strict=True)]
+    ax.set_yticks(range(len(keys)), [f"{k}: {EXHIBITS[k]}" for k in keys], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("claims (each judged by its rule, fixed in advance)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Which world each exhibit's measured claims support", fontsize=9)
+    return figure(fig)
+
+
+def write_report(rec: Record, out: Path) -> Path:
+    """Write ``out/report.html`` for an evidence-suite record; returns its path."""
+    d = rec["details"]
+    exhibits = d["exhibits"]
+    sections = []
+    for key, ex in exhibits.items():
+        rows = [r for r in d["table"] if r["exhibit"] == key]
+        body = table(["experiment", "claim", "measured (95% CI over seeds)", "verdict",
+                      "supports", "literature", "rule (fixed in advance)"],
+                     [[r["experiment"], r["claim"], r["measured"], r["verdict"], r["world"],
+                       r["literature"], r["rule"]] for r in rows],
+                     [r["verdict"].replace(" ", "-") for r in rows])
+        sections.append(f"<h3>Exhibit {esc(key)}: {esc(ex['title'])}</h3>"
+                        f"<p>Measured: <b>{esc(ex['world'])}</b> ({esc(ex['counts'])}). "
+                        f"The seed's verdict: {esc(ex['seed_verdict'])}.</p>{body}")
+    summary = table(["exhibit", "measured world", "claims", "the seed's verdict"],
+                    [[f"{k}: {ex['title']}", ex["world"], ex["claims"], ex["seed_verdict"]]
+                     for k, ex in exhibits.items()])
+    runs = table(["experiment", "status", "seconds", "page"],
+                 [[r["experiment"], "ok" if r["ok"] else f"{r['status']}: {r['error']}",
+                   f"{r['seconds']:.0f}", r.get("report", "-")] for r in d["runs"]])
+    links = " · ".join(f'<a href="{esc(r["report"])}">{esc(r["experiment"])}</a>'
+                       for r in d["runs"] if r["ok"])
+    failed = "".join(
+        f"<p class='warn'>{what} (their claims are missing): {esc(', '.join(d[key]))}. See "
+        "the table of runs.</p>" for key, what in (("failed", "Failed experiments"),
+                                                    ("skipped", "Skipped for missing data"))
+        if d[key])
+    chart = _worlds_chart(exhibits) if exhibits else ""
+    body = f"""{header(rec)}
+<p>An exhibit's world: <i>features</i> (or <i>bugs</i>) if at least one of its claims supports
+it and none supports the other, <i>mixed</i> if both are supported, <i>inconclusive</i> if
+neither (rule in <code>experiments/evidence.py::exhibit_world</code>). Each claim's verdict
+comes from its experiment's rule; the world each outcome supports is stated with the claim.</p>
+{failed}
+<h2>Summary</h2>{summary}{chart}
+<h2>The verdict table, exhibit by exhibit</h2>{''.join(sections)}
+<h2>Pages per experiment</h2><p>{links}</p>
+<h2>Runs</h2>{runs}
+{footer(rec)}"""
+    path = out / "report.html"
+    atomic_write_bytes(path, page("eisbench: features or bugs? The evidence suite",
+                                  body).encode())
+    return path

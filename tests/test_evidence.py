@@ -1,0 +1,82 @@
+"""The evidence suite (``eisbench run features-vs-bugs``): one verdict table over experiments,
+per-experiment overrides, and a failing experiment that does not lose the others."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from eisbench import record
+from eisbench.data import DataError
+from eisbench.experiments import EXPERIMENTS
+from eisbench.experiments.core import Experiment
+from eisbench.experiments.evidence import EXHIBIT_EXPERIMENTS, exhibit_world
+from eisbench.store import Store
+
+
+def test_every_exhibit_experiment_is_registered_and_tags_its_claims() -> None:
+    assert set(EXHIBIT_EXPERIMENTS) <= set(EXPERIMENTS.names())
+    assert len(EXHIBIT_EXPERIMENTS) == 11
+
+
+def test_exhibit_world_rule() -> None:
+    assert exhibit_world(["features", "inconclusive"]) == "features"
+    assert exhibit_world(["bugs"]) == "bugs"
+    assert exhibit_world(["bugs", "features"]) == "mixed"
+    assert exhibit_world(["inconclusive"]) == "inconclusive"
+
+
+def test_claims_name_their_exhibit_and_worlds() -> None:
+    c = record.make_claim(claim="c", rule="r", measured="m", verdict="not reproduced",
+                          exhibit="E", if_reproduced="bugs", if_not="features")
+    assert record.world(c) == "features"
+    assert record.world({**c, "verdict": "inconclusive"}) == "inconclusive"
+    with pytest.raises(ValueError, match="worlds"):
+        record.make_claim(claim="c", rule="r", measured="m", verdict="reproduced",
+                          exhibit="E", if_reproduced="feature")
+    with pytest.raises(ValueError, match="exhibit"):
+        record.make_claim(claim="c", rule="r", measured="m", verdict="reproduced",
+                          exhibit="Z", if_reproduced="features")
+
+
+def test_suite_table_overrides_and_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           ) -> None:
+    suite = EXPERIMENTS.get("features-vs-bugs")
+    ilyas = EXPERIMENTS.get("ilyas")
+
+    def boom(cfg: object, *, out: Path, store: Store) -> record.Record:
+        raise RuntimeError("out of memory (simulated)")
+
+    def no_data(cfg: object, *, out: Path, store: Store) -> record.Record:
+        raise DataError("Fashion-MNIST is not installed (simulated)")
+
+    broken: Experiment = dataclasses.replace(ilyas, run=boom)
+    monkeypatch.setitem(EXPERIMENTS._items, "ilyas", broken)
+    monkeypatch.setitem(EXPERIMENTS._items, "wallace",
+                        dataclasses.replace(EXPERIMENTS.get("wallace"), run=no_data))
+    cfg = dataclasses.replace(suite.quick, dataset="digits", seeds=(0, 1),
+                              experiments=("ilyas", "goh-linear", "wallace"),
+                              overrides=("goh-linear:eps=0.5",))
+    rec = suite.run(cfg, out=tmp_path / "out", store=Store(tmp_path / "cache"))
+    record.validate(dict(rec))
+    d = rec["details"]
+    assert d["failed"] == ["ilyas"] and "out of memory" in d["runs"][0]["error"]
+    assert d["skipped"] == ["wallace"] and "not installed" in d["runs"][2]["error"]
+    assert (tmp_path / "out" / "goh-linear" / "record.json").exists()
+    sub = record.read(tmp_path / "out" / "goh-linear" / "record.json")
+    assert sub["config"]["eps"] == 0.5  # the override reached the experiment
+    assert len(d["table"]) == len(sub["claims"]) > 0
+    assert all(r["exhibit"] == "D" and r["world"] in record.WORLDS for r in d["table"])
+    assert set(d["exhibits"]) == {"D"} and d["exhibits"]["D"]["claims"] == len(d["table"])
+    assert all(k.startswith("goh_linear/") for k in rec["metrics"])
+    html = suite.report(rec, tmp_path / "out").read_text()
+    assert "Exhibit D" in html and "FAILED" in html and "goh-linear/report.html" in html
+    assert "Skipped for missing data" in html
+    with pytest.raises(ValueError, match="experiment:key=value"):
+        suite.run(dataclasses.replace(cfg, overrides=("ntk:eps=1",)), out=tmp_path / "x",
+                  store=Store(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="unknown config field"):
+        suite.run(dataclasses.replace(cfg, overrides=("goh-linear:epz=1",)), out=tmp_path / "x",
+                  store=Store(tmp_path / "cache"))
