@@ -49,7 +49,9 @@ LIT_WHERE = {"foreign": "Wallace 2019, MNIST", "weak_errors": "Wallace 2019, CIF
 class WallaceConfig(FeaturesVsBugsConfig):
     """The features-vs-bugs config (its standard model and cache) plus Wallace's settings."""
 
-    foreign: str = "fashion-mnist"  # images to be labelled by the standard model of D
+    # images to be labelled by the standard model of D (None: Fashion-MNIST, or MNIST when D
+    # is Fashion-MNIST)
+    foreign: str | None = None
     foreign_root: str | None = None
     n_foreign: int | None = None  # foreign training images used (None: all)
     n_weak: int = 1000  # images of D the weak model sees
@@ -76,7 +78,8 @@ def run(cfg: WallaceConfig, *, out: Path, store: Store) -> Record:
     t0 = time.perf_counter()
     st = setting(cfg, store)
     dev, k = st.ctx.device, st.ds.num_classes
-    fds = datasets.load(cfg.foreign, root=cfg.foreign_root).subset(n_train=cfg.n_foreign)
+    foreign_name = cfg.foreign or ("mnist" if cfg.dataset == "fashion-mnist" else "fashion-mnist")
+    fds = datasets.load(foreign_name, root=cfg.foreign_root).subset(n_train=cfg.n_foreign)
     x_f = resize_like(fds.x_train, st.ds.shape)  # (M, C, H, W)
     weak_d = Tensors(st.train.x[:cfg.n_weak], st.train.y[:cfg.n_weak],
                      f"{st.train.key}:first{cfg.n_weak}")
