@@ -127,7 +127,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not r["ok"]:
             print(f"  {r['status']}: {r['experiment']}: {r['error']}", file=sys.stderr)
     print(f"record: {args.out / 'record.json'}\nreport: {report}")
-    return 0
+    return 1 if rec["details"].get("failed") else 0  # the suite: some experiment failed
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

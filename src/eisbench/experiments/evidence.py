@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from eisbench import overrides
-from eisbench.config import to_plain
-from eisbench.data import DataError
+from eisbench.config import resolve_device, to_plain
+from eisbench.data import DATASETS, DataError
 from eisbench.experiments.core import EXPERIMENTS, Experiment, register, report_from
 from eisbench.progress import say
 from eisbench.record import (
@@ -105,6 +105,8 @@ def run(cfg: EvidenceConfig, *, out: Path, store: Store) -> Record:
     if "features-vs-bugs" in cfg.experiments:
         raise ValueError("the suite cannot contain itself")
     exps = [EXPERIMENTS.get(n) for n in cfg.experiments]  # a typo fails before any work
+    resolve_device(cfg.device)  # and so do a missing GPU and an unknown dataset
+    DATASETS.get(cfg.dataset)
     for o in cfg.overrides:
         if o.partition(":")[0] not in cfg.experiments or "=" not in o:
             raise ValueError(f"override {o!r}: expected 'experiment:key=value' for one of "
@@ -131,9 +133,9 @@ def run(cfg: EvidenceConfig, *, out: Path, store: Store) -> Record:
                          "traceback": traceback.format_exc(limit=8)})
             say(f"[{i}/{len(exps)}] {exp.name} {status}: {type(e).__name__}: {e}")
             continue
-        runs.append({"experiment": exp.name, "ok": True, "status": "ok", "seconds": time.perf_counter() - t,
-                     "record": f"{exp.name}/record.json", "report": f"{exp.name}/report.html",
-                     "wall_seconds": rec["wall_seconds"]})
+        runs.append({"experiment": exp.name, "ok": True, "status": "ok",
+                     "seconds": time.perf_counter() - t, "record": f"{exp.name}/record.json",
+                     "report": f"{exp.name}/report.html", "wall_seconds": rec["wall_seconds"]})
         data.update(rec["data"])
         stages += [{**s, "experiment": exp.name} for s in rec["stages"]]
         metrics.update(_prefixed(exp.name, rec["metrics"]))

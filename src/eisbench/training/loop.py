@@ -17,14 +17,14 @@ from eisbench.attacks.pgd import pgd
 from eisbench.attacks.projection import eval_mode
 from eisbench.data import check_images
 from eisbench.progress import progress
-from eisbench.training.methods import METHODS, Perturb
+from eisbench.training.methods import DEFAULT_GRAD_REG, LOSSES, METHODS, Loss, Perturb
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training run (all of them end up in the record)."""
 
-    method: str = "standard"  # standard | pgd-at | fast-at
+    method: str = "standard"  # standard | pgd-at | fast-at | input-grad
     epochs: int = 5
     batch_size: int = 128
     lr: float = 1e-3  # peak learning rate (Adam)
@@ -39,6 +39,21 @@ class TrainConfig:
     # training images; if it falls this far below its best (catastrophic overfitting, Wong et al.
     # 2020), restore the best epoch's weights and stop. 0 turns the guard off.
     overfit_guard: float = 0.2
+
+
+@dataclass(frozen=True)
+class InputGradConfig(TrainConfig):
+    """Input-gradient regularisation (Ross & Doshi-Velez 2018): ``TrainConfig`` plus its weight.
+
+    A subclass rather than a new ``TrainConfig`` field: stage caches hash every field of a
+    config, so a field added to ``TrainConfig`` would invalidate every cached model.
+    """
+
+    method: str = "input-grad"
+    grad_reg: float = DEFAULT_GRAD_REG  # lambda of ``CE + lambda * ||grad_x CE||_2^2``
+
+
+UNGUARDED = ("standard", "input-grad")  # methods without an attack to overfit to
 
 
 def _lr_at(cfg: TrainConfig, t: float) -> float:
@@ -68,17 +83,23 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
         raise ValueError(f"{len(x)} images but {len(y)} labels")
     perturb = METHODS.get(cfg.method)
     model.to(device)
-    _train(model, x, y, perturb=perturb, cfg=cfg, seed=seed, device=device,
-           resume_dir=resume_dir, desc=desc)
+    _train(model, x, y, perturb=perturb, loss_fn=LOSSES.get(cfg.method, _cross_entropy),
+           cfg=cfg, seed=seed, device=device, resume_dir=resume_dir, desc=desc)
     return model.eval()  # safe: nn.Module.eval (mode switch)
 
 
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                   cfg: TrainConfig) -> torch.Tensor:
+    """The default training loss: mean cross-entropy of the batch x (B, C, H, W), y (B,)."""
+    return F.cross_entropy(model(x), y)
+
+
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, perturb: Perturb,
-           cfg: TrainConfig, seed: int, device: str | torch.device, resume_dir: Path | None,
-           desc: str) -> None:
+           loss_fn: Loss, cfg: TrainConfig, seed: int, device: str | torch.device,
+           resume_dir: Path | None, desc: str) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    guard = cfg.overfit_guard > 0 and cfg.method != "standard"
+    guard = cfg.overfit_guard > 0 and cfg.method not in UNGUARDED
     state: dict = {"epoch": 0, "history": [], "best": None, "best_acc": -1.0, "stopped": False}
     ckpt = resume_dir / "train_state.pt" if resume_dir is not None else None
     if ckpt is not None and ckpt.exists():
@@ -103,7 +124,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, perturb: Pertu
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
             xt = perturb(model, xb, yb, cfg=ecfg, generator=gen)
-            loss = F.cross_entropy(model(xt), yb)
+            loss = loss_fn(model, xt, yb, cfg=ecfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

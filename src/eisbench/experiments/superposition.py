@@ -1,0 +1,449 @@
+"""Exhibit F of "features or bugs?": the superposition perspective.
+
+Elhage et al. 2022 ("Toy Models of Superposition") relate a network's adversarial vulnerability
+to how many features it packs into a layer, measured as "features per dimension": the SQUARED
+Frobenius norm of the weight matrix into the layer divided by the layer's width,
+``||W||_F^2 / m`` for ``W`` of shape (m, n). Two tests of that argument:
+
+1. Sanity check (the seed's second point). In a bias-free ReLU network, ``relu(c z) = c relu(z)``
+   for ``c > 0``, so multiplying weight matrices by constants multiplies the logits by their
+   product and leaves every predicted class unchanged, while the measure of a layer whose matrix
+   is scaled by ``c`` changes by exactly ``c^2``. Two rescalings per ``c``: ``all`` (every matrix
+   times ``c``: logits times ``c^(L+1)``) and ``balanced`` (the first matrix times ``c``, the
+   second times ``1/c``: the network computes the same function, yet the two measures move by
+   ``c^2`` and ``c^-2``). A quantity that moves freely while the decision function (hence every
+   adversarial example) stays put cannot by itself carry the superposition argument.
+2. Huang et al. 2022's test (the seed's fourth point). If narrow layers superpose more features
+   and superposition causes adversarial vulnerability, a deep-narrow network should be LESS
+   robust than a shallow-wide one with the same parameter count and clean accuracy. Per seed:
+   one bias-free MLP with a single wide hidden layer and one with ``deep_depth`` narrow hidden
+   layers whose width makes the parameter counts match (within 2%), both trained with the same
+   recipe; robustness = robust accuracy under the attack suite at a small Linf eps (with every
+   sanity check) and the median minimal L2 perturbation found by FMN (no eps to choose).
+
+Claims are judged by rules fixed in :func:`judge` before any number was seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from eisbench import data as datasets
+from eisbench.attacks.evaluate import AttackConfig
+from eisbench.attacks.fmn import fmn_min_norm
+from eisbench.attacks.projection import eval_mode
+from eisbench.config import resolve_device, to_plain
+from eisbench.evaluation import SUITES, describe_suite
+from eisbench.experiments.core import Experiment, register, report_from
+from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
+from eisbench.experiments.stages import Context, Tensors, evaluate_stage, train_stage
+from eisbench.models import ModelSpec
+from eisbench.record import (
+    SCHEMA_VERSION,
+    Claim,
+    Metric,
+    Record,
+    git_state,
+    library_versions,
+    make_claim,
+    now,
+)
+from eisbench.record import write as write_record
+from eisbench.store import StageLog, Store
+from eisbench.training import TrainConfig
+
+SHAPES = ("shallow_wide", "deep_narrow")
+LITERATURE = {
+    "measure": "Elhage et al. 2022 (Toy Models of Superposition): adversarial vulnerability "
+               "rises with features per dimension ||W||_F^2 / m",
+    "scaling": "EIS IX (Casper 2023), exhibit F: scaling a bias-free ReLU network's weight "
+               "matrix by c scales features per dimension by c^2 and leaves the classification "
+               "unchanged",
+    "depth": "Huang et al. 2022 (arXiv 2212.11005, adversarially trained residual networks on "
+             "CIFAR-10): at an equal parameter budget, deep-narrow networks are more robust than "
+             "shallow-wide ones",
+}
+
+
+@dataclass(frozen=True)
+class SuperpositionConfig:
+    """Every hyper-parameter of the experiment (all of them are written to the record)."""
+
+    dataset: str = "mnist"
+    data_root: str | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_train: int | None = 25000  # training images (the first n of D; None: all)
+    n_test: int | None = 2000  # test images for clean accuracy and the scaling check
+    n_robust: int = 200  # test images attacked (suite and FMN)
+    shallow_width: int = 256  # the one hidden layer of the shallow-wide network
+    deep_depth: int = 4  # hidden layers of the deep-narrow one (its width matches the params)
+    bias: bool = False  # the sanity check needs bias-free layers (exact positive homogeneity)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=5e-3))
+    scales: tuple[float, ...] = (0.5, 2.0, 3.0, 4.0, 10.0)
+    eps: float = 0.05  # Linf budget of the suite's robust accuracy
+    suite: str = "fast"
+    n_checks: int = 100  # test images for the costlier sanity checks of the suite
+    fmn_steps: int = 50
+    curve_linf: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15)
+    curve_l2: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+    acc_tolerance: float = 0.01  # |mean clean-accuracy gap| allowed for "equal accuracy"
+    robust_margin: float = 0.02  # robust-accuracy difference that counts (fraction)
+    l2_margin: float = 0.05  # relative median-L2 difference that counts
+    scale_tolerance: float = 1e-4  # relative error allowed by float32 rounding in the check
+    device: str = "cpu"
+
+
+QUICK = SuperpositionConfig()
+FULL = SuperpositionConfig(n_train=None, n_test=None, n_robust=500, n_checks=200,
+                           train=TrainConfig(epochs=3, lr=5e-3), fmn_steps=100)
+
+
+class BiasFreeMLP(nn.Module):
+    """ReLU MLP, bias-free by default: flatten -> [Linear -> ReLU] per hidden width -> Linear.
+
+    Maps images (B, C, H, W) to logits (B, num_classes). Without biases the network is
+    positively homogeneous in each weight matrix: ``f_{cW}(x) = c f_W(x)`` for ``c > 0``.
+
+    Example:
+        >>> net = BiasFreeMLP(in_shape=(1, 28, 28), num_classes=10, widths=(160,) * 4)
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, *, in_shape: Sequence[int], num_classes: int, widths: Sequence[int],
+                 bias: bool = False) -> None:
+        super().__init__()
+        d = math.prod(in_shape)
+        hidden: list[nn.Linear] = []
+        for w in widths:
+            hidden.append(nn.Linear(d, int(w), bias=bias))
+            d = int(w)
+        self.hidden = nn.ModuleList(hidden)
+        self.head = nn.Linear(d, num_classes, bias=bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1)  # (B, C*H*W)
+        for layer in self.hidden:
+            h = torch.relu(layer(h))  # (B, width)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.features(x))  # (B, K)
+        return out
+
+
+def weight_matrices(model: BiasFreeMLP) -> list[torch.Tensor]:
+    """The weight matrices (m_l, n_l) into every hidden layer, then into the logits."""
+    hidden: list[nn.Linear] = [layer for layer in model.hidden if isinstance(layer, nn.Linear)]
+    return [layer.weight for layer in [*hidden, model.head]]
+
+
+def features_per_dimension(w: torch.Tensor) -> float:
+    """Elhage et al.'s features per dimension of the layer fed by ``w`` (m, n): the squared
+    Frobenius norm over the layer's width m, in float64. Scaling ``w`` by c scales it by c^2."""
+    return float(w.detach().double().pow(2).sum() / w.shape[0])
+
+
+def layer_measures(model: BiasFreeMLP) -> list[float]:
+    """Features per dimension of every layer: the hidden ones, then the logit layer."""
+    return [features_per_dimension(w) for w in weight_matrices(model)]
+
+
+def num_params(in_dim: int, widths: Sequence[int], num_classes: int, *, bias: bool) -> int:
+    """Parameters of a :class:`BiasFreeMLP` with inputs of ``in_dim`` values."""
+    dims = [in_dim, *widths, num_classes]
+    return sum(a * b + (b if bias else 0) for a, b in zip(dims, dims[1:], strict=False))
+
+
+def matched_width(*, in_dim: int, num_classes: int, shallow_width: int, depth: int,
+                  bias: bool, tolerance: float = 0.02) -> int:
+    """Width of ``depth`` equal hidden layers whose parameter count is closest to that of one
+    hidden layer of ``shallow_width``; raises if no width comes within ``tolerance``."""
+    target = num_params(in_dim, [shallow_width], num_classes, bias=bias)
+    best = min(range(1, shallow_width + 1),
+               key=lambda w: abs(num_params(in_dim, [w] * depth, num_classes, bias=bias) - target))
+    got = num_params(in_dim, [best] * depth, num_classes, bias=bias)
+    if abs(got - target) > tolerance * target:
+        raise ValueError(f"no width of {depth} hidden layers matches the {target} parameters of "
+                         f"a {shallow_width}-wide layer within {tolerance:.0%} (best {best}: "
+                         f"{got}); change shallow_width or deep_depth")
+    return best
+
+
+def rescaled(model: BiasFreeMLP, factors: Sequence[float]) -> BiasFreeMLP:
+    """A copy of ``model`` whose i-th weight matrix (see :func:`weight_matrices`) is multiplied
+    by ``factors[i]`` (missing factors: 1). Biases, if any, are left alone."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for w, c in zip(weight_matrices(out), factors, strict=False):
+            w.mul_(c)
+    return out
+
+
+def _logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
+    with eval_mode(model), torch.no_grad():
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def scaling_check(model: BiasFreeMLP, x: torch.Tensor, *, scales: Sequence[float]
+                  ) -> list[dict[str, Any]]:
+    """The seed's sanity check on images x (N, C, H, W) (on the model's device).
+
+    For each ``c`` and each rescaling (``all``: every matrix times c; ``balanced``: the first
+    times c, the second times 1/c), one row: the measure's ratio per layer against the expected
+    one (c^2, c^-2 or 1), its largest relative error, how many predicted classes changed, and
+    the largest relative error of the logits against ``prod(factors) * logits``.
+    """
+    if any(c <= 0 for c in scales):
+        raise ValueError(f"scales must be positive (relu(c z) = c relu(z) needs c > 0): {scales}")
+    n_mats = len(weight_matrices(model))
+    base_m = layer_measures(model)
+    z = _logits(model, x)  # (N, K)
+    pred = z.argmax(1)  # (N,)
+    rows: list[dict[str, Any]] = []
+    for c in scales:
+        plans = {"all": [c] * n_mats}
+        if n_mats >= 2:
+            plans["balanced"] = [c, 1.0 / c] + [1.0] * (n_mats - 2)
+        for mode, factors in plans.items():
+            scaled = rescaled(model, factors)
+            ratios = [a / b for a, b in zip(layer_measures(scaled), base_m, strict=True)]
+            expect = [f * f for f in factors]
+            rel = max(abs(r / e - 1) for r, e in zip(ratios, expect, strict=True))
+            zs = _logits(scaled, x)  # (N, K)
+            zexp = z.double() * math.prod(factors)  # (N, K)
+            logit_rel = float((zs.double() - zexp).abs().max() / zexp.abs().max().clamp_min(1e-30))
+            rows.append({"c": c, "mode": mode, "factors": list(factors), "ratios": ratios,
+                         "expected": expect, "max_rel_error": rel,
+                         "logit_rel_error": logit_rel,
+                         "pred_changed": int((zs.argmax(1) != pred).sum()), "n": len(x)})
+    return rows
+
+
+def min_norm_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tensors, n: int,
+                   norm: str, steps: int, seed: int) -> torch.Tensor:
+    """FMN's minimal ``norm`` perturbation (n,) for the first n test images (cached); 0 where
+    the clean image is already misclassified, inf where none was found."""
+
+    def compute(work: Path) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        _, norms = fmn_min_norm(model, test.x[:n].to(ctx.device), test.y[:n].to(ctx.device),
+                                norm=norm, steps=steps, generator=gen)
+        return norms.cpu()
+
+    def save(out: torch.Tensor, d: Path) -> None:
+        save_file({"norms": out.contiguous()}, str(d / "norms.safetensors"))
+
+    def load(d: Path) -> torch.Tensor:
+        return load_file(str(d / "norms.safetensors"))["norms"]
+
+    out, _ = ctx.store.run("fmn-min-norm", {"norm": norm, "steps": steps, "n": n, "seed": seed},
+                           inputs=(model_key, test.key), compute=compute, save=save, load=load,
+                           log=ctx.log)
+    return out
+
+
+def robust_curve(norms: torch.Tensor, grid: Sequence[float]) -> list[float]:
+    """Robust accuracy at each budget of ``grid`` from minimal norms (n,): the fraction > eps."""
+    return [float((norms > e).float().mean()) for e in grid]
+
+
+def _one_model(ctx: Context, cfg: SuperpositionConfig, *, spec: ModelSpec, train: Tensors,
+               test: Tensors, seed: int, shape: str, timing: dict[str, float]
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train, measure, attack and rescale one network; its per-seed entry and scaling rows."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initialisation train_stage starts from
+        init = spec.build()
+    assert isinstance(init, BiasFreeMLP)
+    model, key = train_stage(ctx, spec=spec, cfg=cfg.train, data=train, seed=seed,
+                             desc=f"[seed {seed}] {shape}")
+    assert isinstance(model, BiasFreeMLP)
+    attack = AttackConfig(name="pgd", norm="linf", eps=cfg.eps)
+    ev = evaluate_stage(ctx, model=model, model_key=key, test=test, n_robust=cfg.n_robust,
+                        attack=attack, seed=seed, desc=f"[seed {seed}] evaluate {shape}",
+                        suite=cfg.suite, n_checks=cfg.n_checks)
+    norms = {nm: min_norm_stage(ctx, model=model, model_key=key, test=test, n=cfg.n_robust,
+                                norm=nm, steps=cfg.fmn_steps, seed=seed)
+             for nm in ("l2", "linf")}
+    t0 = time.perf_counter()
+    rows = scaling_check(model, test.x.to(ctx.device), scales=cfg.scales)
+    timing["scaling_check"] = timing.get("scaling_check", 0.0) + time.perf_counter() - t0
+    for r in rows:
+        r["shape"] = shape
+    entry = {
+        "widths": list(spec.kwargs["widths"]),
+        "params": sum(p.numel() for p in model.parameters()),
+        "std_acc": ev["std_acc"], "robust_acc": ev["robust_acc"],
+        "median_l2": float(norms["l2"].median()), "median_linf": float(norms["linf"].median()),
+        "fmn_not_found": {nm: int(torch.isinf(v).sum()) for nm, v in norms.items()},
+        "fpd": layer_measures(model), "fpd_init": layer_measures(init),
+        "curve_linf": robust_curve(norms["linf"], cfg.curve_linf),
+        "curve_l2": robust_curve(norms["l2"], cfg.curve_l2),
+        "checks": ev["checks"],
+        "checks_failed": [c["name"] for c in ev["checks"] if c["passed"] is False],
+    }
+    return entry, rows
+
+
+def _at_most(n: int | None, have: int) -> int | None:
+    return None if n is None else min(n, have)
+
+
+def run(cfg: SuperpositionConfig, *, out: Path, store: Store) -> Record:
+    """Scaling sanity check and the depth-vs-width test for every seed; write
+    ``out/record.json`` and return it."""
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    SUITES.get(cfg.suite)  # a typo fails now, not after training
+    full = datasets.load(cfg.dataset, root=cfg.data_root)
+    ds = full.subset(n_train=_at_most(cfg.n_train, len(full.y_train)),  # small sets: all of it
+                     n_test=_at_most(cfg.n_test, len(full.y_test)))
+    if cfg.n_robust > len(ds.x_test):
+        raise ValueError(f"n_robust={cfg.n_robust} exceeds the {len(ds.x_test)} test images")
+    ctx = Context(store=store, log=StageLog(), device=device)
+    key = f"{ds.name}:{ds.sha256}"
+    train = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
+    test = Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}")
+    in_dim, k = math.prod(ds.shape), ds.num_classes
+    narrow = matched_width(in_dim=in_dim, num_classes=k, shallow_width=cfg.shallow_width,
+                           depth=cfg.deep_depth, bias=cfg.bias)
+    widths = {"shallow_wide": [cfg.shallow_width], "deep_narrow": [narrow] * cfg.deep_depth}
+    specs = {s: ModelSpec(arch=f"{__name__}:BiasFreeMLP", in_shape=ds.shape, num_classes=k,
+                          kwargs={"in_shape": list(ds.shape), "num_classes": k, "widths": w,
+                                  "bias": cfg.bias})
+             for s, w in widths.items()}
+    per_seed: list[dict[str, Any]] = []
+    timing: dict[str, float] = {}
+    for seed in cfg.seeds:
+        entry: dict[str, Any] = {"seed": seed, "scaling": []}
+        for shape in SHAPES:
+            entry[shape], rows = _one_model(ctx, cfg, spec=specs[shape], train=train, test=test,
+                                            seed=seed, shape=shape, timing=timing)
+            entry["scaling"] += rows
+        per_seed.append(entry)
+    metrics = _metrics(per_seed)
+    for s in ctx.log.entries:
+        timing[s["name"]] = timing.get(s["name"], 0.0) + (0.0 if s["cached"] else s["seconds"])
+    rec: Record = {
+        "schema_version": SCHEMA_VERSION, "experiment": "superposition", "created": now(),
+        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
+        "versions": library_versions(), "device": str(device), "data": {ds.name: ds.sha256},
+        "stages": ctx.log.entries, "wall_seconds": time.perf_counter() - t0,
+        "metrics": metrics, "claims": judge(metrics, cfg=cfg),
+        "details": {"per_seed": per_seed, "widths": widths, "num_classes": k,
+                    "n_train": len(ds.y_train), "n_test": len(ds.y_test),
+                    "params": {s: num_params(in_dim, w, k, bias=cfg.bias)
+                               for s, w in widths.items()},
+                    "attack": describe_suite(cfg.suite, "linf", cfg.eps),
+                    "curve_attack": f"FMN minimal norm ({cfg.fmn_steps} steps), L2 and Linf; "
+                                    "robust at eps iff the minimal norm found exceeds eps",
+                    "measure": "features per dimension = ||W||_F^2 / m for W (m, n), the "
+                               "matrix into a layer of width m (scales by c^2 with W)",
+                    "timing_seconds": timing, "literature": LITERATURE,
+                    "literature_source": "Elhage et al. 2022; EIS IX (Casper 2023); Huang et "
+                                         "al. 2022 (arXiv 2212.11005)"},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_record(rec, out / "record.json")
+    return rec
+
+
+def _metrics(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
+    inf = float("inf")
+    m: dict[str, Metric] = {}
+    for shape in SHAPES:
+        runs = [r[shape] for r in per_seed]
+        for name in ("std_acc", "robust_acc"):
+            m[f"superposition/{shape}/{name}"] = metric_over_seeds([r[name] for r in runs])
+        for name in ("median_l2", "median_linf"):
+            m[f"superposition/{shape}/{name}"] = metric_over_seeds([r[name] for r in runs],
+                                                                  upper=inf)
+        m[f"superposition/{shape}/fpd_hidden_mean"] = metric_over_seeds(
+            [sum(r["fpd"][:-1]) / (len(r["fpd"]) - 1) for r in runs], higher_is_better=False,
+            upper=inf)
+    gap = {"clean_gap": ("std_acc", False), "robust_gap": ("robust_acc", False),
+           "l2_rel_gap": ("median_l2", True)}
+    for name, (key, relative) in gap.items():
+        vals = [r["deep_narrow"][key] / r["shallow_wide"][key] - 1 if relative
+                else r["deep_narrow"][key] - r["shallow_wide"][key] for r in per_seed]
+        m[f"superposition/deep_minus_shallow/{name}"] = metric_over_seeds(
+            vals, lower=-1.0, upper=inf if relative else 1.0)
+    for name in ("max_rel_error", "logit_rel_error", "pred_changed"):
+        m[f"superposition/scaling/{name}"] = metric_over_seeds(
+            [float(max(row[name] for row in r["scaling"])) for r in per_seed],
+            higher_is_better=False, upper=inf)
+    return m
+
+
+def judge(metrics: dict[str, Metric], *, cfg: SuperpositionConfig) -> list[Claim]:
+    """Rules fixed in advance (95% t-intervals over seeds; differences are deep-narrow minus
+    shallow-wide, paired by seed).
+
+    1. "Features per dimension fails the scaling sanity check": reproduced if no predicted class
+       changes under any rescaling of any seed (``scaling/pred_changed`` = 0) and the measure's
+       ratio matches c^2 (per layer) within ``scale_tolerance`` (CI upper of the worst relative
+       error per seed <= tolerance); not reproduced if a prediction changes or the CI lower of
+       that error exceeds the tolerance; otherwise inconclusive. Reproduced supports the
+       features world (the measure cannot carry the superposition-causes-vulnerability argument).
+    2. "Deep-narrow networks are at least as robust as shallow-wide ones at equal parameters and
+       clean accuracy": inconclusive if the mean clean-accuracy gap exceeds ``acc_tolerance`` in
+       absolute value (accuracies not matched). Otherwise not reproduced (shallow-wide clearly
+       more robust, as superposition predicts: bugs) if the CI upper of the robust-accuracy gap
+       < -``robust_margin`` or the CI upper of the relative median-L2 gap < -``l2_margin``;
+       reproduced (features) if both CI lowers exceed minus their margins; else inconclusive.
+    """
+    tol = cfg.scale_tolerance
+    err, changed = (metrics["superposition/scaling/max_rel_error"],
+                    metrics["superposition/scaling/pred_changed"])
+    claims = [make_claim(
+        claim="Features per dimension (||W||_F^2 / width) fails the scaling sanity check: "
+              "rescaling a bias-free ReLU network's weight matrices by c changes it by c^2 and "
+              "changes no prediction",
+        rule=f"no predicted class changes under any rescaling and worst relative error of the "
+             f"measure's ratio vs c^2: CI upper <= {tol:g}",
+        measured=f"predictions changed (worst per seed, mean) = {changed['value']:g}; worst "
+                 f"relative error = {err['value']:.2e} [{err['ci95'][0]:.2e}, "
+                 f"{err['ci95'][1]:.2e}]",
+        verdict=verdict(changed["value"] == 0 and err["ci95"][1] <= tol,
+                        changed["value"] > 0 or err["ci95"][0] > tol),
+        exhibit="F", if_reproduced="features", if_not="inconclusive",
+        literature=LITERATURE["scaling"])]
+    clean = metrics["superposition/deep_minus_shallow/clean_gap"]
+    rob = metrics["superposition/deep_minus_shallow/robust_gap"]
+    l2 = metrics["superposition/deep_minus_shallow/l2_rel_gap"]
+    matched = abs(clean["value"]) <= cfg.acc_tolerance
+    shallow_better = rob["ci95"][1] < -cfg.robust_margin or l2["ci95"][1] < -cfg.l2_margin
+    deep_ok = rob["ci95"][0] > -cfg.robust_margin and l2["ci95"][0] > -cfg.l2_margin
+    claims.append(make_claim(
+        claim="Deep-narrow networks are at least as robust as shallow-wide ones with the same "
+              "parameter count and clean accuracy",
+        rule=f"if |clean-accuracy gap| <= {cfg.acc_tolerance:g}: not reproduced if CI upper of "
+             f"the robust-accuracy gap (Linf eps={cfg.eps:g}) < -{cfg.robust_margin:g} or of "
+             f"the relative median-L2 gap < -{cfg.l2_margin:g}; reproduced if both CI lowers "
+             "exceed minus their margins (deep minus shallow); else inconclusive",
+        measured=f"clean gap = {clean['value']:+.3f} [{clean['ci95'][0]:+.3f}, "
+                 f"{clean['ci95'][1]:+.3f}]; robust gap = {rob['value']:+.3f} "
+                 f"[{rob['ci95'][0]:+.3f}, {rob['ci95'][1]:+.3f}]; median-L2 gap = "
+                 f"{l2['value']:+.1%} [{l2['ci95'][0]:+.1%}, {l2['ci95'][1]:+.1%}]",
+        verdict=verdict(matched and deep_ok and not shallow_better, matched and shallow_better),
+        exhibit="F", if_reproduced="features", if_not="bugs", literature=LITERATURE["depth"]))
+    return claims
+
+
+register(Experiment(name="superposition",
+                    summary="Exhibit F: the features-per-dimension measure fails a scaling "
+                            "sanity check; deep-narrow vs shallow-wide robustness at equal "
+                            "parameters and accuracy",
+                    quick=QUICK, full=FULL, run=run,
+                    report=report_from("eisbench.report.superposition")))
