@@ -58,7 +58,7 @@ class WallaceConfig(FeaturesVsBugsConfig):
     weak_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=1e-3))
 
 
-QUICK = WallaceConfig()
+QUICK = WallaceConfig(n_foreign=20000)
 FULL = derived_config(WallaceConfig, FVB_FULL)
 
 
