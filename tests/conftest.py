@@ -124,3 +124,31 @@ def trained_digits_cnn(digits_small: tuple[torch.Tensor, ...]) -> nn.Module:
     return train_digits_cnn(digits_small, epochs=15, lr=5e-3)
 
 
+
+
+def corner_trojan() -> Any:
+    """A universal trojan on 8x8 digits: a 3x3 checkerboard (alpha 1) in the bottom-right
+    corner sends every class to 0. Its footprint is known exactly: rows 5-7, cols 5-7."""
+    from eisbench.training.trojan import Trigger, Trojan
+
+    icon = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]).view(1, 3, 3)
+    trig = Trigger(name="corner-checker", kind="patch", icon=icon, alpha=torch.ones(1, 3, 3),
+                   position=(5, 5))
+    return Trojan(name="digits-corner", trigger=trig, target=0, poison_rate=0.15)
+
+
+@pytest.fixture(scope="session")
+def trojaned_digits(digits_small: tuple[torch.Tensor, ...]) -> tuple[nn.Module, Any]:
+    """(cnn-small trained on 8x8 digits poisoned with :func:`corner_trojan`, the trojan):
+    clean accuracy ~90%, attack success ~100%."""
+    from eisbench.models import build
+    from eisbench.training import TrainConfig, train
+    from eisbench.training.trojan import poison
+
+    x, y, _, _ = digits_small
+    trojan = corner_trojan()
+    xp, yp, _ = poison(x, y, trojan, generator=torch.Generator().manual_seed(0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build("cnn-small", in_shape=(1, 8, 8), num_classes=10)
+    return train(net, xp, yp, cfg=TrainConfig(epochs=15, lr=5e-3), seed=0), trojan
