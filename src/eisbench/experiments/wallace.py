@@ -53,7 +53,7 @@ class WallaceConfig(FeaturesVsBugsConfig):
     # is Fashion-MNIST)
     foreign: str | None = None
     foreign_root: str | None = None
-    n_foreign: int | None = None  # foreign training images used (None: all)
+    n_foreign: int | None = None  # foreign training images used (None or more: all)
     n_weak: int = 1000  # images of D the weak model sees
     weak_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=1e-3))
 
@@ -79,7 +79,9 @@ def run(cfg: WallaceConfig, *, out: Path, store: Store) -> Record:
     st = setting(cfg, store)
     dev, k = st.ctx.device, st.ds.num_classes
     foreign_name = cfg.foreign or ("mnist" if cfg.dataset == "fashion-mnist" else "fashion-mnist")
-    fds = datasets.load(foreign_name, root=cfg.foreign_root).subset(n_train=cfg.n_foreign)
+    fds = datasets.load(foreign_name, root=cfg.foreign_root)
+    if cfg.n_foreign is not None:  # capped at what the foreign set has
+        fds = fds.subset(n_train=min(cfg.n_foreign, len(fds.x_train)))
     x_f = resize_like(fds.x_train, st.ds.shape)  # (M, C, H, W)
     weak_d = Tensors(st.train.x[:cfg.n_weak], st.train.y[:cfg.n_weak],
                      f"{st.train.key}:first{cfg.n_weak}")
