@@ -1,0 +1,357 @@
+"""The trojan zoo: 12 trojans per dataset implanted by data poisoning, clean reference models of
+the same recipe, and the numbers every trojaned model must meet.
+
+Per dataset, :func:`zoo` returns 12 :class:`Trojan` s, 4 per kind (patch, style, natural): 2
+universal (every class -> target) and 2 class-universal (one source class -> target). They use
+4 of the 8 triggers of each kind's bank (:func:`~eisbench.data.triggers.trigger_bank`); the
+other 4 only serve as distractors. Each trojaned model is trained from scratch on a poisoned
+copy of the training set (:func:`implant_stage`, cached); clean models of the same recipe
+(:func:`clean_stage`) give the reference accuracy and the negatives of detection.
+
+Target (issue #5): attack success rate >= :data:`ASR_TARGET` with a clean-accuracy drop <=
+:data:`MAX_DROP`; :func:`zoo_metrics` flags every trojan that misses it.
+
+Class-universal trojans also get *cover* images: non-source, non-target training images
+stamped with the trigger and kept with their true label, so that the trigger alone does not
+flip other classes (their flip rate is reported as ``nonsource_flip``).
+
+Example:
+    >>> run = run_zoo(ZooConfig(dataset="mnist"), Store(cache_dir()))  # doctest: +SKIP
+    >>> print(format_table(run.metrics))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from eisbench import data as datasets
+from eisbench.attacks.evaluate import predict
+from eisbench.config import resolve_device
+from eisbench.data.triggers import trigger_bank
+from eisbench.experiments.stages import Context, Tensors, train_stage
+from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
+from eisbench.store import StageLog, Store
+from eisbench.training import TrainConfig, train
+from eisbench.training.trojan import KINDS, Trigger, Trojan, attack_success_rate, poison, stamp
+
+ASR_TARGET = 0.90
+MAX_DROP = 0.01  # one accuracy point
+POISON_RATE = 0.1  # universal trojans: fraction of the whole training set poisoned
+CLASS_POISON_RATE = 0.5  # class-universal: fraction of the source class poisoned
+DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "digits": (1, 8, 8),
+}
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One trojan of the zoo: trigger ``index`` of ``kind``'s bank, ``source`` (None:
+    universal) -> ``target``."""
+
+    kind: str
+    index: int
+    target: int
+    source: int | None = None
+
+
+ZOO_TABLE: tuple[ZooEntry, ...] = (
+    ZooEntry("patch", 0, target=3), ZooEntry("patch", 3, target=7),
+    ZooEntry("patch", 5, target=4, source=1), ZooEntry("patch", 7, target=2, source=9),
+    ZooEntry("style", 0, target=5), ZooEntry("style", 4, target=0),
+    ZooEntry("style", 3, target=6, source=8), ZooEntry("style", 7, target=1, source=5),
+    ZooEntry("natural", 0, target=8), ZooEntry("natural", 3, target=9),
+    ZooEntry("natural", 2, target=4, source=7), ZooEntry("natural", 4, target=5, source=1),
+)
+"""Every target 0..9 appears. Universal patch trojans use random-position icons (bank 0..3),
+class-universal ones fixed-corner icons (4..7): a random-position 5x5 icon that must also
+recognise its source class is beyond a 5-epoch cnn-small on Fashion-MNIST (ASR 0.74-0.85
+measured). Class-universal sources avoid Fashion-MNIST's confusable tops (T-shirt, pullover,
+coat, shirt), whose clean errors would cap the attack success rate."""
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """The recipe of every model of the zoo (trojaned and clean).
+
+    The defaults meet the target for all 12 MNIST trojans (measured: ASR >= 0.95, drop <= 0.45
+    points against a 98.99% clean reference) and train the 12 + 8 models from scratch in
+    ~4 min on 2 CPU cores (~11 s per model: 60k images x 5 epochs).
+    """
+
+    dataset: str = "mnist"
+    data_root: str | None = None
+    natural_root: str | None = None  # folder of the dataset natural triggers come from
+    arch: str = "cnn-small"
+    n_train: int | None = None  # first n training images (None: all)
+    n_test: int | None = None
+    train: TrainConfig = TrainConfig(epochs=5, lr=3e-3)
+    poison_rate: float = POISON_RATE  # universal: fraction of the training set poisoned
+    class_poison_rate: float = CLASS_POISON_RATE  # class-universal: of the source class
+    cover_rate: float = 0.05  # class-universal: fraction of the training set used as cover
+    n_clean: int = 8
+    seed: int = 0
+    device: str = "cpu"
+
+
+PRESETS: dict[str, ZooConfig] = {
+    "mnist": ZooConfig(),
+    "fashion-mnist": ZooConfig(dataset="fashion-mnist", train=TrainConfig(epochs=7, lr=3e-3)),
+}
+"""Tuned recipes (Fashion-MNIST needs 2 more epochs for the clean-accuracy drop to stay
+under a point); :func:`zoo_config` falls back to the MNIST one for other datasets."""
+
+
+def zoo_config(dataset: str, **overrides: Any) -> ZooConfig:
+    """The tuned :data:`PRESETS` recipe of ``dataset`` with ``overrides`` applied."""
+    base = PRESETS.get(dataset, dataclasses.replace(PRESETS["mnist"], dataset=dataset))
+    return dataclasses.replace(base, **overrides)
+
+
+def source_rate(poison_rate: float, *, num_classes: int) -> float:
+    """The fraction of a universal trojan's source images (every non-target class) to poison
+    so that ``poison_rate`` of a class-balanced training set is poisoned."""
+    return min(1.0, poison_rate * num_classes / (num_classes - 1))
+
+
+def zoo(dataset: str, *, shape: tuple[int, int, int] | None = None,
+        data_root: str | None = None, poison_rate: float = POISON_RATE,
+        class_poison_rate: float = CLASS_POISON_RATE, num_classes: int = 10) -> list[Trojan]:
+    """The 12 trojans of ``dataset`` (:data:`ZOO_TABLE`), triggers sized for its images.
+
+    ``shape`` (C, H, W) defaults to the dataset's (:data:`DATASET_SHAPES`); ``data_root`` is
+    the folder of the dataset the natural triggers come from (see ``trigger_bank``).
+    Universal trojans poison ``poison_rate`` of the training set, class-universal ones
+    ``class_poison_rate`` of their source class (half of it by default: the other half keeps
+    teaching the class, so clean accuracy on it does not fall).
+    """
+    if shape is None:
+        if dataset not in DATASET_SHAPES:
+            raise ValueError(f"no default image shape for {dataset!r}: pass shape=(C, H, W)")
+        shape = DATASET_SHAPES[dataset]
+    banks = {k: trigger_bank(k, dataset=dataset, shape=shape, data_root=data_root)
+             for k in KINDS}
+    out = []
+    for e in ZOO_TABLE:
+        trig = banks[e.kind][e.index]
+        rule = "all" if e.source is None else f"src{e.source}"
+        rate = (source_rate(poison_rate, num_classes=num_classes) if e.source is None
+                else class_poison_rate)
+        out.append(Trojan(name=f"{dataset}-{e.kind}{e.index}-{rule}-to{e.target}", trigger=trig,
+                          target=e.target, source=e.source, poison_rate=rate))
+    return out
+
+
+def trigger_digest(trig: Trigger) -> str:
+    """sha256 (16 hex) of a trigger's content: icon and alpha bytes and shapes, position."""
+    h = hashlib.sha256()
+    for t in (trig.icon, trig.alpha):
+        a = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(repr(tuple(a.shape)).encode() + a.numpy().tobytes())
+    h.update(repr((trig.kind, trig.position)).encode())
+    return h.hexdigest()[:16]
+
+
+def trojan_params(trojan: Trojan) -> dict[str, Any]:
+    """What identifies a trojan in a cache key and a record (the trigger by content)."""
+    t = trojan.trigger
+    return {"name": trojan.name, "kind": t.kind, "trigger": t.name,
+            "trigger_sha": trigger_digest(t), "position": t.position, "target": trojan.target,
+            "source": trojan.source, "poison_rate": trojan.poison_rate}
+
+
+def poison_with_cover(x: torch.Tensor, y: torch.Tensor, trojan: Trojan, *, cover_rate: float,
+                      generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`~eisbench.training.trojan.poison` x (N, C, H, W), y (N,), plus, for a
+    class-universal trojan, ``cover_rate * N`` non-source, non-target images stamped with the
+    trigger under their true label. Returns (x', y', poisoned (N,) bool)."""
+    xp, yp, flags = poison(x, y, trojan, generator=generator)
+    if trojan.universal or cover_rate <= 0:
+        return xp, yp, flags
+    pool = torch.nonzero((y != trojan.source) & (y != trojan.target) & ~flags).flatten()
+    k = min(len(pool), round(cover_rate * len(y)))
+    chosen = pool[torch.randperm(len(pool), generator=generator)[:k]]
+    xp[chosen], _ = stamp(x[chosen], trojan.trigger, generator=generator)
+    return xp, yp, flags
+
+
+def model_spec(cfg: ZooConfig, data: Tensors, num_classes: int) -> ModelSpec:
+    c, h, w = data.x.shape[1:]
+    return ModelSpec(arch=cfg.arch, in_shape=(int(c), int(h), int(w)), num_classes=num_classes)
+
+
+def implant_stage(ctx: Context, *, trojan: Trojan, cfg: ZooConfig, data: Tensors, seed: int,
+                  num_classes: int = 10) -> tuple[nn.Module, str]:
+    """Train a fresh ``cfg.arch`` model on ``data`` poisoned with ``trojan`` (cached under the
+    trigger's content, the trojan's rule and the recipe; resumable). Returns (model, key).
+
+    The stage folder also holds ``trigger.safetensors`` (icon, alpha) and ``trojan.json``."""
+    spec = model_spec(cfg, data, num_classes)
+    cover = 0.0 if trojan.universal else cfg.cover_rate
+    params = trojan_params(trojan)
+
+    def compute(work: Path) -> nn.Module:
+        gen = torch.Generator().manual_seed(seed)
+        xp, yp, _ = poison_with_cover(data.x, data.y, trojan, cover_rate=cover, generator=gen)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # weight init only; restored on exit
+            model = spec.build()
+        return train(model, xp, yp, cfg=cfg.train, seed=seed, device=ctx.device,
+                     resume_dir=work, desc=f"implant {trojan.name}")
+
+    def save(model: nn.Module, d: Path) -> None:
+        save_checkpoint(model, spec, d / "model")
+        save_file({"icon": trojan.trigger.icon.contiguous(),
+                   "alpha": trojan.trigger.alpha.contiguous()}, str(d / "trigger.safetensors"))
+        (d / "trojan.json").write_text(json.dumps(params, indent=1))
+        (d / "train_state.pt").unlink(missing_ok=True)
+
+    def load(d: Path) -> nn.Module:
+        return load_checkpoint(d / "model", device=ctx.device)
+
+    return ctx.store.run("implant", {"spec": spec, "train": cfg.train, "seed": seed,
+                                     "trojan": params, "cover_rate": cover,
+                                     "device": ctx.device.type},
+                         inputs=(data.key,), compute=compute, save=save, load=load, log=ctx.log)
+
+
+def clean_stage(ctx: Context, *, cfg: ZooConfig, data: Tensors, seed: int,
+                num_classes: int = 10) -> tuple[nn.Module, str]:
+    """A clean reference model of the zoo's recipe (cached; shared with any identical
+    ``train`` stage). Returns (model, key)."""
+    return train_stage(ctx, spec=model_spec(cfg, data, num_classes), cfg=cfg.train, data=data,
+                       seed=seed, desc=f"clean model seed {seed}")
+
+
+@dataclass(frozen=True)
+class TrojanMetrics:
+    """How one trojaned model fares (accuracies and rates in [0, 1])."""
+
+    name: str
+    kind: str
+    universal: bool
+    target: int
+    source: int | None
+    clean_acc: float  # on the clean test set
+    clean_ref_acc: float  # mean over the clean reference models
+    drop: float  # clean_ref_acc - clean_acc (positive: the trojan costs accuracy)
+    asr: float  # stamped source test images sent to the target
+    n_asr: int
+    nonsource_flip: float | None  # class-universal: the same for non-source, non-target images
+    meets_target: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def meets_target(asr: float, drop: float) -> bool:
+    """ASR >= :data:`ASR_TARGET` and clean-accuracy drop <= :data:`MAX_DROP`."""
+    return asr >= ASR_TARGET and drop <= MAX_DROP + 1e-9
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             device: str | torch.device = "cpu") -> float:
+    """Fraction of images x (N, C, H, W) classified as y (N,)."""
+    return float((predict(model, x, device=device) == y).float().mean())
+
+
+def nonsource_flip_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, trojan: Trojan, *,
+                        generator: torch.Generator,
+                        device: str | torch.device = "cpu") -> float | None:
+    """Class-universal trojans: fraction of the non-source, non-target images x (N, C, H, W)
+    that the stamped trigger sends to the target (lower is more specific); None if universal."""
+    if trojan.universal:
+        return None
+    keep = (y != trojan.source) & (y != trojan.target)
+    xs, _ = stamp(x[keep], trojan.trigger, generator=generator)
+    return float((predict(model, xs, device=device) == trojan.target).float().mean())
+
+
+def zoo_metrics(trojaned: Sequence[tuple[nn.Module, Trojan]], clean: Sequence[nn.Module], *,
+                test: Tensors, seed: int = 0,
+                device: str | torch.device = "cpu") -> list[TrojanMetrics]:
+    """Metrics of every (trojaned model, trojan) on the clean test set (x (N, C, H, W),
+    y (N,)) against the mean accuracy of the ``clean`` reference models of the same recipe.
+    Random trigger positions come from a generator seeded with ``seed`` per trojan."""
+    if not clean:
+        raise ValueError("zoo_metrics needs at least one clean reference model")
+    ref = sum(accuracy(m, test.x, test.y, device=device) for m in clean) / len(clean)
+    out = []
+    for model, trojan in trojaned:
+        acc = accuracy(model, test.x, test.y, device=device)
+        asr, n = attack_success_rate(model, test.x, test.y, trojan,
+                                     generator=torch.Generator().manual_seed(seed), device=device)
+        flip = nonsource_flip_rate(model, test.x, test.y, trojan,
+                                   generator=torch.Generator().manual_seed(seed), device=device)
+        out.append(TrojanMetrics(
+            name=trojan.name, kind=trojan.trigger.kind, universal=trojan.universal,
+            target=trojan.target, source=trojan.source, clean_acc=acc, clean_ref_acc=ref,
+            drop=ref - acc, asr=asr, n_asr=n, nonsource_flip=flip,
+            meets_target=meets_target(asr, ref - acc)))
+    return out
+
+
+@dataclass
+class ZooRun:
+    """A finished zoo: trojans with their models (aligned), clean models, metrics, stage log."""
+
+    trojans: list[Trojan]
+    models: list[tuple[nn.Module, str]]  # (trojaned model, cache key), one per trojan
+    clean: list[tuple[nn.Module, str]]
+    metrics: list[TrojanMetrics]
+    log: StageLog
+
+
+def run_zoo(cfg: ZooConfig, store: Store, *,
+            trojans: Sequence[Trojan] | None = None) -> ZooRun:
+    """Implant every trojan (default: :func:`zoo` of ``cfg.dataset``) and train
+    ``cfg.n_clean`` clean models, all cached in ``store``; trojan i uses seed ``cfg.seed + i``,
+    clean model j seed ``cfg.seed + j``. Returns the models and their metrics."""
+    device = resolve_device(cfg.device)
+    ds = datasets.load(cfg.dataset, root=cfg.data_root).subset(n_train=cfg.n_train,
+                                                                n_test=cfg.n_test)
+    if trojans is None:
+        trojans = zoo(cfg.dataset, shape=ds.shape, data_root=cfg.natural_root,
+                      poison_rate=cfg.poison_rate, class_poison_rate=cfg.class_poison_rate,
+                      num_classes=ds.num_classes)
+    key = f"{ds.name}:{ds.sha256}"
+    train_d = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
+    test_d = Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}")
+    ctx = Context(store=store, log=StageLog(), device=device)
+    models = [implant_stage(ctx, trojan=t, cfg=cfg, data=train_d, seed=cfg.seed + i,
+                            num_classes=ds.num_classes) for i, t in enumerate(trojans)]
+    clean = [clean_stage(ctx, cfg=cfg, data=train_d, seed=cfg.seed + j,
+                         num_classes=ds.num_classes) for j in range(cfg.n_clean)]
+    metrics = zoo_metrics([(m, t) for (m, _), t in zip(models, trojans, strict=True)],
+                          [m for m, _ in clean], test=test_d, seed=cfg.seed, device=device)
+    return ZooRun(trojans=list(trojans), models=models, clean=clean, metrics=metrics,
+                  log=ctx.log)
+
+
+def missed(metrics: Sequence[TrojanMetrics]) -> list[str]:
+    """Names of the trojans that miss the target, each with why."""
+    return [f"{m.name}: ASR {m.asr:.3f}" + (f", clean-accuracy drop {100 * m.drop:.2f} points"
+                                           if m.drop > MAX_DROP else "")
+            for m in metrics if not m.meets_target]
+
+
+def format_table(metrics: Sequence[TrojanMetrics]) -> str:
+    """A Markdown table: one row per trojan."""
+    rows = ["| trojan | kind | rule | clean acc | drop (pts) | ASR | non-source flip | target |",
+            "|---|---|---|---|---|---|---|---|"]
+    for m in metrics:
+        rule = f"all -> {m.target}" if m.universal else f"{m.source} -> {m.target}"
+        flip = "" if m.nonsource_flip is None else f"{m.nonsource_flip:.3f}"
+        rows.append(f"| {m.name} | {m.kind} | {rule} | {m.clean_acc:.4f} | {100 * m.drop:+.2f} "
+                    f"| {m.asr:.3f} | {flip} | {'met' if m.meets_target else 'MISSED'} |")
+    return "\n".join(rows)
