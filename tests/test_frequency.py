@@ -12,13 +12,11 @@ import torch
 from torch import nn
 
 from eisbench import record
-from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.frequency import (
+from eisbench.data.frequency import (
     CORRUPTIONS,
     band_split,
     corrupt,
     fourier_basis,
-    fourier_heat_map,
     grid_frequencies,
     high_pass_image,
     low_frequency_fraction,
@@ -26,6 +24,8 @@ from eisbench.experiments.frequency import (
     low_pass_raw,
     smooth_pattern,
 )
+from eisbench.experiments import EXPERIMENTS
+from eisbench.experiments.frequency import fourier_heat_map
 from eisbench.store import Store
 from eisbench.training import TrainConfig
 
