@@ -1,4 +1,4 @@
-"""The ``eisbench`` command line: run, train, attack, data fetch, list."""
+"""The ``eisbench`` command line: run, train, attack, scan, data fetch, list."""
 
 from __future__ import annotations
 
@@ -86,6 +86,29 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="cpu")
     a.add_argument("--out", type=Path, help="write the result as JSON here")
+
+    s = sub.add_parser("scan", help="detect a trojan: reconstruct a trigger per class (Neural "
+                       "Cleanse or TABOR) and flag the class whose trigger is anomalously small")
+    _add_model_args(s)
+    s.add_argument("--scale", type=float, default=1.0,
+                   help="divide inputs by this (e.g. 255 for a model that expects raw pixels)")
+    s.add_argument("--data", "--dataset", dest="data", default="mnist",
+                   help="clean images: the first --n test images of mnist, fashion-mnist, "
+                   "digits, ...")
+    s.add_argument("--data-root", help="folder of the dataset's IDX files")
+    s.add_argument("--n", type=int, default=500, help="number of clean test images")
+    s.add_argument("--method", default="neural-cleanse", choices=["neural-cleanse", "tabor"])
+    s.add_argument("--steps", type=int, default=200, help="optimisation steps")
+    s.add_argument("--lr", type=float, default=0.1)
+    s.add_argument("--lam", type=float, default=1e-3,
+                   help="initial weight of the mask's L1 norm (adapted during the search)")
+    s.add_argument("--batch-size", type=int, default=64, help="images per step")
+    s.add_argument("--threshold", type=float, default=2.0,
+                   help="anomaly index above which a class is flagged")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", type=Path, help="write scan.json, triggers.safetensors and "
+                   "scan.html into this folder")
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
@@ -209,6 +232,42 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from eisbench import data
+    from eisbench.config import resolve_device
+    from eisbench.report.scan import write_scan_report
+    from eisbench.tools.scan import save_scan, scan
+
+    device = resolve_device(args.device)
+    if args.n < 1:
+        raise ValueError("--n must be >= 1")
+    try:
+        model = _load_model(args).to(device)
+    except TypeError as e:  # the class does not take --model-kwargs
+        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    if args.scale != 1.0:
+        model = _Scaled(model, args.scale)
+    ds = data.load(args.data, root=args.data_root)
+    x = ds.x_test[:args.n]
+    t0 = time.perf_counter()
+    res = scan(model, x, method=args.method, num_classes=ds.num_classes, steps=args.steps,
+               lr=args.lr, lam=args.lam, batch_size=args.batch_size, threshold=args.threshold,
+               generator=torch.Generator().manual_seed(args.seed), device=device)
+    seconds = time.perf_counter() - t0
+    print(f"{args.method} scan of {args.checkpoint or args.model} on {len(x)} {args.data} images "
+          f"({seconds:.0f} s): {res.verdict()}")
+    if args.out:
+        meta = {"model": str(args.checkpoint or args.model), "weights": args.weights,
+                "scale": args.scale, "data": args.data, "n": len(x), "method": args.method,
+                "steps": args.steps, "lr": args.lr, "lam": args.lam,
+                "batch_size": args.batch_size, "threshold": args.threshold, "seed": args.seed,
+                "device": str(device), "seconds": seconds}
+        path = save_scan(res, args.out, extra={"settings": meta})
+        report = write_scan_report(res, args.out, meta=meta)
+        print(f"result: {path}\nreport: {report}")
+    return 0
+
+
 class _Scaled(torch.nn.Module):
     """Feeds a model that expects pixels in [0, scale] from [0,1] images."""
 
@@ -238,9 +297,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from eisbench.evaluation import CHECKS, SUITES
     from eisbench.experiments import EXPERIMENTS
     from eisbench.models import MODELS
+    from eisbench.tools import TOOLS
     from eisbench.training import METHODS
 
-    for reg in (DATASETS, MODELS, ATTACKS, SUITES, CHECKS, METHODS, CONSTRUCTIONS, EXPERIMENTS):
+    for reg in (DATASETS, MODELS, ATTACKS, SUITES, CHECKS, METHODS, CONSTRUCTIONS, EXPERIMENTS,
+                TOOLS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
     return 0
 
@@ -248,7 +309,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "train": _cmd_train, "attack": _cmd_attack,
-                "data": _cmd_data, "list": _cmd_list}
+                "scan": _cmd_scan, "data": _cmd_data, "list": _cmd_list}
     try:
         return handlers[args.cmd](args)
     except (UnknownNameError, ValueError, FileNotFoundError, RuntimeError) as e:
