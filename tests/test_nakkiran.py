@@ -14,10 +14,10 @@ from eisbench import data, record
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.pgd import pgd
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.nakkiran import (
+from eisbench.experiments.nakkiran import non_transferable_pgd
+from eisbench.experiments.nakkiran_squares import (
     SquaresConfig,
     mean_threshold_robust,
-    non_transferable_pgd,
     squares_sample,
 )
 from eisbench.store import Store

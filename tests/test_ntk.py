@@ -12,15 +12,12 @@ import torch
 
 from eisbench import data, record
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.ntk import (
-    QUICK,
+from eisbench.experiments.ntk import QUICK, choose_n, judge, memory_bytes
+from eisbench.experiments.ntk_features import (
     EigenFeatures,
     attack_features,
-    choose_n,
     eigen_tangents,
     jacobian,
-    judge,
-    memory_bytes,
     scalar_mlp,
 )
 from eisbench.record import Metric

@@ -17,12 +17,8 @@ from eisbench import record
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.config import stable_hash, to_plain
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.saliency import (
-    alignment,
-    attributions,
-    check_config,
-    other_class_starts,
-)
+from eisbench.experiments.saliency import check_config
+from eisbench.experiments.saliency_scores import alignment, attributions, other_class_starts
 from eisbench.models import build
 from eisbench.store import Store
 from eisbench.training import TrainConfig, train

@@ -12,16 +12,14 @@ import torch
 
 from eisbench import record
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.superposition import (
-    QUICK,
+from eisbench.experiments.superposition import QUICK, judge, robust_curve
+from eisbench.experiments.superposition_models import (
     BiasFreeMLP,
     features_per_dimension,
-    judge,
     layer_measures,
     matched_width,
     num_params,
     rescaled,
-    robust_curve,
     scaling_check,
 )
 from eisbench.store import Store

@@ -11,7 +11,7 @@ import torch
 
 from eisbench import record
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.transfer import correlations, same_norm_noise
+from eisbench.experiments.transfer_matrix import correlations, same_norm_noise
 from eisbench.store import Store
 from eisbench.training import TrainConfig
 

@@ -13,9 +13,8 @@ import torch
 
 from eisbench import data, record
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.tsipras import (
-    TsiprasConfig,
-    judge,
+from eisbench.experiments.tsipras import TsiprasConfig, judge
+from eisbench.experiments.tsipras_linear import (
     linear_theory,
     pgd_linear,
     robust_margin,

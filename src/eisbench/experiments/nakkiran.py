@@ -15,7 +15,7 @@
     mean-pixel threshold (the robust classifier) with a larger one, so every useful feature is
     robust; a network fit to (near) zero loss on a few samples is attacked at an Linf eps far
     below those margins, and the robust classifier's robust accuracy at that eps is computed
-    exactly.
+    exactly (:mod:`eisbench.experiments.nakkiran_squares`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +35,17 @@ from torch import nn
 from eisbench import data as datasets
 from eisbench.attacks.core import check_inputs
 from eisbench.attacks.evaluate import AttackConfig, predict
-from eisbench.attacks.pgd import pgd
 from eisbench.attacks.projection import (
     assert_within_budget,
     eval_mode,
     project,
     steepest_direction,
 )
-from eisbench.config import resolve_device, stable_hash, to_plain
+from eisbench.config import resolve_device, to_plain
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
-from eisbench.experiments.stages import (
-    Context,
-    Tensors,
-    construct_stage,
-    evaluate_stage,
-    train_stage,
-)
+from eisbench.experiments.nakkiran_squares import SquaresConfig, squares_seed
+from eisbench.experiments.stages import Context, Tensors, construct_stage, train_stage
 from eisbench.models import ModelSpec
 from eisbench.progress import progress
 from eisbench.record import (
@@ -74,22 +68,6 @@ LITERATURE_SOURCE = "Nakkiran 2019, Distill: CIFAR-10 (transfer rates; D_det tes
 ATTACKS_RUN = ("pgd", "non_transferable")
 HELD_OUT = 900  # model index of the first held-out copy g (the ensemble uses 1..k)
 BARELY, CLEARLY = 0.05, 0.20  # transfer rates that count as "barely" and "clearly" transferring
-
-
-@dataclass(frozen=True)
-class SquaresConfig:
-    """The adversarial-squares distribution, the overfit network and the attack on it."""
-
-    side: int = 16  # images are side x side, one channel
-    low: float = 0.25  # pixel level of class 0
-    high: float = 0.75  # pixel level of class 1
-    noise: float = 0.1  # per-pixel uniform noise in [-noise, noise]
-    n_train: int = 32  # few samples: the network fits them exactly
-    n_test: int = 1000
-    arch: str = "mlp"
-    train: TrainConfig = TrainConfig(epochs=300, lr=1e-3, schedule="constant")
-    attack: AttackConfig = field(default_factory=lambda: AttackConfig(
-        name="pgd", norm="linf", eps=0.05, steps=20, restarts=2, early_exit=True))
 
 
 @dataclass(frozen=True)
@@ -199,63 +177,6 @@ def _non_transferable_stage(ctx: Context, *, model: tuple[nn.Module, str],
     return Tensors(x, y, key)
 
 
-def squares_sample(n: int, *, side: int, low: float, high: float, noise: float,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` adversarial squares: labels (n,) uniform in {0, 1}; images (n, 1, side, side) at
-    level ``low``/``high`` plus i.i.d. uniform noise in [-noise, noise], clipped to [0,1]."""
-    y = torch.randint(0, 2, (n,), generator=generator)  # (n,)
-    level = low + (high - low) * y.float()  # (n,)
-    u = torch.rand(n, 1, side, side, generator=generator)  # (n, 1, side, side)
-    return (level.view(-1, 1, 1, 1) + noise * (2 * u - 1)).clamp(0, 1), y
-
-
-def mean_threshold_robust(x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                          threshold: float) -> torch.Tensor:
-    """Exact Linf robustness (N,) bool of the classifier ``mean pixel > threshold`` at ``eps``.
-
-    The worst case moves every pixel by eps towards the other class, clipped to [0,1]; a point
-    is robust iff even that leaves it on the side of its label y (N,) of x (N, C, H, W).
-    """
-    up = (x + eps).clamp(0, 1).flatten(1).mean(1)  # (N,) worst case for class 0
-    down = (x - eps).clamp(0, 1).flatten(1).mean(1)  # (N,) worst case for class 1
-    return torch.where(y == 1, down > threshold, up <= threshold)
-
-
-def _squares_seed(ctx: Context, sq: SquaresConfig, seed: int) -> tuple[dict[str, float],
-                                                                         dict[str, torch.Tensor]]:
-    """Train the overfit network on one draw of the squares; its and the robust classifier's
-    clean and robust accuracy (and a few clean/adversarial test squares)."""
-    gen = torch.Generator().manual_seed(seed)
-    dist = {"side": sq.side, "low": sq.low, "high": sq.high, "noise": sq.noise}
-    x_tr, y_tr = squares_sample(sq.n_train, side=sq.side, low=sq.low, high=sq.high,
-                                noise=sq.noise, generator=gen)
-    x_te, y_te = squares_sample(sq.n_test, side=sq.side, low=sq.low, high=sq.high,
-                                noise=sq.noise, generator=gen)
-    key = f"squares:{stable_hash(dist)}:seed{seed}"
-    train_d = Tensors(x_tr, y_tr, f"{key}:train:{sq.n_train}")
-    test_d = Tensors(x_te, y_te, f"{key}:test:{sq.n_test}")
-    spec = ModelSpec(arch=sq.arch, in_shape=(1, sq.side, sq.side), num_classes=2)
-    net, net_key = train_stage(ctx, spec=spec, cfg=sq.train, data=train_d, seed=seed,
-                               desc=f"[seed {seed}] network on {sq.n_train} squares")
-    ev = evaluate_stage(ctx, model=net, model_key=net_key, test=test_d, n_robust=sq.n_test,
-                        attack=sq.attack, seed=seed, desc=f"[seed {seed}] attack the network")
-    with eval_mode(net), torch.no_grad():
-        train_loss = float(F.cross_entropy(net(x_tr.to(ctx.device)), y_tr.to(ctx.device)))
-    thr = (sq.low + sq.high) / 2
-    clean = (x_te.flatten(1).mean(1) > thr).long() == y_te
-    robust = mean_threshold_robust(x_te, y_te, eps=sq.attack.eps, threshold=thr)
-    x_adv = pgd(net, x_te[:4].to(ctx.device), y_te[:4].to(ctx.device),
-                generator=torch.Generator().manual_seed(seed), **sq.attack.kwargs()).cpu()
-    row = {"net_std_acc": ev["std_acc"], "net_robust_acc": ev["robust_acc"],
-           "net_train_loss": train_loss, "robust_classifier_std_acc": float(clean.float().mean()),
-           "robust_classifier_robust_acc": float(robust.float().mean()),
-           "mean_margin_min": float((x_te.flatten(1).mean(1) - thr).abs().min()),
-           "pixel_margin": (sq.high - sq.low) / 2 - sq.noise}
-    samples = {"squares_clean": x_te[:4], "squares_adv": x_adv, "squares_labels": y_te[:4],
-               "squares_adv_pred": predict(net, x_adv, device=ctx.device)}
-    return row, samples
-
-
 def _transfer(pred_target: torch.Tensor, pred_other: torch.Tensor, t: torch.Tensor) -> float:
     """Of the examples on which the target model predicts t, the fraction another model also
     labels t (0 when there is none)."""
@@ -321,7 +242,7 @@ def run(cfg: NakkiranConfig, *, out: Path, store: Store) -> Record:
             row[f"{name}/D_det_shifted_acc"] = float((pred == (ds.y_test + 1) % k_cls)
                                                      .float().mean())
         t_mnist += time.perf_counter() - ts
-        sq_row, sq_samples = _squares_seed(ctx, cfg.squares, seed)
+        sq_row, sq_samples = squares_seed(ctx, cfg.squares, seed)
         row.update({f"squares/{k}": v for k, v in sq_row.items()})
         per_seed.append(row)
         if seed == cfg.seeds[0]:

@@ -15,6 +15,8 @@ input-gradient regularisation (Ross & Doshi-Velez 2018: cross-entropy plus
   uniform noise); an independent classifier (another architecture and seed, trained here,
   never one of the inverted models) labels the inversions, and the score is the share it
   assigns to the target image's class.
+
+The attribution, alignment and inversion scores are in :mod:`eisbench.experiments.saliency_scores`.
 """
 
 from __future__ import annotations
@@ -25,15 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from captum.attr import IntegratedGradients, Saliency
 from safetensors.torch import save_file
-from scipy.stats import rankdata
 from torch import nn
 
-from eisbench.attacks.inversion import invert_representation, representation_distance
-from eisbench.attacks.projection import eval_mode
 from eisbench.config import to_plain
 from eisbench.evaluation import SUITES
 from eisbench.experiments.core import Experiment, register, report_from
@@ -46,6 +43,14 @@ from eisbench.experiments.features_vs_bugs import (
     setting,
     source_models,
     verdict,
+)
+from eisbench.experiments.saliency_scores import (
+    accuracy,
+    alignment,
+    attributions,
+    inversion_scores,
+    other_class_starts,
+    predict_labels,
 )
 from eisbench.experiments.stages import Tensors, evaluate_stage, train_stage
 from eisbench.models import ModelSpec
@@ -121,76 +126,6 @@ FULL = derived_config(
     n_saliency=200, n_inversion=50, inversion_starts=STARTS)
 
 
-def attributions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ig_steps: int,
-                 smooth_samples: int, smooth_sigma: float,
-                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """|attribution| maps (B, C, H, W) for class y (B,) of images x (B, C, H, W), by method:
-    gradient (captum Saliency), smoothgrad (mean |gradient| over Gaussian-noised copies),
-    ig-black / ig-grey (captum IntegratedGradients from a 0 / 0.5 baseline).
-
-    Example:
-        >>> maps = attributions(net, x[:8], y[:8], ig_steps=16, smooth_samples=8,
-        ...                     smooth_sigma=0.15, generator=torch.Generator().manual_seed(0))
-    """
-    out: dict[str, torch.Tensor] = {}
-    with eval_mode(model):
-        sal = Saliency(model)
-        out["gradient"] = sal.attribute(x.clone().requires_grad_(True), target=y).detach()
-        acc = torch.zeros_like(x)  # (B, C, H, W)
-        for _ in range(smooth_samples):
-            noisy = x + smooth_sigma * torch.randn(x.shape, generator=generator)
-            acc += sal.attribute(noisy.requires_grad_(True), target=y).detach()
-        out["smoothgrad"] = acc / max(smooth_samples, 1)
-        ig = IntegratedGradients(model)
-        for name, base in (("ig-black", 0.0), ("ig-grey", 0.5)):
-            a = ig.attribute(x.clone().requires_grad_(True), baselines=base, target=y,
-                             n_steps=ig_steps, internal_batch_size=512)
-            out[name] = a.detach().abs()
-    return out
-
-
-def alignment(attr: torch.Tensor, x: torch.Tensor, *, threshold: float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: share of |attr| on stroke pixels (channel-mean intensity > threshold), and
-    Spearman rank correlation (ties averaged) between |attr| and intensity over pixels.
-
-    Args:
-        attr: attributions (B, C, H, W); absolute values are taken, channels summed.
-        x: the images (B, C, H, W) in [0,1].
-
-    Returns:
-        (share (B,), rank_corr (B,)) as float64 arrays; rank_corr is 0 for a constant map.
-    """
-    a = attr.abs().sum(1).flatten(1).double().numpy()  # (B, H*W)
-    v = x.mean(1).flatten(1).double().numpy()  # (B, H*W)
-    share = (a * (v > threshold)).sum(1) / np.maximum(a.sum(1), 1e-300)
-    ra, rv = rankdata(a, axis=1), rankdata(v, axis=1)
-    ra, rv = ra - ra.mean(1, keepdims=True), rv - rv.mean(1, keepdims=True)
-    den = np.sqrt((ra ** 2).sum(1) * (rv ** 2).sum(1))
-    corr = np.where(den > 0, (ra * rv).sum(1) / np.where(den > 0, den, 1.0), 0.0)
-    return share, corr
-
-
-def other_class_starts(x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor, *,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each target label (M,), a random image of x (N, C, H, W) whose label y (N,)
-    differs; returns (images (M, C, H, W), their labels (M,))."""
-    idx = []
-    for t in targets.tolist():
-        cand = (y != t).nonzero().flatten()
-        if len(cand) == 0:
-            raise ValueError(f"no start image of a class other than {t}: raise the test set")
-        idx.append(int(cand[torch.randint(len(cand), (1,), generator=generator)]))
-    sel = torch.tensor(idx)
-    return x[sel], y[sel]
-
-
-def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with eval_mode(model), torch.no_grad():
-        out: torch.Tensor = model(x).argmax(1)
-        return out
-
-
 def check_config(cfg: SaliencyConfig) -> None:
     """Fail before any work on settings that would make the measurement meaningless."""
     SUITES.get(cfg.robust_suite)  # a typo fails now, with the closest names
@@ -248,8 +183,8 @@ def run(cfg: SaliencyConfig, *, out: Path, store: Store) -> Record:
                   "noise": (torch.rand(x_tgt.shape, generator=gen), None)}
         row: dict[str, Any] = {
             "seed": seed, "stroke_fraction": stroke,
-            "judge": {"arch": cfg.judge_arch, "std_acc": _acc(judge, test, dev),
-                      "target_acc": float((_predict(judge, x_tgt.to(dev)).cpu() == y_tgt)
+            "judge": {"arch": cfg.judge_arch, "std_acc": accuracy(judge, test, dev),
+                      "target_acc": float((predict_labels(judge, x_tgt.to(dev)).cpu() == y_tgt)
                                           .float().mean())},
             "models": {}}
         for name, (model, key) in models.items():
@@ -281,18 +216,9 @@ def run(cfg: SaliencyConfig, *, out: Path, store: Store) -> Record:
             t = time.perf_counter()
             for sname in cfg.inversion_starts:
                 x0, y0 = starts[sname]
-                inv = invert_representation(model, x0.to(dev), x_tgt.to(dev),
-                                            steps=cfg.inversion_steps,
-                                            step_size=cfg.inversion_step_size)
-                pj, ps = _predict(judge, inv).cpu(), _predict(model, inv).cpu()
-                r = {"judge_target_rate": float((pj == y_tgt).float().mean()),
-                     "self_target_rate": float((ps == y_tgt).float().mean()),
-                     "feature_distance": float(representation_distance(
-                         model, inv, x_tgt.to(dev)).mean()),
-                     "start_feature_distance": float(representation_distance(
-                         model, x0.to(dev), x_tgt.to(dev)).mean())}
-                if y0 is not None:
-                    r["judge_start_rate"] = float((pj == y0).float().mean())
+                r, inv, pj = inversion_scores(model, judge, x0, y0, x_tgt, y_tgt,
+                                              steps=cfg.inversion_steps,
+                                              step_size=cfg.inversion_step_size, device=dev)
                 m["inversion"][sname] = r
                 if seed == cfg.seeds[0]:
                     samples[f"inv/{name}/{sname}"] = inv[:cfg.n_shown].cpu()
@@ -324,10 +250,6 @@ def run(cfg: SaliencyConfig, *, out: Path, store: Store) -> Record:
     save_file({k: v.clone().contiguous() for k, v in samples.items()},
               str(out / "samples.safetensors"))
     return rec
-
-
-def _acc(model: nn.Module, d: Tensors, dev: torch.device) -> float:
-    return float((_predict(model, d.x.to(dev)).cpu() == d.y).float().mean())
 
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:

@@ -26,6 +26,9 @@ Per seed, on the models and D_det of ``features-vs-bugs`` (same config, same cac
   D_det, tested on the original test set.
 - Correlation across architectures between T[source, a] and the D_det accuracy of a: Pearson
   and Spearman per seed, then mean and 95% CI over seeds.
+
+The attack, the noise baseline, the matrices and the correlations are in
+:mod:`eisbench.experiments.transfer_matrix`.
 """
 
 from __future__ import annotations
@@ -36,13 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from eisbench.attacks.evaluate import predict
-from eisbench.attacks.pgd import pgd
 from eisbench.config import to_plain
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
@@ -56,6 +56,7 @@ from eisbench.experiments.features_vs_bugs import (
     wrong_label_sets,
 )
 from eisbench.experiments.stages import Tensors, train_stage
+from eisbench.experiments.transfer_matrix import correlations, cross_mean, transfer_matrices
 from eisbench.models import MODELS, ModelSpec
 from eisbench.record import (
     SCHEMA_VERSION,
@@ -116,108 +117,8 @@ def arch_spec(label: str, *, in_shape: tuple[int, int, int], num_classes: int) -
     return ModelSpec(arch=arch, in_shape=in_shape, num_classes=num_classes, kwargs=dict(kwargs))
 
 
-def same_norm_noise(x: torch.Tensor, norms: torch.Tensor, *, generator: torch.Generator,
-                    iters: int = 40) -> torch.Tensor:
-    """x (N, C, H, W) in [0,1] moved along uniformly random directions so that, after clipping
-    to [0,1], each image is ``norms`` (N,) away in L2 (or as far as the box allows).
-
-    The scale of each direction is found by bisection (the clipped distance grows with it).
-
-    Example:
-        >>> xn = same_norm_noise(x, (x_adv - x).flatten(1).norm(dim=1), generator=g)
-    """
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)  # (N, C, H, W)
-    z = z / z.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    lo = torch.zeros(len(x), dtype=x.dtype, device=x.device)  # (N,)
-    hi = 100.0 * norms.to(x.dtype) + 1.0  # (N,)
-
-    def dist(c: torch.Tensor) -> torch.Tensor:
-        return ((x + c.view(-1, 1, 1, 1) * z).clamp(0, 1) - x).flatten(1).norm(dim=1)
-
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        short = dist(mid) < norms
-        lo, hi = torch.where(short, mid, lo), torch.where(short, hi, mid)
-    return (x + hi.view(-1, 1, 1, 1) * z).clamp(0, 1)
-
-
-def correlations(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Pearson and Spearman (average ranks for ties) correlation of paired values x, y (A,);
-    0.0 where either side is constant (no evidence either way)."""
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(a) != len(b) or len(a) < 3:
-        raise ValueError(f"need >= 3 paired values, got {len(a)} and {len(b)}")
-
-    def pearson(u: np.ndarray, v: np.ndarray) -> float:
-        if np.ptp(u) == 0 or np.ptp(v) == 0:
-            return 0.0
-        return float(np.clip(np.corrcoef(u, v)[0, 1], -1.0, 1.0))
-
-    return pearson(a, b), pearson(rankdata(a), rankdata(b))
-
-
 def _acc(model: nn.Module, d: Tensors, *, device: torch.device) -> float:
     return float((predict(model, d.x, device=device) == d.y).float().mean())
-
-
-def _attack(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cfg: TransferConfig, *,
-            device: torch.device, batch_size: int = 500) -> torch.Tensor:
-    """The D_det attack (targeted L2 PGD towards t (N,), no random start) on x (N, C, H, W)."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        out.append(pgd(model, x[i:i + batch_size].to(device), t[i:i + batch_size].to(device),
-                       eps=cfg.wrong_label_eps, steps=cfg.transfer_steps,
-                       step_size=cfg.transfer_step_size, norm="l2", targeted=True,
-                       random_start=False).cpu())
-    return torch.cat(out)
-
-
-def _rates(hit: torch.Tensor, mask: torch.Tensor) -> float | None:
-    n = int(mask.sum())
-    return float(hit[mask].float().mean()) if n else None
-
-
-def transfer_matrices(sources: list[nn.Module], targets: list[nn.Module], x: torch.Tensor,
-                      y: torch.Tensor, *, num_classes: int, cfg: TransferConfig, seed: int,
-                      device: torch.device) -> dict[str, Any]:
-    """Transfer and noise rates of every source model's targeted (y+1) adversarial examples of
-    x (N, C, H, W), y (N,) into every target model; (S, T) nested lists, None where undefined
-    (a model against itself, or no usable image). Also the attack success rate of each source."""
-    t = (y + 1) % num_classes  # (N,)
-    gen = torch.Generator().manual_seed(seed)
-    models = {id(m): m for m in sources + targets}
-    clean = {i: predict(m, x, device=device) == y for i, m in models.items()}  # (N,) each
-    out: dict[str, Any] = {k: [] for k in ("transfer", "transfer_untargeted", "noise",
-                                           "noise_untargeted", "n")}
-    success: list[float] = []
-    for src in sources:
-        x_adv = _attack(src, x, t, cfg, device=device)  # (N, C, H, W)
-        x_noise = same_norm_noise(x, (x_adv - x).flatten(1).norm(dim=1), generator=gen)
-        ok = clean[id(src)] & (predict(src, x_adv, device=device) == t)  # (N,)
-        success.append(float(ok.float().mean()))
-        rows: dict[str, list[float | None]] = {k: [] for k in out}
-        for tgt in targets:
-            mask = ok & clean[id(tgt)]
-            p_adv, p_noise = predict(tgt, x_adv, device=device), predict(tgt, x_noise,
-                                                                         device=device)
-            rows["n"].append(int(mask.sum()))
-            rows["noise"].append(_rates(p_noise == t, mask))
-            rows["noise_untargeted"].append(_rates(p_noise != y, mask))
-            white_box = tgt is src
-            rows["transfer"].append(None if white_box else _rates(p_adv == t, mask))
-            rows["transfer_untargeted"].append(None if white_box else _rates(p_adv != y, mask))
-        for k, v in rows.items():
-            out[k].append(v)
-    out["attack_success"] = success
-    return out
-
-
-def _cross_mean(m: list[list[float | None]], pairs: list[list[float | None]]) -> float:
-    """Mean of the (S, T) matrix m over the cells where ``pairs`` (the transfer matrix) is
-    defined: pairs of distinct models with usable images."""
-    vals = [v for row, ok in zip(m, pairs, strict=True) for v, o in zip(row, ok, strict=True)
-            if v is not None and o is not None]
-    return float(np.mean(vals)) if vals else 0.0
 
 
 def run_seed(st: Setting, cfg: TransferConfig, seed: int) -> dict[str, Any]:
@@ -245,7 +146,8 @@ def run_seed(st: Setting, cfg: TransferConfig, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     xa, ya = st.test.x[:cfg.n_attack], st.test.y[:cfg.n_attack]
     mats = transfer_matrices([src, *targets.values()], list(targets.values()), xa, ya,
-                             num_classes=k, cfg=cfg, seed=seed, device=dev)
+                             num_classes=k, eps=cfg.wrong_label_eps, steps=cfg.transfer_steps,
+                             step_size=cfg.transfer_step_size, seed=seed, device=dev)
     ctx.log.entries.append({"name": "transfer-attacks", "key": f"seed {seed}",
                             "seconds": time.perf_counter() - t0, "cached": False})
     det_acc = {a: _acc(m, st.test, device=dev) for a, m in learners.items()}
@@ -255,7 +157,7 @@ def run_seed(st: Setting, cfg: TransferConfig, seed: int) -> dict[str, Any]:
     ys = [det_acc[a] for a in cfg.archs]
     det_set = {a: _acc(m, d_det, device=dev) for a, m in targets.items()}
     pearson, spearman = correlations(xs, ys)
-    cross = {k: _cross_mean(mats[k], mats["transfer"]) for k in
+    cross = {k: cross_mean(mats[k], mats["transfer"]) for k in
              ("transfer", "noise", "transfer_untargeted", "noise_untargeted")}
     return {
         "seed": seed, "sources": ["source", *cfg.archs], "targets": list(cfg.archs),
