@@ -1,4 +1,4 @@
-"""The ``eisbench`` command line: run, train, attack, scan, data fetch, list."""
+"""The ``eisbench`` command line: run, bench, train, attack, scan, data fetch, list."""
 
 from __future__ import annotations
 
@@ -23,17 +23,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for --model")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from eisbench.experiments import EXPERIMENTS
-
-    p = argparse.ArgumentParser(prog="eisbench", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    r = sub.add_parser("run", help="run an experiment and write record.json + report.html")
-    r.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS.names())}")
+def _add_preset_args(r: argparse.ArgumentParser, *, default: str) -> None:
     mode = r.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="quick preset (default)")
-    mode.add_argument("--full", action="store_true", help="full preset")
+    mode.add_argument("--quick", action="store_true",
+                      help="quick preset" + (" (default)" if default == "quick" else ""))
+    mode.add_argument("--full", action="store_true",
+                      help="full preset" + (" (default)" if default == "full" else ""))
+    r.set_defaults(default_mode=default)
     r.add_argument("--dataset", help="dataset name (mnist, fashion-mnist, ...)")
     r.add_argument("--data-root", help="folder of IDX / cifar-10-batches-py files")
     r.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
@@ -42,6 +38,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set n_construct=500 "
                         "--set robust_train.epochs=10 (repeatable; see the record's config)")
     r.add_argument("--out", required=True, type=Path, help="output folder")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from eisbench.experiments import EXPERIMENTS
+    from eisbench.tasks.benches import BENCHMARKS
+
+    p = argparse.ArgumentParser(prog="eisbench", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run an experiment and write record.json + report.html")
+    r.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS.names())}")
+    _add_preset_args(r, default="quick")
+    b = sub.add_parser("bench", help="run a benchmark with a ground truth and write "
+                                     "record.json + report.html")
+    b.add_argument("experiment", metavar="benchmark",
+                   help=f"one of: {', '.join(BENCHMARKS.names())}")
+    _add_preset_args(b, default="full")
 
     t = sub.add_parser("train", help="train a model and save a checkpoint")
     t.add_argument("--arch", default="cnn-small")
@@ -110,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="write scan.json, triggers.safetensors and "
                    "scan.html into this folder")
 
+
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     f = dsub.add_parser("fetch", help="download/convert/verify a dataset into the cache")
@@ -126,8 +140,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from eisbench.paths import cache_dir
     from eisbench.store import Store
 
-    exp = EXPERIMENTS.get(args.experiment)
-    cfg = exp.full if args.full else exp.quick
+    if args.cmd == "bench":
+        from eisbench.tasks.benches import BENCHMARKS
+
+        exp = BENCHMARKS.get(args.experiment)
+    else:
+        exp = EXPERIMENTS.get(args.experiment)
+    full = args.full or (args.default_mode == "full" and not args.quick)
+    cfg = exp.full if full else exp.quick
     changes: dict[str, object] = {"device": args.device}
     if args.dataset:
         changes["dataset"] = args.dataset
@@ -142,6 +162,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     rec = exp.run(cfg, out=args.out, store=Store(cache_dir()))
     report = exp.report(rec, args.out)
     print(f"\n{exp.name}: {time.perf_counter() - t0:.0f} s")
+    if args.cmd == "bench":
+        for name, m in rec["metrics"].items():
+            print(f"  {name}: {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
+                  f"(n={m['n']})")
     for c in rec["claims"]:
         print(f"  [{c['verdict']:>14}] {c['claim']}\n                   {c['measured']}")
     for key, ex in rec["details"].get("exhibits", {}).items():  # the evidence suite's table
@@ -297,18 +321,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from eisbench.evaluation import CHECKS, SUITES
     from eisbench.experiments import EXPERIMENTS
     from eisbench.models import MODELS
+    from eisbench.tasks.benches import BENCHMARKS
     from eisbench.tools import TOOLS
     from eisbench.training import METHODS
 
     for reg in (DATASETS, MODELS, ATTACKS, SUITES, CHECKS, METHODS, CONSTRUCTIONS, EXPERIMENTS,
-                TOOLS):
+                BENCHMARKS, TOOLS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "train": _cmd_train, "attack": _cmd_attack,
+    handlers = {"run": _cmd_run, "bench": _cmd_run, "train": _cmd_train, "attack": _cmd_attack,
                 "scan": _cmd_scan, "data": _cmd_data, "list": _cmd_list}
     try:
         return handlers[args.cmd](args)

@@ -1,0 +1,221 @@
+"""The ``eisbench bench trojans`` report: verdicts, the judge's validation, the methods x
+trojans success heatmap (like Casper et al.'s figure), success rates with CIs beside the
+published human figures, the tools' images per trojan, attribution boxplots, ROC curves and
+the zoo table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from eisbench.paths import atomic_write_bytes
+from eisbench.record import Record
+from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+
+
+def _ci(m: Mapping[str, Any]) -> str:
+    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] (n={m['n']})"
+
+
+def _rows(rec: Record) -> list[str]:
+    d = rec["details"]
+    return [*d["tools"], "all", *(["best_pair"] if d["best_pair_correct"] else []),
+            *d["references"]]
+
+
+def _grid_values(rec: Record) -> np.ndarray:
+    """(rows, trojans) success fraction over seeds."""
+    d = rec["details"]
+
+    def frac(per_seed: list[list[bool]]) -> list[float]:
+        return [sum(r[i] for r in per_seed) / len(per_seed) for i in range(len(d["trojans"]))]
+
+    out = []
+    for r in _rows(rec):
+        if r == "all":
+            out.append(frac(d["all"]))
+        elif r == "best_pair":
+            out.append(frac(d["best_pair_correct"]))
+        else:
+            out.append([sum(g) / len(g) for g in d["grid"][r]])
+    return np.array(out)
+
+
+def _heatmap(rec: Record) -> str:
+    d = rec["details"]
+    v = _grid_values(rec)
+    rows = _rows(rec)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * v.shape[1], 0.8 + 0.32 * len(rows)))
+    ax.imshow(v, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            ax.text(j, i, f"{v[i, j]:.2g}", ha="center", va="center", fontsize=6,
+                    color="white" if v[i, j] < 0.5 else "black")
+    labels = [r if r != "best_pair" else "best pair (" + "+".join(d["best_pairs"][0]) + ")"
+              for r in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xticks(range(v.shape[1]), [t.split("-", 1)[1] for t in d["trojans"]], fontsize=6,
+                  rotation=60, ha="right")
+    ax.axhline(len(d["tools"]) - 0.5, color="white", lw=2)
+    ax.axhline(len(rows) - len(d["references"]) - 0.5, color="white", lw=2)
+    ax.set_title("Judge's 8-way success per method and trojan (fraction over tool seeds)",
+                 fontsize=9)
+    return figure(fig)
+
+
+def _success_bars(rec: Record) -> str:
+    m = rec["metrics"]
+    rows = [r for r in _rows(rec) if f"tool/{r}/success_rate" in m]
+    vals = [m[f"tool/{r}/success_rate"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    y = [v["value"] for v in vals]
+    err = [[v["value"] - v["ci95"][0] for v in vals], [v["ci95"][1] - v["value"] for v in vals]]
+    colours = ["#4c72b0"] * len(rec["details"]["tools"]) + ["#55a868"] * (
+        len(rows) - len(rec["details"]["tools"]) - len(rec["details"]["references"])) + [
+        "#b0b0b0"] * len(rec["details"]["references"])
+    ax.bar(range(len(rows)), y, yerr=err, capsize=2, color=colours[:len(rows)])
+    cas = rec["details"]["casper"]
+    ax.axhline(cas["best_single"], color="#dd8452", ls="--", lw=1,
+               label="Casper et al., humans: best single tool 47%")
+    ax.axhline(cas["all"], color="#c44e52", ls=":", lw=1, label="all tools 49%")
+    ax.axhline(1 / 8, color="gray", ls="-", lw=0.8, label="chance 1/8")
+    ax.set_xticks(range(len(rows)), rows, rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (95% CI)")
+    ax.legend(fontsize=6)
+    return figure(fig)
+
+
+def _show(ax: Any, img: torch.Tensor) -> None:
+    x = img.float().clamp(0, 1)
+    if x.shape[0] == 1:
+        ax.imshow(x[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(x.permute(1, 2, 0).numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _tool_images(rec: Record, out: Path, *, per_row: int = 5) -> str:
+    f = out / "tool_images.safetensors"
+    if not f.exists():
+        return "<p>(no tool images saved)</p>"
+    s = load_file(str(f))
+    d = rec["details"]
+    seed = str(rec["seeds"][0])
+    parts = []
+    for t, (name, kind) in enumerate(zip(d["trojans"], d["kinds"], strict=True)):
+        opts = s[f"options/{kind}"]
+        rows = [r for r in [*d["tools"], *d["references"]] if f"{name}/{r}" in s]
+        fig, axes = plt.subplots(len(rows) + 1, max(per_row, len(opts)),
+                                 figsize=(0.8 * max(per_row, len(opts)), 0.85 * (len(rows) + 1)),
+                                 squeeze=False)
+        for j, ax in enumerate(axes[0]):
+            if j < len(opts):
+                _show(ax, opts[j])
+                ax.set_title(("TRUE " if j == d["answers"][t] else "") + chr(65 + j),
+                             fontsize=6, color="red" if j == d["answers"][t] else "black")
+            else:
+                ax.axis("off")
+        axes[0][0].set_ylabel("options", fontsize=6, rotation=0, ha="right", va="center")
+        for i, r in enumerate(rows, start=1):
+            imgs = s[f"{name}/{r}"]
+            choice = d["choices"][r][seed][t]
+            for j, ax in enumerate(axes[i]):
+                if j < min(per_row, len(imgs)):
+                    _show(ax, imgs[j])
+                else:
+                    ax.axis("off")
+            ok = choice == d["answers"][t]
+            axes[i][0].set_ylabel(f"{r}\n-> {chr(65 + choice)} {'ok' if ok else 'x'}",
+                                  fontsize=6, rotation=0, ha="right", va="center",
+                                  color="green" if ok else "black")
+        fig.suptitle(f"{name}: options (top) and each method's first {per_row} images with "
+                     "the judge's answer (seed " + seed + ")", fontsize=7)
+        parts.append(f"<details><summary>{esc(name)}</summary>{figure(fig)}</details>")
+    return "".join(parts)
+
+
+def _attribution(rec: Record) -> str:
+    vals = rec["details"]["attribution_images"]
+    names = [n for n in vals if vals[n]]
+    if not names:
+        return "<p>(no patch trojan, no attribution)</p>"
+    names.sort(key=lambda n: -float(np.mean(vals[n])))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.boxplot([vals[n] for n in names], showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=55, ha="right", fontsize=7)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_ylabel("Pearson r with the trigger footprint")
+    ax.set_title("Attribution on poisoned images of the patch trojans (per image)", fontsize=9)
+    skipped = rec["details"]["attribution_skipped"]
+    note = "".join(f"<p class='warn'>{esc(k)} skipped: {esc(v)}</p>" for k, v in skipped.items())
+    return figure(fig) + note
+
+
+def _roc(rec: Record) -> str:
+    det = rec["details"]["detection"]
+    if not det:
+        return "<p>(no detection run)</p>"
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for method, r in det.items():
+        ax.plot(r["fpr"], r["tpr"], drawstyle="steps-post",
+                label=f"{method}: AUROC {r['auroc']:.2f} [{r['ci95'][0]:.2f}, "
+                      f"{r['ci95'][1]:.2f}]")
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("false positive rate (clean models)")
+    ax.set_ylabel("true positive rate (trojaned models)")
+    ax.legend(fontsize=6)
+    ax.set_title("Detection by the anomaly index of the smallest trigger", fontsize=8)
+    rows = []
+    for method, r in det.items():
+        for x in r["trojaned"]:
+            rows.append([method, x["trojan"], f"{x['score']:.2f}", x["suspect"], x["target"],
+                         x["bbox"]])
+        for i, x in enumerate(r["clean"]):
+            rows.append([method, f"clean #{i}", f"{x['score']:.2f}", x["suspect"], "-", ""])
+    return figure(fig) + table(["scan", "model", "anomaly index", "suspect", "target",
+                                "trigger bbox"], rows)
+
+
+def write_report(rec: Record, out: Path) -> Path:
+    m, d = rec["metrics"], rec["details"]
+    jv = d["judge"]
+    fav = "; ".join(f"{k}: {v['option']} ({v['share']:.0%})"
+                    for k, v in jv["noise"]["favourite"].items())
+    judge_rows = [[k, f"{v:.3f}"] for k, v in jv["true_trigger"]["per_kind"].items()]
+    zoo_rows = [[z["name"], z["kind"], "all" if z["universal"] else z["source"], z["target"],
+                 f"{z['clean_acc']:.4f}", f"{100 * z['drop']:+.2f}", f"{z['asr']:.3f}",
+                 "met" if z["meets_target"] else "MISSED"] for z in d["zoo"]]
+    metric_rows = [[k, _ci(v)] for k, v in m.items()]
+    body = (
+        header(rec) + "<h2>Verdicts</h2>" + verdict_table(rec["claims"])
+        + "<h2>The judge</h2><p>An independent encoder trained on trigger views only. "
+        + f"True-trigger accuracy {_ci(m['judge/true_trigger_acc'])} (target >= 0.95); "
+        + f"noise {_ci(m['judge/noise_acc'])} (chance 1/8). Noise's favourite options: "
+        + esc(fav) + ". A tool that shows nothing is 'right' on those options' trojans: the "
+        + "noise row of the heatmap shows where.</p>"
+        + table(["kind", "true-trigger accuracy"], judge_rows)
+        + "<h2>Success of each method</h2>" + _success_bars(rec) + _heatmap(rec)
+        + "<p>Rows: tools; all tools together; the best pair (chosen on these trojans, so "
+        + "optimistic: the leave-one-trojan-out figure is "
+        + (_ci(m["tool/best_pair_cv/success_rate"]) if "tool/best_pair_cv/success_rate" in m
+           else "n/a")
+        + "); references: noise images and fresh views of the true trigger.</p>"
+        + "<h2>Images per trojan</h2>" + _tool_images(rec, out)
+        + "<h2>Attribution on patch trojans</h2>" + _attribution(rec)
+        + "<h2>Detection</h2>" + _roc(rec)
+        + "<h2>The trojan zoo</h2>"
+        + table(["trojan", "kind", "source", "target", "clean acc", "drop (pts)", "ASR",
+                 "ASR >= 0.9, drop <= 1 pt"], zoo_rows)
+        + "<h2>All metrics</h2>" + table(["metric", "value [95% CI] (n)"], metric_rows)
+        + footer(rec))
+    path = out / "report.html"
+    atomic_write_bytes(path, page("Trojan rediscovery benchmark", body).encode())
+    return path
