@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from eisbench.experiments.core import Experiment, report_from
 from eisbench.registry import Registry
-from eisbench.tasks import trojan_bench
+from eisbench.tasks import edit_bench, trojan_bench
 
 BENCHMARKS: Registry[Experiment] = Registry("benchmark")
 
@@ -14,5 +14,11 @@ BENCHMARKS.register("trojans")(Experiment(
     summary="trojan rediscovery: 10 tools x 12 trojans judged 8-way, attribution, detection",
     quick=trojan_bench.QUICK, full=trojan_bench.FULL, run=trojan_bench.run_trojan_bench,
     report=report_from("eisbench.report.trojans")))
+
+BENCHMARKS.register("edit")(Experiment(
+    name="edit",
+    summary="control: tool-guided trojan removal (DER), fine-pruning, LAT, capability ablation",
+    quick=edit_bench.QUICK, full=edit_bench.FULL, run=edit_bench.run_edit_bench,
+    report=report_from("eisbench.report.edit")))
 
 __all__ = ["BENCHMARKS"]

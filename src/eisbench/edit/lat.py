@@ -1,0 +1,193 @@
+"""Latent adversarial training (LAT; Casper et al. 2024, "Defending Against Unforeseen Failure
+Modes with Latent Adversarial Training"): adversarial perturbations of hidden activations,
+found by PGD in latent space, with one bound per layer.
+
+For a batch x (B, C, H, W), y (B,) and layers l with bounds :class:`LatentBound`, the
+adversary adds d_l (the shape of layer l's output) to each layer's output (a forward hook,
+:func:`eisbench.edit.layers.add_to_outputs`) and maximises the cross-entropy by ``steps``
+steps of PGD, each d_l projected onto its own ball ``||d_l[i]|| <= r_l`` per example.
+
+A bound is *relative* by default: ``r_l = eps * scale_l`` where ``scale_l`` is measured on the
+batch's clean activations a_l (detached): the mean per-example L2 norm ``mean_i ||a_l[i]||_2``
+for the L2 ball, the root mean square of a_l's entries for the Linf ball. So ``eps = 0.5``
+means "up to half the size of the layer's typical activation", whatever the layer's units.
+With ``relative=False``, ``r_l = eps``.
+
+The training loss is ``clean_weight * CE(f(x), y) + (1 - clean_weight) * CE(f_d(x), y)``
+(f_d: the model with the adversary's d added). :func:`lat_finetune` applies it with the
+fine-tuning budget of every edit (trojan removal); :func:`lat_train` trains a model from
+scratch with it.
+
+Example:
+    >>> cfg = LatConfig(bounds=(LatentBound("body.3", eps=0.5),))
+    >>> deltas, radii = latent_pgd(net, x, y, cfg=cfg, generator=torch.Generator())
+    >>> fixed = lat_finetune(net, x_def, y_def, lat=cfg, seed=0)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eisbench.attacks.projection import eval_mode
+from eisbench.edit.layers import add_to_outputs, capture, resolve_layer
+from eisbench.edit.unlearn import DEFAULT_FT, BatchLoss, FinetuneConfig, finetune_loop
+
+NORMS = ("l2", "linf")
+
+
+@dataclass(frozen=True)
+class LatentBound:
+    """The adversary's budget at one layer (a ``named_modules`` name or an alias of
+    :func:`~eisbench.edit.layers.resolve_layer`)."""
+
+    layer: str = "last-conv"
+    eps: float = 0.5
+    norm: str = "l2"
+    relative: bool = True  # eps in units of the layer's clean activation scale
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"latent bound norm must be one of {NORMS}, got {self.norm!r}")
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f"latent bound eps must be finite and >= 0, got {self.eps}")
+
+
+@dataclass(frozen=True)
+class LatConfig:
+    """The latent adversary: its bounds (one per layer), PGD steps and step size (a fraction
+    of the radius per step), and the weight of the clean loss."""
+
+    bounds: tuple[LatentBound, ...] = (LatentBound(),)
+    steps: int = 5
+    step_frac: float = 0.5  # step = step_frac * radius (2.5 / steps for steps = 5)
+    clean_weight: float = 0.5
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.bounds:
+            raise ValueError("LAT needs at least one latent bound")
+        if self.steps < 1 or self.step_frac <= 0:
+            raise ValueError("steps must be >= 1 and step_frac > 0")
+        if not 0 <= self.clean_weight < 1:
+            raise ValueError(f"clean_weight must be in [0, 1), got {self.clean_weight}")
+
+
+DEFAULT_LAT = LatConfig()
+
+
+def _per_example(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-example norm (B,) of t (B, ...)."""
+    flat = t.flatten(1)
+    return flat.norm(dim=1) if norm == "l2" else flat.abs().amax(1)
+
+
+def _scale(a: torch.Tensor, norm: str) -> torch.Tensor:
+    """The clean activation scale of a (B, ...): mean per-example L2 norm, or RMS entry."""
+    if norm == "l2":
+        return a.flatten(1).norm(dim=1).mean()
+    return a.pow(2).mean().sqrt()
+
+
+def project_latent(d: torch.Tensor, radius: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """Project each example's perturbation d (B, ...) onto the ``norm`` ball of ``radius``."""
+    if norm == "linf":
+        r = torch.as_tensor(radius, dtype=d.dtype, device=d.device)
+        return torch.maximum(torch.minimum(d, r), -r)
+    n = _per_example(d, "l2").clamp_min(1e-12)  # (B,)
+    factor = (torch.as_tensor(radius, dtype=d.dtype, device=d.device) / n).clamp(max=1.0)
+    return d * factor.view(-1, *([1] * (d.dim() - 1)))
+
+
+def radii(model: nn.Module, x: torch.Tensor, bounds: tuple[LatentBound, ...]
+          ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """(radius per layer, clean activations per layer (B, ...)) for the batch x."""
+    names = [resolve_layer(model, b.layer) for b in bounds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two latent bounds name the same layer: {names}")
+    with torch.no_grad(), capture(model, names) as acts:
+        model(x)
+    out = {n: float(b.eps * _scale(acts[n], b.norm)) if b.relative else float(b.eps)
+           for n, b in zip(names, bounds, strict=True)}
+    return out, dict(acts)
+
+
+def latent_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: LatConfig,
+               generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The latent adversary on the batch x (B, C, H, W), y (B,): perturbations
+    ``{layer: d (B, ...)}`` (detached, each example inside its layer's ball) that maximise
+    the cross-entropy, and the radius used per layer. Runs the model in eval mode and returns
+    it in its mode; no gradient is left on its parameters."""
+    with eval_mode(model):
+        rad, acts = radii(model, x, cfg.bounds)
+        norms = {resolve_layer(model, b.layer): b.norm for b in cfg.bounds}
+        deltas: dict[str, torch.Tensor] = {}
+        for n, a in acts.items():
+            if cfg.random_start:
+                u = torch.rand(a.shape, generator=generator).to(a) * 2 - 1  # (B, ...)
+                d = project_latent(u * rad[n], rad[n], norms[n])
+            else:
+                d = torch.zeros_like(a)
+            deltas[n] = d.requires_grad_(True)
+        for _ in range(cfg.steps):
+            with add_to_outputs(model, deltas):
+                loss = F.cross_entropy(model(x), y, reduction="sum")
+            grads = torch.autograd.grad(loss, list(deltas.values()))
+            with torch.no_grad():
+                for (n, d), g in zip(list(deltas.items()), grads, strict=True):
+                    if norms[n] == "l2":
+                        g = g / _per_example(g, "l2").clamp_min(1e-12).view(
+                            -1, *([1] * (g.dim() - 1)))
+                    else:
+                        g = g.sign()
+                    deltas[n] = project_latent(d + cfg.step_frac * rad[n] * g, rad[n],
+                                               norms[n]).requires_grad_(True)
+    return {n: d.detach() for n, d in deltas.items()}, rad
+
+
+def lat_loss(cfg: LatConfig) -> BatchLoss:
+    """The LAT training loss of a batch (see the module docstring)."""
+    def loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
+             gen: torch.Generator) -> torch.Tensor:
+        deltas, _ = latent_pgd(model, xb, yb, cfg=cfg, generator=gen)
+        with add_to_outputs(model, deltas):
+            adv = F.cross_entropy(model(xb), yb)
+        if cfg.clean_weight == 0:
+            return adv
+        return cfg.clean_weight * F.cross_entropy(model(xb), yb) + (1 - cfg.clean_weight) * adv
+
+    return loss
+
+
+def lat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 lat: LatConfig = DEFAULT_LAT, cfg: FinetuneConfig = DEFAULT_FT,
+                 seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
+    """A copy of ``model`` fine-tuned with LAT on clean x (N, C, H, W), y (N,) with the
+    budget ``cfg`` (its ``stamp_frac`` is unused: LAT sees no trigger). ``model`` is not
+    changed; the copy comes back in its mode."""
+    edited = copy.deepcopy(model)
+    return finetune_loop(edited, x, y, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                         weight_decay=cfg.weight_decay, loss=lat_loss(lat), seed=seed,
+                         device=device, desc="LAT fine-tune")
+
+
+def lat_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lat: LatConfig,
+              epochs: int = 5, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+              device: str | torch.device = "cpu") -> nn.Module:
+    """Train ``model`` in place from scratch with LAT: ``epochs`` passes of Adam (constant
+    ``lr``) over x (N, C, H, W), y (N,). Returns it in the mode it came in.
+
+    Example:
+        >>> net = lat_train(build("cnn-small", in_shape=(1, 28, 28), num_classes=10), x, y,
+        ...                 lat=LatConfig(), epochs=5)
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    steps = epochs * math.ceil(len(x) / batch_size)
+    return finetune_loop(model, x, y, steps=steps, batch_size=batch_size, lr=lr,
+                         loss=lat_loss(lat), seed=seed, device=device, desc="LAT train")
