@@ -1,4 +1,4 @@
-"""The ``eisbench`` command line: run, bench, train, attack, scan, data fetch, list."""
+"""The ``eisbench`` command line: run, bench, train, attack, scan, replace, data fetch, list."""
 
 from __future__ import annotations
 
@@ -122,6 +122,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", type=Path, help="write scan.json, triggers.safetensors and "
                    "scan.html into this folder")
+
+    rp = sub.add_parser("replace", help="distil a model (sparse linear, tree, templates, "
+                        "program search) and measure agreement against size, on test and "
+                        "out-of-distribution images")
+    _add_model_args(rp)
+    rp.add_argument("--dataset", default="mnist", help="images to distil on: mnist, ...")
+    rp.add_argument("--data-root", help="folder of the dataset's IDX files")
+    rp.add_argument("--distillers", default="",
+                    help="comma-separated distillers (default: every registered one)")
+    rp.add_argument("--n-fit", type=int, default=10000,
+                    help="first training images: the distillation set")
+    rp.add_argument("--n-val", type=int, default=5000,
+                    help="last training images: for choosing each distiller's size")
+    rp.add_argument("--n-test", type=int, help="first test images (default: all)")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--device", default="cpu")
+    rp.add_argument("--out", type=Path, help="write replace.json and report.html here")
 
 
     d = sub.add_parser("data", help="datasets")
@@ -292,6 +309,46 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replace(args: argparse.Namespace) -> int:
+    from eisbench import data
+    from eisbench.config import resolve_device
+    from eisbench.data.ood import digits_like
+    from eisbench.replace import DISTILLERS
+    from eisbench.replace.fidelity import distil_model
+    from eisbench.report.replace import write_model_report
+
+    device = resolve_device(args.device)
+    names = [n for n in args.distillers.split(",") if n]
+    for n in names:
+        DISTILLERS.get(n)  # unknown name: clear error with the closest match
+    try:
+        model = _load_model(args).to(device)
+    except TypeError as e:  # the class does not take --model-kwargs
+        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    ds = data.load(args.dataset, root=args.data_root)
+    x_test = ds.x_test[:args.n_test] if args.n_test else ds.x_test
+    x_ood = digits_like(ds.shape)[0] if min(ds.shape[1:]) >= 8 else None
+    t0 = time.perf_counter()
+    res = distil_model(model, x_train=ds.x_train, x_test=x_test, x_ood=x_ood,
+                       n_fit=args.n_fit, n_val=args.n_val, distillers=names, seed=args.seed,
+                       device=device)
+    res |= {"model": str(args.checkpoint or args.model), "weights": args.weights,
+            "dataset": args.dataset, "seed": args.seed, "device": str(device),
+            "seconds": time.perf_counter() - t0}
+    print(f"replacements of {res['model']} on {args.dataset} ({res['seconds']:.0f} s); agreement"
+          f" with the model on {len(x_test)} test / {res['n_ood']} OOD images:")
+    for name, p in res["chosen"].items():
+        ood = "-" if p["agree_ood"] is None else f"{p['agree_ood']:.3f}"
+        print(f"  {name:<14} size {p['size']:>6}  test {p['agree_test']:.3f}  OOD {ood}\n"
+              f"      {p['description']}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "replace.json").write_text(json.dumps(res, indent=2))
+        report = write_model_report(res, args.out)
+        print(f"result: {args.out / 'replace.json'}\nreport: {report}")
+    return 0
+
+
 class _Scaled(torch.nn.Module):
     """Feeds a model that expects pixels in [0, scale] from [0,1] images."""
 
@@ -334,7 +391,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "bench": _cmd_run, "train": _cmd_train, "attack": _cmd_attack,
-                "scan": _cmd_scan, "data": _cmd_data, "list": _cmd_list}
+                "scan": _cmd_scan, "replace": _cmd_replace,
+                "data": _cmd_data, "list": _cmd_list}
     try:
         return handlers[args.cmd](args)
     except (UnknownNameError, ValueError, FileNotFoundError, RuntimeError) as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from eisbench.experiments.core import Experiment, report_from
 from eisbench.registry import Registry
-from eisbench.tasks import edit_bench, trojan_bench
+from eisbench.tasks import edit_bench, replace_bench, trojan_bench
 
 BENCHMARKS: Registry[Experiment] = Registry("benchmark")
 
@@ -14,6 +14,12 @@ BENCHMARKS.register("trojans")(Experiment(
     summary="trojan rediscovery: 10 tools x 12 trojans judged 8-way, attribution, detection",
     quick=trojan_bench.QUICK, full=trojan_bench.FULL, run=trojan_bench.run_trojan_bench,
     report=report_from("eisbench.report.trojans")))
+
+BENCHMARKS.register("replace")(Experiment(
+    name="replace",
+    summary="distillation: sparse linear, tree, templates, program search; EIS VII challenges",
+    quick=replace_bench.QUICK, full=replace_bench.FULL, run=replace_bench.run_replace_bench,
+    report=report_from("eisbench.report.replace")))
 
 BENCHMARKS.register("edit")(Experiment(
     name="edit",
