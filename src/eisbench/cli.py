@@ -1,4 +1,5 @@
-"""The ``eisbench`` command line: run, bench, train, attack, scan, replace, data fetch, list."""
+"""The ``eisbench`` command line: run, bench, train, attack, scan, audit, replace, data fetch,
+list."""
 
 from __future__ import annotations
 
@@ -140,6 +141,17 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu")
     rp.add_argument("--out", type=Path, help="write replace.json and report.html here")
 
+    au = sub.add_parser("audit", help="one report on a model: clean and robust accuracy with "
+                        "checks, trojan scan, transfer, replacements, the tools' images")
+    _add_model_args(au)
+    au.add_argument("--data", default="mnist", help="dataset the model was trained for")
+    au.add_argument("--data-root", help="folder of the dataset's IDX files")
+    au.add_argument("--quick", action="store_true",
+                    help="fewer images and steps (a smoke test, not an audit)")
+    au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override an audit setting, e.g. --set eps=0.1,0.2 --set n_robust=1000")
+    au.add_argument("--device", default="cpu")
+    au.add_argument("--out", required=True, type=Path, help="output folder")
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
@@ -361,6 +373,31 @@ class _Scaled(torch.nn.Module):
         return out
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from eisbench import overrides
+    from eisbench.paths import cache_dir
+    from eisbench.report.audit import summary, write_report
+    from eisbench.store import Store
+    from eisbench.tasks.audit import QUICK, AuditConfig, run_audit
+
+    base = QUICK if args.quick else AuditConfig()
+    cfg = overrides.apply(dataclasses.replace(base, dataset=args.data, data_root=args.data_root,
+                                              device=args.device), args.set)
+    try:
+        model = _load_model(args)
+    except TypeError as e:  # the class does not take --model-kwargs
+        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    name = str(args.checkpoint or args.model)
+    t0 = time.perf_counter()
+    rec = run_audit(model, cfg, out=args.out, store=Store(cache_dir()), name=name)
+    report = write_report(rec, args.out)
+    print(f"audit of {name} ({time.perf_counter() - t0:.0f} s):")
+    for line in summary(rec):
+        print(f"  {line}")
+    print(f"record: {args.out / 'record.json'}\nreport: {report}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from eisbench import data
 
@@ -391,7 +428,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "bench": _cmd_run, "train": _cmd_train, "attack": _cmd_attack,
-                "scan": _cmd_scan, "replace": _cmd_replace,
+                "scan": _cmd_scan, "audit": _cmd_audit, "replace": _cmd_replace,
                 "data": _cmd_data, "list": _cmd_list}
     try:
         return handlers[args.cmd](args)
