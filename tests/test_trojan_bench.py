@@ -88,7 +88,8 @@ def test_bench_end_to_end_on_digits_caches_every_stage(tmp_path: Path,
     monkeypatch.setenv("EISBENCH_QUIET", "1")
     out = tmp_path / "out"
     sets = [f"--set={k}={v}" for k, v in (
-        ("n_train", "none"), ("epochs", 12), ("n_clean", 2), ("tools", "neural-cleanse,fv-class-fourier"),
+        ("n_train", "none"), ("epochs", 12), ("n_clean", 2),
+        ("tools", "neural-cleanse,fv-class-fourier"),
         ("tool_steps", 0.2), ("n_images", 4), ("n_data", 128), ("judge_steps", 300),
         ("judge_trials", 2), ("n_attr", 8), ("scan_methods", "neural-cleanse"),
         ("scan_steps", 30), ("n_scan", 64))]
