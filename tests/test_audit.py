@@ -13,7 +13,7 @@ from torch import nn
 
 from eisbench.cli import main
 from eisbench.models import ModelSpec, save_checkpoint
-from eisbench.tasks.audit import check_model
+from eisbench.models.contract import check_model
 
 X = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -45,8 +45,9 @@ def test_check_model_refuses_with_the_reason(model: nn.Module, match: str) -> No
 
 def test_check_model_accepts_logits_and_log_probabilities() -> None:
     cpu = torch.device("cpu")
-    assert check_model(Head(), X, num_classes=10, device=cpu) == "logits"
-    assert check_model(Head("log_softmax"), X, num_classes=10, device=cpu) == "log-probabilities"
+    assert check_model(Head(), X, num_classes=10, device=cpu) == (10, "logits")
+    assert check_model(Head("log_softmax"), X, num_classes=None,
+                       device=cpu) == (10, "log-probabilities")
 
 
 def test_audit_end_to_end_names_the_trojan(trojaned_digits: tuple[nn.Module, Any],

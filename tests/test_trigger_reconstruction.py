@@ -169,7 +169,7 @@ def test_cli_scan_refuses_a_model_with_wrong_outputs(tmp_path: Path,
     assert main([*base, "--model", "badnets:Flat"]) == 2
     assert "must return logits (B, K)" in capsys.readouterr().err
     assert main([*base, "--model", "badnets:Wide"]) == 2
-    assert "fails on images of shape (2, 1, 8, 8)" in capsys.readouterr().err
+    assert "fails on images of shape (8, 1, 8, 8)" in capsys.readouterr().err
     assert main([*base, "--model", "badnets:Flat", "--model-kwargs", '{"width": 3}']) == 2
     assert "--model-kwargs" in capsys.readouterr().err
     assert main([*base, "--checkpoint", str(tmp_path / "missing")]) == 2

@@ -110,6 +110,9 @@ def test_bench_end_to_end_on_digits_caches_every_stage(tmp_path: Path,
     assert m["tool/all/success_rate"]["n"] == 12 and len(rec["details"]["zoo"]) == 12
     assert m["attribution/blank/correlation"]["value"] == 0.0
     assert m["detection/auroc"]["n"] == 14
+    key = json.loads((out / "quiz.key.json").read_text())
+    assert len(key) == 12 * 2 and all(0 <= v < 8 for v in key.values())
+    assert (out / "quiz.html").read_text().count("<fieldset") == 24
     html = (out / "report.html").read_text()
     assert "Trojan rediscovery benchmark" in html and html.count("<img") >= 12 + 4
     assert {s["name"] for s in rec["stages"]} >= {"implant", "train", "judge", "tool-images",

@@ -37,6 +37,7 @@ from eisbench.attacks.projection import eval_mode
 from eisbench.config import resolve_device, to_plain
 from eisbench.experiments.stages import Context, Tensors, train_stage
 from eisbench.models import ModelSpec
+from eisbench.models.contract import check_model
 from eisbench.progress import say
 from eisbench.record import SCHEMA_VERSION, Metric, Record, git_state, library_versions, now
 from eisbench.record import write as write_record
@@ -74,41 +75,6 @@ QUICK = AuditConfig(eps=(0.3,), n_robust=100, scan_steps=60, n_scan=64, referenc
                     n_transfer=100, distillers=("sparse-linear", "tree"), n_fit=2000,
                     n_val=1000, tools=("neural-cleanse", "fv-class-fourier"), n_images=4)
 """A smoke test of the audit (about a minute on MNIST), not an audit."""
-
-
-def check_model(model: nn.Module, x: torch.Tensor, *, num_classes: int,
-                device: torch.device) -> str:
-    """Refuse a model that breaks the contract (see the module docstring) with a ValueError
-    saying what is wrong and how to fix it. Returns "logits" or "log-probabilities" (rows
-    whose log-sum-exp is 0: a log-softmax output, equivalent for attacks and the scan)."""
-    xb = x[:8].to(device)
-    try:
-        with eval_mode(model), torch.no_grad():
-            out = model(xb)
-    except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        raise ValueError(f"the model fails on images of shape {tuple(xb.shape)} in [0,1]: {e}. "
-                         "It must take (B, C, H, W) images of the dataset; a model that expects "
-                         "another shape or pixel range needs a wrapper (eisbench attack and "
-                         "scan take --scale 255 for raw pixels)") from e
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(xb):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must return logits (B, K) for images (B, C, H, W); for "
-                         f"{len(xb)} images it returned {got}")
-    if out.shape[1] != num_classes:
-        raise ValueError(f"the model returns {out.shape[1]} logits per image; the dataset has "
-                         f"{num_classes} classes")
-    if not torch.isfinite(out).all():
-        raise ValueError("the model returns non-finite outputs (NaN or inf) on test images")
-    sums = out.sum(1)
-    if out.min() >= 0 and out.max() <= 1 and torch.allclose(sums, torch.ones_like(sums),
-                                                            atol=1e-4):
-        raise ValueError("the model returns probabilities (every row is in [0,1] and sums to "
-                         "1): attacks and the trojan scan need logits. Remove the final softmax "
-                         "(or return its input)")
-    lse = torch.logsumexp(out, 1)
-    if out.max() <= 0 and torch.allclose(lse, torch.zeros_like(lse), atol=1e-4):
-        return "log-probabilities"
-    return "logits"
 
 
 def _rate_metric(k: int, n: int, *, higher: bool = True) -> Metric:
@@ -153,7 +119,7 @@ def run_audit(model: nn.Module, cfg: AuditConfig, *, out: Path, store: Store,
     device = resolve_device(cfg.device)
     ds = datasets.load(cfg.dataset, root=cfg.data_root)
     model = model.to(device)
-    output = check_model(model, ds.x_test, num_classes=ds.num_classes, device=device)
+    _, output = check_model(model, ds.x_test, num_classes=ds.num_classes, device=device)
     log = StageLog()
     key = f"{ds.name}:{ds.sha256}"
     ctx = Context(store=store, log=log, device=device)

@@ -279,11 +279,9 @@ def run_edit_bench(cfg: EditBenchConfig, *, out: Path, store: Store) -> Record:
         raise ValueError("need at least one seed and 1 <= n_ablate <= n_clean")
     if not 0 < cfg.defender_frac <= 1:
         raise ValueError(f"defender_frac must be in (0, 1], got {cfg.defender_frac}")
-    zcfg = zoo_config(cfg.dataset, data_root=cfg.data_root, natural_root=cfg.natural_root,
-                      n_train=cfg.n_train, n_clean=cfg.n_clean, device=cfg.device)
-    if cfg.epochs is not None:
-        zcfg = dataclasses.replace(zcfg, train=dataclasses.replace(zcfg.train,
-                                                                   epochs=cfg.epochs))
+    zcfg = zoo_config(cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
+                      natural_root=cfg.natural_root, n_train=cfg.n_train, n_clean=cfg.n_clean,
+                      device=cfg.device)
     say(f"trojan zoo: {cfg.dataset}, 12 trojaned + {cfg.n_clean} clean models")
     zoo: ZooRun = run_zoo(zcfg, store)
     log = zoo.log

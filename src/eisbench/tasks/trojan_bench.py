@@ -40,13 +40,14 @@ from eisbench.config import resolve_device, to_plain
 from eisbench.data.triggers import trigger_bank
 from eisbench.experiments.stages import Tensors
 from eisbench.progress import progress, say
-from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
+from eisbench.record import SCHEMA_VERSION, Metric, Record, git_state, library_versions, now
 from eisbench.record import write as write_record
 from eisbench.stats import mean_ci, wilson_ci
 from eisbench.store import StageLog, Store
 from eisbench.tasks import trojan_scores as scores
 from eisbench.tasks.judge import JudgeConfig, ask, judge_stage, validate
 from eisbench.tasks.judge_views import ViewConfig, layers, render
+from eisbench.tasks.quiz import Question, quiz_html
 from eisbench.tasks.trojan_zoo import ZooRun, run_zoo, zoo_config
 from eisbench.tools import TOOLS
 from eisbench.tools.attribution import score_methods
@@ -193,6 +194,24 @@ def reference_images(kind: str, trojan_idx: int, *, lay: dict[str, Any], answer:
                   cfg=dataclasses.replace(ViewConfig(), p_exact=0.0))
 
 
+def write_quiz(shown: dict[str, torch.Tensor], trojans: list[Trojan], tools: list[str], *,
+               banks: dict[str, list[Trigger]], answers: list[int],
+               out: Path) -> tuple[Path, Path]:
+    """The judge's questions (first seed, every tool x trojan) as an HTML quiz for human
+    raters, options shuffled per question; the answers go to a separate key file."""
+    gen = torch.Generator().manual_seed(0)
+    questions = []
+    for i, trojan in enumerate(trojans):
+        bank = banks[trojan.trigger.kind]
+        for tool in tools:
+            perm = torch.randperm(len(bank), generator=gen).tolist()
+            questions.append(Question(qid=f"{trojan.name}/{tool}",
+                                      images=shown[f"{trojan.name}/{tool}"],
+                                      options=[bank[j] for j in perm],
+                                      answer=perm.index(answers[i])))
+    return quiz_html(questions, out)
+
+
 def run_trojan_bench(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Record:
     """Run the benchmark and write ``out/record.json`` and ``out/tool_images.safetensors``."""
     t0 = time.perf_counter()
@@ -200,11 +219,9 @@ def run_trojan_bench(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Reco
     names = tool_names(cfg)
     if not cfg.seeds or cfg.n_clean < 2:
         raise ValueError("need at least one seed and n_clean >= 2 (detection AUROC)")
-    zcfg = zoo_config(cfg.dataset, data_root=cfg.data_root, natural_root=cfg.natural_root,
-                      n_train=cfg.n_train, n_clean=cfg.n_clean, device=cfg.device)
-    if cfg.epochs is not None:
-        zcfg = dataclasses.replace(zcfg, train=dataclasses.replace(zcfg.train,
-                                                                   epochs=cfg.epochs))
+    zcfg = zoo_config(cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
+                      natural_root=cfg.natural_root, n_train=cfg.n_train, n_clean=cfg.n_clean,
+                      device=cfg.device)
     say(f"trojan zoo: {cfg.dataset}, 12 trojaned + {cfg.n_clean} clean models")
     zoo: ZooRun = run_zoo(zcfg, store)
     log = zoo.log
@@ -250,6 +267,8 @@ def run_trojan_bench(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Reco
         shown[f"options/{k}"] = torch.stack([t.image(shape) for t in banks[k]]).contiguous()
     out.mkdir(parents=True, exist_ok=True)
     save_file(shown, str(out / "tool_images.safetensors"))
+    quiz_page, _ = write_quiz(shown, zoo.trojans, names, banks=banks, answers=answers,
+                              out=out / "quiz.html")
     grid = {r: [[scores.success_grid({r: sims[r][s]}, answers=answers)[r][i]
                  for s in cfg.seeds] for i in range(len(answers))] for r in rows}
     metrics: dict[str, Metric] = {}
@@ -335,53 +354,14 @@ def run_trojan_bench(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Reco
                     for r in rows},
         "judge": val, "attribution": attr_per_trojan, "attribution_images": attr_rows,
         "attribution_skipped": skipped,
-        "detection": detection, "casper": CASPER,
+        "detection": detection, "casper": CASPER, "quiz": quiz_page.name,
     }
     rec: Record = {
         "schema_version": SCHEMA_VERSION, "experiment": "trojans", "created": now(),
         "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
         "versions": library_versions(), "device": str(device), "data": {ds.name: ds.sha256},
         "stages": log.entries, "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": judge_claims(metrics, details, names), "details": details,
+        "claims": scores.judge_claims(metrics, details, names), "details": details,
     }
     write_record(rec, out / "record.json")
     return rec
-
-
-def judge_claims(metrics: dict[str, Metric], details: dict[str, Any],
-                 names: list[str]) -> list[Claim]:
-    """Verdicts by rules fixed in advance."""
-    tv, nv = details["judge"]["true_trigger"], details["judge"]["noise"]
-    best = max(names, key=lambda n: metrics[f"tool/{n}/success_rate"]["value"])
-    b, a = metrics[f"tool/{best}/success_rate"], metrics["tool/all/success_rate"]
-    claims: list[Claim] = [
-        {"claim": "The judge can be trusted: it names the true trigger from its views and is "
-                  "at chance on noise",
-         "rule": "true-trigger accuracy >= 0.95 and 1/8 inside the noise accuracy's Wilson CI",
-         "measured": f"true trigger {tv['accuracy']:.3f} [{tv['ci'][0]:.3f}, {tv['ci'][1]:.3f}]"
-                     f" (n={tv['n']}); noise {nv['accuracy']:.3f} [{nv['ci'][0]:.3f}, "
-                     f"{nv['ci'][1]:.3f}] (n={nv['n']})",
-         "verdict": "reproduced" if tv["meets_target"] and nv["chance_in_ci"]
-         else "not reproduced"},
-        {"claim": "Combining every tool's images beats the best single tool (Casper et al.: "
-                  "49% vs 47%)",
-         "rule": "all-tools success > best single tool's; 'reproduced' only if the all-tools "
-                 "CI lower bound exceeds the best tool's rate",
-         "measured": f"all {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] vs best "
-                     f"single ({best}) {b['value']:.3f}",
-         "verdict": "reproduced" if a["ci95"][0] > b["value"] else
-         ("not reproduced" if a["value"] <= b["value"] else "inconclusive")},
-    ]
-    for key, m in metrics.items():
-        if key.startswith("detection/") and key.endswith("/auroc") and key != "detection/auroc":
-            method = key.split("/")[1]
-            lo = m["ci95"][0]
-            claims.append({
-                "claim": f"{method} separates trojaned from clean models",
-                "rule": "AUROC CI lower bound > 0.5 (reproduced); CI upper bound < 0.5 or "
-                        "AUROC <= 0.5 (not reproduced)",
-                "measured": f"AUROC {m['value']:.3f} [{lo:.3f}, {m['ci95'][1]:.3f}] over "
-                            f"{m['n']} models",
-                "verdict": "reproduced" if lo > 0.5 else
-                ("not reproduced" if m["value"] <= 0.5 else "inconclusive")})
-    return claims

@@ -111,10 +111,14 @@ PRESETS: dict[str, ZooConfig] = {
 under a point); :func:`zoo_config` falls back to the MNIST one for other datasets."""
 
 
-def zoo_config(dataset: str, **overrides: Any) -> ZooConfig:
-    """The tuned :data:`PRESETS` recipe of ``dataset`` with ``overrides`` applied."""
+def zoo_config(dataset: str, *, epochs: int | None = None, **overrides: Any) -> ZooConfig:
+    """The tuned :data:`PRESETS` recipe of ``dataset`` with ``overrides`` applied, and its
+    training ``epochs`` replaced when given."""
     base = PRESETS.get(dataset, dataclasses.replace(PRESETS["mnist"], dataset=dataset))
-    return dataclasses.replace(base, **overrides)
+    cfg = dataclasses.replace(base, **overrides)
+    if epochs is None:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
 
 
 def source_rate(poison_rate: float, *, num_classes: int) -> float:

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
+from eisbench.models.contract import check_model
 from eisbench.paths import atomic_write_bytes
 from eisbench.tools.trigger_reconstruction import (
     SUCCESS,
@@ -129,29 +129,6 @@ class ScanResult:
                 "bbox": list(trig.bbox) if trig else None, "verdict": self.verdict()}
 
 
-def _num_classes(model: nn.Module, data: torch.Tensor, device: torch.device,
-                 expected: int | None) -> int:
-    """Run the model on two images; raise a ValueError saying what is wrong with its input or
-    its output (expected logits (B, K))."""
-    x = data[:2].to(device)
-    try:
-        with eval_mode(model), torch.no_grad():
-            out = model(x)
-    except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        raise ValueError(f"the model fails on images of shape {tuple(x.shape)} in [0,1]: {e}. "
-                         "It must take (B, C, H, W) images of the dataset (pass --scale 255 "
-                         "if it expects raw pixels)") from e
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must return logits (B, K) for images (B, C, H, W); for "
-                         f"{len(x)} images it returned {got}")
-    k = int(out.shape[1])
-    if k < 2 or (expected is not None and k != expected):
-        raise ValueError(f"the model returns {k} logits per image, the data has "
-                         f"{expected if expected is not None else 'at least 2'} classes")
-    return k
-
-
 def scan(model: nn.Module, data: torch.Tensor, *, method: str = "neural-cleanse",
          num_classes: int | None = None, steps: int = 200, lr: float = 0.1, lam: float = 1e-3,
          batch_size: int = 64, threshold: float = THRESHOLD, generator: torch.Generator,
@@ -165,7 +142,7 @@ def scan(model: nn.Module, data: torch.Tensor, *, method: str = "neural-cleanse"
     fails on the images or does not return (B, K) logits raises a ValueError.
     """
     dev = torch.device(device)
-    k = _num_classes(model, data, dev, num_classes)
+    k, _ = check_model(model, data, num_classes=num_classes, device=dev)
     recs = reconstruct_triggers(model, targets=range(k), data=data, method=method, steps=steps,
                                 lr=lr, lam=lam, batch_size=batch_size, generator=generator,
                                 device=dev, tabor=tabor)
