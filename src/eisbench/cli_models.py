@@ -1,0 +1,182 @@
+"""The commands of ``eisbench`` that take a model (an eisbench checkpoint or your own
+``package.module:Class`` with weights): attack, scan, replace, audit."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+import torch
+
+
+def load_model(args: argparse.Namespace) -> torch.nn.Module:
+    from eisbench.models import load_checkpoint, load_foreign
+
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint)
+    return load_foreign(args.model, args.weights, kwargs=json.loads(args.model_kwargs))
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from eisbench import data
+    from eisbench.attacks import ATTACKS
+    from eisbench.config import resolve_device
+    from eisbench.evaluation import SUITES, evaluate_robustness
+    from eisbench.models import load_checkpoint
+    from eisbench.stats import wilson_ci
+
+    device = resolve_device(args.device)
+    steps = None
+    if args.attack:
+        ATTACKS.get(args.attack)  # unknown name: clear error with the closest match
+        hyper: dict[str, object] = {}
+        if args.attack not in ("fgsm", "square"):
+            hyper["steps"] = args.steps
+        if args.attack in ("pgd", "apgd"):
+            hyper["restarts"] = args.restarts
+        if args.attack == "pgd":
+            hyper |= {"step_size": args.step_size, "early_exit": True}
+        steps = ((args.attack, hyper),)
+    else:
+        SUITES.get(args.suite)
+    model = load_model(args).to(device)
+    ds = data.load(args.dataset, root=args.data_root)
+    x, y = ds.x_test[:args.n], ds.y_test[:args.n]
+    if args.scale != 1.0:
+        model = Scaled(model, args.scale)
+    control, surrogate = (load_checkpoint(p).to(device) if p else None
+                          for p in (args.control, args.surrogate))
+    t0 = time.perf_counter()
+    ev = evaluate_robustness(model, x, y, eps=args.eps, norm=args.norm, suite=args.suite,
+                             steps=steps, n_checks=args.n_checks, seed=args.seed, device=device,
+                             control=control, surrogate=surrogate)
+    res = ev.to_dict()
+    k = int(ev.result.robust.sum())
+    res |= {"ci95": list(wilson_ci(k, len(x))), "seconds": time.perf_counter() - t0}
+    print(json.dumps(res, indent=2))
+    for w in ev.warnings:
+        print(f"WARNING [{w.name}] {w.detail}. {w.advice}", file=sys.stderr)
+    print(f"robust accuracy {ev.result.robust_acc:.1%} (clean {ev.result.clean_acc:.1%}) on "
+          f"{len(x)} images, {args.norm} eps={args.eps:g}, {res['suite']} "
+          f"({', '.join(a['name'] for a in ev.result.per_attack)}); "
+          f"{len(ev.warnings)} of {len(ev.checks)} sanity checks failed", file=sys.stderr)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from eisbench import data
+    from eisbench.config import resolve_device
+    from eisbench.report.scan import write_scan_report
+    from eisbench.tools.scan import save_scan, scan
+
+    device = resolve_device(args.device)
+    if args.n < 1:
+        raise ValueError("--n must be >= 1")
+    try:
+        model = load_model(args).to(device)
+    except TypeError as e:  # the class does not take --model-kwargs
+        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    if args.scale != 1.0:
+        model = Scaled(model, args.scale)
+    ds = data.load(args.data, root=args.data_root)
+    x = ds.x_test[:args.n]
+    t0 = time.perf_counter()
+    res = scan(model, x, method=args.method, num_classes=ds.num_classes, steps=args.steps,
+               lr=args.lr, lam=args.lam, batch_size=args.batch_size, threshold=args.threshold,
+               generator=torch.Generator().manual_seed(args.seed), device=device)
+    seconds = time.perf_counter() - t0
+    print(f"{args.method} scan of {args.checkpoint or args.model} on {len(x)} {args.data} images "
+          f"({seconds:.0f} s): {res.verdict()}")
+    if args.out:
+        meta = {"model": str(args.checkpoint or args.model), "weights": args.weights,
+                "scale": args.scale, "data": args.data, "n": len(x), "method": args.method,
+                "steps": args.steps, "lr": args.lr, "lam": args.lam,
+                "batch_size": args.batch_size, "threshold": args.threshold, "seed": args.seed,
+                "device": str(device), "seconds": seconds}
+        path = save_scan(res, args.out, extra={"settings": meta})
+        report = write_scan_report(res, args.out, meta=meta)
+        print(f"result: {path}\nreport: {report}")
+    return 0
+
+
+def cmd_replace(args: argparse.Namespace) -> int:
+    from eisbench import data
+    from eisbench.config import resolve_device
+    from eisbench.data.ood import digits_like
+    from eisbench.replace import DISTILLERS
+    from eisbench.replace.fidelity import distil_model
+    from eisbench.report.replace import write_model_report
+
+    device = resolve_device(args.device)
+    names = [n for n in args.distillers.split(",") if n]
+    for n in names:
+        DISTILLERS.get(n)  # unknown name: clear error with the closest match
+    try:
+        model = load_model(args).to(device)
+    except TypeError as e:  # the class does not take --model-kwargs
+        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    ds = data.load(args.dataset, root=args.data_root)
+    x_test = ds.x_test[:args.n_test] if args.n_test else ds.x_test
+    x_ood = digits_like(ds.shape)[0] if min(ds.shape[1:]) >= 8 else None
+    t0 = time.perf_counter()
+    res = distil_model(model, x_train=ds.x_train, x_test=x_test, x_ood=x_ood,
+                       n_fit=args.n_fit, n_val=args.n_val, distillers=names, seed=args.seed,
+                       device=device)
+    res |= {"model": str(args.checkpoint or args.model), "weights": args.weights,
+            "dataset": args.dataset, "seed": args.seed, "device": str(device),
+            "seconds": time.perf_counter() - t0}
+    print(f"replacements of {res['model']} on {args.dataset} ({res['seconds']:.0f} s); agreement"
+          f" with the model on {len(x_test)} test / {res['n_ood']} OOD images:")
+    for name, p in res["chosen"].items():
+        ood = "-" if p["agree_ood"] is None else f"{p['agree_ood']:.3f}"
+        print(f"  {name:<14} size {p['size']:>6}  test {p['agree_test']:.3f}  OOD {ood}\n"
+              f"      {p['description']}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "replace.json").write_text(json.dumps(res, indent=2))
+        report = write_model_report(res, args.out)
+        print(f"result: {args.out / 'replace.json'}\nreport: {report}")
+    return 0
+
+
+class Scaled(torch.nn.Module):
+    """Feeds a model that expects pixels in [0, scale] from [0,1] images."""
+
+    def __init__(self, model: torch.nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x * self.scale)
+        return out
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from eisbench import overrides
+    from eisbench.paths import cache_dir
+    from eisbench.report.audit import summary, write_report
+    from eisbench.store import Store
+    from eisbench.tasks.audit import QUICK, AuditConfig, run_audit
+
+    base = QUICK if args.quick else AuditConfig()
+    cfg = overrides.apply(dataclasses.replace(base, dataset=args.data, data_root=args.data_root,
+                                              device=args.device), args.set)
+    try:
+        model = load_model(args)
+    except TypeError as e:  # the class does not take --model-kwargs
+        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    name = str(args.checkpoint or args.model)
+    t0 = time.perf_counter()
+    rec = run_audit(model, cfg, out=args.out, store=Store(cache_dir()), name=name)
+    report = write_report(rec, args.out)
+    print(f"audit of {name} ({time.perf_counter() - t0:.0f} s):")
+    for line in summary(rec):
+        print(f"  {line}")
+    print(f"record: {args.out / 'record.json'}\nreport: {report}")
+    return 0
