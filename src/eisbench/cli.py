@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                         "program search) and measure agreement against size, on test and "
                         "out-of-distribution images")
     _add_model_args(rp)
-    rp.add_argument("--dataset", default="mnist", help="images to distil on: mnist, ...")
+    rp.add_argument("--data", "--dataset", dest="dataset", default="mnist",
+                    help="images to distil on: mnist, ...")
     rp.add_argument("--data-root", help="folder of the dataset's IDX files")
     rp.add_argument("--distillers", default="",
                     help="comma-separated distillers (default: every registered one)")
