@@ -40,7 +40,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
 from eisbench.config import resolve_device, to_plain
 from eisbench.data.ood import digits_like
@@ -58,11 +57,11 @@ from eisbench.edit.unlearn import (
     unlearn,
 )
 from eisbench.experiments.stages import Tensors
-from eisbench.progress import progress, say
+from eisbench.progress import progress
 from eisbench.record import SCHEMA_VERSION, Record, git_state, library_versions, now
 from eisbench.record import write as write_record
 from eisbench.store import StageLog, Store
-from eisbench.tasks.trojan_zoo import ZooRun, run_zoo, zoo_config
+from eisbench.tasks.trojan_zoo import bench_zoo
 from eisbench.tools import TOOLS
 from eisbench.tools.adversarial_patch import default_side
 from eisbench.tools.trigger_reconstruction import reconstruct_trigger
@@ -279,13 +278,10 @@ def run_edit_bench(cfg: EditBenchConfig, *, out: Path, store: Store) -> Record:
         raise ValueError("need at least one seed and 1 <= n_ablate <= n_clean")
     if not 0 < cfg.defender_frac <= 1:
         raise ValueError(f"defender_frac must be in (0, 1], got {cfg.defender_frac}")
-    zcfg = zoo_config(cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
-                      natural_root=cfg.natural_root, n_train=cfg.n_train, n_clean=cfg.n_clean,
-                      device=cfg.device)
-    say(f"trojan zoo: {cfg.dataset}, 12 trojaned + {cfg.n_clean} clean models")
-    zoo: ZooRun = run_zoo(zcfg, store)
+    zoo, ds = bench_zoo(store, dataset=cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
+                        natural_root=cfg.natural_root, n_train=cfg.n_train,
+                        n_clean=cfg.n_clean, device=cfg.device)
     log = zoo.log
-    ds = datasets.load(cfg.dataset, root=cfg.data_root)
     key = f"{ds.name}:{ds.sha256}"
     n_def = max(1, round(cfg.defender_frac * len(ds.x_train)))
     pick = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(12345))[:n_def]

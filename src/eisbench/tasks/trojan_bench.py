@@ -34,7 +34,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench import data as datasets
 from eisbench.attacks.evaluate import predict
 from eisbench.config import resolve_device, to_plain
 from eisbench.data.triggers import trigger_bank
@@ -48,7 +47,7 @@ from eisbench.tasks import trojan_scores as scores
 from eisbench.tasks.judge import JudgeConfig, ask, judge_stage, validate
 from eisbench.tasks.judge_views import ViewConfig, layers, render
 from eisbench.tasks.quiz import Question, quiz_html
-from eisbench.tasks.trojan_zoo import ZooRun, run_zoo, zoo_config
+from eisbench.tasks.trojan_zoo import bench_zoo
 from eisbench.tools import TOOLS
 from eisbench.tools.attribution import score_methods
 from eisbench.tools.scan import ScanResult, load_scan, save_scan, scan
@@ -219,13 +218,10 @@ def run_trojan_bench(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Reco
     names = tool_names(cfg)
     if not cfg.seeds or cfg.n_clean < 2:
         raise ValueError("need at least one seed and n_clean >= 2 (detection AUROC)")
-    zcfg = zoo_config(cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
-                      natural_root=cfg.natural_root, n_train=cfg.n_train, n_clean=cfg.n_clean,
-                      device=cfg.device)
-    say(f"trojan zoo: {cfg.dataset}, 12 trojaned + {cfg.n_clean} clean models")
-    zoo: ZooRun = run_zoo(zcfg, store)
+    zoo, ds = bench_zoo(store, dataset=cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
+                        natural_root=cfg.natural_root, n_train=cfg.n_train,
+                        n_clean=cfg.n_clean, device=cfg.device)
     log = zoo.log
-    ds = datasets.load(cfg.dataset, root=cfg.data_root)
     key = f"{ds.name}:{ds.sha256}"
     shape = ds.shape
     tool_data = Tensors(ds.x_test[:cfg.n_data], ds.y_test[:cfg.n_data],

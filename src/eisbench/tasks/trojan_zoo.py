@@ -40,6 +40,7 @@ from eisbench.config import resolve_device
 from eisbench.data.triggers import trigger_bank
 from eisbench.experiments.stages import Context, Tensors, train_stage
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
+from eisbench.progress import say
 from eisbench.store import StageLog, Store
 from eisbench.training import TrainConfig, train
 from eisbench.training.trojan import KINDS, Trigger, Trojan, attack_success_rate, poison, stamp
@@ -359,3 +360,14 @@ def format_table(metrics: Sequence[TrojanMetrics]) -> str:
         rows.append(f"| {m.name} | {m.kind} | {rule} | {m.clean_acc:.4f} | {100 * m.drop:+.2f} "
                     f"| {m.asr:.3f} | {flip} | {'met' if m.meets_target else 'MISSED'} |")
     return "\n".join(rows)
+
+
+def bench_zoo(store: Store, *, dataset: str, epochs: int | None, data_root: str | None,
+              natural_root: str | None, n_train: int | None, n_clean: int,
+              device: str) -> tuple[ZooRun, datasets.ImageData]:
+    """The zoo a benchmark runs on (the dataset's preset with these changes, cached) and the
+    dataset itself: what ``bench trojans`` and ``bench edit`` share."""
+    cfg = zoo_config(dataset, epochs=epochs, data_root=data_root, natural_root=natural_root,
+                     n_train=n_train, n_clean=n_clean, device=device)
+    say(f"trojan zoo: {dataset}, 12 trojaned + {n_clean} clean models")
+    return run_zoo(cfg, store), datasets.load(dataset, root=data_root)
