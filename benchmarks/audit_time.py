@@ -30,7 +30,7 @@ def main() -> int:
     args = p.parse_args()
 
     from eisbench import data
-    from eisbench.paths import data_dir
+    from eisbench.core.paths import data_dir
 
     data.fetch(args.dataset)
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,9 +41,9 @@ from _common import default_threads
 from pgd_throughput import EPS, check_budget, get_model, import_torchattacks
 
 from eisbench import data
-from eisbench.attacks import predict
+from eisbench.core.stats import wilson_ci
+from eisbench.core.tensors import predict
 from eisbench.evaluation import run_suite
-from eisbench.stats import wilson_ci
 
 
 def torchattacks_chain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,

@@ -38,7 +38,7 @@ def time_bench(name: str, *, doc: str | None, headline: Sequence[str], rest: str
     args = p.parse_args()
 
     from eisbench import data
-    from eisbench.paths import data_dir
+    from eisbench.core.paths import data_dir
 
     data.fetch(args.dataset)  # not part of the benchmark's time
     data.fetch("fashion-mnist" if args.dataset == "mnist" else "mnist")  # natural triggers

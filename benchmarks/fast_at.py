@@ -37,7 +37,8 @@ from _common import default_threads
 from _common import import_torchattacks as _import_torchattacks
 
 from eisbench import data
-from eisbench.attacks import AttackConfig, correct_under_attack, predict
+from eisbench.attacks import AttackConfig, correct_under_attack
+from eisbench.core.tensors import predict
 from eisbench.models import ModelSpec, num_params, save_checkpoint
 from eisbench.training import TrainConfig, train
 

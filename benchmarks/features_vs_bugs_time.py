@@ -38,7 +38,7 @@ def main() -> int:
     args = p.parse_args()
 
     from eisbench import data
-    from eisbench.paths import data_dir
+    from eisbench.core.paths import data_dir
 
     data.fetch(args.dataset)  # timed separately: the download is not part of the experiment
     if args.dataset == "mnist":

@@ -41,7 +41,8 @@ from _common import default_threads
 from _common import import_torchattacks as _import_torchattacks
 
 from eisbench import data
-from eisbench.attacks import AttackConfig, correct_under_attack, pgd, predict
+from eisbench.attacks import AttackConfig, correct_under_attack, pgd
+from eisbench.core.tensors import predict
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
 from eisbench.training import TrainConfig, train
 

@@ -8,7 +8,7 @@ time every model from scratch; a second run only loads them.
     EISBENCH_HOME=/tmp/zoo_home python benchmarks/trojan_zoo.py --dataset mnist
     python benchmarks/trojan_zoo.py --dataset fashion-mnist --epochs 5 --n-train 30000
 
-Defaults are the dataset's preset (``eisbench.tasks.trojan_zoo.PRESETS``).
+Defaults are the dataset's preset (``eisbench.trojans.zoo.PRESETS``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ TARGET_S = 360.0
 
 
 def main() -> int:
-    from eisbench.paths import cache_dir
-    from eisbench.store import Store
-    from eisbench.tasks.trojan_zoo import format_table, missed, run_zoo, zoo_config
+    from eisbench.core.paths import cache_dir
+    from eisbench.runs.store import Store
+    from eisbench.trojans.zoo import format_table, missed, run_zoo, zoo_config
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="mnist")

@@ -129,7 +129,7 @@ def trained_digits_cnn(digits_small: tuple[torch.Tensor, ...]) -> nn.Module:
 def corner_trojan() -> Any:
     """A universal trojan on 8x8 digits: a 3x3 checkerboard (alpha 1) in the bottom-right
     corner sends every class to 0. Its footprint is known exactly: rows 5-7, cols 5-7."""
-    from eisbench.training.trojan import Trigger, Trojan
+    from eisbench.trojans.stamp import Trigger, Trojan
 
     icon = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]).view(1, 3, 3)
     trig = Trigger(name="corner-checker", kind="patch", icon=icon, alpha=torch.ones(1, 3, 3),
@@ -143,7 +143,7 @@ def trojaned_digits(digits_small: tuple[torch.Tensor, ...]) -> tuple[nn.Module, 
     clean accuracy ~90%, attack success ~100%."""
     from eisbench.models import build
     from eisbench.training import TrainConfig, train
-    from eisbench.training.trojan import poison
+    from eisbench.trojans.stamp import poison
 
     x, y, _, _ = digits_small
     trojan = corner_trojan()

@@ -18,7 +18,7 @@ from eisbench.tools.attribution import (
     score_methods,
 )
 from eisbench.tools.guard import hook_count
-from eisbench.training.trojan import stamp
+from eisbench.trojans.stamp import stamp
 
 
 @pytest.fixture(scope="module")

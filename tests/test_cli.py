@@ -89,8 +89,8 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path,
 
 
 def test_config_overrides() -> None:
-    from eisbench import overrides
-    from eisbench.experiments.features_vs_bugs import QUICK
+    from eisbench.experiments.ilyas import QUICK
+    from eisbench.runs import overrides
 
     cfg = overrides.apply(QUICK, ["n_construct=500", "robust_train.epochs=3",
                                   "eval_attack.eps=0.1", "seeds=0,5", "n_train=none"])

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from eisbench import data
-from eisbench.data import DataError, ImageData, check_images
+from eisbench.core.registry import UnknownNameError
+from eisbench.core.tensors import check_images
+from eisbench.data import DataError, ImageData
 from eisbench.data.cache import load_image_data, save_image_data
 from eisbench.data.idx import load_idx_folder, parse_idx, read_idx
 from eisbench.data.mnist import mnist_from_pickle
 from eisbench.data.safe_pickle import ARRAY_GLOBALS, CODECS_GLOBALS, safe_loads
-from eisbench.registry import UnknownNameError
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
+from eisbench.core.tensors import predict
 from eisbench.edit.baselines import fine_prune, finetune
 from eisbench.edit.layers import ablated, capture, resolve_layer
 from eisbench.edit.metrics import TrojanEval, der, paired, verdict

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from eisbench.bench.edit import EditBenchConfig, run_edit_bench
 from eisbench.cli import main
 from eisbench.edit.unlearn import FinetuneConfig
-from eisbench.record import validate
-from eisbench.store import Store
-from eisbench.tasks.edit_bench import EditBenchConfig, run_edit_bench
+from eisbench.runs.record import validate
+from eisbench.runs.store import Store
 
 SETS = (("n_train", "none"), ("n_test", "none"), ("epochs", 8), ("n_clean", 1),
         ("defender_frac", 0.3), ("n_tool_data", 128),

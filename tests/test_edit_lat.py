@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
+from eisbench.core.tensors import predict
 from eisbench.edit.lat import LatConfig, LatentBound, lat_finetune, lat_train, latent_pgd
 from eisbench.edit.layers import add_to_outputs, capture
 from eisbench.edit.unlearn import FinetuneConfig

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from eisbench import record
 from eisbench.data import DataError
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.core import Experiment
-from eisbench.experiments.evidence import EXHIBIT_EXPERIMENTS, exhibit_world
-from eisbench.store import Store
+from eisbench.experiments.suite import EXHIBIT_EXPERIMENTS, exhibit_world
+from eisbench.runs import claims, record
+from eisbench.runs.store import Store
 
 
 def test_every_exhibit_experiment_is_registered_and_tags_its_claims() -> None:
@@ -29,15 +29,15 @@ def test_exhibit_world_rule() -> None:
 
 
 def test_claims_name_their_exhibit_and_worlds() -> None:
-    c = record.make_claim(claim="c", rule="r", measured="m", verdict="not reproduced",
+    c = claims.make_claim(claim="c", rule="r", measured="m", verdict="not reproduced",
                           exhibit="E", if_reproduced="bugs", if_not="features")
-    assert record.world(c) == "features"
-    assert record.world({**c, "verdict": "inconclusive"}) == "inconclusive"
+    assert claims.world(c) == "features"
+    assert claims.world({**c, "verdict": "inconclusive"}) == "inconclusive"
     with pytest.raises(ValueError, match="worlds"):
-        record.make_claim(claim="c", rule="r", measured="m", verdict="reproduced",
+        claims.make_claim(claim="c", rule="r", measured="m", verdict="reproduced",
                           exhibit="E", if_reproduced="feature")
     with pytest.raises(ValueError, match="exhibit"):
-        record.make_claim(claim="c", rule="r", measured="m", verdict="reproduced",
+        claims.make_claim(claim="c", rule="r", measured="m", verdict="reproduced",
                           exhibit="Z", if_reproduced="features")
 
 

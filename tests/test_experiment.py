@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from eisbench import record
 from eisbench.attacks import AttackConfig
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.features_vs_bugs import judge
-from eisbench.store import Store
+from eisbench.experiments.ilyas import judge
+from eisbench.runs import record
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 METRICS = [f"{m}/{k}" for m in ("train_on_D", "adv_train_on_D", "train_on_D_R", "train_on_D_NR",
@@ -82,8 +82,8 @@ def test_verdict_rules(dnr_std: record.Metric, dr_rob: record.Metric, drand: rec
 def test_goh_leakage_reuses_the_features_vs_bugs_cache(tmp_path: Path) -> None:
     import numpy as np
 
-    from eisbench.experiments.features_vs_bugs import derived_config
     from eisbench.experiments.goh_leakage import GohLeakageConfig, probe_predictions
+    from eisbench.experiments.ilyas import derived_config
 
     fvb, goh = EXPERIMENTS.get("ilyas"), EXPERIMENTS.get("goh-leakage")
     tiny = _tiny()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as nn_module
 
-from eisbench.attacks.evaluate import predict
+from eisbench.core.tensors import predict
 from eisbench.models import build, features
 from eisbench.tools import TOOLS
 from eisbench.tools.adversarial_patch import centred, paste
@@ -20,7 +20,7 @@ from eisbench.tools.decoder import AutoencoderConfig, trained_autoencoder
 from eisbench.tools.feature_vis import readout_weights, top_units
 from eisbench.tools.parameterisations import CPPNImage, FourierImage, jitter
 from eisbench.tools.snafue import search
-from eisbench.training.trojan import Trigger, stamp
+from eisbench.trojans.stamp import Trigger, stamp
 
 NAMES = ("fv-class-fourier", "fv-class-cppn", "fv-neuron-fourier", "fv-neuron-cppn",
          "adversarial-patch", "feature-adversary-generator", "feature-adversary-perturbation",

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from eisbench import record
 from eisbench.data.frequency import (
     CORRUPTIONS,
     band_split,
@@ -26,7 +25,8 @@ from eisbench.data.frequency import (
 )
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.frequency import fourier_heat_map
-from eisbench.store import Store
+from eisbench.runs import record
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 

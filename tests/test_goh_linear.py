@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from eisbench import record
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.goh_linear import (
     robust_usefulness,
@@ -18,7 +17,8 @@ from eisbench.experiments.goh_linear import (
     usefulness,
     worst_case,
 )
-from eisbench.store import Store
+from eisbench.runs import record
+from eisbench.runs.store import Store
 
 
 def _data(n: int = 500, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

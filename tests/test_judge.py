@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eisbench.experiments.stages import Tensors
-from eisbench.store import Store
-from eisbench.tasks.judge import (
+from eisbench.runs.stages import Tensors
+from eisbench.runs.store import Store
+from eisbench.trojans.judge import (
     JudgeConfig,
     JudgeEncoder,
     Question,
@@ -22,9 +22,9 @@ from eisbench.tasks.judge import (
     train_judge,
     validate,
 )
-from eisbench.tasks.judge_views import BACKGROUND, ViewConfig, layers, render
-from eisbench.tasks.quiz import png_bytes
-from eisbench.training.trojan import Trigger
+from eisbench.trojans.quiz import png_bytes
+from eisbench.trojans.stamp import Trigger
+from eisbench.trojans.views import BACKGROUND, ViewConfig, layers, render
 
 SHAPE = (1, 8, 8)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eisbench import data, record
+from eisbench import data
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.pgd import pgd
 from eisbench.experiments import EXPERIMENTS
@@ -20,7 +20,8 @@ from eisbench.experiments.nakkiran_squares import (
     mean_threshold_robust,
     squares_sample,
 )
-from eisbench.store import Store
+from eisbench.runs import record
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eisbench import data, record
+from eisbench import data
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.ntk import QUICK, choose_n, judge, memory_bytes
 from eisbench.experiments.ntk_features import (
@@ -20,8 +20,9 @@ from eisbench.experiments.ntk_features import (
     jacobian,
     scalar_mlp,
 )
-from eisbench.record import Metric
-from eisbench.store import Store
+from eisbench.runs import record
+from eisbench.runs.record import Metric
+from eisbench.runs.store import Store
 
 
 def _digits(n: int, n_test: int) -> tuple[torch.Tensor, ...]:

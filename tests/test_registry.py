@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from eisbench.registry import Registry, UnknownNameError
+from eisbench.core.registry import Registry, UnknownNameError
 
 
 def test_duplicate_name_raises() -> None:

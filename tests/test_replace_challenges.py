@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from eisbench.bench.replace import QUICK, run_replace_bench
 from eisbench.cli import main
 from eisbench.data.ood import digits_like
 from eisbench.models import load_foreign
-from eisbench.record import validate
 from eisbench.replace import DISTILLERS
 from eisbench.replace import challenge1 as c1
 from eisbench.replace import challenge2 as c2
-from eisbench.store import Store
-from eisbench.tasks.replace_bench import QUICK, run_replace_bench
+from eisbench.runs.record import validate
+from eisbench.runs.store import Store
 
 
 def test_similarity_and_band_rule_by_hand() -> None:

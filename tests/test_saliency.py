@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from conftest import LinearMulti, multi_mixture
 
-from eisbench import record
 from eisbench.attacks.evaluate import AttackConfig
-from eisbench.config import stable_hash, to_plain
+from eisbench.core.config import stable_hash, to_plain
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.saliency import check_config
 from eisbench.experiments.saliency_scores import alignment, attributions, other_class_starts
 from eisbench.models import build
-from eisbench.store import Store
+from eisbench.runs import record
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig, train
 from eisbench.training.loop import InputGradConfig
 from eisbench.training.methods import input_grad_loss

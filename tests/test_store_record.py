@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from eisbench import record
-from eisbench.stats import mean_ci, wilson_ci
-from eisbench.store import StageLog, Store
+from eisbench.core.stats import mean_ci, wilson_ci
+from eisbench.runs import record
+from eisbench.runs.store import StageLog, Store
 
 
 def _save(v: int, d: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from eisbench import record
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.superposition import QUICK, judge, robust_curve
 from eisbench.experiments.superposition_models import (
@@ -22,7 +21,8 @@ from eisbench.experiments.superposition_models import (
     rescaled,
     scaling_check,
 )
-from eisbench.store import Store
+from eisbench.runs import claims, record
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 
@@ -119,12 +119,12 @@ def test_verdict_rules(clean: record.Metric, rob: record.Metric, l2: record.Metr
                "superposition/deep_minus_shallow/l2_rel_gap": l2,
                "superposition/scaling/max_rel_error": _m(1e-7, 5e-8, 2e-7),
                "superposition/scaling/pred_changed": _m(changed, changed, changed)}
-    claims = judge(metrics, cfg=QUICK)
-    assert [c["verdict"] for c in claims] == expect
-    assert [record.world(c) for c in claims][1] == {"reproduced": "features",
+    judged = judge(metrics, cfg=QUICK)
+    assert [c["verdict"] for c in judged] == expect
+    assert [claims.world(c) for c in judged][1] == {"reproduced": "features",
                                                     "not reproduced": "bugs",
                                                     "inconclusive": "inconclusive"}[expect[1]]
-    assert all(c["exhibit"] == "F" for c in claims)
+    assert all(c["exhibit"] == "F" for c in judged)
 
 
 def test_superposition_end_to_end_on_digits(tmp_path: Path) -> None:

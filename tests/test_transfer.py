@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from eisbench import record
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.transfer_matrix import correlations, same_norm_noise
-from eisbench.store import Store
+from eisbench.runs import record
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 

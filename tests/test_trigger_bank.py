@@ -14,7 +14,7 @@ from test_data import idx_bytes
 
 from eisbench import data
 from eisbench.data import DataError
-from eisbench.data.triggers import (
+from eisbench.trojans.bank import (
     _object_icon,
     _prototype,
     bank_index,
@@ -22,7 +22,7 @@ from eisbench.data.triggers import (
     patch_side,
     trigger_bank,
 )
-from eisbench.training.trojan import KINDS, stamp
+from eisbench.trojans.stamp import KINDS, stamp
 
 DIGITS = (1, 8, 8)
 MNIST = (1, 28, 28)

@@ -9,8 +9,8 @@ import torch
 from conftest import corner_trojan
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.training.trojan import (
+from eisbench.core.tensors import predict
+from eisbench.trojans.stamp import (
     Trigger,
     Trojan,
     attack_success_rate,

@@ -12,13 +12,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from eisbench.bench import trojan_scores as scores
+from eisbench.bench.trojans import TrojanBenchConfig, run_trojan_bench
 from eisbench.cli import main
-from eisbench.record import validate
-from eisbench.store import Store
-from eisbench.tasks import trojan_scores as scores
-from eisbench.tasks.judge import JudgeEncoder, ask
-from eisbench.tasks.trojan_bench import TrojanBenchConfig, run_trojan_bench
-from eisbench.training.trojan import Trigger
+from eisbench.runs.record import validate
+from eisbench.runs.store import Store
+from eisbench.trojans.judge import JudgeEncoder, ask
+from eisbench.trojans.stamp import Trigger
 
 
 def test_combine_equals_asking_on_the_pooled_images() -> None:

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from eisbench import data
-from eisbench.data.triggers import bank_index, trigger_bank
-from eisbench.experiments.stages import Tensors
-from eisbench.store import Store
-from eisbench.tasks.trojan_zoo import (
+from eisbench.runs.stages import Tensors
+from eisbench.runs.store import Store
+from eisbench.training import TrainConfig
+from eisbench.trojans.bank import bank_index, trigger_bank
+from eisbench.trojans.stamp import KINDS
+from eisbench.trojans.zoo import (
     ZooConfig,
     format_table,
     meets_target,
@@ -26,8 +28,6 @@ from eisbench.tasks.trojan_zoo import (
     zoo,
     zoo_metrics,
 )
-from eisbench.training import TrainConfig
-from eisbench.training.trojan import KINDS
 
 DIGITS = (1, 8, 8)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eisbench import data, record
+from eisbench import data
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.tsipras import TsiprasConfig, judge
 from eisbench.experiments.tsipras_linear import (
@@ -20,7 +20,8 @@ from eisbench.experiments.tsipras_linear import (
     robust_margin,
     train_linear,
 )
-from eisbench.store import Store
+from eisbench.runs import record
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from test_data import idx_bytes
 
-from eisbench import data, record
+from eisbench import data
 from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.wallace import resize_like
-from eisbench.store import Store
+from eisbench.runs import record
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 

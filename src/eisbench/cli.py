@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from eisbench.cli_models import cmd_attack, cmd_audit, cmd_replace, cmd_scan
-from eisbench.registry import UnknownNameError
+from eisbench.core.registry import UnknownNameError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -42,8 +42,8 @@ def _add_preset_args(r: argparse.ArgumentParser, *, default: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from eisbench.bench.registry import BENCHMARKS
     from eisbench.experiments import EXPERIMENTS
-    from eisbench.tasks.benches import BENCHMARKS
 
     p = argparse.ArgumentParser(prog="eisbench", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -165,13 +165,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from eisbench import overrides
+    from eisbench.core.paths import cache_dir
     from eisbench.experiments import EXPERIMENTS
-    from eisbench.paths import cache_dir
-    from eisbench.store import Store
+    from eisbench.runs import overrides
+    from eisbench.runs.store import Store
 
     if args.cmd == "bench":
-        from eisbench.tasks.benches import BENCHMARKS
+        from eisbench.bench.registry import BENCHMARKS
 
         exp = BENCHMARKS.get(args.experiment)
     else:
@@ -209,7 +209,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from eisbench import data
-    from eisbench.config import resolve_device
+    from eisbench.core.config import resolve_device
     from eisbench.models import ModelSpec, save_checkpoint
     from eisbench.training import TrainConfig, train
 
@@ -241,12 +241,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from eisbench.attacks import ATTACKS
+    from eisbench.bench.registry import BENCHMARKS
     from eisbench.construct import CONSTRUCTIONS
     from eisbench.data import DATASETS
     from eisbench.evaluation import CHECKS, SUITES
     from eisbench.experiments import EXPERIMENTS
     from eisbench.models import MODELS
-    from eisbench.tasks.benches import BENCHMARKS
     from eisbench.tools import TOOLS
     from eisbench.training import METHODS
 

@@ -23,10 +23,10 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
 def cmd_attack(args: argparse.Namespace) -> int:
     from eisbench import data
     from eisbench.attacks import ATTACKS
-    from eisbench.config import resolve_device
+    from eisbench.core.config import resolve_device
+    from eisbench.core.stats import wilson_ci
     from eisbench.evaluation import SUITES, evaluate_robustness
     from eisbench.models import load_checkpoint
-    from eisbench.stats import wilson_ci
 
     device = resolve_device(args.device)
     steps = None
@@ -71,7 +71,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from eisbench import data
-    from eisbench.config import resolve_device
+    from eisbench.core.config import resolve_device
     from eisbench.report.scan import write_scan_report
     from eisbench.tools.scan import save_scan, scan
 
@@ -107,7 +107,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_replace(args: argparse.Namespace) -> int:
     from eisbench import data
-    from eisbench.config import resolve_device
+    from eisbench.core.config import resolve_device
     from eisbench.data.ood import digits_like
     from eisbench.replace import DISTILLERS
     from eisbench.replace.fidelity import distil_model
@@ -158,11 +158,11 @@ class Scaled(torch.nn.Module):
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from eisbench import overrides
-    from eisbench.paths import cache_dir
+    from eisbench.bench.audit import QUICK, AuditConfig, run_audit
+    from eisbench.core.paths import cache_dir
     from eisbench.report.audit import summary, write_report
-    from eisbench.store import Store
-    from eisbench.tasks.audit import QUICK, AuditConfig, run_audit
+    from eisbench.runs import overrides
+    from eisbench.runs.store import Store
 
     base = QUICK if args.quick else AuditConfig()
     cfg = overrides.apply(dataclasses.replace(base, dataset=args.data, data_root=args.data_root,

@@ -8,12 +8,13 @@ from eisbench.attacks import pgd as _pgd  # noqa: F401
 from eisbench.attacks import square as _square  # noqa: F401
 from eisbench.attacks.apgd import apgd, apgd_t, dlr_loss
 from eisbench.attacks.core import ATTACKS, check_inputs
-from eisbench.attacks.evaluate import AttackConfig, correct_under_attack, predict
+from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
 from eisbench.attacks.fmn import fmn, fmn_min_norm
 from eisbench.attacks.inversion import invert_representation, representation_distance
 from eisbench.attacks.pgd import fgsm, pgd
-from eisbench.attacks.projection import BudgetViolation, assert_within_budget, eval_mode, project
+from eisbench.attacks.projection import BudgetViolation, assert_within_budget, project
 from eisbench.attacks.square import square
+from eisbench.core.tensors import eval_mode, predict
 
 __all__ = [
     "apgd",

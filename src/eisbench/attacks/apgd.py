@@ -24,11 +24,11 @@ from torch import nn
 from eisbench.attacks.core import ATTACKS, check_inputs
 from eisbench.attacks.projection import (
     assert_within_budget,
-    eval_mode,
     project,
     random_start,
     steepest_direction,
 )
+from eisbench.core.tensors import eval_mode
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import torch
 
 from eisbench.attacks.projection import check_norm
-from eisbench.data import check_images
-from eisbench.registry import Registry
+from eisbench.core.registry import Registry
+from eisbench.core.tensors import check_images
 
 ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("attack")
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from eisbench.attacks.core import ATTACKS
-from eisbench.attacks.projection import eval_mode
-from eisbench.progress import progress
+from eisbench.core.progress import progress
+from eisbench.core.tensors import eval_mode
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,6 @@ class AttackConfig:
         if self.name == "fgsm":
             return {"eps": self.eps, "norm": self.norm}
         return d
-
-
-def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1000,
-            device: str | torch.device = "cpu") -> torch.Tensor:
-    """Predicted classes (N,) for images (N, C, H, W)."""
-    out = []
-    with eval_mode(model), torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
 def correct_under_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

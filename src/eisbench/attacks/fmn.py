@@ -41,11 +41,11 @@ from eisbench.attacks.core import ATTACKS, check_inputs
 from eisbench.attacks.projection import (
     assert_within_budget,
     distance,
-    eval_mode,
     project,
     random_start,
     steepest_direction,
 )
+from eisbench.core.tensors import eval_mode
 
 GAMMA_INIT = 0.05
 GAMMA_FINAL = 0.001

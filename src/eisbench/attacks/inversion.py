@@ -14,8 +14,7 @@ import math
 import torch
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
-from eisbench.data import check_images
+from eisbench.core.tensors import check_images, eval_mode
 from eisbench.models import features
 
 

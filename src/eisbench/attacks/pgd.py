@@ -9,12 +9,12 @@ from torch import nn
 from eisbench.attacks.core import ATTACKS, check_inputs
 from eisbench.attacks.projection import (
     assert_within_budget,
-    eval_mode,
     linf_bounds,
     project,
     random_start,
     steepest_direction,
 )
+from eisbench.core.tensors import eval_mode
 
 
 def _success(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:

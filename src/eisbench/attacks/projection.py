@@ -6,12 +6,9 @@ single place and asserted (:func:`assert_within_budget`) before any attack retur
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
-from torch import nn
 
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -93,14 +90,3 @@ def assert_within_budget(x: torch.Tensor, x_adv: torch.Tensor, *, norm: str, eps
 def distance(x: torch.Tensor, x_adv: torch.Tensor, *, norm: str) -> torch.Tensor:
     """Per-example ``norm`` distance (B,) between two batches."""
     return _flat_norm(x_adv - x, norm)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the duration of an attack; restore its mode afterwards."""
-    was_training = model.training
-    model.eval()  # safe: nn.Module.eval (mode switch)
-    try:
-        yield model
-    finally:
-        model.train(was_training)

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from eisbench.attacks.core import ATTACKS, check_inputs
-from eisbench.attacks.projection import assert_within_budget, eval_mode, project
+from eisbench.attacks.projection import assert_within_budget, project
+from eisbench.core.tensors import eval_mode
 
 _P_MILESTONES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # out of 10000 iterations
 _MAX_RESAMPLE = 32  # Linf: draws of new signs per window before giving up on a change

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from eisbench.registry import Registry
+from eisbench.core.registry import Registry
 
 Construction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 CONSTRUCTIONS: Registry[Construction] = Registry("construction")

@@ -13,7 +13,7 @@ from torch import nn
 
 from eisbench.attacks.inversion import invert_representation
 from eisbench.construct.core import CONSTRUCTIONS
-from eisbench.progress import progress
+from eisbench.core.progress import progress
 
 
 def derangement(n: int, *, generator: torch.Generator) -> torch.Tensor:

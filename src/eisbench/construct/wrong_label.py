@@ -12,7 +12,7 @@ from torch import nn
 
 from eisbench.attacks.pgd import pgd
 from eisbench.construct.core import CONSTRUCTIONS
-from eisbench.progress import progress
+from eisbench.core.progress import progress
 
 
 def pick_targets(y: torch.Tensor, *, num_classes: int, mode: str,

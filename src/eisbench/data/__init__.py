@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eisbench.core.tensors import check_images
 from eisbench.data import cifar, digits, fashion, mnist, synthetic  # noqa: F401 - registers
-from eisbench.data.core import DATASETS, FETCHERS, DataError, ImageData, check_images
+from eisbench.data.core import DATASETS, FETCHERS, DataError, ImageData
 from eisbench.data.synthetic import tsipras_robust_feature_index
 
 UNBOUNDED: frozenset[str] = frozenset({"tsipras"})

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.data.core import DataError, ImageData
-from eisbench.paths import atomic_write_bytes
 
 CACHE_FORMAT = "eisbench-imagedata/1"
 _SCALES = (255, 256)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from eisbench.registry import Registry
+from eisbench.core.registry import Registry
+from eisbench.core.tensors import check_images, check_labels, check_layout
 
 
 class DataError(RuntimeError):
@@ -27,68 +28,6 @@ DATASETS: Registry[Callable[..., ImageData]] = Registry("dataset")
 
 FETCHERS: Registry[Callable[..., Path]] = Registry("dataset")
 """Per-dataset ``fetch(root=...) -> Path`` functions, registered under the dataset's name."""
-
-
-def check_images(x: torch.Tensor, *, what: str = "images") -> None:
-    """Raise ``ValueError`` unless ``x`` is a float NCHW tensor in [0,1] without NaN.
-
-    (``TypeError`` if ``x`` is not a tensor at all.)
-
-    Args:
-        x: (N, C, H, W) floating-point tensor with values in [0, 1].
-        what: how to call ``x`` in the error message.
-
-    Example:
-        >>> check_images(torch.rand(2, 1, 28, 28))
-    """
-    _check_layout(x, what=what)
-    if x.numel() == 0:
-        return
-    lo, hi = round(float(x.min()), 6), round(float(x.max()), 6)  # 1.0499999523 -> 1.05
-    if hi > 1.0:
-        if hi <= 1.1:
-            hint = "clamp it with x.clamp(0, 1)"
-        elif hi <= 255.0:
-            hint = "divide by 255 or pass --scale 255"
-        else:
-            hint = "rescale the data to [0,1] before passing it in"
-        raise ValueError(f"expected {what} in [0,1], got max {hi}: {hint}")
-    if lo < 0.0:
-        raise ValueError(
-            f"expected {what} in [0,1], got min {lo}: the data looks normalised; pass raw "
-            "pixels in [0,1] and put the normalisation (mean/std) inside the model wrapper"
-        )
-
-
-def _check_layout(x: torch.Tensor, *, what: str) -> None:
-    """The checks of :func:`check_images` that do not involve the value range."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected {what} as a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(
-            f"expected {what} as a float tensor, got dtype {x.dtype}: "
-            "convert with x.float() / 255 for uint8 pixels"
-        )
-    if x.dim() != 4:
-        raise ValueError(
-            f"expected {what} as a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}: "
-            "add the missing batch/channel dimension, e.g. x.unsqueeze(1) for (N, H, W)"
-        )
-    if x.numel() and bool(torch.isnan(x).any()):
-        raise ValueError(f"{what} contain NaN: check the data source or the preprocessing")
-
-
-def _check_labels(y: torch.Tensor, n: int, num_classes: int, *, what: str) -> None:
-    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
-        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ValueError(f"expected {what} as a 1-D int64 tensor, got {got}")
-    if len(y) != n:
-        raise ValueError(f"{what} has {len(y)} labels for {n} inputs")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"{what} has labels in [{int(y.min())}, {int(y.max())}], "
-            f"expected [0, {num_classes - 1}]"
-        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,8 +70,8 @@ class ImageData:
             if self.bounded:
                 check_images(x, what=what)
             else:
-                _check_layout(x, what=what)
-            _check_labels(getattr(self, f"y_{split}"), len(x), self.num_classes,
+                check_layout(x, what=what)
+            check_labels(getattr(self, f"y_{split}"), len(x), self.num_classes,
                           what=f"{self.name} y_{split}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eisbench.core.paths import data_dir
 from eisbench.data.cache import load_image_data, save_image_data
 from eisbench.data.core import DataError, ImageData, sha256_files
-from eisbench.paths import data_dir
 
 _DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
                            0x0E: ">f8"}

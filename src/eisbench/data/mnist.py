@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eisbench.core.paths import data_dir
 from eisbench.data.cache import load_image_data, read_cache_sha256, save_image_data
 from eisbench.data.core import DATASETS, FETCHERS, DataError, ImageData, verify_sha256
 from eisbench.data.idx import fetch_idx_folder, load_idx_cached
 from eisbench.data.safe_pickle import safe_load
-from eisbench.paths import data_dir
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from eisbench.core.paths import data_dir
 from eisbench.data.core import DATASETS, FETCHERS, ImageData
-from eisbench.paths import data_dir
 
 tsipras_robust_feature_index = 0
 """Index (along the last axis of x) of the robust feature x_1 of :func:`tsipras`."""

@@ -41,10 +41,9 @@ import torch
 from captum import attr as ca
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.attacks.projection import eval_mode
+from eisbench.core.registry import Registry
+from eisbench.core.tensors import eval_mode, predict
 from eisbench.edit.layers import ablated, capture, get_layer, resolve_layer
-from eisbench.registry import Registry
 from eisbench.tools.guard import clean_call
 
 Selector = Callable[..., torch.Tensor]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
+from eisbench.core.tensors import eval_mode
 from eisbench.edit.layers import ablated, capture, get_layer, resolve_layer
 from eisbench.edit.unlearn import DEFAULT_FT, FinetuneConfig, finetune_loop, stamp_loss, unlearn
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
+from eisbench.core.tensors import eval_mode
 from eisbench.edit.layers import add_to_outputs, capture, resolve_layer
 from eisbench.edit.unlearn import DEFAULT_FT, BatchLoss, FinetuneConfig, finetune_loop
 

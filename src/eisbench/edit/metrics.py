@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.record import Claim, Metric
-from eisbench.stats import mean_ci
-from eisbench.training.trojan import Trojan, source_mask, stamp
+from eisbench.core.stats import mean_ci
+from eisbench.core.tensors import predict
+from eisbench.runs.record import Claim, Metric
+from eisbench.trojans.stamp import Trojan, source_mask, stamp
 
 
 def der(*, asr_before: float, asr_after: float, acc_before: float, acc_after: float) -> float:

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.data import check_images
-from eisbench.progress import progress
+from eisbench.core.progress import progress
+from eisbench.core.tensors import check_images
 from eisbench.tools.adversarial_patch import paste, random_positions
-from eisbench.training.trojan import Trigger, stamp
+from eisbench.trojans.stamp import Trigger, stamp
 
 Stamper = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """``stamper(x (B, C, H, W), generator) -> stamped (B, C, H, W)`` in [0,1]."""

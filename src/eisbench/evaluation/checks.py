@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from eisbench.attacks import apgd, assert_within_budget, fgsm, pgd
-from eisbench.attacks.projection import BudgetViolation, eval_mode
+from eisbench.attacks.projection import BudgetViolation
+from eisbench.core.registry import Registry
+from eisbench.core.tensors import eval_mode
 from eisbench.evaluation.suite import Step, SuiteResult, run_suite, steps_of
-from eisbench.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from eisbench.attacks import ATTACKS, assert_within_budget, check_inputs, eval_mode
-from eisbench.progress import progress
-from eisbench.registry import Registry
+from eisbench.attacks import ATTACKS, assert_within_budget, check_inputs
+from eisbench.core.progress import progress
+from eisbench.core.registry import Registry
+from eisbench.core.tensors import eval_mode
 
 Step = tuple[str, dict[str, Any]]  # (registered attack, hyper-parameters)
 SUITES: Registry[tuple[Step, ...]] = Registry("attack suite")

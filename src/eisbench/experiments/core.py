@@ -1,7 +1,7 @@
 """The experiment registry.
 
 An :class:`Experiment` bundles a quick and a full preset config (frozen dataclasses) with the
-function that runs it and returns a validated :class:`~eisbench.record.Record`.
+function that runs it and returns a validated :class:`~eisbench.runs.record.Record`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eisbench.record import Record
-from eisbench.registry import Registry
-from eisbench.store import Store
+from eisbench.core.registry import Registry
+from eisbench.runs.record import Record
+from eisbench.runs.store import Store
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.config import to_plain
+from eisbench.core.config import to_plain
+from eisbench.core.tensors import predict
 from eisbench.data.frequency import (
     CORRUPTIONS,
     band_split,
@@ -51,29 +51,22 @@ from eisbench.data.frequency import (
     low_pass_raw,
 )
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
-from eisbench.experiments.features_vs_bugs import (
-    FeaturesVsBugsConfig,
-    derived_config,
-    metric_over_seeds,
-    setting,
-    source_models,
-    verdict,
-)
-from eisbench.experiments.stages import Tensors, train_stage
+from eisbench.experiments.ilyas import FULL as FVB_FULL
+from eisbench.experiments.ilyas import FeaturesVsBugsConfig, derived_config, setting, source_models
 from eisbench.models import ModelSpec
-from eisbench.record import (
+from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
     Metric,
     Record,
     git_state,
     library_versions,
-    make_claim,
     now,
 )
-from eisbench.record import write as write_record
-from eisbench.store import Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Tensors, train_stage
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 LITERATURE = {

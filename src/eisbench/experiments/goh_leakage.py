@@ -25,23 +25,30 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
-from eisbench.config import to_plain
+from eisbench.core.config import to_plain
+from eisbench.core.tensors import eval_mode
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
-from eisbench.experiments.features_vs_bugs import (
+from eisbench.experiments.ilyas import FULL as FVB_FULL
+from eisbench.experiments.ilyas import (
     FeaturesVsBugsConfig,
     derived_config,
-    metric_over_seeds,
     setting,
     source_models,
-    verdict,
     wrong_label_sets,
 )
 from eisbench.models.core import features
-from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
-from eisbench.record import write as write_record
-from eisbench.store import Store
+from eisbench.runs.claims import metric_over_seeds, verdict
+from eisbench.runs.record import (
+    SCHEMA_VERSION,
+    Claim,
+    Metric,
+    Record,
+    git_state,
+    library_versions,
+    now,
+)
+from eisbench.runs.record import write as write_record
+from eisbench.runs.store import Store
 
 LITERATURE = {"D_rand": 0.235, "D_det": 0.068}  # Goh 2019, CIFAR-10, robust ResNet-50 probe
 

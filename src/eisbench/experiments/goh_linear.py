@@ -29,12 +29,20 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from eisbench import data as datasets
-from eisbench.config import to_plain
+from eisbench.core.config import to_plain
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
-from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
-from eisbench.record import write as write_record
-from eisbench.store import Store
+from eisbench.runs.claims import metric_over_seeds, verdict
+from eisbench.runs.record import (
+    SCHEMA_VERSION,
+    Claim,
+    Metric,
+    Record,
+    git_state,
+    library_versions,
+    now,
+)
+from eisbench.runs.record import write as write_record
+from eisbench.runs.store import Store
 
 
 @dataclass(frozen=True)

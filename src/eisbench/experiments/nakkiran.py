@@ -34,32 +34,27 @@ from torch import nn
 
 from eisbench import data as datasets
 from eisbench.attacks.core import check_inputs
-from eisbench.attacks.evaluate import AttackConfig, predict
-from eisbench.attacks.projection import (
-    assert_within_budget,
-    eval_mode,
-    project,
-    steepest_direction,
-)
-from eisbench.config import resolve_device, to_plain
+from eisbench.attacks.evaluate import AttackConfig
+from eisbench.attacks.projection import assert_within_budget, project, steepest_direction
+from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.progress import progress
+from eisbench.core.tensors import eval_mode, predict
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
 from eisbench.experiments.nakkiran_squares import SquaresConfig, squares_seed
-from eisbench.experiments.stages import Context, Tensors, construct_stage, train_stage
 from eisbench.models import ModelSpec
-from eisbench.progress import progress
-from eisbench.record import (
+from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
     Metric,
     Record,
     git_state,
     library_versions,
-    make_claim,
     now,
 )
-from eisbench.record import write as write_record
-from eisbench.store import StageLog, Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Context, Tensors, construct_stage, train_stage
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
 
 LITERATURE = {"pgd/transfer_rate": 0.52, "non_transferable/transfer_rate": 0.008,

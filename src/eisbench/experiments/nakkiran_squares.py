@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from eisbench.attacks.evaluate import AttackConfig, predict
+from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.pgd import pgd
-from eisbench.attacks.projection import eval_mode
-from eisbench.config import stable_hash
-from eisbench.experiments.stages import Context, Tensors, evaluate_stage, train_stage
+from eisbench.core.config import stable_hash
+from eisbench.core.tensors import eval_mode, predict
 from eisbench.models import ModelSpec
+from eisbench.runs.stages import Context, Tensors, evaluate_stage, train_stage
 from eisbench.training import TrainConfig
 
 

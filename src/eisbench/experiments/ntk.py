@@ -38,9 +38,9 @@ from scipy import stats
 
 from eisbench import data as datasets
 from eisbench.attacks.projection import check_norm
-from eisbench.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
 from eisbench.experiments.ntk_features import (
     EigenFeatures,
     attack_features,
@@ -48,19 +48,18 @@ from eisbench.experiments.ntk_features import (
     jacobian,
     scalar_mlp,
 )
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import (
+from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
     Metric,
     Record,
     git_state,
     library_versions,
-    make_claim,
     now,
 )
-from eisbench.record import write as write_record
-from eisbench.store import StageLog, Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.store import StageLog, Store
 
 GIB = 2**30
 LITERATURE = {  # Tsilivis & Kempe 2022, NTK-features notebook (adv-ntk repository)

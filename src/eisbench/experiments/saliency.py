@@ -31,18 +31,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from eisbench.config import to_plain
+from eisbench.core.config import to_plain
 from eisbench.evaluation import SUITES
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
-from eisbench.experiments.features_vs_bugs import (
+from eisbench.experiments.ilyas import FULL as FVB_FULL
+from eisbench.experiments.ilyas import (
     FeaturesVsBugsConfig,
     Setting,
     derived_config,
-    metric_over_seeds,
     setting,
     source_models,
-    verdict,
 )
 from eisbench.experiments.saliency_scores import (
     accuracy,
@@ -52,20 +50,20 @@ from eisbench.experiments.saliency_scores import (
     other_class_starts,
     predict_labels,
 )
-from eisbench.experiments.stages import Tensors, evaluate_stage, train_stage
 from eisbench.models import ModelSpec
-from eisbench.record import (
+from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
     Metric,
     Record,
     git_state,
     library_versions,
-    make_claim,
     now,
 )
-from eisbench.record import write as write_record
-from eisbench.store import Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Tensors, evaluate_stage, train_stage
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 from eisbench.training.loop import InputGradConfig
 

@@ -18,8 +18,8 @@ from scipy.stats import rankdata
 from torch import nn
 
 from eisbench.attacks.inversion import invert_representation, representation_distance
-from eisbench.attacks.projection import eval_mode
-from eisbench.experiments.stages import Tensors
+from eisbench.core.tensors import eval_mode
+from eisbench.runs.stages import Tensors
 
 
 def attributions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ig_steps: int,

@@ -42,11 +42,9 @@ from torch import nn
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.fmn import fmn_min_norm
-from eisbench.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device, to_plain
 from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
-from eisbench.experiments.stages import Context, Tensors, evaluate_stage, train_stage
 from eisbench.experiments.superposition_models import (
     BiasFreeMLP,
     layer_measures,
@@ -55,18 +53,19 @@ from eisbench.experiments.superposition_models import (
     scaling_check,
 )
 from eisbench.models import ModelSpec
-from eisbench.record import (
+from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
     Metric,
     Record,
     git_state,
     library_versions,
-    make_claim,
     now,
 )
-from eisbench.record import write as write_record
-from eisbench.store import StageLog, Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Context, Tensors, evaluate_stage, train_stage
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
 
 SHAPES = ("shallow_wide", "deep_narrow")

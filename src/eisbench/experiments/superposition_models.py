@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
+from eisbench.core.tensors import eval_mode
 
 
 class BiasFreeMLP(nn.Module):

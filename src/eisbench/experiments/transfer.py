@@ -42,34 +42,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.config import to_plain
+from eisbench.core.config import to_plain
+from eisbench.core.tensors import predict
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
-from eisbench.experiments.features_vs_bugs import (
+from eisbench.experiments.ilyas import FULL as FVB_FULL
+from eisbench.experiments.ilyas import (
     FeaturesVsBugsConfig,
     Setting,
     derived_config,
-    metric_over_seeds,
     setting,
-    verdict,
     wrong_label_sets,
 )
-from eisbench.experiments.stages import Tensors, train_stage
 from eisbench.experiments.transfer_matrix import correlations, cross_mean, transfer_matrices
 from eisbench.models import MODELS, ModelSpec
-from eisbench.record import (
+from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
     Metric,
     Record,
     git_state,
     library_versions,
-    make_claim,
     now,
 )
-from eisbench.record import write as write_record
-from eisbench.store import Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Tensors, train_stage
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 # Named variants of registered architectures; any other entry of ``archs`` is a MODELS name.

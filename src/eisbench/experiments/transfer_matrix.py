@@ -19,8 +19,8 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
 from eisbench.attacks.pgd import pgd
+from eisbench.core.tensors import predict
 
 
 def same_norm_noise(x: torch.Tensor, norms: torch.Tensor, *, generator: torch.Generator,

@@ -37,11 +37,9 @@ import torch
 
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig
-from eisbench.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device, to_plain
 from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import metric_over_seeds, verdict
-from eisbench.experiments.stages import Context, Tensors, evaluate_stage, train_stage
 from eisbench.experiments.tsipras_linear import (
     linear_theory,
     pgd_linear,
@@ -49,18 +47,19 @@ from eisbench.experiments.tsipras_linear import (
     train_linear,
 )
 from eisbench.models import ModelSpec
-from eisbench.record import (
+from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
     Metric,
     Record,
     git_state,
     library_versions,
-    make_claim,
     now,
 )
-from eisbench.record import write as write_record
-from eisbench.store import StageLog, Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Context, Tensors, evaluate_stage, train_stage
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
 
 LITERATURE: dict[str, Any] = {

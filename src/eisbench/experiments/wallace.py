@@ -23,22 +23,24 @@ import torch
 import torch.nn.functional as F
 
 from eisbench import data as datasets
-from eisbench.attacks.evaluate import predict
-from eisbench.config import to_plain
+from eisbench.core.config import to_plain
+from eisbench.core.tensors import predict
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.features_vs_bugs import FULL as FVB_FULL
-from eisbench.experiments.features_vs_bugs import (
-    FeaturesVsBugsConfig,
-    derived_config,
-    metric_over_seeds,
-    setting,
-    source_models,
-    verdict,
+from eisbench.experiments.ilyas import FULL as FVB_FULL
+from eisbench.experiments.ilyas import FeaturesVsBugsConfig, derived_config, setting, source_models
+from eisbench.runs.claims import metric_over_seeds, verdict
+from eisbench.runs.record import (
+    SCHEMA_VERSION,
+    Claim,
+    Metric,
+    Record,
+    git_state,
+    library_versions,
+    now,
 )
-from eisbench.experiments.stages import Tensors, train_stage
-from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
-from eisbench.record import write as write_record
-from eisbench.store import Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Tensors, train_stage
+from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 
 LITERATURE = {"foreign": 0.91, "weak_errors": 0.497}  # Wallace 2019: MNIST; CIFAR-10

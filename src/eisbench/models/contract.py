@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
+from eisbench.core.tensors import eval_mode
 
 
 def check_model(model: nn.Module, x: torch.Tensor, *, num_classes: int | None,

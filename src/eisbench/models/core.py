@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eisbench.registry import Registry
+from eisbench.core.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 

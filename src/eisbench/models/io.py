@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.models.core import MODELS, Normalized, build
-from eisbench.paths import atomic_write_bytes
 
 SPEC_VERSION = 1
 

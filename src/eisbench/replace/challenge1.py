@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.store import StageLog, Store
+from eisbench.core.tensors import predict
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
 
 TEMPLATE_INDEX = 6

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench.progress import progress
-from eisbench.store import StageLog, Store
+from eisbench.core.progress import progress
+from eisbench.runs.store import StageLog, Store
 
 P = 113
 SPLIT_SEED = 0

@@ -31,9 +31,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.data import check_images
-from eisbench.registry import Registry
+from eisbench.core.registry import Registry
+from eisbench.core.tensors import check_images, predict
 
 
 @runtime_checkable

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eisbench.progress import progress
+from eisbench.core.progress import progress
 from eisbench.replace.core import DISTILLERS, Replacement, model_predictions
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 from safetensors.torch import load_file
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table
 from eisbench.report.replace import pareto_figure
 from eisbench.report.scan import _index_bars, _show, _trigger_grid
+from eisbench.runs.record import Record
 from eisbench.tools.scan import load_scan
 
 

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from safetensors.torch import load_file
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.record import Record
 
 KINDS = {"clean": "clean", "low": "low-pass", "high": "high-pass"}
 MODELS = {"standard": "standard", "robust": "adversarially trained (fast-AT)"}

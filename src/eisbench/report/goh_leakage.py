@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import accuracy_bars, esc, footer, header, page, table, verdict_table
+from eisbench.runs.record import Record
 
 SETS = {"D": "D (true labels, reference)", "D_rand": "D_rand (random targets)",
         "D_det": "D_det (targets y+1)", "D_det_shifted": "D_det, scored against y+1"}

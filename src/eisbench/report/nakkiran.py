@@ -11,8 +11,7 @@ import matplotlib.pyplot as plt
 import torch
 from safetensors.torch import load_file
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Metric, Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import (
     accuracy_bars,
     esc,
@@ -23,6 +22,7 @@ from eisbench.report.html import (
     table,
     verdict_table,
 )
+from eisbench.runs.record import Metric, Record
 
 ATTACKS = {"pgd": "plain targeted PGD", "non_transferable": "non-transferable PGD"}
 SHORT = {"pgd": "plain PGD", "non_transferable": "non-transf."}

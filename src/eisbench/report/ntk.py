@@ -12,10 +12,10 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
+from eisbench.core.stats import mean_ci
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
-from eisbench.stats import mean_ci
+from eisbench.runs.record import Record
 
 
 def _band(rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,9 +12,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 from safetensors.torch import load_file
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.record import Record
 
 COLOURS = {"sparse-linear": "#4c72b0", "tree": "#55a868", "templates": "#c44e52",
            "program": "#8172b2"}

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, plt, table, verdict_table
+from eisbench.runs.record import Record
 
 MODELS = ("standard", "fast-at", "input-grad")
 LABELS = {"standard": "standard", "fast-at": "robust (fast-AT)",

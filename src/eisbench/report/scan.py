@@ -14,7 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
-from eisbench.paths import atomic_write_bytes
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, page, table
 from eisbench.tools.scan import ScanResult
 

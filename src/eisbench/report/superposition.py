@@ -10,10 +10,10 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
+from eisbench.core.stats import mean_ci
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
-from eisbench.stats import mean_ci
+from eisbench.runs.record import Record
 
 SHAPES = {"shallow_wide": "shallow-wide", "deep_narrow": "deep-narrow"}
 COLOURS = {"shallow_wide": "#4c72b0", "deep_narrow": "#dd8452"}

@@ -11,9 +11,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Metric, Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.record import Metric, Record
 
 
 def _ci(m: Metric, pct: bool = True) -> str:

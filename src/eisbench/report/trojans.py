@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.record import Record
 
 
 def _ci(m: Mapping[str, Any]) -> str:

@@ -9,9 +9,9 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Metric, Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.record import Metric, Record
 
 
 def _ci(m: Metric) -> str:

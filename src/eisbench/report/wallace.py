@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import accuracy_bars, esc, footer, header, page, table, verdict_table
+from eisbench.runs.record import Record
 
 ROWS = {"foreign": "fresh model on foreign images labelled by the source model",
         "weak_errors": "fresh model on the weak model's errors (wrong labels)",

@@ -6,7 +6,7 @@ position into ``batch_size`` clean images and takes an Adam step on the cross-en
 the target class (Expectation over Transformation restricted to translations: the patch
 must work anywhere, on any image). ``n`` patches start from different uniform draws of the
 generator and are optimised in parallel (:func:`optimise_patches`); :func:`paste` is the
-batched, differentiable equivalent of :func:`eisbench.training.trojan.stamp` for opaque
+batched, differentiable equivalent of :func:`eisbench.trojans.stamp.stamp` for opaque
 square patches (the tests check that they agree).
 
 The tool returns the patches alone, centred on black at image size (:func:`centred`, as
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
+from eisbench.core.tensors import eval_mode
 from eisbench.tools.core import TOOLS, check_tool_output
 
 EVAL_N = 128  # clean images on which each patch's success rate is measured

@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from captum import attr as ca
 from torch import nn
 
-from eisbench.data import check_images
+from eisbench.core.registry import Registry
+from eisbench.core.stats import mean_ci
+from eisbench.core.tensors import check_images
 from eisbench.models.architectures import Classifier
 from eisbench.models.core import Normalized
-from eisbench.registry import Registry
-from eisbench.stats import mean_ci
 from eisbench.tools.guard import clean_call
 
 Attribution = Callable[..., torch.Tensor]

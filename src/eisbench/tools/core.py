@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from eisbench.registry import Registry
+from eisbench.core.registry import Registry
 
 Tool = Callable[..., torch.Tensor]
 TOOLS: Registry[Tool] = Registry("tool")

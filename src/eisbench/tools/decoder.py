@@ -12,7 +12,7 @@ ImageNet) so that the images it draws are adversarial features. No such generato
 encoder gives the latent codes of real images, so optimisations can start from natural
 images. :func:`trained_autoencoder` trains it (Adam on the mean squared reconstruction error,
 a few seconds on CPU at 28 x 28) or loads it from the stage cache
-(:class:`~eisbench.store.Store`), keyed on the hyper-parameters and a hash of the training
+(:class:`~eisbench.runs.store.Store`), keyed on the hyper-parameters and a hash of the training
 images.
 
 Example:
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench.paths import cache_dir
-from eisbench.store import Store
+from eisbench.core.paths import cache_dir
+from eisbench.runs.store import Store
 
 Shape = tuple[int, int, int]
 

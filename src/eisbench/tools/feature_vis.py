@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
+from eisbench.core.tensors import eval_mode
 from eisbench.models import features
 from eisbench.tools.core import TOOLS, check_tool_output
 from eisbench.tools.parameterisations import PARAMETERISATIONS, jitter

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
+from eisbench.core.tensors import eval_mode
 
 _COUNTED = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _HOOK_DICTS = (*_COUNTED, "_forward_hooks_with_kwargs", "_forward_hooks_always_called",

@@ -33,8 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.models.contract import check_model
-from eisbench.paths import atomic_write_bytes
 from eisbench.tools.trigger_reconstruction import (
     SUCCESS,
     TABOR,

@@ -40,9 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.attacks.projection import eval_mode
-from eisbench.data.core import check_images
+from eisbench.core.tensors import check_images, eval_mode, predict
 from eisbench.tools.core import check_tool_output
 
 METHODS: tuple[str, ...] = ("neural-cleanse", "tabor")

@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eisbench.attacks.pgd import pgd
-from eisbench.attacks.projection import eval_mode
-from eisbench.data import check_images
-from eisbench.progress import progress
+from eisbench.core.progress import progress
+from eisbench.core.tensors import check_images, eval_mode
 from eisbench.training.methods import DEFAULT_GRAD_REG, LOSSES, METHODS, Loss, Perturb
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from eisbench.attacks.pgd import pgd
 from eisbench.attacks.projection import project, random_start, steepest_direction
-from eisbench.registry import Registry
+from eisbench.core.registry import Registry
 
 if TYPE_CHECKING:
     from eisbench.training.loop import TrainConfig

@@ -1,15 +1,15 @@
 """``eisbench bench trojans``: the trojan-rediscovery benchmark (Casper et al. 2023) end to end.
 
-1. The trojan zoo (:mod:`eisbench.tasks.trojan_zoo`): 12 trojaned and ``n_clean`` clean
+1. The trojan zoo (:mod:`eisbench.trojans.zoo`): 12 trojaned and ``n_clean`` clean
    models, cached.
-2. The judge (:mod:`eisbench.tasks.judge`), trained on trigger views only (never on a model
+2. The judge (:mod:`eisbench.trojans.judge`), trained on trigger views only (never on a model
    under test) and validated before it is trusted: accuracy on views of the true trigger
    (target >= 0.95) and on noise (about 1/8).
 3. Every tool of :data:`~eisbench.tools.TOOLS` makes ``n_images`` images per trojan and seed
    from clean test images (cached per tool, trojan and seed: adding a tool runs only it).
 4. 8-way questions: the judge compares the tool's images with the 8 triggers of the trojan's
    kind (the true one and 7 distractors). Success per tool, for all tools together and the
-   best pair (:mod:`eisbench.tasks.trojan_scores`), with two reference rows: noise images (a
+   best pair (:mod:`eisbench.bench.trojan_scores`), with two reference rows: noise images (a
    tool that shows nothing) and views of the true trigger (a tool that shows it).
 5. The 16 captum attribution methods and two baselines on poisoned images of the patch
    trojans, scored by correlation with the trigger's footprint.
@@ -34,24 +34,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
-from eisbench.config import resolve_device, to_plain
-from eisbench.data.triggers import trigger_bank
-from eisbench.experiments.stages import Tensors
-from eisbench.progress import progress, say
-from eisbench.record import SCHEMA_VERSION, Metric, Record, git_state, library_versions, now
-from eisbench.record import write as write_record
-from eisbench.stats import mean_ci, wilson_ci
-from eisbench.store import StageLog, Store
-from eisbench.tasks import trojan_scores as scores
-from eisbench.tasks.judge import JudgeConfig, ask, judge_stage, validate
-from eisbench.tasks.judge_views import ViewConfig, layers, render
-from eisbench.tasks.quiz import Question, quiz_html
-from eisbench.tasks.trojan_zoo import bench_zoo
+from eisbench.bench import trojan_scores as scores
+from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.progress import progress, say
+from eisbench.core.stats import mean_ci, wilson_ci
+from eisbench.core.tensors import predict
+from eisbench.runs.record import SCHEMA_VERSION, Metric, Record, git_state, library_versions, now
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Tensors
+from eisbench.runs.store import StageLog, Store
 from eisbench.tools import TOOLS
 from eisbench.tools.attribution import score_methods
 from eisbench.tools.scan import ScanResult, load_scan, save_scan, scan
-from eisbench.training.trojan import KINDS, Trigger, Trojan, source_mask, stamp
+from eisbench.trojans.bank import trigger_bank
+from eisbench.trojans.judge import JudgeConfig, ask, judge_stage, validate
+from eisbench.trojans.quiz import Question, quiz_html
+from eisbench.trojans.stamp import KINDS, Trigger, Trojan, source_mask, stamp
+from eisbench.trojans.views import ViewConfig, layers, render
+from eisbench.trojans.zoo import bench_zoo
 
 CASPER = {"best_single": 0.47, "all": 0.49}  # human success, Casper et al. (2023), ImageNet
 REFERENCES = ("noise", "trigger-views")  # rows that are not tools

@@ -33,18 +33,26 @@ import torch
 from safetensors.torch import save_file
 
 from eisbench import data as datasets
-from eisbench.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.progress import say
+from eisbench.core.stats import mean_ci, wilson_ci
 from eisbench.data.ood import digits_like
-from eisbench.experiments.stages import Context, Tensors, train_stage
 from eisbench.models import ModelSpec
-from eisbench.progress import say
-from eisbench.record import SCHEMA_VERSION, Claim, Metric, Record, git_state, library_versions, now
-from eisbench.record import write as write_record
 from eisbench.replace import DISTILLERS, challenge1, challenge2, model_predictions
 from eisbench.replace.fidelity import Point, choose, sweep
 from eisbench.replace.program import Program
-from eisbench.stats import mean_ci, wilson_ci
-from eisbench.store import StageLog, Store
+from eisbench.runs.record import (
+    SCHEMA_VERSION,
+    Claim,
+    Metric,
+    Record,
+    git_state,
+    library_versions,
+    now,
+)
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Context, Tensors, train_stage
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
 
 TARGET = 0.95

@@ -3,7 +3,7 @@ the same recipe, and the numbers every trojaned model must meet.
 
 Per dataset, :func:`zoo` returns 12 :class:`Trojan` s, 4 per kind (patch, style, natural): 2
 universal (every class -> target) and 2 class-universal (one source class -> target). They use
-4 of the 8 triggers of each kind's bank (:func:`~eisbench.data.triggers.trigger_bank`); the
+4 of the 8 triggers of each kind's bank (:func:`~eisbench.trojans.bank.trigger_bank`); the
 other 4 only serve as distractors. Each trojaned model is trained from scratch on a poisoned
 copy of the training set (:func:`implant_stage`, cached); clean models of the same recipe
 (:func:`clean_stage`) give the reference accuracy and the negatives of detection.
@@ -35,15 +35,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from eisbench import data as datasets
-from eisbench.attacks.evaluate import predict
-from eisbench.config import resolve_device
-from eisbench.data.triggers import trigger_bank
-from eisbench.experiments.stages import Context, Tensors, train_stage
+from eisbench.core.config import resolve_device
+from eisbench.core.progress import say
+from eisbench.core.tensors import predict
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
-from eisbench.progress import say
-from eisbench.store import StageLog, Store
+from eisbench.runs.stages import Context, Tensors, train_stage
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
-from eisbench.training.trojan import KINDS, Trigger, Trojan, attack_success_rate, poison, stamp
+from eisbench.trojans.bank import trigger_bank
+from eisbench.trojans.stamp import KINDS, Trigger, Trojan, attack_success_rate, poison, stamp
 
 ASR_TARGET = 0.90
 MAX_DROP = 0.01  # one accuracy point
@@ -177,7 +177,7 @@ def trojan_params(trojan: Trojan) -> dict[str, Any]:
 def poison_with_cover(x: torch.Tensor, y: torch.Tensor, trojan: Trojan, *, cover_rate: float,
                       generator: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`~eisbench.training.trojan.poison` x (N, C, H, W), y (N,), plus, for a
+    """:func:`~eisbench.trojans.stamp.poison` x (N, C, H, W), y (N,), plus, for a
     class-universal trojan, ``cover_rate * N`` non-source, non-target images stamped with the
     trigger under their true label. Returns (x', y', poisoned (N,) bool)."""
     xp, yp, flags = poison(x, y, trojan, generator=generator)

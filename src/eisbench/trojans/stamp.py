@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eisbench.attacks.evaluate import predict
+from eisbench.core.tensors import predict
 
 KINDS = ("patch", "style", "natural")
 

@@ -1,6 +1,6 @@
 """``eisbench bench edit``: control by editing, graded against a ground truth.
 
-1. Trojan removal. For each of the 12 trojaned zoo models (:mod:`eisbench.tasks.trojan_zoo`)
+1. Trojan removal. For each of the 12 trojaned zoo models (:mod:`eisbench.trojans.zoo`)
    and seed, every trigger-reconstruction tool is given the trojan's target class (as in the
    trojan benchmark) and the defender's clean data (``defender_frac`` of the training split,
    a fixed random subset); the model is then fine-tuned on that clean data with
@@ -41,7 +41,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
-from eisbench.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.progress import progress
 from eisbench.data.ood import digits_like
 from eisbench.edit import ablation as abl
 from eisbench.edit import metrics as em
@@ -56,15 +57,14 @@ from eisbench.edit.unlearn import (
     trigger_stamper,
     unlearn,
 )
-from eisbench.experiments.stages import Tensors
-from eisbench.progress import progress
-from eisbench.record import SCHEMA_VERSION, Record, git_state, library_versions, now
-from eisbench.record import write as write_record
-from eisbench.store import StageLog, Store
-from eisbench.tasks.trojan_zoo import bench_zoo
+from eisbench.runs.record import SCHEMA_VERSION, Record, git_state, library_versions, now
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Tensors
+from eisbench.runs.store import StageLog, Store
 from eisbench.tools import TOOLS
 from eisbench.tools.adversarial_patch import default_side
 from eisbench.tools.trigger_reconstruction import reconstruct_trigger
+from eisbench.trojans.zoo import bench_zoo
 
 MASK_TOOLS = ("neural-cleanse", "tabor")  # reconstruct (mask, pattern)
 PATCH_SIDE = {"adversarial-patch": 0.25, "snafue": 0.25, "feature-adversary-generator": 1 / 3,

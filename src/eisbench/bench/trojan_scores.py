@@ -1,7 +1,7 @@
 """Scores of the trojan benchmark: tool success from the judge's similarities, combinations of
 tools, detection AUROC, and the verdicts by rules fixed in advance (:func:`judge_claims`).
 
-The judge (:func:`~eisbench.tasks.judge.ask`) scores option k by the mean over the tool's
+The judge (:func:`~eisbench.trojans.judge.ask`) scores option k by the mean over the tool's
 images of a cosine similarity, so asking about the images of several tools together is the
 image-count-weighted mean of their similarity vectors: :func:`combine` computes the "all
 methods" and pair answers from the per-tool similarities without asking again.
@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from eisbench.record import Claim, Metric
-from eisbench.stats import wilson_ci
+from eisbench.core.stats import wilson_ci
+from eisbench.runs.record import Claim, Metric
 
 Sims = Mapping[str, torch.Tensor]  # tool -> (T, K) judge similarities per trojan and option
 
 
 def success_grid(sims: Sims, *, answers: Sequence[int]) -> dict[str, list[bool]]:
     """Per tool, whether the judge picks the true option ``answers[t]`` of each trojan t (the
-    most similar option; the first on a tie, as :func:`~eisbench.tasks.judge.ask`)."""
+    most similar option; the first on a tie, as :func:`~eisbench.trojans.judge.ask`)."""
     out = {}
     for tool, s in sims.items():
         if s.dim() != 2 or len(s) != len(answers):

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from eisbench.data.core import DataError
-from eisbench.training.trojan import KINDS, Trigger  # the one trigger type (training layer)
+from eisbench.trojans.stamp import KINDS, Trigger  # the one trigger type (training layer)
 
 BANK_SIZE = 8
 PATCH_GROUND = 0.4  # grey level of a patch icon's square; strokes are 1.0

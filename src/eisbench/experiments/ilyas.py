@@ -21,32 +21,32 @@ from safetensors.torch import save_file
 from torch import nn
 
 from eisbench import data as datasets
-from eisbench.attacks.evaluate import AttackConfig, predict
+from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.inversion import representation_distance
-from eisbench.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.tensors import predict
 from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.stages import (
-    Context,
-    Tensors,
-    construct_stage,
-    evaluate_stage,
-    train_stage,
-)
 from eisbench.models import ModelSpec
-from eisbench.record import (
+from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
     Metric,
     Record,
     git_state,
     library_versions,
-    make_claim,
     now,
 )
-from eisbench.record import write as write_record
-from eisbench.stats import mean_ci
-from eisbench.store import StageLog, Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import (
+    Context,
+    Tensors,
+    construct_stage,
+    evaluate_stage,
+    train_stage,
+)
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
 
 # (standard accuracy, robust accuracy) on CIFAR-10 from Ilyas et al. 2019 (Fig. 2 and Table 1;
@@ -238,14 +238,6 @@ def derived_config(cls: type[C], source: FeaturesVsBugsConfig, **changes: Any) -
     return cls(**fields | changes)
 
 
-def metric_over_seeds(values: list[float], *, higher_is_better: bool = True,
-                      lower: float = 0.0, upper: float = 1.0) -> Metric:
-    """Mean and 95% t-interval over seeds, clipped to the metric's range [lower, upper]."""
-    m, lo, hi = mean_ci(values)
-    return {"value": m, "ci95": [max(lower, lo), min(upper, hi)], "n": len(values),
-            "higher_is_better": higher_is_better}
-
-
 def _aggregate(per_seed: dict[str, list[dict[str, Any]]],
                construction: dict[str, list[float]]) -> dict[str, Metric]:
     out: dict[str, Metric] = {}
@@ -310,13 +302,7 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     return claims
 
 
-def verdict(reproduced: bool, refuted: bool) -> str:
-    if reproduced:
-        return "reproduced"
-    return "not reproduced" if refuted else "inconclusive"
-
-
 register(Experiment(name="ilyas",
                     summary="Ilyas et al. 2019: D_R, D_NR, D_rand, D_det on real data",
                     quick=QUICK, full=FULL, run=run,
-                    report=report_from("eisbench.report.features_vs_bugs")))
+                    report=report_from("eisbench.report.ilyas")))

@@ -31,18 +31,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from eisbench import data as datasets
-from eisbench.attacks.evaluate import predict
 from eisbench.attacks.pgd import pgd
-from eisbench.attacks.projection import eval_mode
-from eisbench.config import resolve_device, to_plain
-from eisbench.experiments.stages import Context, Tensors, train_stage
+from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.progress import say
+from eisbench.core.stats import wilson_ci
+from eisbench.core.tensors import eval_mode, predict
 from eisbench.models import ModelSpec
 from eisbench.models.contract import check_model
-from eisbench.progress import say
-from eisbench.record import SCHEMA_VERSION, Metric, Record, git_state, library_versions, now
-from eisbench.record import write as write_record
-from eisbench.stats import wilson_ci
-from eisbench.store import StageLog, Store
+from eisbench.runs.record import SCHEMA_VERSION, Metric, Record, git_state, library_versions, now
+from eisbench.runs.record import write as write_record
+from eisbench.runs.stages import Context, Tensors, train_stage
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
 
 

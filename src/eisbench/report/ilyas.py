@@ -10,9 +10,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from safetensors.torch import load_file
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, page, table, verdict_table
+from eisbench.runs.record import Record
 
 ROWS = ["train_on_D", "adv_train_on_D", "train_on_D_R", "train_on_D_NR", "train_on_D_rand",
         "train_on_D_det"]

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eisbench import overrides
-from eisbench.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.progress import say
 from eisbench.data import DATASETS, DataError
 from eisbench.experiments.core import EXPERIMENTS, Experiment, register, report_from
-from eisbench.progress import say
-from eisbench.record import (
+from eisbench.runs import overrides
+from eisbench.runs.claims import world
+from eisbench.runs.record import (
     EXHIBITS,
     SCHEMA_VERSION,
     Claim,
@@ -35,10 +36,9 @@ from eisbench.record import (
     git_state,
     library_versions,
     now,
-    world,
 )
-from eisbench.record import write as write_record
-from eisbench.store import Store
+from eisbench.runs.record import write as write_record
+from eisbench.runs.store import Store
 
 EXHIBIT_EXPERIMENTS = ("ilyas", "goh-leakage", "goh-linear", "wallace", "nakkiran", "transfer",
                        "frequency", "tsipras", "superposition", "ntk", "saliency")
@@ -172,4 +172,4 @@ def run(cfg: EvidenceConfig, *, out: Path, store: Store) -> Record:
 register(Experiment(
     name="features-vs-bugs",
     summary="the whole evidence suite (exhibits A-H): every experiment, one verdict table",
-    quick=QUICK, full=FULL, run=run, report=report_from("eisbench.report.evidence")))
+    quick=QUICK, full=FULL, run=run, report=report_from("eisbench.report.suite")))

@@ -3,9 +3,11 @@ writes ``record.json`` and ``report.html`` (same contract as an experiment)."""
 
 from __future__ import annotations
 
+from eisbench.bench import edit as edit_bench
+from eisbench.bench import replace as replace_bench
+from eisbench.bench import trojans as trojan_bench
+from eisbench.core.registry import Registry
 from eisbench.experiments.core import Experiment, report_from
-from eisbench.registry import Registry
-from eisbench.tasks import edit_bench, replace_bench, trojan_bench
 
 BENCHMARKS: Registry[Experiment] = Registry("benchmark")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.record import EXHIBITS, Record
+from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table
+from eisbench.runs.record import EXHIBITS, Record
 
 COLOURS = {"features": "#4c72b0", "bugs": "#c44e52", "inconclusive": "#bbbbbb"}
 

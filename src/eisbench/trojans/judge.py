@@ -2,7 +2,7 @@
 multiple-choice questions "which of these triggers do the tool's images show?".
 
 The encoder (:class:`JudgeEncoder`, a small CNN with a 64-d embedding) is trained by
-eisbench on trigger *views* only (:mod:`eisbench.tasks.judge_views`): every trigger of the
+eisbench on trigger *views* only (:mod:`eisbench.trojans.views`): every trigger of the
 banks drawn alone and as a tool might show it (shifted, rescaled, blurred, at another
 contrast, partly hidden, repeated, stamped on clean data images, or as the difference from
 the clean image), plus a background class of clean images, noise and flat grey. No model
@@ -44,15 +44,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench.attacks.projection import eval_mode
-from eisbench.experiments.stages import Tensors
-from eisbench.progress import progress
-from eisbench.stats import wilson_ci
-from eisbench.store import StageLog, Store
-from eisbench.tasks.judge_views import BACKGROUND, ViewConfig, layers, render
-from eisbench.tasks.quiz import Question, quiz_html
-from eisbench.tasks.trojan_zoo import trigger_digest
-from eisbench.training.trojan import Trigger
+from eisbench.core.progress import progress
+from eisbench.core.stats import wilson_ci
+from eisbench.core.tensors import eval_mode
+from eisbench.runs.stages import Tensors
+from eisbench.runs.store import StageLog, Store
+from eisbench.trojans.quiz import Question, quiz_html
+from eisbench.trojans.stamp import Trigger
+from eisbench.trojans.views import BACKGROUND, ViewConfig, layers, render
+from eisbench.trojans.zoo import trigger_digest
 
 __all__ = ["ACCURACY_TARGET", "Answer", "JudgeConfig", "JudgeEncoder", "Question", "ask",
            "bank_digests", "judge_stage", "quiz_html", "train_judge", "validate"]

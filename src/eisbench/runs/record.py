@@ -36,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypedDict
 
-from eisbench.paths import atomic_write_bytes
+from eisbench.core.paths import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
@@ -76,27 +76,6 @@ class Claim(_ClaimCore, total=False):
     if_reproduced: str
     if_not: str
     literature: str
-
-
-def make_claim(*, claim: str, rule: str, measured: str, verdict: str, exhibit: str,
-               if_reproduced: str, if_not: str = "inconclusive", literature: str = "") -> Claim:
-    """A :class:`Claim` for the verdict table (arguments checked: a typo fails here)."""
-    if verdict not in VERDICTS or exhibit not in EXHIBITS:
-        raise ValueError(f"bad verdict {verdict!r} or exhibit {exhibit!r}")
-    if if_reproduced not in WORLDS or if_not not in WORLDS:
-        raise ValueError(f"worlds must be among {WORLDS}: {if_reproduced!r}, {if_not!r}")
-    return {"claim": claim, "rule": rule, "measured": measured, "verdict": verdict,
-            "exhibit": exhibit, "if_reproduced": if_reproduced, "if_not": if_not,
-            "literature": literature}
-
-
-def world(c: Claim) -> str:
-    """The world a judged claim supports: features, bugs or inconclusive."""
-    if c["verdict"] == "reproduced":
-        return c.get("if_reproduced", "inconclusive")
-    if c["verdict"] == "not reproduced":
-        return c.get("if_not", "inconclusive")
-    return "inconclusive"
 
 
 class Record(TypedDict):

@@ -1,6 +1,6 @@
 """Cached stages shared by experiments: train a model, construct a dataset, evaluate a model.
 
-Each stage's output is cached in a :class:`~eisbench.store.Store` under the hash of its config
+Each stage's output is cached in a :class:`~eisbench.runs.store.Store` under the hash of its config
 and its inputs' keys, so re-running reuses finished work and an interrupted run resumes.
 """
 
@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eisbench.attacks.evaluate import AttackConfig, correct_under_attack, predict
+from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
+from eisbench.core.tensors import predict
 from eisbench.construct import CONSTRUCTIONS
 from eisbench.evaluation import describe_suite, evaluate_robustness
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
-from eisbench.store import StageLog, Store
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
 
 

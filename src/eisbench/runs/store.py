@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from eisbench import __version__
-from eisbench.config import stable_hash, to_plain
-from eisbench.paths import atomic_write_bytes
+from eisbench.core.config import stable_hash, to_plain
+from eisbench.core.paths import atomic_write_bytes
 
 T = TypeVar("T")
 

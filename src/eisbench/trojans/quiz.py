@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from eisbench.paths import atomic_write_bytes
-from eisbench.training.trojan import Trigger
+from eisbench.core.paths import atomic_write_bytes
+from eisbench.trojans.stamp import Trigger
 
 
 @dataclass(frozen=True)

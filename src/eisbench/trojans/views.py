@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from eisbench.training.trojan import Trigger
+from eisbench.trojans.stamp import Trigger
 
 BACKGROUND = -1  # identity of a view without a trigger
 

@@ -1,0 +1,1 @@
+"""The ground floor: registry, config, paths, statistics, progress and tensor primitives."""

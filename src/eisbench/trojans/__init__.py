@@ -1,0 +1,2 @@
+"""The trojan domain: triggers and stamping, the trigger bank, the zoo, the judge, its
+views and the quiz."""
