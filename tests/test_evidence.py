@@ -52,10 +52,10 @@ def test_suite_table_overrides_and_failure(tmp_path: Path, monkeypatch: pytest.M
     def no_data(cfg: object, *, out: Path, store: Store) -> record.Record:
         raise DataError("Fashion-MNIST is not installed (simulated)")
 
-    broken: Experiment = dataclasses.replace(ilyas, run=boom)
+    broken: Experiment = dataclasses.replace(ilyas, measure=boom)
     monkeypatch.setitem(EXPERIMENTS._items, "ilyas", broken)
     monkeypatch.setitem(EXPERIMENTS._items, "wallace",
-                        dataclasses.replace(EXPERIMENTS.get("wallace"), run=no_data))
+                        dataclasses.replace(EXPERIMENTS.get("wallace"), measure=no_data))
     cfg = dataclasses.replace(suite.quick, dataset="digits", seeds=(0, 1),
                               experiments=("ilyas", "goh-linear", "wallace"),
                               overrides=("goh-linear:eps=0.5",))

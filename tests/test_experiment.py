@@ -10,7 +10,7 @@ import pytest
 
 from eisbench.attacks import AttackConfig
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.ilyas import judge
+from eisbench.experiments.ilyas import decide
 from eisbench.runs import record
 from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
@@ -75,7 +75,7 @@ def test_verdict_rules(dnr_std: record.Metric, dr_rob: record.Metric, drand: rec
     metrics = {"train_on_D_NR/std_acc": dnr_std, "train_on_D_NR/robust_acc": _m(0, 0, 0.01),
                "train_on_D/robust_acc": _m(0.0, 0.0, 0.01), "train_on_D_R/robust_acc": dr_rob,
                "train_on_D_rand/std_acc": drand, "train_on_D_det/std_acc": drand}
-    claims = judge(metrics, num_classes=10)
+    claims = decide(metrics, num_classes=10)
     assert [c["verdict"] for c in claims] == [expect] * 4
 
 

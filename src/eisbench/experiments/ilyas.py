@@ -4,41 +4,34 @@ Per seed: train a standard and a robust (fast adversarial training) model on the
 build D_R and D_NR (representation inversion under the robust / standard model), D_rand and
 D_det (targeted L2 PGD on the standard model, labelled with the target); train fresh standard
 models on each; evaluate every model on the ORIGINAL test set (standard and robust accuracy).
-Claims are judged by rules fixed in :func:`judge` before any number is seen.
+Claims are judged by rules fixed in :func:`decide` before any number is seen.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.inversion import representation_distance
-from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device
 from eisbench.core.tensors import predict
 from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.models import ModelSpec
 from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
 from eisbench.runs.record import (
-    SCHEMA_VERSION,
     Claim,
     Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
 )
-from eisbench.runs.record import write as write_record
+from eisbench.runs.result import Result
 from eisbench.runs.stages import (
     Context,
     Tensors,
@@ -63,7 +56,7 @@ DATASETS_BUILT = ("D_R", "D_NR", "D_rand", "D_det")
 
 
 @dataclass(frozen=True)
-class FeaturesVsBugsConfig:
+class IlyasConfig:
     """Every hyper-parameter of the experiment (all of them are written to the record)."""
 
     dataset: str = "mnist"
@@ -93,7 +86,7 @@ class FeaturesVsBugsConfig:
     device: str = "cpu"
 
 
-QUICK = FeaturesVsBugsConfig()
+QUICK = IlyasConfig()
 FULL = dataclasses.replace(
     QUICK, n_construct=10000, n_test_robust=1000, eps_curve=(0.05, 0.1, 0.2, 0.3),
     std_train=TrainConfig(method="standard", epochs=5, lr=2e-3),
@@ -117,7 +110,7 @@ class Setting:
     spec: ModelSpec
 
 
-def setting(cfg: FeaturesVsBugsConfig, store: Store) -> Setting:
+def setting(cfg: IlyasConfig, store: Store) -> Setting:
     """Load the data (cached, hash-checked) and check the config before any work."""
     device = resolve_device(cfg.device)
     SUITES.get(cfg.eval_suite)  # a typo fails now, with the closest name, not after training
@@ -136,7 +129,7 @@ def setting(cfg: FeaturesVsBugsConfig, store: Store) -> Setting:
                    spec=ModelSpec(arch=cfg.arch, in_shape=ds.shape, num_classes=ds.num_classes))
 
 
-def source_models(st: Setting, cfg: FeaturesVsBugsConfig, seed: int
+def source_models(st: Setting, cfg: IlyasConfig, seed: int
                   ) -> tuple[tuple[nn.Module, str], tuple[nn.Module, str]]:
     """(standard model, key), (robust model, key) trained on D (cached)."""
     std = train_stage(st.ctx, spec=st.spec, cfg=cfg.std_train, data=st.train, seed=seed,
@@ -146,7 +139,7 @@ def source_models(st: Setting, cfg: FeaturesVsBugsConfig, seed: int
     return std, rob
 
 
-def wrong_label_sets(st: Setting, cfg: FeaturesVsBugsConfig, std: tuple[nn.Module, str],
+def wrong_label_sets(st: Setting, cfg: IlyasConfig, std: tuple[nn.Module, str],
                      seed: int) -> dict[str, Tensors]:
     """D_rand and D_det: targeted L2 PGD on the standard model, labelled with the target."""
     wl = {"eps": cfg.wrong_label_eps, "steps": cfg.wrong_label_steps,
@@ -157,84 +150,104 @@ def wrong_label_sets(st: Setting, cfg: FeaturesVsBugsConfig, std: tuple[nn.Modul
             for name, mode in (("D_rand", "random"), ("D_det", "det"))}
 
 
-def run(cfg: FeaturesVsBugsConfig, *, out: Path, store: Store) -> Record:
-    """Run the experiment, write ``out/record.json`` and return the record."""
-    t0 = time.perf_counter()
+def build_datasets(st: Setting, cfg: IlyasConfig, std: tuple[nn.Module, str],
+                   rob: tuple[nn.Module, str], seed: int) -> dict[str, Tensors]:
+    """D_R and D_NR (representation inversion under the robust / standard model), D_rand and
+    D_det (targeted L2 PGD on the standard model), all from ``st.base`` (cached)."""
+    inv = {"steps": cfg.inversion_steps, "step_size": cfg.inversion_step_size}
+    return {
+        "D_R": construct_stage(st.ctx, name="representation", model=rob[0], model_key=rob[1],
+                               data=st.base, num_classes=st.ds.num_classes, seed=seed, hyper=inv),
+        "D_NR": construct_stage(st.ctx, name="representation", model=std[0], model_key=std[1],
+                                data=st.base, num_classes=st.ds.num_classes, seed=seed,
+                                hyper=inv),
+        **wrong_label_sets(st, cfg, std, seed),
+    }
+
+
+def construction_quality(st: Setting, built: dict[str, Tensors], std: nn.Module,
+                         rob: nn.Module) -> dict[str, float]:
+    """How often the source model sees D_rand/D_det's target label, and how far D_R/D_NR's
+    representations are from the originals' (how well the inversion converged)."""
+    device, out = st.ctx.device, {}
+    for name in ("D_rand", "D_det"):
+        hit = (predict(std, built[name].x, device=device) == built[name].y).float().mean()
+        out[f"construct/{name}/target_rate"] = float(hit)
+    for name, src in (("D_R", rob), ("D_NR", std)):
+        dist = representation_distance(src.to(device), built[name].x[:1000].to(device),
+                                       st.base.x[:1000].to(device)).mean()
+        out[f"construct/{name}/feature_distance"] = float(dist)
+    return out
+
+
+def evaluate_models(st: Setting, cfg: IlyasConfig,
+                    models: dict[str, tuple[nn.Module, str]], control: tuple[nn.Module, str],
+                    seed: int) -> dict[str, dict[str, Any]]:
+    """Standard and robust accuracy (``cfg.eval_suite`` with its checks) of each model on the
+    original test set, plus the robust-accuracy curve over ``cfg.eps_curve`` (cached)."""
+    out = {}
+    for name, (model, key) in models.items():
+        m = evaluate_stage(st.ctx, model=model, model_key=key, test=st.test,
+                           n_robust=cfg.n_test_robust, attack=cfg.eval_attack, seed=seed,
+                           desc=f"[seed {seed}] evaluate {name}", suite=cfg.eval_suite,
+                           control=control, n_checks=cfg.n_checks)
+        for eps in cfg.eps_curve:
+            attack = dataclasses.replace(cfg.eval_attack, eps=eps)
+            m[f"robust_acc_eps={eps:g}"] = evaluate_stage(
+                st.ctx, model=model, model_key=key, test=st.test, n_robust=cfg.n_test_robust,
+                attack=attack, seed=seed, desc=f"[seed {seed}] {name} eps={eps:g}", std=False,
+            )["robust_acc"]
+        out[name] = m
+    return out
+
+
+def measure(cfg: IlyasConfig, *, out: Path, store: Store) -> Result:
+    """Per seed: train the source models, build the four datasets, train fresh models on them,
+    evaluate every model on the original test set; then aggregate and judge the claims."""
     st = setting(cfg, store)
-    ds, ctx, test_d, base, device = st.ds, st.ctx, st.test, st.base, st.ctx.device
     per_seed: dict[str, list[dict[str, Any]]] = {}
     construction: dict[str, list[float]] = {}
     samples: dict[str, torch.Tensor] = {}
     training: dict[str, list[dict[str, Any]]] = {}  # per-epoch history of the robust models
     for seed in cfg.seeds:
-        (std, std_key), (rob, rob_key) = source_models(st, cfg, seed)
-        hist = store.root / "train" / rob_key / "history.json"
+        std, rob = source_models(st, cfg, seed)
+        hist = store.root / "train" / rob[1] / "history.json"
         if hist.exists():
             training[f"seed {seed} robust model"] = json.loads(hist.read_text())
-        inv = {"steps": cfg.inversion_steps, "step_size": cfg.inversion_step_size}
-        built = {
-            "D_R": construct_stage(ctx, name="representation", model=rob, model_key=rob_key,
-                                   data=base, num_classes=ds.num_classes, seed=seed, hyper=inv),
-            "D_NR": construct_stage(ctx, name="representation", model=std, model_key=std_key,
-                                    data=base, num_classes=ds.num_classes, seed=seed, hyper=inv),
-            **wrong_label_sets(st, cfg, (std, std_key), seed),
-        }
-        for name in ("D_rand", "D_det"):  # how often the source model sees the target label
-            hit = (predict(std, built[name].x, device=device) == built[name].y).float().mean()
-            construction.setdefault(f"construct/{name}/target_rate", []).append(float(hit))
-        for name, src in (("D_R", rob), ("D_NR", std)):  # how well inversion converged
-            dist = representation_distance(src.to(device), built[name].x[:1000].to(device),
-                                           base.x[:1000].to(device)).mean()
-            construction.setdefault(f"construct/{name}/feature_distance", []).append(float(dist))
+        built = build_datasets(st, cfg, std, rob, seed)
+        for k, v in construction_quality(st, built, std[0], rob[0]).items():
+            construction.setdefault(k, []).append(v)
         if seed == cfg.seeds[0]:
-            samples = {"D": base.x[:8], **{k: v.x[:8] for k, v in built.items()}}
+            samples = {"D": st.base.x[:8], **{k: v.x[:8] for k, v in built.items()}}
             samples.update({f"{k}_labels": v.y[:8] for k, v in built.items()})
-        models = {"train_on_D": (std, std_key), "adv_train_on_D": (rob, rob_key)}
+        models = {"train_on_D": std, "adv_train_on_D": rob}
         for name, d in built.items():
-            models[f"train_on_{name}"] = train_stage(ctx, spec=st.spec, cfg=cfg.fresh_train, data=d,
-                                                     seed=seed,
+            models[f"train_on_{name}"] = train_stage(st.ctx, spec=st.spec, cfg=cfg.fresh_train,
+                                                     data=d, seed=seed,
                                                      desc=f"[seed {seed}] fresh model on {name}")
-        for name, (model, key) in models.items():
-            m = evaluate_stage(ctx, model=model, model_key=key, test=test_d,
-                               n_robust=cfg.n_test_robust, attack=cfg.eval_attack, seed=seed,
-                               desc=f"[seed {seed}] evaluate {name}", suite=cfg.eval_suite,
-                               control=(std, std_key), n_checks=cfg.n_checks)
-            for eps in cfg.eps_curve:
-                attack = dataclasses.replace(cfg.eval_attack, eps=eps)
-                m[f"robust_acc_eps={eps:g}"] = evaluate_stage(
-                    ctx, model=model, model_key=key, test=test_d, n_robust=cfg.n_test_robust,
-                    attack=attack, seed=seed, desc=f"[seed {seed}] {name} eps={eps:g}", std=False,
-                )["robust_acc"]
+        for name, m in evaluate_models(st, cfg, models, std, seed).items():
             per_seed.setdefault(name, []).append(m)
     metrics = _aggregate(per_seed, construction)
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "ilyas", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(device),
-        "data": {ds.name: ds.sha256}, "stages": ctx.log.entries,
-        "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": judge(metrics, num_classes=ds.num_classes),
-        "details": {"per_seed": per_seed,
-                    "attack": describe_suite(cfg.eval_suite, cfg.eval_attack.norm,
-                                             cfg.eval_attack.eps),
-                    "curve_attack": cfg.eval_attack.describe(),
-                    "literature": {k: list(v) for k, v in LITERATURE.items()},
-                    "literature_source": "Ilyas et al. 2019, CIFAR-10 (Fig. 2, Table 1)",
-                    "training": training},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    save_file({k: v.contiguous() for k, v in samples.items()}, str(out / "samples.safetensors"))
-    return rec
+    return Result(
+        metrics=metrics, claims=decide(metrics, num_classes=st.ds.num_classes),
+        details={"per_seed": per_seed,
+                 "attack": describe_suite(cfg.eval_suite, cfg.eval_attack.norm,
+                                          cfg.eval_attack.eps),
+                 "curve_attack": cfg.eval_attack.describe(),
+                 "literature": {k: list(v) for k, v in LITERATURE.items()},
+                 "literature_source": "Ilyas et al. 2019, CIFAR-10 (Fig. 2, Table 1)",
+                 "training": training},
+        artifacts={"samples.safetensors": samples},
+        data={st.ds.name: st.ds.sha256}, stages=st.ctx.log.entries, device=str(st.ctx.device))
 
 
-C = TypeVar("C", bound=FeaturesVsBugsConfig)
+C = TypeVar("C", bound=IlyasConfig)
 
 
-def derived_config(cls: type[C], source: FeaturesVsBugsConfig, **changes: Any) -> C:
+def derived_config(cls: type[C], source: IlyasConfig, **changes: Any) -> C:
     """An experiment config that extends features-vs-bugs (``cls`` subclasses its config) with
     every field of ``source``, so the experiment reuses its cached models and datasets."""
-    fields = {f.name: getattr(source, f.name) for f in dataclasses.fields(FeaturesVsBugsConfig)}
+    fields = {f.name: getattr(source, f.name) for f in dataclasses.fields(IlyasConfig)}
     return cls(**fields | changes)
 
 
@@ -252,7 +265,7 @@ def _aggregate(per_seed: dict[str, list[dict[str, Any]]],
     return out
 
 
-def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
+def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     """Verdict per claim of Ilyas et al., by rules fixed in advance (on 95% CIs over seeds).
 
     - D_NR: reproduced if std acc >= 0.80 (mean) and robust acc CI upper <= 0.10; not reproduced
@@ -304,5 +317,5 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
 
 register(Experiment(name="ilyas",
                     summary="Ilyas et al. 2019: D_R, D_NR, D_rand, D_det on real data",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.ilyas")))

@@ -21,23 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device
 from eisbench.core.progress import say
 from eisbench.data import DATASETS, DataError
 from eisbench.experiments.core import EXPERIMENTS, Experiment, register, report_from
 from eisbench.runs import overrides
 from eisbench.runs.claims import world
-from eisbench.runs.record import (
-    EXHIBITS,
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
-)
-from eisbench.runs.record import write as write_record
+from eisbench.runs.record import EXHIBITS, Metric, Record
+from eisbench.runs.result import Result
 from eisbench.runs.store import Store
 
 EXHIBIT_EXPERIMENTS = ("ilyas", "goh-leakage", "goh-linear", "wallace", "nakkiran", "transfer",
@@ -98,54 +89,53 @@ def _prefixed(name: str, metrics: dict[str, Metric]) -> dict[str, Metric]:
     return {k if k.startswith(stems) else f"{name}/{k}": v for k, v in metrics.items()}
 
 
-def run(cfg: EvidenceConfig, *, out: Path, store: Store) -> Record:
-    """Run every experiment of ``cfg`` into ``out/<name>/``; write the suite's record."""
+def check_config(cfg: EvidenceConfig) -> list[tuple[Experiment, Any]]:
+    """Each experiment of ``cfg`` with its config; every mistake (a typo in a name, an override
+    of an experiment not in the suite, a missing GPU, an unknown dataset) fails here, before any
+    work."""
     if cfg.preset not in ("quick", "full"):
         raise ValueError(f"preset must be quick or full, got {cfg.preset!r}")
     if "features-vs-bugs" in cfg.experiments:
         raise ValueError("the suite cannot contain itself")
-    exps = [EXPERIMENTS.get(n) for n in cfg.experiments]  # a typo fails before any work
-    resolve_device(cfg.device)  # and so do a missing GPU and an unknown dataset
+    exps = [EXPERIMENTS.get(n) for n in cfg.experiments]
+    resolve_device(cfg.device)
     DATASETS.get(cfg.dataset)
     for o in cfg.overrides:
         if o.partition(":")[0] not in cfg.experiments or "=" not in o:
             raise ValueError(f"override {o!r}: expected 'experiment:key=value' for one of "
                              f"{', '.join(cfg.experiments)}")
-    configs = [_sub_config(e, cfg) for e in exps]  # and so does a bad override
-    t0 = time.perf_counter()
-    claims: list[Claim] = []
-    rows: list[dict[str, Any]] = []
-    metrics: dict[str, Metric] = {}
-    runs: list[dict[str, Any]] = []
-    data: dict[str, str] = {}
-    stages: list[dict[str, Any]] = []
-    for i, (exp, sub) in enumerate(zip(exps, configs, strict=True), 1):
-        say(f"[{i}/{len(exps)}] {exp.name}: {exp.summary}")
-        t = time.perf_counter()
-        try:
-            rec = exp.run(sub, out=out / exp.name, store=store)
-            exp.report(rec, out / exp.name)
-        except Exception as e:  # one broken experiment must not lose the others' hours
-            # missing data (e.g. no Fashion-MNIST for wallace) is a skip with its remedy
-            status = "skipped" if isinstance(e, DataError) else "FAILED"
-            runs.append({"experiment": exp.name, "ok": False, "status": status,
-                         "seconds": time.perf_counter() - t, "error": f"{type(e).__name__}: {e}",
-                         "traceback": traceback.format_exc(limit=8)})
-            say(f"[{i}/{len(exps)}] {exp.name} {status}: {type(e).__name__}: {e}")
-            continue
-        runs.append({"experiment": exp.name, "ok": True, "status": "ok",
-                     "seconds": time.perf_counter() - t, "record": f"{exp.name}/record.json",
-                     "report": f"{exp.name}/report.html", "wall_seconds": rec["wall_seconds"]})
-        data.update(rec["data"])
-        stages += [{**s, "experiment": exp.name} for s in rec["stages"]]
-        metrics.update(_prefixed(exp.name, rec["metrics"]))
-        for c in rec["claims"]:
-            claims.append(c)
-            rows.append({"experiment": exp.name, "exhibit": c.get("exhibit", "D"),
-                         "claim": c["claim"], "rule": c["rule"], "measured": c["measured"],
-                         "verdict": c["verdict"], "world": world(c),
-                         "literature": c.get("literature", "")})
-    rows.sort(key=lambda r: r["exhibit"])  # stable: experiment order within an exhibit
+    return [(e, _sub_config(e, cfg)) for e in exps]
+
+
+def run_one(exp: Experiment, sub: Any, *, out: Path, store: Store, tag: str
+            ) -> tuple[dict[str, Any], Record | None]:
+    """Run one experiment into ``out/<name>/`` with its report; a failure is returned as a
+    status row (missing data is a skip with its remedy), never raised: one broken experiment
+    must not lose the others' hours."""
+    say(f"{tag} {exp.name}: {exp.summary}")
+    t = time.perf_counter()
+    try:
+        rec = exp.run(sub, out=out / exp.name, store=store)
+        exp.report(rec, out / exp.name)
+    except Exception as e:
+        status = "skipped" if isinstance(e, DataError) else "FAILED"
+        say(f"{tag} {exp.name} {status}: {type(e).__name__}: {e}")
+        return ({"experiment": exp.name, "ok": False, "status": status,
+                 "seconds": time.perf_counter() - t, "error": f"{type(e).__name__}: {e}",
+                 "traceback": traceback.format_exc(limit=8)}, None)
+    return ({"experiment": exp.name, "ok": True, "status": "ok",
+             "seconds": time.perf_counter() - t, "record": f"{exp.name}/record.json",
+             "report": f"{exp.name}/report.html", "wall_seconds": rec["wall_seconds"]}, rec)
+
+
+def table(records: list[tuple[str, Record]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The verdict table's rows (one per claim, sorted by exhibit, experiment order kept within
+    an exhibit) and each exhibit's world by :func:`exhibit_world`."""
+    rows = [{"experiment": name, "exhibit": c.get("exhibit", "D"), "claim": c["claim"],
+             "rule": c["rule"], "measured": c["measured"], "verdict": c["verdict"],
+             "world": world(c), "literature": c.get("literature", "")}
+            for name, rec in records for c in rec["claims"]]
+    rows.sort(key=lambda r: r["exhibit"])
     exhibits = {}
     for key, title in EXHIBITS.items():
         worlds = [r["world"] for r in rows if r["exhibit"] == key]
@@ -155,21 +145,34 @@ def run(cfg: EvidenceConfig, *, out: Path, store: Store) -> Record:
                              "counts": {w: worlds.count(w)
                                         for w in ("features", "bugs", "inconclusive")},
                              "seed_verdict": SEED_VERDICTS[key]}
-    rec_out: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "features-vs-bugs", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": cfg.device, "data": data, "stages": stages,
-        "wall_seconds": time.perf_counter() - t0, "metrics": metrics, "claims": claims,
-        "details": {"table": rows, "exhibits": exhibits, "runs": runs,
-                    "failed": [r["experiment"] for r in runs if r["status"] == "FAILED"],
-                    "skipped": [r["experiment"] for r in runs if r["status"] == "skipped"]},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec_out, out / "record.json")
-    return rec_out
+    return rows, exhibits
+
+
+def measure(cfg: EvidenceConfig, *, out: Path, store: Store) -> Result:
+    """Run every experiment of ``cfg`` into ``out/<name>/``; gather one verdict table."""
+    plan = check_config(cfg)
+    runs: list[dict[str, Any]] = []
+    done: list[tuple[str, Record]] = []
+    for i, (exp, sub) in enumerate(plan, 1):
+        row, rec = run_one(exp, sub, out=out, store=store, tag=f"[{i}/{len(plan)}]")
+        runs.append(row)
+        if rec is not None:
+            done.append((exp.name, rec))
+    rows, exhibits = table(done)
+    metrics: dict[str, Metric] = {}
+    data: dict[str, str] = {}
+    for name, rec in done:
+        metrics.update(_prefixed(name, rec["metrics"]))
+        data.update(rec["data"])
+    return Result(
+        metrics=metrics, claims=[c for _, rec in done for c in rec["claims"]],
+        details={"table": rows, "exhibits": exhibits, "runs": runs,
+                 "failed": [r["experiment"] for r in runs if r["status"] == "FAILED"],
+                 "skipped": [r["experiment"] for r in runs if r["status"] == "skipped"]},
+        data=data, stages=[{**s, "experiment": name} for name, rec in done for s in rec["stages"]])
 
 
 register(Experiment(
     name="features-vs-bugs",
     summary="the whole evidence suite (exhibits A-H): every experiment, one verdict table",
-    quick=QUICK, full=FULL, run=run, report=report_from("eisbench.report.suite")))
+    quick=QUICK, full=FULL, measure=measure, report=report_from("eisbench.report.suite")))

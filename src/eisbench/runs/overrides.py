@@ -38,7 +38,7 @@ def apply(cfg: Any, assignments: list[str]) -> Any:
     """Return ``cfg`` with each ``"a.b=value"`` applied; unknown keys raise with suggestions.
 
     Example:
-        >>> apply(FeaturesVsBugsConfig(), ["n_construct=500", "robust_train.epochs=3"])
+        >>> apply(IlyasConfig(), ["n_construct=500", "robust_train.epochs=3"])
     """
     for item in assignments:
         key, sep, text = item.partition("=")

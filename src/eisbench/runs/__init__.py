@@ -1,0 +1,1 @@
+"""Runs: the stage cache, stages, the run record, claims, presets and overrides."""
