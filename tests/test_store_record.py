@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,53 @@ def test_confidence_intervals() -> None:
     for k, n in [(0, 50), (50, 50), (0, 1000)]:  # the interval brackets p exactly at the edges
         lo, hi = wilson_ci(k, n)
         assert lo <= k / n <= hi
+
+
+def test_a_corrupted_cached_file_is_recomputed_not_served(tmp_path: Path) -> None:
+    store, calls = Store(tmp_path), []
+
+    def compute(work: Path) -> int:
+        calls.append(1)
+        return 5
+
+    _, key = store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)
+    (tmp_path / "s" / key / "v.json").write_text("666")  # flipped on disk
+    with pytest.warns(UserWarning, match=r"s/.*v\.json.*recomputing"):
+        out, key2 = store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)
+    assert (out, key2, len(calls)) == (5, key, 2)
+    assert store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)[0] == 5
+    assert len(calls) == 2  # repaired: served from the cache again
+    (tmp_path / "s" / key / "extra.bin").write_bytes(b"x")  # a file nobody wrote
+    with pytest.warns(UserWarning, match="extra.bin"):
+        store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)
+    (tmp_path / "s" / key / "done.json").write_text('{"seconds": 1}')  # no hashes: unverifiable
+    with pytest.warns(UserWarning, match="content hashes"):
+        store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)
+    assert len(calls) == 4
+
+
+def _slow_stage(root: str, out: str) -> None:
+    import time as _t
+
+    def compute(work: Path) -> int:
+        (work / f"started-{os.getpid()}").write_text("")
+        _t.sleep(1.0)
+        return 9
+
+    v, key = Store(Path(root)).run("s", {"x": 1}, compute=compute, save=_save, load=_load)
+    Path(out).write_text(json.dumps([v, key]))
+
+
+def test_two_processes_on_one_cache_both_finish_with_one_computation(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_slow_stage, args=(str(tmp_path), str(tmp_path / f"o{i}")))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = [json.loads((tmp_path / f"o{i}").read_text()) for i in range(2)]
+    assert results[0] == results[1] and results[0][0] == 9
+    key = results[0][1]
+    assert len(list((tmp_path / "s" / key).glob("started-*"))) == 1  # computed once

@@ -1,19 +1,28 @@
 """Content-addressed stage cache: a stage runs once per (name, config, inputs, code version).
 
-``run_stage`` returns a finished stage's output from disk, or computes it in a stable
+:meth:`Store.run` returns a finished stage's output from disk, or computes it in a stable
 ``<key>.partial`` folder (so a stage that checkpoints, like training, resumes after an
 interruption) and publishes it by renaming the folder once complete.
+
+What it serves, it verifies: ``done.json`` lists the sha256 of every file the stage wrote, and a
+cached stage whose files no longer match (a corrupted or hand-edited file) is reported and
+recomputed, never loaded. A lock per stage lets two runs share one cache: the second waits for
+the first and then reuses its result.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from filelock import FileLock
 
 from eisbench import __version__
 from eisbench.core.config import stable_hash, to_plain
@@ -47,15 +56,25 @@ class Store:
         """
         key = self.key(name, config, inputs, version)
         final = self.root / name / key
-        done = final / "done.json"
-        if done.exists():
-            meta = json.loads(done.read_text())
-            out = load(final)
-            if log is not None:
-                log.entries.append({"name": name, "key": key, "seconds": meta["seconds"],
-                                    "cached": True})
-            return out, key
-        work = self.root / name / f"{key}.partial"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / name / f"{key}.lock")):
+            if (final / "done.json").exists():
+                meta = _verified(final, name=name, key=key)
+                if meta is not None:
+                    out = load(final)
+                    if log is not None:
+                        log.entries.append({"name": name, "key": key,
+                                            "seconds": meta["seconds"], "cached": True})
+                    return out, key
+            out, seconds = self._compute(final, config, compute=compute, save=save)
+        if log is not None:
+            log.entries.append({"name": name, "key": key, "seconds": seconds, "cached": False})
+        return out, key
+
+    def _compute(self, final: Path, config: Any, *, compute: Callable[[Path], T],
+                 save: Callable[[T, Path], None]) -> tuple[T, float]:
+        """Compute into ``<key>.partial`` (kept across interruptions), then publish it."""
+        work = final.with_name(f"{final.name}.partial")
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         out = compute(work)
@@ -63,11 +82,39 @@ class Store:
         save(out, work)
         atomic_write_bytes(work / "config.json",
                            json.dumps(to_plain(config), indent=2, sort_keys=True).encode())
-        atomic_write_bytes(work / "done.json", json.dumps({"seconds": seconds}).encode())
-        if final.exists():  # a concurrent run finished first; keep its result
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            work.rename(final)
-        if log is not None:
-            log.entries.append({"name": name, "key": key, "seconds": seconds, "cached": False})
-        return out, key
+        atomic_write_bytes(work / "done.json", json.dumps(
+            {"seconds": seconds, "files": _hashes(work)}, indent=1, sort_keys=True).encode())
+        if final.exists():  # a corrupted result, reported by _verified: replaced
+            shutil.rmtree(final)
+        work.rename(final)
+        return out, seconds
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` except ``done.json``, by relative path."""
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != "done.json":
+            out[f.relative_to(folder).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def _verified(final: Path, *, name: str, key: str) -> dict[str, Any] | None:
+    """``done.json`` of a finished stage if every file it lists is intact, else None (with a
+    warning that names the stage, the files and what happens next)."""
+    try:
+        meta: dict[str, Any] = json.loads((final / "done.json").read_text())
+        expected = meta["files"]
+        float(meta["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        problem = "its done.json is unreadable or predates content hashes"
+    else:
+        found = _hashes(final)
+        bad = sorted(f for f in expected.keys() | found.keys()
+                     if expected.get(f) != found.get(f))
+        if not bad:
+            return meta
+        problem = f"{len(bad)} file(s) changed since it was written: {', '.join(bad[:5])}"
+    warnings.warn(f"stage cache: {name}/{key} ({final}): {problem}; recomputing it instead of "
+                  "serving it", stacklevel=3)
+    return None
