@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
-from eisbench.core.tensors import predict
 from eisbench.construct import CONSTRUCTIONS
+from eisbench.core.tensors import predict
 from eisbench.evaluation import describe_suite, evaluate_robustness
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
 from eisbench.runs.store import StageLog, Store

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 
 from filelock import FileLock
 
-from eisbench import __version__
 from eisbench.core.config import stable_hash, to_plain
 from eisbench.core.paths import atomic_write_bytes
+from eisbench.core.version import VERSION
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ class Store:
     root: Path
 
     def key(self, name: str, config: Any, inputs: tuple[str, ...] = (), version: int = 1) -> str:
-        return stable_hash(name, config, list(inputs), __version__, version)
+        return stable_hash(name, config, list(inputs), VERSION, version)
 
     def run(self, name: str, config: Any, *, compute: Callable[[Path], T],
             save: Callable[[T, Path], None], load: Callable[[Path], T],
