@@ -13,7 +13,7 @@ from eisbench.edit.ablation import (
     ablation_effects,
     per_class_accuracy,
     selector_names,
-    top_units,
+    top_ablation_units,
 )
 from eisbench.models.architectures import Classifier
 from eisbench.tools.guard import hook_count
@@ -57,7 +57,7 @@ def test_every_tool_but_random_finds_the_class_units_and_ablation_is_selective()
         scores = UNIT_SELECTORS.get(name)(net, "penultimate", x, y, num_classes=K,
                                           generator=torch.Generator().manual_seed(0))
         assert scores.shape == (K, 2 * K) and torch.isfinite(scores).all(), name
-        units = top_units(scores, k=2)
+        units = top_ablation_units(scores, k=2)
         if name == "random":
             continue
         assert torch.equal(units.sort(1).values, truth), (name, units)
@@ -93,7 +93,7 @@ def test_selector_contract(name: str, trained_digits_cnn: nn.Module,
 
 def test_helpers_reject_bad_input() -> None:
     with pytest.raises(ValueError, match="k must be"):
-        top_units(torch.rand(3, 5), k=6)
+        top_ablation_units(torch.rand(3, 5), k=6)
     with pytest.raises(KeyError, match="did you mean"):
         selector_names(["conductanse"])
     acc = per_class_accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 3)

@@ -2,12 +2,40 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+import eisbench.edit  # noqa: F401  (registers latent-at and finetune)
+from eisbench.edit.lat import LatConfig, LatentBound, LatTrainConfig, lat_loss, latent_adversary
+from eisbench.edit.unlearn import StampTrainConfig, stamped
 from eisbench.models import build
-from eisbench.training import METHODS, TrainConfig, train
+from eisbench.training import TRAINING_METHODS, TrainConfig, TrainingMethod, fit, train
+from eisbench.training.methods import Batch
+
+# every registered method: (what it perturbs, whether the overfitting guard applies)
+DECLARED = {"standard": ("nothing", False), "pgd-at": ("inputs", True),
+            "fast-at": ("inputs", True), "input-grad": ("nothing", False),
+            "latent-at": ("hidden", False), "finetune": ("inputs", False)}
+MLP_LAT = LatConfig(bounds=(LatentBound("body.1", eps=0.2),), steps=3)
+
+
+def _corner(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A stamper: a white 2x2 square in the top-left corner of x (B, C, H, W)."""
+    out = x.clone()
+    out[..., :2, :2] = 1.0
+    return out
+
+
+def _cfg(method: str, **kw: Any) -> TrainConfig:
+    """A config of ``method`` for the 8x8 MLP (latent-at bounds its hidden layer body.1;
+    finetune stamps half of each batch)."""
+    if method == "latent-at":
+        return LatTrainConfig(lat=MLP_LAT, **kw)
+    if method == "finetune":
+        return StampTrainConfig(stamper=_corner, stamp_frac=0.5, **kw)
+    return TrainConfig(method=method, **kw)
 
 
 def _fresh() -> torch.nn.Module:
@@ -21,10 +49,23 @@ def _acc(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((net(x).argmax(1) == y).float().mean())
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_is_registered_with_its_metadata() -> None:
+    assert set(TRAINING_METHODS.names()) == set(DECLARED)
+    for name, (perturbs, guarded) in DECLARED.items():
+        method = TRAINING_METHODS.get(name)
+        assert isinstance(method, TrainingMethod)
+        assert callable(method.perturb) and callable(method.loss)
+        assert dict(TRAINING_METHODS.meta(name)) == {"perturbs": perturbs, "guarded": guarded}
+    assert TRAINING_METHODS.names(guarded=True) == ["fast-at", "pgd-at"]
+    lat, ft = TRAINING_METHODS.get("latent-at"), TRAINING_METHODS.get("finetune")
+    assert lat.perturb is latent_adversary and lat.loss is lat_loss and ft.perturb is stamped
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS.names())
 def test_every_method_learns(method: str, digits_small: tuple[torch.Tensor, ...]) -> None:
     x, y, xt, yt = digits_small
-    cfg = TrainConfig(method=method, epochs=4, lr=1e-2, eps=0.05, attack_steps=3)
+    cfg = _cfg(method, epochs=4, lr=1e-2, eps=0.05, attack_steps=3)
+    assert cfg.method == method
     net = train(_fresh(), x, y, cfg=cfg, seed=0)
     assert _acc(net, xt, yt) > 0.7
     assert not net.training
@@ -68,13 +109,13 @@ def test_training_is_deterministic_and_resumes(digits_small: tuple[torch.Tensor,
 def test_resume_after_interruption_gives_same_weights(digits_small: tuple[torch.Tensor, ...],
                                                       tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import eisbench.training.loop as loop
+    import torch.nn.functional as F
 
     x, y, _, _ = digits_small
     cfg = TrainConfig(method="standard", epochs=3, lr=1e-2)
     reference = train(_fresh(), x, y, cfg=cfg, seed=2)
     calls = {"n": 0}
-    real = loop.F.cross_entropy
+    real = F.cross_entropy
 
     def flaky(*a: object, **k: object) -> torch.Tensor:
         calls["n"] += 1
@@ -82,10 +123,10 @@ def test_resume_after_interruption_gives_same_weights(digits_small: tuple[torch.
             raise KeyboardInterrupt
         return real(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loop.F, "cross_entropy", flaky)
+    monkeypatch.setattr(F, "cross_entropy", flaky)
     with pytest.raises(KeyboardInterrupt):
         train(_fresh(), x, y, cfg=cfg, seed=2, resume_dir=tmp_path)
-    monkeypatch.setattr(loop.F, "cross_entropy", real)
+    monkeypatch.setattr(F, "cross_entropy", real)
     resumed = train(_fresh(), x, y, cfg=cfg, seed=2, resume_dir=tmp_path)
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
@@ -131,3 +172,102 @@ def test_guard_probe_sees_robustness(digits_small: tuple[torch.Tensor, ...]) -> 
     rob = train(_fresh(), x, y, cfg=cfg, seed=0)
     a_std, a_rob = (_guard_accuracy(m, x, y, cfg=cfg, device="cpu") for m in (std, rob))
     assert 0.0 <= a_std < a_rob <= 1.0
+
+
+@pytest.mark.parametrize("method", sorted(DECLARED))
+def test_the_guard_applies_exactly_to_the_methods_that_declare_it(
+        method: str, digits_small: tuple[torch.Tensor, ...],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard probes after every epoch of a guarded method, never otherwise; the loop reads
+    the declaration (flipping it flips the guard), and overfit_guard=0 turns it off."""
+    import eisbench.training.loop as loop
+
+    x, y = digits_small[0][:256], digits_small[1][:256]
+    calls = {"n": 0}
+
+    def probe(*a: object, **k: object) -> float:
+        calls["n"] += 1
+        return 0.5
+
+    monkeypatch.setattr(loop, "_guard_accuracy", probe)
+    cfg = _cfg(method, epochs=2, lr=1e-2, eps=0.05, attack_steps=2)
+    guarded = TRAINING_METHODS.meta(method)["guarded"]
+    train(_fresh(), x, y, cfg=cfg, seed=0)
+    assert calls["n"] == (2 if guarded else 0)
+    calls["n"] = 0
+    train(_fresh(), x, y, cfg=dataclasses.replace(cfg, overfit_guard=0.0), seed=0)
+    assert calls["n"] == 0
+    flipped = {**TRAINING_METHODS.meta(method), "guarded": not guarded}
+    monkeypatch.setitem(TRAINING_METHODS._meta, method, flipped)
+    train(_fresh(), x, y, cfg=cfg, seed=0)
+    assert calls["n"] == (0 if guarded else 2)
+
+
+def test_latent_at_perturbs_the_hidden_layer_during_training(
+        digits_small: tuple[torch.Tensor, ...]) -> None:
+    """In every step of latent-at, one training forward sees body.1's output moved by the
+    adversary (inside its ball, near its edge) and the clean forward sees it unmoved."""
+    x, y = digits_small[0][:200], digits_small[1][:200]
+    net = _fresh()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (raw output, what body.2 receives)
+    raw: list[torch.Tensor] = []
+
+    def on_output(m: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+        if m.training:
+            raw.append(out.detach().clone())
+
+    def on_input(m: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if m.training:
+            seen.append((raw.pop(), args[0].detach().clone()))
+
+    layers = dict(net.named_modules())
+    handles = [layers["body.1"].register_forward_hook(on_output),  # before the adversary's hook
+               layers["body.2"].register_forward_pre_hook(on_input)]
+    try:
+        cfg = LatTrainConfig(lat=MLP_LAT, epochs=1, batch_size=50, lr=1e-2)
+        train(net, x, y, cfg=cfg, seed=0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(seen) == 2 * 4  # 4 steps, each an adversarial and a clean forward
+    for adv, clean in zip(seen[0::2], seen[1::2], strict=True):
+        torch.testing.assert_close(clean[1], clean[0], rtol=0, atol=0)
+        delta = (adv[1] - adv[0]).flatten(1).norm(dim=1)  # (B,)
+        radius = MLP_LAT.bounds[0].eps * float(adv[0].flatten(1).norm(dim=1).mean())
+        assert float(delta.max()) <= radius * (1 + 1e-4)
+        assert float(delta.mean()) > 0.5 * radius
+
+
+def test_step_budget_follows_the_epoch_order_of_the_seed(
+        digits_small: tuple[torch.Tensor, ...]) -> None:
+    """fit with a step budget: batches in the order of one randperm per epoch drawn from the
+    seed's generator, a partial last epoch, after_step once per step, history per epoch."""
+    x, y = digits_small[0][:50], digits_small[1][:50]
+    net = _fresh()
+    batches: list[torch.Tensor] = []
+    steps = {"n": 0}
+
+    def count(m: torch.nn.Module) -> None:
+        steps["n"] += 1
+
+    handle = net.register_forward_pre_hook(lambda m, a: batches.append(a[0].clone()))
+    try:
+        history = fit(net, x, y, cfg=TrainConfig(batch_size=20, schedule="constant"), seed=3,
+                      steps=7, after_step=count)
+    finally:
+        handle.remove()
+    gen = torch.Generator().manual_seed(3)
+    perms = [torch.randperm(50, generator=gen) for _ in range(3)]
+    expected = [x[p[i:i + 20]] for p in perms for i in (0, 20, 40)][:7]
+    assert steps["n"] == 7 and len(batches) == 7
+    for got, want in zip(batches, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_a_loss_without_latent_support_refuses_hidden_perturbations() -> None:
+    from eisbench.training.methods import cross_entropy
+
+    batch = Batch(torch.rand(2, 1, 8, 8), hidden={"body.1": torch.zeros(2, 32)})
+    with pytest.raises(ValueError, match="hidden"):
+        cross_entropy(_fresh(), batch, torch.zeros(2, dtype=torch.long), cfg=TrainConfig())

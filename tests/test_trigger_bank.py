@@ -22,7 +22,7 @@ from eisbench.trojans.bank import (
     patch_side,
     trigger_bank,
 )
-from eisbench.trojans.stamp import KINDS, stamp
+from eisbench.trojans.stamp import TRIGGER_KINDS, stamp
 
 DIGITS = (1, 8, 8)
 MNIST = (1, 28, 28)
@@ -32,7 +32,7 @@ def _composite(t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return (a * t).flatten()  # what the trigger paints on a black image
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", TRIGGER_KINDS)
 def test_bank_has_eight_distinct_valid_triggers_on_digits(kind: str) -> None:
     bank = trigger_bank(kind, dataset="digits", shape=DIGITS)
     assert len(bank) == 8 and len({t.name for t in bank}) == 8
@@ -95,7 +95,7 @@ def test_style_textures_full_size_blended(shape: tuple[int, int, int]) -> None:
     assert float((corr - torch.eye(8)).abs().max()) < 0.9
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", TRIGGER_KINDS)
 def test_bank_is_deterministic(kind: str) -> None:
     a = trigger_bank(kind, dataset="digits", shape=DIGITS)
     b = trigger_bank(kind, dataset="digits", shape=DIGITS)

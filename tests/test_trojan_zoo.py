@@ -15,7 +15,7 @@ from eisbench.runs.stages import Tensors
 from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 from eisbench.trojans.bank import bank_index, trigger_bank
-from eisbench.trojans.stamp import KINDS
+from eisbench.trojans.stamp import TRIGGER_KINDS
 from eisbench.trojans.zoo import (
     ZooConfig,
     format_table,
@@ -35,7 +35,7 @@ DIGITS = (1, 8, 8)
 def test_zoo_has_four_trojans_per_kind_both_rules() -> None:
     trojans = zoo("digits")
     assert len(trojans) == 12 and len({t.name for t in trojans}) == 12
-    for kind in KINDS:
+    for kind in TRIGGER_KINDS:
         mine = [t for t in trojans if t.trigger.kind == kind]
         assert Counter(t.universal for t in mine) == {True: 2, False: 2}
         bank = trigger_bank(kind, dataset="digits", shape=DIGITS)

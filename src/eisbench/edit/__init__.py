@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from eisbench.edit.ablation import UNIT_SELECTORS, ablation_effects, top_units
+from eisbench.edit.ablation import UNIT_SELECTORS, ablation_effects, top_ablation_units
 from eisbench.edit.baselines import fine_prune, finetune
 from eisbench.edit.lat import LatConfig, LatentBound, lat_finetune, lat_train, latent_pgd
 from eisbench.edit.metrics import der
@@ -27,4 +27,4 @@ from eisbench.edit.unlearn import (
 
 __all__ = ["UNIT_SELECTORS", "FinetuneConfig", "LatConfig", "LatentBound", "ablation_effects",
            "der", "fine_prune", "finetune", "lat_finetune", "lat_train", "latent_pgd",
-           "mask_stamper", "patch_stamper", "top_units", "trigger_stamper", "unlearn"]
+           "mask_stamper", "patch_stamper", "top_ablation_units", "trigger_stamper", "unlearn"]

@@ -28,7 +28,7 @@ drop of the other classes; selectivity = their difference (1: only the class fal
 Example:
     >>> scores = UNIT_SELECTORS.get("conductance")(net, "body.6", x, y, num_classes=10,
     ...                                            generator=torch.Generator())
-    >>> eff = ablation_effects(net, "body.6", top_units(scores, k=10), x_test, y_test)
+    >>> eff = ablation_effects(net, "body.6", top_ablation_units(scores, k=10), x_test, y_test)
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def random_units(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor,
     return torch.rand(num_classes, acts[layer].shape[1], generator=generator)
 
 
-def top_units(scores: torch.Tensor, *, k: int) -> torch.Tensor:
+def top_ablation_units(scores: torch.Tensor, *, k: int) -> torch.Tensor:
     """The ``k`` highest-scoring units of each class: (K, k) indices (ties: lower index)."""
     if not 1 <= k <= scores.shape[1]:
         raise ValueError(f"k must be in [1, {scores.shape[1]}] (the layer's units), got {k}")
@@ -182,7 +182,7 @@ def ablation_effects(model: nn.Module, layer: str, units: torch.Tensor, x: torch
     accuracy drop (before - after) of every class on x (N, C, H, W), y (N,).
 
     Example:
-        >>> eff = ablation_effects(net, "penultimate", top_units(s, k=10), x_test, y_test)
+        >>> eff = ablation_effects(net, "penultimate", top_ablation_units(s, k=10), x_test, y_test)
         >>> eff.selectivity  # one value per class
     """
     name = resolve_layer(model, layer)
@@ -207,3 +207,5 @@ def selector_names(names: Sequence[str] = ()) -> list[str]:
     for n in out:
         UNIT_SELECTORS.get(n)
     return out
+
+

@@ -23,7 +23,13 @@ from torch import nn
 
 from eisbench.core.tensors import eval_mode
 from eisbench.edit.layers import ablated, capture, get_layer, resolve_layer
-from eisbench.edit.unlearn import DEFAULT_FT, FinetuneConfig, finetune_loop, stamp_loss, unlearn
+from eisbench.edit.unlearn import (
+    DEFAULT_FT,
+    FinetuneConfig,
+    finetune_loop,
+    stamp_train_config,
+    unlearn,
+)
 
 LIU_MAX_DROP = 0.04  # Liu et al. stop pruning once validation accuracy falls by 4 points
 
@@ -124,8 +130,7 @@ def fine_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     zero(edited)
     with eval_mode(edited):
         acc_pruned = _accuracy(edited, x, y, dev)
-    finetune_loop(edited, x, y, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                  weight_decay=cfg.weight_decay, loss=stamp_loss(None, 0.0), seed=seed,
-                  device=dev, after_step=zero, desc="fine-prune")
+    finetune_loop(edited, x, y, cfg=stamp_train_config(cfg, stamper=None), steps=cfg.steps,
+                  seed=seed, device=dev, after_step=zero, desc="fine-prune")
     return edited, PruneInfo(layer=name, pruned=[int(i) for i in pruned], acc_before=base,
                              acc_pruned=acc_pruned, n_channels=len(order), trace=trace)

@@ -14,9 +14,10 @@ means "up to half the size of the layer's typical activation", whatever the laye
 With ``relative=False``, ``r_l = eps``.
 
 The training loss is ``clean_weight * CE(f(x), y) + (1 - clean_weight) * CE(f_d(x), y)``
-(f_d: the model with the adversary's d added). :func:`lat_finetune` applies it with the
-fine-tuning budget of every edit (trojan removal); :func:`lat_train` trains a model from
-scratch with it.
+(f_d: the model with the adversary's d added). LAT is the training loop's registered method
+"latent-at" (:func:`latent_adversary` perturbs, :func:`lat_loss` is the loss, options in
+:class:`LatTrainConfig`): :func:`lat_finetune` runs it with the fine-tuning budget of every
+edit (trojan removal); :func:`lat_train` trains a model from scratch with it.
 
 Example:
     >>> cfg = LatConfig(bounds=(LatentBound("body.3", eps=0.5),))
@@ -36,7 +37,8 @@ from torch import nn
 
 from eisbench.core.tensors import eval_mode
 from eisbench.edit.layers import add_to_outputs, capture, resolve_layer
-from eisbench.edit.unlearn import DEFAULT_FT, BatchLoss, FinetuneConfig, finetune_loop
+from eisbench.edit.unlearn import DEFAULT_FT, FinetuneConfig, finetune_loop
+from eisbench.training import Batch, TrainConfig, register_method
 
 NORMS = ("l2", "linf")
 
@@ -150,18 +152,44 @@ def latent_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: LatCo
     return {n: d.detach() for n, d in deltas.items()}, rad
 
 
-def lat_loss(cfg: LatConfig) -> BatchLoss:
-    """The LAT training loss of a batch (see the module docstring)."""
-    def loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
-             gen: torch.Generator) -> torch.Tensor:
-        deltas, _ = latent_pgd(model, xb, yb, cfg=cfg, generator=gen)
-        with add_to_outputs(model, deltas):
-            adv = F.cross_entropy(model(xb), yb)
-        if cfg.clean_weight == 0:
-            return adv
-        return cfg.clean_weight * F.cross_entropy(model(xb), yb) + (1 - cfg.clean_weight) * adv
+@dataclass(frozen=True)
+class LatTrainConfig(TrainConfig):
+    """The config of the "latent-at" training method: ``TrainConfig`` plus the adversary."""
 
-    return loss
+    method: str = "latent-at"
+    lat: LatConfig = DEFAULT_LAT
+
+
+def _lat_of(cfg: TrainConfig) -> LatConfig:
+    """The adversary of a run: ``cfg.lat`` of a :class:`LatTrainConfig`, else the default."""
+    lat = getattr(cfg, "lat", DEFAULT_LAT)
+    if not isinstance(lat, LatConfig):
+        raise TypeError(f"latent-at needs a LatConfig as cfg.lat, got {type(lat).__name__}")
+    return lat
+
+
+def latent_adversary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
+                     generator: torch.Generator) -> Batch:
+    """The "latent-at" method's batch: the clean images x (B, C, H, W) and the perturbations
+    of :func:`latent_pgd` (``cfg.lat``) to add to the hidden layers."""
+    deltas, _ = latent_pgd(model, x, y, cfg=_lat_of(cfg), generator=generator)
+    return Batch(x, hidden=deltas)
+
+
+def lat_loss(model: nn.Module, batch: Batch, y: torch.Tensor, *,
+             cfg: TrainConfig) -> torch.Tensor:
+    """The LAT training loss of a batch (see the module docstring): the adversarial
+    cross-entropy with ``batch.hidden`` added to its layers, mixed with the clean one."""
+    lat = _lat_of(cfg)
+    with add_to_outputs(model, batch.hidden):
+        adv = F.cross_entropy(model(batch.x), y)
+    if lat.clean_weight == 0:
+        return adv
+    return lat.clean_weight * F.cross_entropy(model(batch.x), y) + (1 - lat.clean_weight) * adv
+
+
+register_method("latent-at", perturb=latent_adversary, loss=lat_loss, perturbs="hidden",
+                guarded=False)
 
 
 def lat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -171,9 +199,10 @@ def lat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     budget ``cfg`` (its ``stamp_frac`` is unused: LAT sees no trigger). ``model`` is not
     changed; the copy comes back in its mode."""
     edited = copy.deepcopy(model)
-    return finetune_loop(edited, x, y, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                         weight_decay=cfg.weight_decay, loss=lat_loss(lat), seed=seed,
-                         device=device, desc="LAT fine-tune")
+    tcfg = LatTrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                          schedule="constant", lat=lat)
+    return finetune_loop(edited, x, y, cfg=tcfg, steps=cfg.steps, seed=seed, device=device,
+                         desc="LAT fine-tune")
 
 
 def lat_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lat: LatConfig,
@@ -188,6 +217,6 @@ def lat_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lat: LatCon
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    steps = epochs * math.ceil(len(x) / batch_size)
-    return finetune_loop(model, x, y, steps=steps, batch_size=batch_size, lr=lr,
-                         loss=lat_loss(lat), seed=seed, device=device, desc="LAT train")
+    tcfg = LatTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule="constant",
+                          lat=lat)
+    return finetune_loop(model, x, y, cfg=tcfg, seed=seed, device=device, desc="LAT train")

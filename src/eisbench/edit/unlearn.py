@@ -14,8 +14,10 @@ reconstruction:
 - ``None``: no stamp, which makes :func:`unlearn` plain fine-tuning on the same data, steps
   and seed (the other reference row, :func:`eisbench.edit.baselines.finetune`).
 
-Every method runs :func:`finetune_loop` with one :class:`FinetuneConfig`, so the budget
-(steps, batch, learning rate, clean images) is the same for all of them.
+Every method runs the one training loop (:func:`eisbench.training.fit`, through
+:func:`finetune_loop`) with one :class:`FinetuneConfig`, so the budget (steps, batch, learning
+rate, clean images) is the same for all of them. Fine-tuning on stamped batches is the loop's
+registered method "finetune" (:class:`StampTrainConfig`).
 
 Example:
     >>> rec = reconstruct_trigger(net, target=3, data=x_def, generator=g)  # doctest: +SKIP
@@ -26,23 +28,20 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from eisbench.core.progress import progress
 from eisbench.core.tensors import check_images
 from eisbench.tools.adversarial_patch import paste, random_positions
+from eisbench.training import Batch, TrainConfig, fit, register_method
+from eisbench.training.methods import cross_entropy
 from eisbench.trojans.stamp import Trigger, stamp
 
 Stamper = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """``stamper(x (B, C, H, W), generator) -> stamped (B, C, H, W)`` in [0,1]."""
-BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
-"""``loss(model, x (B, C, H, W), y (B,), generator) -> scalar`` for one training step."""
 
 
 @dataclass(frozen=True)
@@ -122,55 +121,56 @@ def stamped_batch(x: torch.Tensor, y: torch.Tensor, stamper: Stamper | None, *, 
     return torch.cat([stamper(x[:k], generator), x[k:]]), y
 
 
-def finetune_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int,
-                  batch_size: int, lr: float, loss: BatchLoss, seed: int,
-                  weight_decay: float = 0.0, device: str | torch.device = "cpu",
+@dataclass(frozen=True)
+class StampTrainConfig(TrainConfig):
+    """The config of the "finetune" training method: ``stamp_frac`` of every batch stamped by
+    ``stamper`` under its true label (``None``: plain fine-tuning). Built from a
+    :class:`FinetuneConfig` by :func:`stamp_train_config`."""
+
+    method: str = "finetune"
+    schedule: str = "constant"
+    stamper: Stamper | None = None
+    stamp_frac: float = 0.2
+
+
+def stamp_train_config(cfg: FinetuneConfig, *, stamper: Stamper | None) -> StampTrainConfig:
+    """The fine-tuning budget ``cfg`` (Adam, constant learning rate, ``cfg.stamp_frac``
+    stamped by ``stamper``) as the loop's config."""
+    return StampTrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            stamper=stamper, stamp_frac=cfg.stamp_frac)
+
+
+def stamped(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
+            generator: torch.Generator) -> Batch:
+    """The "finetune" method's batch: :func:`stamped_batch` with the config's stamper."""
+    xs, _ = stamped_batch(x, y, getattr(cfg, "stamper", None),
+                          frac=getattr(cfg, "stamp_frac", 0.0), generator=generator)
+    return Batch(xs)
+
+
+register_method("finetune", perturb=stamped, loss=cross_entropy, perturbs="inputs", guarded=False)
+
+
+def finetune_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
+                  seed: int, steps: int | None = None, device: str | torch.device = "cpu",
                   after_step: Callable[[nn.Module], None] | None = None,
                   desc: str = "fine-tune") -> nn.Module:
-    """Train ``model`` in place for ``steps`` Adam steps (constant ``lr``) of ``batch_size``
-    images of x (N, C, H, W) in [0,1], y (N,), drawn in epochs of a random order; each step
-    minimises ``loss(model, xb, yb, generator)``; ``after_step(model)`` runs after each
-    step (fine-pruning re-zeroes its pruned channels there). Randomness: one generator seeded
-    with ``seed``. Returns the model in the mode it came in."""
+    """Train ``model`` in place with the one loop (:func:`eisbench.training.fit`) on x
+    (N, C, H, W) in [0,1], y (N,) for ``steps`` steps (None: ``cfg.epochs`` epochs) of the
+    method ``cfg.method``; ``after_step(model)`` runs after each step (fine-pruning re-zeroes
+    its pruned channels there). Returns the model in the mode it came in, gradients cleared."""
     check_images(x, what="fine-tuning images")
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as images (>0), got {len(x)} and {len(y)}")
     was_training = model.training
     model.to(device)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    per_epoch = max(1, math.ceil(len(x) / batch_size))
-    perm = torch.randperm(len(x), generator=gen)
     try:
-        for step in progress(range(steps), desc=desc):
-            b = step % per_epoch
-            if b == 0 and step:
-                perm = torch.randperm(len(x), generator=gen)
-            idx = perm[b * batch_size:(b + 1) * batch_size]
-            model.train()
-            value = loss(model, x[idx].to(device), y[idx].to(device), gen)
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"{desc}: loss became {float(value)} at step {step}; "
-                                         "lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            if after_step is not None:
-                after_step(model)
+        fit(model, x, y, cfg=cfg, seed=seed, steps=steps, device=device, after_step=after_step,
+            desc=desc)
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)
     return model
-
-
-def stamp_loss(stamper: Stamper | None, frac: float) -> BatchLoss:
-    """Cross-entropy on the batch with ``frac`` of it stamped (true labels kept)."""
-    def loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
-             gen: torch.Generator) -> torch.Tensor:
-        xs, ys = stamped_batch(xb, yb, stamper, frac=frac, generator=gen)
-        return F.cross_entropy(model(xs), ys)
-
-    return loss
 
 
 def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, stamper: Stamper | None,
@@ -184,7 +184,5 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, stamper: Stam
         >>> fixed = unlearn(net, x, y, stamper=trigger_stamper(trojan.trigger), seed=0)
     """
     edited = copy.deepcopy(model)
-    return finetune_loop(edited, x, y, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                         weight_decay=cfg.weight_decay,
-                         loss=stamp_loss(stamper, cfg.stamp_frac), seed=seed, device=device,
-                         desc=desc)
+    return finetune_loop(edited, x, y, cfg=stamp_train_config(cfg, stamper=stamper),
+                         steps=cfg.steps, seed=seed, device=device, desc=desc)

@@ -117,6 +117,7 @@ def train_pairs(cfg: Challenge2Config, *, seed: int, device: torch.device) -> Pa
     tr, _ = split()
     pairs = all_pairs()[tr]
     y = label_fn(pairs[:, 0], pairs[:, 1])
+    # not training.fit: AdamW, cosine lr, randint batches; unifying would change the cached nets
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # weight init (and any dropout); restored on exit
         net = PairTransformer(cfg.d_model, cfg.n_heads, cfg.d_mlp).to(device)

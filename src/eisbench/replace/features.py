@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-KINDS = ("dot", "contrast", "cos", "cos-contrast")
+FEATURE_KINDS = ("dot", "contrast", "cos", "cos-contrast")
 SIGNED_KINDS = ("dot", "cos")  # kinds that make sense for templates with negative values
 _EPS = 1e-8
 
@@ -31,7 +31,7 @@ class Feature:
     """One scalar feature of an image: a template similarity (``template`` indexes the
     template bank) or the ink of a region (``region`` = (r0, r1, c0, c1), half-open)."""
 
-    kind: str  # one of KINDS, or "ink"
+    kind: str  # one of FEATURE_KINDS, or "ink"
     template: int = -1
     region: tuple[int, int, int, int] = (0, 0, 0, 0)
     name: str = ""
@@ -86,7 +86,7 @@ def bank(shape: tuple[int, int, int], names: list[str], bounded: list[bool],
     """Every feature of the search over templates ``names`` and the ink regions."""
     out: list[Feature] = []
     for m, (t, ok) in enumerate(zip(names, bounded, strict=True)):
-        for kind in KINDS if ok else SIGNED_KINDS:
+        for kind in FEATURE_KINDS if ok else SIGNED_KINDS:
             out.append(Feature(kind=kind, template=m, name=template_feature_name(kind, t)))
     for r in regions(shape, grid):
         r0, r1, c0, c1 = r

@@ -125,6 +125,7 @@ def train_autoencoder(x: torch.Tensor, cfg: AutoencoderConfig = AutoencoderConfi
                      width=cfg.width)
     _init(ae, g)
     ae.to(dev).train()
+    # not training.fit: trains a decoder on a reconstruction loss, not a classifier on labels
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     for _ in range(cfg.steps):
         xb = x[torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=g)].to(dev)

@@ -1,4 +1,13 @@
-"""The training loop: one function, any method, resumable from per-epoch checkpoints."""
+"""The one training loop: any registered method, resumable from per-epoch checkpoints.
+
+:func:`fit` is the loop: Adam over mini-batches drawn in epochs of a random order (one
+``torch.randperm`` per epoch from a generator seeded with ``seed``, which also feeds the
+method's perturbation), the learning-rate schedule of the config, the method's perturbation
+and loss each step, and after each epoch the history entry, the overfitting guard (for the
+methods that declare it) and the checkpoint. :func:`train` trains a model with it from a
+:class:`~eisbench.training.config.TrainConfig`; the fine-tuning edits of :mod:`eisbench.edit`
+run it for a budget of steps.
+"""
 
 from __future__ import annotations
 
@@ -6,68 +15,41 @@ import copy
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eisbench.attacks.pgd import pgd
 from eisbench.core.progress import progress
 from eisbench.core.tensors import check_images, eval_mode
-from eisbench.training.methods import DEFAULT_GRAD_REG, LOSSES, METHODS, Loss, Perturb
+from eisbench.training.config import InputGradConfig, TrainConfig
+from eisbench.training.methods import TRAINING_METHODS, TrainingMethod
 
+__all__ = ["InputGradConfig", "TrainConfig", "fit", "train"]
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run (all of them end up in the record)."""
-
-    method: str = "standard"  # standard | pgd-at | fast-at | input-grad
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3  # peak learning rate (Adam)
-    schedule: str = "onecycle"  # onecycle (linear up for 2/5, down to 0) | constant
-    weight_decay: float = 0.0
-    eps: float = 0.3  # adversarial budget (pgd-at, fast-at)
-    norm: str = "linf"
-    alpha: float | None = None  # attack step; fast-at default 1.25 eps, pgd-at 2.5 eps/steps
-    attack_steps: int = 40  # pgd-at only
-    eps_warmup_epochs: int = 0  # linearly ramp eps over the first epochs (helps fast-at on MNIST)
-    # Adversarial methods: after each epoch, PGD-10 accuracy at the full eps on a fixed batch of
-    # training images; if it falls this far below its best (catastrophic overfitting, Wong et al.
-    # 2020), restore the best epoch's weights and stop. 0 turns the guard off.
-    overfit_guard: float = 0.2
-
-
-@dataclass(frozen=True)
-class InputGradConfig(TrainConfig):
-    """Input-gradient regularisation (Ross & Doshi-Velez 2018): ``TrainConfig`` plus its weight.
-
-    A subclass rather than a new ``TrainConfig`` field: stage caches hash every field of a
-    config, so a field added to ``TrainConfig`` would invalidate every cached model.
-    """
-
-    method: str = "input-grad"
-    grad_reg: float = DEFAULT_GRAD_REG  # lambda of ``CE + lambda * ||grad_x CE||_2^2``
-
-
-UNGUARDED = ("standard", "input-grad")  # methods without an attack to overfit to
+GUARD_N = 512  # training images probed by the overfitting guard
+SCHEDULES: dict[str, Callable[[float, float], float]] = {  # (peak lr, progress t in [0, 1]) -> lr
+    "constant": lambda lr, t: lr,
+    "onecycle": lambda lr, t: lr * (t / 0.4 if t < 0.4 else max(0.0, (1 - t) / 0.6)),
+}
 
 
 def _lr_at(cfg: TrainConfig, t: float) -> float:
     """Learning rate at training progress ``t`` in [0, 1]."""
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "onecycle":
-        return cfg.lr * (t / 0.4 if t < 0.4 else max(0.0, (1 - t) / 0.6))
-    raise ValueError(f"unknown schedule {cfg.schedule!r}: expected onecycle or constant")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: expected onecycle or constant")
+    return SCHEDULES[cfg.schedule](cfg.lr, t)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig, seed: int,
           device: str | torch.device = "cpu", resume_dir: Path | None = None,
           desc: str = "train") -> nn.Module:
-    """Train ``model`` in place on images ``x`` (N, C, H, W) in [0,1] and labels ``y`` (N,).
+    """Train ``model`` in place on images ``x`` (N, C, H, W) in [0,1] and labels ``y`` (N,)
+    for ``cfg.epochs`` epochs of :func:`fit`; returns it in eval mode.
 
     Randomness (shuffling, attack starts) comes from a generator seeded with ``seed``. If
     ``resume_dir`` is given, a checkpoint is written there after every epoch, and a later call
@@ -80,84 +62,135 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
     check_images(x, what="training images")
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
-    perturb = METHODS.get(cfg.method)
     model.to(device)
-    _train(model, x, y, perturb=perturb, loss_fn=LOSSES.get(cfg.method, _cross_entropy),
-           cfg=cfg, seed=seed, device=device, resume_dir=resume_dir, desc=desc)
+    fit(model, x, y, cfg=cfg, seed=seed, device=device, resume_dir=resume_dir, desc=desc)
     return model.eval()  # safe: nn.Module.eval (mode switch)
 
 
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                   cfg: TrainConfig) -> torch.Tensor:
-    """The default training loss: mean cross-entropy of the batch x (B, C, H, W), y (B,)."""
-    return F.cross_entropy(model(x), y)
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig, seed: int,
+        steps: int | None = None, device: str | torch.device = "cpu",
+        resume_dir: Path | None = None, after_step: Callable[[nn.Module], None] | None = None,
+        desc: str = "train") -> list[dict[str, Any]]:
+    """The training loop: train ``model`` (already on ``device``) in place on x (N, C, H, W),
+    y (N,) with the method ``cfg.method`` of :data:`TRAINING_METHODS`; returns the history
+    (one entry per epoch). Leaves the model in train mode.
 
+    ``steps``: stop after this many optimiser steps (the last epoch may be partial); None:
+    ``cfg.epochs`` epochs. ``after_step(model)`` runs after every optimiser step.
+    ``resume_dir``: see :func:`train` (it also receives ``history.json``).
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, perturb: Perturb,
-           loss_fn: Loss, cfg: TrainConfig, seed: int, device: str | torch.device,
-           resume_dir: Path | None, desc: str) -> None:
+    Example:
+        >>> fit(net, x, y, cfg=TrainConfig(schedule="constant"), seed=0, steps=200)
+    """
+    if len(x) == 0:
+        raise ValueError("no training images")
+    method = TRAINING_METHODS.get(cfg.method)
+    guarded = TRAINING_METHODS.meta(cfg.method)["guarded"]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    guard = cfg.overfit_guard > 0 and cfg.method not in UNGUARDED
-    state: dict = {"epoch": 0, "history": [], "best": None, "best_acc": -1.0, "stopped": False}
     ckpt = resume_dir / "train_state.pt" if resume_dir is not None else None
+    state = _resume(ckpt, model, opt, gen)
+    per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total = steps if steps is not None else cfg.epochs * per_epoch
+    n_epochs = math.ceil(total / per_epoch)
+    for epoch in range(int(state["epoch"]), n_epochs):
+        if state["stopped"]:
+            break
+        ecfg = _epoch_cfg(cfg, epoch)
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        loss_sum = 0.0
+        batches = range(epoch * per_epoch, min(total, (epoch + 1) * per_epoch))
+        for step in progress(batches, desc=f"{desc} {epoch + 1}/{n_epochs}"):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(cfg, step / total)
+            b = step - epoch * per_epoch
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            loss_sum += _step(model, opt, method, xb, yb, cfg=ecfg, generator=gen,
+                              where=f"{desc}: step {step + 1} (epoch {epoch + 1})") * len(yb)
+            if after_step is not None:
+                after_step(model)
+        seen = min(len(x), len(batches) * cfg.batch_size)  # images this epoch
+        entry = {"epoch": epoch + 1, "loss": loss_sum / seen, "eps": ecfg.eps}
+        if guarded and cfg.overfit_guard > 0:
+            _guard(model, x, y, cfg=cfg, device=device, state=state, entry=entry, desc=desc)
+        state["history"].append(entry)
+        state["epoch"] = epoch + 1
+        _checkpoint(ckpt, state, model, opt, gen)
+    if resume_dir is not None:
+        (resume_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    return list(state["history"])
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, method: TrainingMethod,
+          xb: torch.Tensor, yb: torch.Tensor, *, cfg: TrainConfig, generator: torch.Generator,
+          where: str) -> float:
+    """One optimiser step of ``method`` on the batch xb (B, C, H, W), yb (B,); its loss."""
+    model.train()
+    batch = method.perturb(model, xb, yb, cfg=cfg, generator=generator)
+    loss = method.loss(model, batch, yb, cfg=cfg)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{where}: training loss became {value}; lower the learning rate")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return value
+
+
+def _epoch_cfg(cfg: TrainConfig, epoch: int) -> TrainConfig:
+    """The config of epoch ``epoch`` (0-based): eps (and alpha) ramped over the warm-up."""
+    ramp = min(1.0, (epoch + 1) / cfg.eps_warmup_epochs) if cfg.eps_warmup_epochs else 1.0
+    if ramp == 1.0:
+        return cfg
+    eps = cfg.eps * ramp
+    return replace(cfg, eps=eps, alpha=cfg.alpha * eps / cfg.eps if cfg.alpha is not None else None)
+
+
+def _resume(ckpt: Path | None, model: nn.Module, opt: torch.optim.Optimizer,
+            gen: torch.Generator) -> dict[str, Any]:
+    """The loop's state: fresh, or read from ``ckpt`` (which also restores model, optimiser
+    and generator)."""
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "best_acc": -1.0,
+                             "stopped": False}
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         model.load_state_dict(state.pop("model"))
         opt.load_state_dict(state.pop("opt"))
         gen.set_state(state.pop("gen"))
-    n_batches = math.ceil(len(x) / cfg.batch_size)
-    total = cfg.epochs * n_batches
-    for epoch in range(int(state["epoch"]), cfg.epochs):
-        if state["stopped"]:
-            break
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        ramp = min(1.0, (epoch + 1) / cfg.eps_warmup_epochs) if cfg.eps_warmup_epochs else 1.0
-        ecfg = cfg if ramp == 1.0 else _with_eps(cfg, cfg.eps * ramp)
-        loss_sum = 0.0
-        bar = progress(range(n_batches), desc=f"{desc} {epoch + 1}/{cfg.epochs}")
-        for b in bar:
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(cfg, (epoch * n_batches + b) / total)
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            xt = perturb(model, xb, yb, cfg=ecfg, generator=gen)
-            loss = loss_fn(model, xt, yb, cfg=ecfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach()) * len(yb)
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"{desc}: training loss became {loss_sum} in epoch {epoch + 1}"
-                                     "; lower the learning rate")
-        entry = {"epoch": epoch + 1, "loss": loss_sum / len(x), "eps": ecfg.eps}
-        if guard:
-            acc = _guard_accuracy(model, x, y, cfg=cfg, device=device)
-            entry["guard_pgd10_acc"] = acc
-            if acc >= state["best_acc"]:
-                state["best_acc"] = acc
-                state["best"] = copy.deepcopy(model.state_dict())
-            elif acc < state["best_acc"] - cfg.overfit_guard:
-                model.load_state_dict(state["best"])
-                state["stopped"] = True
-                entry["stopped"] = True
-                warnings.warn(f"{desc}: PGD-10 accuracy on the guard batch fell from "
-                              f"{state['best_acc']:.2f} to {acc:.2f} in epoch {epoch + 1} "
-                              "(catastrophic overfitting); kept the best epoch and stopped",
-                              stacklevel=2)
-        state["history"].append(entry)
-        state["epoch"] = epoch + 1
-        if ckpt is not None:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({**state, "model": model.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state()}, tmp)
-            tmp.replace(ckpt)
-    if resume_dir is not None:
-        (resume_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    return state
 
 
-GUARD_N = 512  # training images probed by the overfitting guard
+def _checkpoint(ckpt: Path | None, state: dict[str, Any], model: nn.Module,
+                opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
+    """Write the state after an epoch atomically (temp file, then rename)."""
+    if ckpt is None:
+        return
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save({**state, "model": model.state_dict(), "opt": opt.state_dict(),
+                "gen": gen.get_state()}, tmp)
+    tmp.replace(ckpt)
+
+
+def _guard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
+           device: str | torch.device, state: dict[str, Any], entry: dict[str, Any],
+           desc: str) -> None:
+    """The overfitting guard after an epoch: keep the best epoch's weights; restore them and
+    mark the run stopped if the probe accuracy fell more than ``cfg.overfit_guard``."""
+    acc = _guard_accuracy(model, x, y, cfg=cfg, device=device)
+    entry["guard_pgd10_acc"] = acc
+    if acc >= state["best_acc"]:
+        state["best_acc"] = acc
+        state["best"] = copy.deepcopy(model.state_dict())
+    elif acc < state["best_acc"] - cfg.overfit_guard:
+        model.load_state_dict(state["best"])
+        state["stopped"] = True
+        entry["stopped"] = True
+        warnings.warn(f"{desc}: PGD-10 accuracy on the guard batch fell from "
+                      f"{state['best_acc']:.2f} to {acc:.2f} in epoch {entry['epoch']} "
+                      "(catastrophic overfitting); kept the best epoch and stopped",
+                      stacklevel=4)
 
 
 def _guard_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
@@ -168,10 +201,3 @@ def _guard_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: 
                 generator=torch.Generator().manual_seed(0))
     with eval_mode(model), torch.no_grad():
         return float((model(x_adv).argmax(1) == yb).float().mean())
-
-
-def _with_eps(cfg: TrainConfig, eps: float) -> TrainConfig:
-    from dataclasses import replace
-
-    alpha = cfg.alpha * eps / cfg.eps if cfg.alpha is not None else None
-    return replace(cfg, eps=eps, alpha=alpha)

@@ -1,14 +1,32 @@
-"""Training methods: each turns a clean batch into the batch the model is trained on.
+"""Training methods: the registered ways the one loop (:func:`eisbench.training.fit`) trains.
 
-A method is ``perturb(model, x, y, *, cfg, generator) -> x_train`` (B, C, H, W). The model is
-trained on the cross-entropy of that batch, unless the method also has an entry in
-:data:`LOSSES`: ``loss(model, x_train, y, *, cfg) -> scalar`` (a regulariser, say).
+Each entry of :data:`TRAINING_METHODS` is a :class:`TrainingMethod`, two functions:
+
+- ``perturb(model, x, y, *, cfg, generator) -> Batch``: what the step trains on, made from the
+  clean batch x (B, C, H, W), y (B,) (adversarial images, stamped images, or perturbations of
+  hidden activations in :attr:`Batch.hidden`);
+- ``loss(model, batch, y, *, cfg) -> scalar``: the training loss on that batch;
+
+and declares, as registry metadata, ``perturbs`` (what its perturbation changes: nothing,
+inputs or hidden activations) and ``guarded`` (whether the loop's catastrophic-overfitting
+guard applies: methods trained against an input-space attack that they can overfit to).
+
+``cfg`` is the run's :class:`~eisbench.training.config.TrainConfig` (a subclass carries a
+method's own options). This module registers standard, pgd-at, fast-at and input-grad;
+:mod:`eisbench.edit` registers latent-at (:mod:`eisbench.edit.lat`) and finetune, the
+fine-tuning on stamped batches (:mod:`eisbench.edit.unlearn`).
+
+Example:
+    >>> TRAINING_METHODS.meta("fast-at")["guarded"]
+    True
+    >>> TRAINING_METHODS.names(guarded=True)
+    ['fast-at', 'pgd-at']
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,36 +34,76 @@ from torch import nn
 
 from eisbench.attacks.pgd import pgd
 from eisbench.attacks.projection import project, random_start, steepest_direction
-from eisbench.core.registry import Registry
+from eisbench.core.registry import MetaKey, Registry
+from eisbench.training.config import DEFAULT_GRAD_REG, TrainConfig
 
-if TYPE_CHECKING:
-    from eisbench.training.loop import TrainConfig
 
-Perturb = Callable[..., torch.Tensor]
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """What one step trains on: images x (B, C, H, W) and, for latent methods, perturbations
+    ``{layer: d (B, ...)}`` that the method's loss adds to those layers' outputs."""
+
+    x: torch.Tensor
+    hidden: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+Perturb = Callable[..., Batch]
 Loss = Callable[..., torch.Tensor]
-METHODS: Registry[Perturb] = Registry("training method")
-LOSSES: dict[str, Loss] = {}  # method -> its training loss, where not plain cross-entropy
-DEFAULT_GRAD_REG = 1.0  # input-grad's lambda for a config without a ``grad_reg`` field
 
 
-@METHODS.register("standard")
-def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
-             generator: torch.Generator) -> torch.Tensor:
-    """Empirical risk minimisation: train on the clean batch."""
-    return x
+@dataclass(frozen=True)
+class TrainingMethod:
+    """A registered training method: what perturbs the batch, and the loss on it."""
+
+    perturb: Perturb  # (model, x, y, *, cfg, generator) -> Batch
+    loss: Loss  # (model, batch, y, *, cfg) -> scalar
 
 
-@METHODS.register("pgd-at")
+PERTURBS = ("nothing", "inputs", "hidden")
+TRAINING_METHODS: Registry[TrainingMethod] = Registry("training method", schema={
+    "perturbs": MetaKey(str, choices=PERTURBS,
+                        doc="what the perturbation changes: nothing, inputs or hidden layers"),
+    "guarded": MetaKey(bool, doc="the overfitting guard applies (an input attack to overfit to)"),
+})
+
+
+def register_method(name: str, *, perturb: Perturb, loss: Loss, perturbs: str,
+                    guarded: bool) -> TrainingMethod:
+    """Register a training method under ``name`` (a duplicate name or bad metadata raises)."""
+    return TRAINING_METHODS.register(name, perturbs=perturbs, guarded=guarded)(
+        TrainingMethod(perturb=perturb, loss=loss))
+
+
+def inputs_only(batch: Batch) -> torch.Tensor:
+    """The images of a batch for a loss that applies no hidden perturbation (raises if the
+    batch carries one, which such a loss would silently drop)."""
+    if batch.hidden:
+        raise ValueError(f"this loss trains on images only, but the batch perturbs hidden "
+                         f"layers {sorted(batch.hidden)}: give the method a latent loss")
+    return batch.x
+
+
+def cross_entropy(model: nn.Module, batch: Batch, y: torch.Tensor, *,
+                  cfg: TrainConfig) -> torch.Tensor:
+    """The default training loss: mean cross-entropy of batch.x (B, C, H, W), y (B,)."""
+    return F.cross_entropy(model(inputs_only(batch)), y)
+
+
+def clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
+          generator: torch.Generator) -> Batch:
+    """No perturbation: train on the clean batch."""
+    return Batch(x)
+
+
 def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
-           generator: torch.Generator) -> torch.Tensor:
+           generator: torch.Generator) -> Batch:
     """Madry et al. 2018: train on PGD adversarial examples (``cfg.attack_steps`` steps)."""
-    return pgd(model, x, y, eps=cfg.eps, steps=cfg.attack_steps, step_size=cfg.alpha,
-               norm=cfg.norm, random_start=True, generator=generator)
+    return Batch(pgd(model, x, y, eps=cfg.eps, steps=cfg.attack_steps, step_size=cfg.alpha,
+                     norm=cfg.norm, random_start=True, generator=generator))
 
 
-@METHODS.register("fast-at")
 def fast_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: torch.Generator) -> Batch:
     """Wong et al. 2020, "Fast is better than free": FGSM from a uniform random start with
     step ``alpha`` (1.25 eps by default), projected back to the eps-ball.
     """
@@ -54,23 +112,15 @@ def fast_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainCon
     loss = F.cross_entropy(model(x0), y)
     (grad,) = torch.autograd.grad(loss, x0)
     with torch.no_grad():
-        return project(x, x0 + alpha * steepest_direction(grad, cfg.norm), norm=cfg.norm,
-                       eps=cfg.eps)
-
-
-@METHODS.register("input-grad")
-def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
-               generator: torch.Generator) -> torch.Tensor:
-    """Ross & Doshi-Velez 2018: train on the clean batch with the loss
-    :func:`input_grad_loss` (cross-entropy plus a penalty on its input gradient)."""
-    return x
+        return Batch(project(x, x0 + alpha * steepest_direction(grad, cfg.norm), norm=cfg.norm,
+                             eps=cfg.eps))
 
 
 def input_grad_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     cfg: TrainConfig) -> torch.Tensor:
     """``mean_i CE_i + lambda * mean_i ||d CE_i / d x_i||_2^2`` on a batch x (B, C, H, W),
     y (B,), by double backpropagation; lambda is ``cfg.grad_reg``
-    (:class:`~eisbench.training.loop.InputGradConfig`), else :data:`DEFAULT_GRAD_REG`.
+    (:class:`~eisbench.training.config.InputGradConfig`), else :data:`DEFAULT_GRAD_REG`.
 
     Example:
         >>> loss = input_grad_loss(net, x, y, cfg=InputGradConfig(grad_reg=10.0))
@@ -83,4 +133,14 @@ def input_grad_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return ce.mean() + lam * grad.flatten(1).pow(2).sum(1).mean()
 
 
-LOSSES["input-grad"] = input_grad_loss
+def _input_grad(model: nn.Module, batch: Batch, y: torch.Tensor, *,
+                cfg: TrainConfig) -> torch.Tensor:
+    """Ross & Doshi-Velez 2018: :func:`input_grad_loss` of the (clean) batch."""
+    return input_grad_loss(model, inputs_only(batch), y, cfg=cfg)
+
+
+register_method("standard", perturb=clean, loss=cross_entropy, perturbs="nothing", guarded=False)
+register_method("pgd-at", perturb=pgd_at, loss=cross_entropy, perturbs="inputs", guarded=True)
+register_method("fast-at", perturb=fast_at, loss=cross_entropy, perturbs="inputs", guarded=True)
+register_method("input-grad", perturb=clean, loss=_input_grad, perturbs="nothing",
+                guarded=False)

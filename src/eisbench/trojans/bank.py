@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from eisbench.data.core import DataError
-from eisbench.trojans.stamp import KINDS, Trigger  # the one trigger type (training layer)
+from eisbench.trojans.stamp import TRIGGER_KINDS, Trigger  # the one trigger type (training layer)
 
 BANK_SIZE = 8
 PATCH_GROUND = 0.4  # grey level of a patch icon's square; strokes are 1.0
@@ -254,8 +254,8 @@ def trigger_bank(kind: str, *, dataset: str, shape: tuple[int, int, int],
         >>> [t.name for t in trigger_bank("style", dataset="digits", shape=(1, 8, 8))][:2]
         ['style0-hgrating', 'style1-vgrating']
     """
-    if kind not in KINDS:
-        raise ValueError(f"trigger kind must be one of {KINDS}, got {kind!r}")
+    if kind not in TRIGGER_KINDS:
+        raise ValueError(f"trigger kind must be one of {TRIGGER_KINDS}, got {kind!r}")
     if len(shape) != 3 or min(shape) < 1 or min(shape[1:]) < 3:
         raise ValueError(f"shape must be (C, H, W) with H, W >= 3, got {shape}")
     shape = (int(shape[0]), int(shape[1]), int(shape[2]))

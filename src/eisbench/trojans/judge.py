@@ -23,7 +23,7 @@ fresh views of the true trigger (target >= 0.95), on noise images (about 1/8, wi
 interval and the share of each option chosen), and on the trigger's own image (must be 1).
 
 Example:
-    >>> banks = {k: trigger_bank(k, dataset="mnist", shape=(1, 28, 28)) for k in KINDS}
+    >>> banks = {k: trigger_bank(k, dataset="mnist", shape=(1, 28, 28)) for k in TRIGGER_KINDS}
     >>> enc, _ = judge_stage(store, banks=banks, shape=(1, 28, 28), data=train_tensors)
     >>> ask(enc, images=tool_images, options=banks["patch"], shape=(1, 28, 28)).choice
     3
@@ -159,6 +159,7 @@ def train_judge(banks: Banks, *, shape: tuple[int, int, int], data: torch.Tensor
                            embed_dim=cfg.embed_dim, scale=cfg.scale)
     enc.names = [*names, "background"]
     enc.to(device).train()
+    # not training.fit: batches are views rendered per step (no data set), warm-up cosine lr
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr)
     data_cpu = None if data is None else data.detach().float().cpu()
     exact = lay.exact.to(device)  # (K, C, H, W)

@@ -22,7 +22,7 @@ from torch import nn
 
 from eisbench.core.tensors import predict
 
-KINDS = ("patch", "style", "natural")
+TRIGGER_KINDS = ("patch", "style", "natural")
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,8 +40,8 @@ class Trigger:
     position: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"trigger kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in TRIGGER_KINDS:
+            raise ValueError(f"trigger kind must be one of {TRIGGER_KINDS}, got {self.kind!r}")
         if self.icon.dim() != 3 or self.alpha.shape != (1, *self.icon.shape[1:]):
             raise ValueError(f"icon must be (C, h, w) and alpha (1, h, w); got "
                              f"{tuple(self.icon.shape)} and {tuple(self.alpha.shape)}")

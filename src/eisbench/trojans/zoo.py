@@ -43,7 +43,14 @@ from eisbench.runs.stages import Context, Tensors, train_stage
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
 from eisbench.trojans.bank import trigger_bank
-from eisbench.trojans.stamp import KINDS, Trigger, Trojan, attack_success_rate, poison, stamp
+from eisbench.trojans.stamp import (
+    TRIGGER_KINDS,
+    Trigger,
+    Trojan,
+    attack_success_rate,
+    poison,
+    stamp,
+)
 
 ASR_TARGET = 0.90
 MAX_DROP = 0.01  # one accuracy point
@@ -144,7 +151,7 @@ def zoo(dataset: str, *, shape: tuple[int, int, int] | None = None,
             raise ValueError(f"no default image shape for {dataset!r}: pass shape=(C, H, W)")
         shape = DATASET_SHAPES[dataset]
     banks = {k: trigger_bank(k, dataset=dataset, shape=shape, data_root=data_root)
-             for k in KINDS}
+             for k in TRIGGER_KINDS}
     out = []
     for e in ZOO_TABLE:
         trig = banks[e.kind][e.index]
