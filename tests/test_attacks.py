@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import pytest
 import torch
 from torch import nn
@@ -15,7 +18,9 @@ from eisbench.attacks import (
     pgd,
     project,
 )
-from eisbench.attacks.projection import distance, random_start
+from eisbench.attacks.core import CALL_ARGS, declared_hypers
+from eisbench.attacks.evaluate import evaluation_hyper
+from eisbench.attacks.projection import NORMS, distance, random_start
 
 BUDGETS = {"linf": 0.1, "l2": 0.15}
 
@@ -29,7 +34,40 @@ FAST = {"square": {"n_queries": 300}}  # keep the contract cheap; defaults are t
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_attack_declares_its_signature(name: str) -> None:
+    """The declared hyper-parameters are exactly the keyword-only arguments but the caller's,
+    with the same defaults and types; the declared norms are known ones, the default first."""
+    fn, meta = ATTACKS.get(name), ATTACKS.meta(name)
+    kwonly = {k: p for k, p in inspect.signature(fn).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    hints = typing.get_type_hints(fn)
+    assert set(meta["params"]) == set(kwonly) - set(CALL_ARGS), name
+    for key, h in meta["params"].items():
+        assert h.default == kwonly[key].default, f"{name}.{key}: declared {h.default}"
+        assert h.type is hints[key] or h.type in typing.get_args(hints[key]), f"{name}.{key}"
+        assert not h.choices or h.default in h.choices
+    assert {"eps", "norm", "generator"} <= set(kwonly)
+    assert meta["norms"] and set(meta["norms"]) <= set(NORMS)
+    assert kwonly["norm"].default == meta["norms"][0]
+    assert meta["min_classes"] >= 2 and isinstance(meta["white_box"], bool)
+
+
+def test_declared_hyper_parameters_and_evaluation_defaults() -> None:
+    hypers = declared_hypers()
+    assert hypers["steps"][1] == {"apgd": 100, "apgd-t": 100, "fmn": 100, "pgd": 40}
+    assert hypers["loss"][0].choices == ("ce", "dlr")
+    assert evaluation_hyper("pgd", {"steps": 5, "restarts": None}) == {
+        "steps": 5, "step_size": None, "restarts": 1, "random_start": True, "early_exit": True}
+    assert evaluation_hyper("fgsm", {"steps": 5}) == {}
+    assert evaluation_hyper("square", {})["n_queries"] == 5000
+    assert AttackConfig(name="fgsm").kwargs() == {"norm": "linf", "eps": 0.3}
+    assert set(AttackConfig(name="apgd").kwargs()) == {"norm", "eps", "steps", "restarts"}
+    assert ATTACKS.names(white_box=False) == ["square"]
+    assert ATTACKS.names(min_classes=4) == ["apgd-t"]
+
+
+@pytest.mark.parametrize(("name", "norm"), [(n, norm) for n in ATTACKS.names()
+                                            for norm in ATTACKS.meta(n)["norms"]])
 def test_attack_contract(name: str, norm: str, linear_multi: nn.Module,
                          mixture_multi: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = mixture_multi

@@ -17,7 +17,7 @@ from torch import nn
 
 from eisbench.attacks import ATTACKS
 from eisbench.evaluation import CHECKS, SUITES, evaluate_robustness, run_suite
-from eisbench.evaluation.checks import Context
+from eisbench.evaluation.checks import CheckInputs
 from eisbench.evaluation.suite import Step
 
 EPS = 0.2  # Linf, on 8x8 digits
@@ -108,13 +108,14 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: object) 
 Data = tuple[torch.Tensor, torch.Tensor]
 
 
-def _context(model: nn.Module, data: Data, *, steps: tuple[Step, ...], **kw: object) -> Context:
+def _check_inputs(model: nn.Module, data: Data, *, steps: tuple[Step, ...],
+                  **kw: object) -> CheckInputs:
     x, y = data
     res = run_suite(model, x, y, eps=EPS, steps=steps)
     fields = {"model": model, "x": x, "y": y, "eps": EPS, "norm": "linf", "result": res,
               "was_training": False, "num_classes": 10, "n_checks": len(x), "seed": 0,
               "device": torch.device("cpu")}
-    return Context(**{**fields, **kw})  # type: ignore[arg-type]
+    return CheckInputs(**{**fields, **kw})  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -149,12 +150,12 @@ def test_clean_robust_model_trips_no_check(clean_checks: dict) -> None:
 
 
 def test_returns_logits(robust_digits: nn.Module, test_set: Data) -> None:
-    ch = CHECKS.get("returns-logits")(_context(Softmax(robust_digits), test_set, steps=()))
+    ch = CHECKS.get("returns-logits")(_check_inputs(Softmax(robust_digits), test_set, steps=()))
     assert ch.passed is False and "probabilities" in ch.detail
 
 
 def test_deterministic(robust_digits: nn.Module, test_set: Data) -> None:
-    assert CHECKS.get("deterministic")(_context(Noisy(robust_digits), test_set,
+    assert CHECKS.get("deterministic")(_check_inputs(Noisy(robust_digits), test_set,
                                                 steps=())).passed is False
 
 
@@ -168,14 +169,14 @@ def test_gradients_and_eps_curve_catch_quantised_input(robust_digits: nn.Module,
 def test_black_box_catches_quantised_input_by_transfer(robust_digits: nn.Module,
                                                        trained_digits_cnn: nn.Module,
                                                        test_set: Data) -> None:
-    ctx = _context(Quantised(robust_digits), test_set, steps=(("apgd", {"steps": 20}),),
+    ctx = _check_inputs(Quantised(robust_digits), test_set, steps=(("apgd", {"steps": 20}),),
                    surrogate=robust_digits)
     ch = CHECKS.get("black-box-not-stronger")(ctx)
     assert ch.passed is False and "transfer" in ch.detail
 
 
 def test_no_autograd_in_forward(robust_digits: nn.Module, test_set: Data) -> None:
-    ch = CHECKS.get("no-autograd-in-forward")(_context(Purifier(robust_digits), test_set,
+    ch = CHECKS.get("no-autograd-in-forward")(_check_inputs(Purifier(robust_digits), test_set,
                                                        steps=()))
     assert ch.passed is False
 
@@ -190,7 +191,7 @@ def test_eval_mode(robust_digits: nn.Module, test_set: Data) -> None:
 
 def test_within_budget_catches_an_attack_that_leaves_the_ball(robust_digits: nn.Module,
                                                               test_set: Data) -> None:
-    ctx = _context(robust_digits, test_set, steps=())
+    ctx = _check_inputs(robust_digits, test_set, steps=())
     x_adv = ctx.result.x_adv.clone()
     x_adv[0] = (x_adv[0] + 2 * EPS).clamp(0, 1)
     ctx = dataclasses.replace(ctx, result=dataclasses.replace(ctx.result, x_adv=x_adv))
@@ -200,7 +201,7 @@ def test_within_budget_catches_an_attack_that_leaves_the_ball(robust_digits: nn.
 def test_iterative_and_convergence_checks_catch_a_misconfigured_attack(
         trained_digits_cnn: nn.Module, test_set: Data) -> None:
     weak = (("pgd", {"steps": 2, "step_size": 1e-3}),)  # far too small a step to leave x
-    ctx = _context(trained_digits_cnn.eval(), test_set, steps=weak)
+    ctx = _check_inputs(trained_digits_cnn.eval(), test_set, steps=weak)
     assert CHECKS.get("iterative-beats-single-step")(ctx).passed is False
     assert CHECKS.get("more-steps-and-restarts")(ctx).passed is False
 
@@ -208,11 +209,11 @@ def test_iterative_and_convergence_checks_catch_a_misconfigured_attack(
 def test_control_falls(robust_digits: nn.Module, trained_digits_cnn: nn.Module,
                        test_set: Data) -> None:
     check = CHECKS.get("control-falls")
-    assert check(_context(robust_digits, test_set, steps=(),
+    assert check(_check_inputs(robust_digits, test_set, steps=(),
                           control=robust_digits)).passed is False
-    assert check(_context(robust_digits, test_set, steps=(),
+    assert check(_check_inputs(robust_digits, test_set, steps=(),
                           control=trained_digits_cnn.eval())).passed is True
-    assert check(_context(robust_digits, test_set, steps=())).passed is None
+    assert check(_check_inputs(robust_digits, test_set, steps=())).passed is None
 
 
 def test_enough_classes(robust_digits: nn.Module, test_set: Data) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from eisbench.core.registry import Registry, UnknownNameError
+from eisbench.core.registry import MetaKey, Registry, UnknownNameError
 
 
 def test_duplicate_name_raises() -> None:
@@ -22,6 +22,50 @@ def test_unknown_name_suggests_closest() -> None:
     assert "mlp" in reg and len(reg) == 3
 
 
+def _tools() -> Registry[int]:
+    return Registry("tool", schema={"family": MetaKey(str, choices=("patch", "mask")),
+                                    "side": MetaKey((float, type(None)), default=None),
+                                    "steps": MetaKey(int)})
+
+
+def test_metadata_is_stored_beside_the_item_with_defaults() -> None:
+    reg = _tools()
+    reg.register("a", family="patch", side=0.25, steps=10)(1)
+    reg.register("b", family="mask", steps=20)(2)
+    assert reg.get("a") == 1 and reg.names() == ["a", "b"]
+    assert dict(reg.meta("b")) == {"family": "mask", "side": None, "steps": 20}
+    assert reg.names(family="patch") == ["a"] and reg.names(family="mask", steps=10) == []
+    with pytest.raises(TypeError):
+        reg.meta("a")["steps"] = 5  # type: ignore[index]
+    with pytest.raises(UnknownNameError, match="did you mean 'a'"):
+        reg.meta("aa")
+    with pytest.raises(TypeError, match="did you mean 'steps'"):
+        reg.names(step=10)
+
+
+@pytest.mark.parametrize(("meta", "error", "message"), [
+    ({"family": "patch", "step": 10}, TypeError, "unknown metadata key 'step'.*'steps'"),
+    ({"family": "patch"}, TypeError, "must declare the metadata 'steps'"),
+    ({"family": "patch", "steps": "10"}, TypeError, "'steps' must be int"),
+    ({"family": "patch", "steps": True}, TypeError, "'steps' must be int"),
+    ({"family": "blob", "steps": 10}, ValueError, "must be one of 'patch', 'mask'"),
+])
+def test_bad_metadata_fails_at_registration(meta: dict[str, object], error: type[Exception],
+                                            message: str) -> None:
+    reg = _tools()
+    with pytest.raises(error, match=message):
+        reg.register("a", **meta)
+    assert "a" not in reg
+
+
+def test_a_registry_without_schema_takes_no_metadata() -> None:
+    reg: Registry[int] = Registry("thing")
+    reg.register("a")(1)
+    assert dict(reg.meta("a")) == {}
+    with pytest.raises(TypeError, match="unknown metadata key 'x'"):
+        reg.register("b", x=1)
+
+
 def test_every_registry_is_populated() -> None:
     from eisbench.attacks import ATTACKS
     from eisbench.construct import CONSTRUCTIONS
@@ -29,7 +73,7 @@ def test_every_registry_is_populated() -> None:
     from eisbench.evaluation import CHECKS, SUITES
     from eisbench.experiments import EXPERIMENTS
     from eisbench.models import MODELS
-    from eisbench.training import METHODS
+    from eisbench.training import TRAINING_METHODS as METHODS
 
     assert {"pgd", "fgsm"} <= set(ATTACKS.names())
     assert {"mlp", "cnn-small", "cnn-deep", "cnn-madry", "resnet-small"} <= set(MODELS.names())

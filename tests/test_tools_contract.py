@@ -1,6 +1,7 @@
 """The contract of every registered tool (parametrised over the TOOLS registry): ``n`` images
 of the data's shape in [0,1], the same under the same seed, the model left as it came (mode,
-weights, gradients) with no hook behind.
+weights, gradients) with no hook behind; its registration metadata true to the tool (default
+steps, family, and for a patch tool, black outside its centred patch).
 
 Tools are called with their default hyper-parameters, except for the small overrides in
 :data:`FAST` (keyword-only hyper-parameters of the tool) that keep this file quick.
@@ -8,6 +9,7 @@ Tools are called with their default hyper-parameters, except for the small overr
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -16,6 +18,8 @@ from torch import nn
 from torch.nn.modules import module as nn_module
 
 from eisbench.tools import TOOLS
+from eisbench.tools.adversarial_patch import default_side
+from eisbench.tools.core import FAMILIES
 
 FAST: dict[str, dict[str, Any]] = {
     "neural-cleanse": {"steps": 20},
@@ -53,6 +57,32 @@ def test_registry_holds_the_trigger_reconstruction_tools() -> None:
 
 
 @pytest.mark.parametrize("name", TOOLS.names())
+def test_tool_declares_its_metadata(name: str) -> None:
+    meta = TOOLS.meta(name)
+    assert set(meta) == {"family", "patch_side", "steps"} and meta["family"] in FAMILIES
+    steps = inspect.signature(TOOLS.get(name)).parameters["steps"].default
+    assert meta["steps"] == steps, f"{name}: declared steps {meta['steps']}, default {steps}"
+    assert (meta["patch_side"] is not None) == (meta["family"] == "patch")
+    if meta["patch_side"] is not None:
+        assert 0 < meta["patch_side"] <= 1
+
+
+def _outside_centre(images: torch.Tensor, side: int) -> torch.Tensor:
+    """The pixels of images (n, C, H, W) outside their centred ``side`` x ``side`` square."""
+    h, w = images.shape[-2:]
+    top, left = (h - side) // 2, (w - side) // 2
+    keep = torch.ones(h, w, dtype=torch.bool)
+    keep[top:top + side, left:left + side] = False
+    return images[..., keep]
+
+
+def test_tool_families() -> None:
+    assert TOOLS.names(family="trigger-reconstruction") == ["neural-cleanse", "tabor"]
+    assert {"adversarial-patch", "snafue"} <= set(TOOLS.names(family="patch"))
+    assert all(n.startswith("fv-") for n in TOOLS.names(family="feature-synthesis"))
+
+
+@pytest.mark.parametrize("name", TOOLS.names())
 def test_tool_contract(name: str, trojaned_digits: tuple[nn.Module, Any],
                        small_data: torch.Tensor) -> None:
     model = trojaned_digits[0]
@@ -72,6 +102,10 @@ def test_tool_contract(name: str, trojaned_digits: tuple[nn.Module, Any],
     assert torch.isfinite(a).all() and float(a.min()) >= 0 and float(a.max()) <= 1
     torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{name} is not deterministic")
     assert _hooks(model) == hooks, f"{name} left hooks behind"
+    side = TOOLS.meta(name)["patch_side"]
+    if side is not None:  # a patch tool: its patch of the declared side, centred on black
+        outside = _outside_centre(a, default_side(tuple(small_data.shape[1:]), side))
+        assert float(outside.abs().max()) == 0, f"{name}: image outside its declared patch"
 
 
 @pytest.mark.parametrize("name", TOOLS.names())

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks.core import ATTACKS, check_inputs
+from eisbench.attacks.core import ATTACKS, RESTARTS, Hyper, check_inputs
 from eisbench.attacks.projection import (
+    NORMS,
     assert_within_budget,
     project,
     random_start,
@@ -143,7 +144,16 @@ def _check_classes(model: nn.Module, x: torch.Tensor, need: int, what: str) -> i
     return k
 
 
-@ATTACKS.register("apgd")
+_APGD_STEP = {"momentum": Hyper(0.75, float, "APGD's momentum"),
+              "rho": Hyper(0.75, float, "APGD's step-halving threshold")}
+
+
+@ATTACKS.register("apgd", norms=NORMS, white_box=True, params={
+    "steps": Hyper(100, int, "iterations per run"),
+    "loss": Hyper("ce", str, "the loss APGD ascends (dlr needs >= 3 classes)", ("ce", "dlr")),
+    "restarts": RESTARTS,
+    **_APGD_STEP,
+})
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
          steps: int = 100, loss: str = "ce", restarts: int = 1, momentum: float = 0.75,
          rho: float = 0.75, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -183,7 +193,12 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     return out
 
 
-@ATTACKS.register("apgd-t")
+@ATTACKS.register("apgd-t", norms=NORMS, white_box=True, min_classes=4, params={
+    "steps": Hyper(100, int, "iterations per run"),
+    "n_targets": Hyper(9, int, "target classes tried, highest clean logit first (apgd-t)"),
+    "restarts": RESTARTS,
+    **_APGD_STEP,
+})
 def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
            norm: str = "linf", steps: int = 100, n_targets: int = 9, restarts: int = 1,
            momentum: float = 0.75, rho: float = 0.75,

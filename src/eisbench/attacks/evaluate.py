@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,11 +32,27 @@ class AttackConfig:
                 f"step={size:.3g} restarts={self.restarts}")
 
     def kwargs(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("name")
-        if self.name == "fgsm":
-            return {"eps": self.eps, "norm": self.norm}
-        return d
+        """The keyword arguments of the attack call: eps, norm and those of the other fields
+        that the attack declares as hyper-parameters."""
+        params = ATTACKS.meta(self.name)["params"]
+        return {k: v for k, v in asdict(self).items() if k in ("norm", "eps") or k in params}
+
+
+def evaluation_hyper(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every hyper-parameter that attack ``name`` declares, for measuring robust accuracy:
+    from ``given`` where set (not None), else :class:`AttackConfig`'s default where it has that
+    field (50 steps, one run, early exit), else the attack's own default.
+
+    Example:
+        >>> evaluation_hyper("pgd", {"steps": 5})["early_exit"]
+        True
+    """
+    base = asdict(AttackConfig())
+    out = {}
+    for key, h in ATTACKS.meta(name)["params"].items():
+        value = given.get(key)
+        out[key] = value if value is not None else base.get(key, h.default)
+    return out
 
 
 def correct_under_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -37,8 +37,9 @@ import math
 import torch
 from torch import nn
 
-from eisbench.attacks.core import ATTACKS, check_inputs
+from eisbench.attacks.core import ATTACKS, RESTARTS, Hyper, check_inputs
 from eisbench.attacks.projection import (
+    NORMS,
     assert_within_budget,
     distance,
     project,
@@ -190,7 +191,10 @@ def fmn_min_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: st
     return x_best, norms
 
 
-@ATTACKS.register("fmn")
+@ATTACKS.register("fmn", norms=NORMS, white_box=True, params={
+    "steps": Hyper(100, int, "iterations per run"),
+    "restarts": RESTARTS,
+})
 def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
         steps: int = 100, targeted: bool = False, restarts: int = 1,
         generator: torch.Generator | None = None) -> torch.Tensor:

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks.core import ATTACKS, check_inputs
+from eisbench.attacks.core import ATTACKS, RESTARTS, Hyper, check_inputs
 from eisbench.attacks.projection import (
+    NORMS,
     assert_within_budget,
     linf_bounds,
     project,
@@ -74,7 +75,13 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step
     return out.detach(), done
 
 
-@ATTACKS.register("pgd")
+@ATTACKS.register("pgd", norms=NORMS, white_box=True, params={
+    "steps": Hyper(40, int, "iterations per run"),
+    "step_size": Hyper(None, float, "step of each iteration; None: 2.5 * eps / steps"),
+    "restarts": RESTARTS,
+    "random_start": Hyper(True, bool, "start the first run at a random point of the eps-ball"),
+    "early_exit": Hyper(False, bool, "stop attacking an example once it is fooled"),
+})
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         step_size: float | None = None, steps: int = 40, norm: str = "linf",
         targeted: bool = False, random_start: bool = True, restarts: int = 1,
@@ -113,7 +120,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     return out
 
 
-@ATTACKS.register("fgsm")
+@ATTACKS.register("fgsm", norms=NORMS, white_box=True, params={})
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
          targeted: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """Fast gradient (sign) method: one step of size ``eps`` from ``x`` (Goodfellow et al. 2015).

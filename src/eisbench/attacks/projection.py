@@ -6,11 +6,8 @@ single place and asserted (:func:`assert_within_budget`) before any attack retur
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
 _TOL = 1e-5
 

@@ -25,8 +25,8 @@ import math
 import torch
 from torch import nn
 
-from eisbench.attacks.core import ATTACKS, check_inputs
-from eisbench.attacks.projection import assert_within_budget, project
+from eisbench.attacks.core import ATTACKS, RESTARTS, Hyper, check_inputs
+from eisbench.attacks.projection import NORMS, assert_within_budget, project
 from eisbench.core.tensors import eval_mode
 
 _P_MILESTONES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # out of 10000 iterations
@@ -198,7 +198,11 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     return x_best, margin, fooled
 
 
-@ATTACKS.register("square")
+@ATTACKS.register("square", norms=NORMS, white_box=False, params={
+    "n_queries": Hyper(5000, int, "forward passes per example and run (square)"),
+    "p_init": Hyper(0.8, float, "initial fraction of the image changed per proposal (square)"),
+    "restarts": RESTARTS,
+})
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
            n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
            generator: torch.Generator | None = None) -> torch.Tensor:

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks import apgd, assert_within_budget, fgsm, pgd
+from eisbench.attacks import ATTACKS, apgd, assert_within_budget, fgsm, pgd
 from eisbench.attacks.projection import BudgetViolation
 from eisbench.core.registry import Registry
 from eisbench.core.tensors import eval_mode
-from eisbench.evaluation.suite import Step, SuiteResult, run_suite, steps_of
+from eisbench.evaluation.suite import Step, SuiteResult, run_suite, steps_of, summary
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class CheckResult:
 
 
 @dataclass
-class Context:
+class CheckInputs:
     """What the checks look at; ``sub``: the first n_checks examples, for the costly checks."""
 
     model: nn.Module
@@ -65,7 +65,7 @@ class Context:
         return torch.Generator().manual_seed(self.seed * 7919 + salt)
 
 
-Check = Callable[[Context], CheckResult]
+Check = Callable[[CheckInputs], CheckResult]
 CHECKS: Registry[Check] = Registry("sanity check")
 
 
@@ -80,7 +80,7 @@ def _tol(n: int) -> float:
 
 
 @CHECKS.register("returns-logits")
-def returns_logits(c: Context) -> CheckResult:
+def returns_logits(c: CheckInputs) -> CheckResult:
     x, _ = c.sub
     with eval_mode(c.model), torch.no_grad():
         out = c.model(x[:64])  # (B, K)
@@ -93,7 +93,7 @@ def returns_logits(c: Context) -> CheckResult:
 
 
 @CHECKS.register("deterministic")
-def deterministic(c: Context) -> CheckResult:
+def deterministic(c: CheckInputs) -> CheckResult:
     x, _ = c.sub
     with eval_mode(c.model), torch.no_grad():
         a, b = c.model(x), c.model(x)
@@ -105,7 +105,7 @@ def deterministic(c: Context) -> CheckResult:
 
 
 @CHECKS.register("gradients")
-def gradients(c: Context) -> CheckResult:
+def gradients(c: CheckInputs) -> CheckResult:
     x, y = c.sub
     xa = x.clone().requires_grad_(True)
     with eval_mode(c.model):
@@ -142,7 +142,7 @@ def _count_autograd() -> Iterator[list[int]]:
 
 
 @CHECKS.register("no-autograd-in-forward")
-def no_autograd_in_forward(c: Context) -> CheckResult:
+def no_autograd_in_forward(c: CheckInputs) -> CheckResult:
     x, _ = c.sub
     with eval_mode(c.model), _count_autograd() as calls:
         c.model(x[:16])
@@ -153,7 +153,7 @@ def no_autograd_in_forward(c: Context) -> CheckResult:
 
 
 @CHECKS.register("eval-mode")
-def eval_mode_check(c: Context) -> CheckResult:
+def eval_mode_check(c: CheckInputs) -> CheckResult:
     return CheckResult("eval-mode", not c.was_training,
                        "model was handed over in training mode" if c.was_training
                        else "model was in eval mode",
@@ -163,7 +163,7 @@ def eval_mode_check(c: Context) -> CheckResult:
 
 
 @CHECKS.register("within-budget")
-def within_budget(c: Context) -> CheckResult:
+def within_budget(c: CheckInputs) -> CheckResult:
     try:
         assert_within_budget(c.x, c.result.x_adv, norm=c.norm, eps=c.eps)
     except BudgetViolation as e:
@@ -173,7 +173,7 @@ def within_budget(c: Context) -> CheckResult:
 
 
 @CHECKS.register("iterative-beats-single-step")
-def iterative_beats_single_step(c: Context) -> CheckResult:
+def iterative_beats_single_step(c: CheckInputs) -> CheckResult:
     x, y = c.sub
     broken_fgsm = ~_robust(c.model, fgsm(c.model, x, y, eps=c.eps, norm=c.norm), y)
     missed = int((broken_fgsm & c.result.robust[:len(x)]).sum())
@@ -184,7 +184,7 @@ def iterative_beats_single_step(c: Context) -> CheckResult:
 
 
 @CHECKS.register("eps-curve")
-def eps_curve(c: Context) -> CheckResult:
+def eps_curve(c: CheckInputs) -> CheckResult:
     x, y = c.sub
     big = 1.0 if c.norm == "linf" else math.sqrt(x[0].numel())
     grid = [0.5 * c.eps, c.eps, 2 * c.eps, big]
@@ -203,7 +203,7 @@ def eps_curve(c: Context) -> CheckResult:
 
 
 @CHECKS.register("more-steps-and-restarts")
-def more_steps(c: Context) -> CheckResult:
+def more_steps(c: CheckInputs) -> CheckResult:
     x, y = c.sub
     first = c.result.per_attack[0] if c.result.per_attack else {"hyper": {"steps": 100}}
     steps = 2 * int(first["hyper"].get("steps", 100))
@@ -219,9 +219,8 @@ def more_steps(c: Context) -> CheckResult:
 
 
 @CHECKS.register("black-box-not-stronger")
-def black_box_not_stronger(c: Context) -> CheckResult:
-    white = {"apgd", "apgd-t", "fmn", "pgd", "fgsm"}
-    by_black = sum(1 for b in c.result.broken_by if b and b not in white)
+def black_box_not_stronger(c: CheckInputs) -> CheckResult:
+    by_black = sum(1 for b in c.result.broken_by if b and not ATTACKS.meta(b)["white_box"])
     detail = f"gradient-free attacks break {by_black} examples the white-box attacks missed"
     if c.surrogate is not None:
         x, y = c.sub
@@ -238,7 +237,7 @@ def black_box_not_stronger(c: Context) -> CheckResult:
 
 
 @CHECKS.register("control-falls")
-def control_falls(c: Context) -> CheckResult:
+def control_falls(c: CheckInputs) -> CheckResult:
     if c.control is None:
         return CheckResult("control-falls", None, "no undefended control model given")
     x, y = c.sub
@@ -252,7 +251,7 @@ def control_falls(c: Context) -> CheckResult:
 
 
 @CHECKS.register("enough-classes")
-def enough_classes(c: Context) -> CheckResult:
+def enough_classes(c: CheckInputs) -> CheckResult:
     return CheckResult("enough-classes", not c.skipped,
                        f"{c.num_classes} classes" + (f"; skipped {', '.join(c.skipped)} (targeted"
                                                      " DLR needs >= 4 classes)" if c.skipped
@@ -270,6 +269,9 @@ class Evaluation:
     @property
     def warnings(self) -> list[CheckResult]:
         return [ch for ch in self.checks if ch.passed is False]
+
+    def __repr__(self) -> str:
+        return summary(self.result, self.checks)
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result
@@ -300,15 +302,15 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     with eval_mode(model), torch.no_grad():
         k = int(model(x[:1].to(dev)).shape[1])
     plan = steps if steps is not None else steps_of(suite)
-    skipped = [name for name, _ in plan if name == "apgd-t" and k < 4]
+    skipped = [name for name, _ in plan if k < ATTACKS.meta(name)["min_classes"]]
     plan = tuple(s for s in plan if s[0] not in skipped)
     result = run_suite(model, x, y, eps=eps, norm=norm, steps=plan, batch_size=batch_size,
                        seed=seed, device=dev)
     result.suite = suite if steps is None else "custom"
-    ctx = Context(model=model, x=x, y=y, eps=eps, norm=norm, result=result,
-                  was_training=was_training, num_classes=k, n_checks=min(n_checks, len(x)),
-                  seed=seed, device=dev, control=control, surrogate=surrogate,
-                  skipped=tuple(skipped))
-    checks = [CHECKS.get(name)(ctx) for name in CHECKS.names()]
+    inputs = CheckInputs(model=model, x=x, y=y, eps=eps, norm=norm, result=result,
+                         was_training=was_training, num_classes=k,
+                         n_checks=min(n_checks, len(x)), seed=seed, device=dev,
+                         control=control, surrogate=surrogate, skipped=tuple(skipped))
+    checks = [CHECKS.get(name)(inputs) for name in CHECKS.names()]
     return Evaluation(result=result, checks=checks)
 

@@ -33,9 +33,10 @@ from eisbench.core.tensors import eval_mode
 from eisbench.tools.core import TOOLS, check_tool_output
 
 EVAL_N = 128  # clean images on which each patch's success rate is measured
+SIDE_FRACTION = 0.25  # default patch side / image side
 
 
-def default_side(shape: tuple[int, ...], frac: float = 0.25) -> int:
+def default_side(shape: tuple[int, ...], frac: float = SIDE_FRACTION) -> int:
     """Side of a square patch for images (C, H, W): ``frac`` of the smaller side, >= 3 px
     (never more than the image)."""
     size = min(shape[-2:])
@@ -198,7 +199,7 @@ def _eval_images(model: nn.Module, data: torch.Tensor, *, target: int,
     return x[keep] if keep.any() else x
 
 
-@TOOLS.register("adversarial-patch")
+@TOOLS.register("adversarial-patch", family="patch", patch_side=SIDE_FRACTION, steps=100)
 def adversarial_patch(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
                       generator: torch.Generator, device: str | torch.device = "cpu",
                       side: int | None = None, steps: int = 100, lr: float = 0.1,

@@ -10,7 +10,15 @@ reconstruct a trigger for every class are run per class by ``eisbench scan``); `
 clean images (N, C, H, W) of the task, which the tool may use (Neural Cleanse stamps its
 candidate trigger on them; SNAFUE searches natural patches cut from them). Randomness comes
 only from ``generator``: the same seed gives the same images.
+
+Each tool declares where it is registered what a benchmark needs to know about it
+(:data:`TOOL_SCHEMA`): its ``family`` (:data:`FAMILIES`), the side of its patch as a fraction
+of the image side (``patch_side``, None for a tool that gives no patch) and its default number
+of optimisation ``steps`` (the default of its ``steps`` argument)::
+
+    @TOOLS.register("adversarial-patch", family="patch", patch_side=0.25, steps=100)
 """
+
 
 from __future__ import annotations
 
@@ -18,10 +26,22 @@ from collections.abc import Callable
 
 import torch
 
-from eisbench.core.registry import Registry
+from eisbench.core.registry import MetaKey, Registry
+
+FAMILIES = ("trigger-reconstruction", "patch", "feature-synthesis")
+"""trigger-reconstruction: a mask and a pattern per target (Neural Cleanse, TABOR), shown as
+the trigger alone on black; patch: square patches, each centred on black at image size;
+feature-synthesis: whole images synthesised for the target."""
+
+TOOL_SCHEMA = {
+    "family": MetaKey(str, choices=FAMILIES, doc="one of FAMILIES"),
+    "patch_side": MetaKey((float, type(None)), default=None,
+                          doc="side of the tool's patch / side of the image; None: no patch"),
+    "steps": MetaKey(int, doc="the default of the tool's `steps` argument"),
+}
 
 Tool = Callable[..., torch.Tensor]
-TOOLS: Registry[Tool] = Registry("tool")
+TOOLS: Registry[Tool] = Registry("tool", schema=TOOL_SCHEMA)
 
 
 def check_tool_output(images: torch.Tensor, *, n: int, shape: tuple[int, ...]) -> torch.Tensor:

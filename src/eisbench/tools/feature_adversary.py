@@ -97,7 +97,8 @@ def _finish(model: nn.Module, patches: torch.Tensor, data: torch.Tensor, *, targ
     return check_tool_output(centred(patches.cpu()[order], shape), n=len(patches), shape=shape)
 
 
-@TOOLS.register("feature-adversary-generator")
+@TOOLS.register("feature-adversary-generator", family="patch", patch_side=SIDE_FRACTION,
+                steps=100)
 def feature_adversary_generator(model: nn.Module, *, target: int, data: torch.Tensor,
                                 n: int = 10, generator: torch.Generator,
                                 device: str | torch.device = "cpu", side: int | None = None,
@@ -139,7 +140,8 @@ def feature_adversary_generator(model: nn.Module, *, target: int, data: torch.Te
     return _finish(model, patches, data, target=target, generator=generator, device=dev)
 
 
-@TOOLS.register("feature-adversary-perturbation")
+@TOOLS.register("feature-adversary-perturbation", family="patch", patch_side=SIDE_FRACTION,
+                steps=100)
 def feature_adversary_perturbation(model: nn.Module, *, target: int, data: torch.Tensor,
                                    n: int = 10, generator: torch.Generator,
                                    device: str | torch.device = "cpu",

@@ -156,7 +156,7 @@ def _neuron_images(model: nn.Module, *, target: int, data: torch.Tensor, n: int,
     return check_tool_output(out, n=n, shape=tuple(data.shape[1:]))
 
 
-@TOOLS.register("fv-class-fourier")
+@TOOLS.register("fv-class-fourier", family="feature-synthesis", steps=150)
 def fv_class_fourier(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
                      generator: torch.Generator, device: str | torch.device = "cpu",
                      steps: int = 150, lr: float | None = None, copies: int = 2) -> torch.Tensor:
@@ -166,7 +166,7 @@ def fv_class_fourier(model: nn.Module, *, target: int, data: torch.Tensor, n: in
                          device=device, param="fourier", steps=steps, lr=lr, copies=copies)
 
 
-@TOOLS.register("fv-class-cppn")
+@TOOLS.register("fv-class-cppn", family="feature-synthesis", steps=150)
 def fv_class_cppn(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
                   generator: torch.Generator, device: str | torch.device = "cpu",
                   steps: int = 150, lr: float | None = None, copies: int = 2) -> torch.Tensor:
@@ -176,7 +176,7 @@ def fv_class_cppn(model: nn.Module, *, target: int, data: torch.Tensor, n: int =
                          device=device, param="cppn", steps=steps, lr=lr, copies=copies)
 
 
-@TOOLS.register("fv-neuron-fourier")
+@TOOLS.register("fv-neuron-fourier", family="feature-synthesis", steps=150)
 def fv_neuron_fourier(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
                       generator: torch.Generator, device: str | torch.device = "cpu",
                       steps: int = 150, lr: float | None = None, copies: int = 2
@@ -187,7 +187,7 @@ def fv_neuron_fourier(model: nn.Module, *, target: int, data: torch.Tensor, n: i
                           device=device, param="fourier", steps=steps, lr=lr, copies=copies)
 
 
-@TOOLS.register("fv-neuron-cppn")
+@TOOLS.register("fv-neuron-cppn", family="feature-synthesis", steps=150)
 def fv_neuron_cppn(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
                    generator: torch.Generator, device: str | torch.device = "cpu",
                    steps: int = 150, lr: float | None = None, copies: int = 2) -> torch.Tensor:

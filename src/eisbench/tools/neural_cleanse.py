@@ -22,7 +22,7 @@ from eisbench.tools.core import TOOLS
 from eisbench.tools.trigger_reconstruction import restart_images
 
 
-@TOOLS.register("neural-cleanse")
+@TOOLS.register("neural-cleanse", family="trigger-reconstruction", steps=150)
 def neural_cleanse(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
                    generator: torch.Generator, device: str | torch.device = "cpu",
                    steps: int = 150, lr: float = 0.1, lam: float = 1e-3,

@@ -12,11 +12,23 @@ class of smallest norm if it is flagged (:func:`mad_anomaly`).
 randomness comes from ``generator``), so its result can be cached; :func:`save_scan` and
 :func:`load_scan` write and read it.
 
-Example:
-    >>> gen = torch.Generator().manual_seed(0)
-    >>> res = scan(model, x_test[:500], generator=gen)  # doctest: +SKIP
-    >>> res.suspect, res.anomaly_index[res.suspect], res.trigger.bbox  # doctest: +SKIP
-    (0, 3.9, (5, 5, 7, 7))
+A :class:`ScanResult` prints as a short summary: the verdict, then the anomaly index of every
+class with the flagged ones marked.
+
+Example (a linear model on the 8x8 digits, its class-mean templates as weights, with a trojan
+planted by hand: a bright 2x2 bottom-right corner says "0"):
+    >>> from eisbench import data
+    >>> d = data.load("digits")
+    >>> means = torch.stack([d.x_train[d.y_train == k].mean(0) for k in range(10)])
+    >>> w = means - means.mean(0)  # (10, 1, 8, 8)
+    >>> w[0, 0, 6:, 6:] += 3.0
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    >>> with torch.no_grad():
+    ...     _ = net[1].weight.copy_(w.flatten(1)), net[1].bias.zero_()
+    >>> scan(net, "digits", n=64, steps=50)  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+    neural-cleanse scan of 10 classes: trojan suspected: class 0 (anomaly index 7.49 > 2;
+    mask L1 4.1 vs median 42.5); trigger at rows 6-7, cols 6-7
+    anomaly index per class (* flagged, threshold 2): 0 7.49*  1 1.74 ...
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from eisbench import data as datasets
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.models.contract import check_model
 from eisbench.tools.trigger_reconstruction import (
@@ -113,6 +126,14 @@ class ScanResult:
                 f"{self.l1[k]:.1f} vs median {med:.1f}) has anomaly index "
                 f"{self.anomaly_index[k]:.2f} <= {self.threshold:g}")
 
+    def __repr__(self) -> str:
+        """The verdict, then the anomaly index of every class (``*``: flagged)."""
+        index = "  ".join(f"{k} {'inf' if math.isinf(a) else f'{a:.2f}'}"
+                          + ("*" if k in self.flagged else "")
+                          for k, a in enumerate(self.anomaly_index))
+        return (f"{self.method} scan of {len(self.reconstructions)} classes: {self.verdict()}\n"
+                f"anomaly index per class (* flagged, threshold {self.threshold:g}): {index}")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the per-class table, the flagged classes and the suspect."""
         def num(v: float) -> float | str:
@@ -129,18 +150,33 @@ class ScanResult:
                 "bbox": list(trig.bbox) if trig else None, "verdict": self.verdict()}
 
 
-def scan(model: nn.Module, data: torch.Tensor, *, method: str = "neural-cleanse",
+def scan(model: nn.Module, data: torch.Tensor | str, *, n: int = 500,
+         data_root: str | Path | None = None, method: str = "neural-cleanse",
          num_classes: int | None = None, steps: int = 200, lr: float = 0.1, lam: float = 1e-3,
-         batch_size: int = 64, threshold: float = THRESHOLD, generator: torch.Generator,
-         device: str | torch.device = "cpu", tabor: TaborWeights = TABOR
-         ) -> ScanResult:
+         batch_size: int = 64, threshold: float = THRESHOLD, seed: int = 0,
+         generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+         tabor: TaborWeights = TABOR) -> ScanResult:
     """Reconstruct a trigger for every class on clean images ``data`` (N, C, H, W) in [0,1]
     (all classes in parallel, see :func:`~eisbench.tools.trigger_reconstruction.
     reconstruct_triggers`) and apply the MAD outlier rule to their mask L1 norms.
 
-    ``num_classes``: checked against the model's output (None: taken from it). A model that
-    fails on the images or does not return (B, K) logits raises a ValueError.
+    ``data`` may also name a dataset (``"mnist"``, ``"digits"``, ...): its first ``n`` test
+    images, from ``data_root`` if given. ``num_classes``: checked against the model's output
+    (None: taken from the dataset named, else from the model). A model that fails on the
+    images or does not return (B, K) logits raises a ValueError. The randomness comes from
+    ``generator``, by default a generator seeded with ``seed``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        >>> res = scan(net, torch.rand(16, 1, 8, 8), steps=2)
+        >>> len(res.anomaly_index), res.suspect in (None, *range(10))
+        (10, True)
     """
+    if isinstance(data, str):
+        ds = datasets.load(data, root=data_root)
+        data, num_classes = ds.x_test[:n], num_classes or ds.num_classes
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
     dev = torch.device(device)
     k, _ = check_model(model, data, num_classes=num_classes, device=dev)
     recs = reconstruct_triggers(model, targets=range(k), data=data, method=method, steps=steps,

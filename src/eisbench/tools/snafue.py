@@ -36,6 +36,7 @@ from torch import nn
 from eisbench.core.tensors import eval_mode
 from eisbench.models import features
 from eisbench.tools.adversarial_patch import (
+    SIDE_FRACTION,
     centred,
     default_side,
     optimise_patches,
@@ -128,7 +129,7 @@ def search(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
         raise ValueError("n, bank_size, adversarial, hosts and pool must be >= 1")
     dev = torch.device(device)
     shape = tuple(data.shape[1:])
-    s = default_side(shape) if side is None else side
+    s = default_side(shape, SIDE_FRACTION) if side is None else side
     sources = data
     if natural is not None:
         if natural.dim() != 4 or natural.shape[1] != data.shape[1]:
@@ -162,7 +163,7 @@ def search(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
                         chosen=chosen)
 
 
-@TOOLS.register("snafue")
+@TOOLS.register("snafue", family="patch", patch_side=SIDE_FRACTION, steps=60)
 def snafue(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
            generator: torch.Generator, device: str | torch.device = "cpu",
            natural: torch.Tensor | None = None, side: int | None = None,

@@ -23,7 +23,7 @@ from eisbench.tools.core import TOOLS
 from eisbench.tools.trigger_reconstruction import restart_images
 
 
-@TOOLS.register("tabor")
+@TOOLS.register("tabor", family="trigger-reconstruction", steps=150)
 def tabor(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
           generator: torch.Generator, device: str | torch.device = "cpu", steps: int = 150,
           lr: float = 0.1, lam: float = 1e-3, batch_size: int = 16) -> torch.Tensor:

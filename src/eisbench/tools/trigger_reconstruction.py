@@ -33,17 +33,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eisbench.core.registry import Registry
 from eisbench.core.tensors import check_images, eval_mode, predict
 from eisbench.tools.core import check_tool_output
 
-METHODS: tuple[str, ...] = ("neural-cleanse", "tabor")
 SUCCESS = 0.99  # the ASR at which a trigger counts as found (Wang et al.)
 LAM_UP, LAM_DOWN = 1.5, 1.5 ** 1.5  # Wang et al.'s cost multipliers
 EVAL_N = 128  # images of the fixed batch that drives lam and the choice of the best trigger
@@ -122,18 +122,40 @@ def _total_variation(mask: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
-def _loss(model: nn.Module, x: torch.Tensor, label: torch.Tensor, mask: torch.Tensor,
-          pattern: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor, method: str,
-          tabor: TaborWeights) -> torch.Tensor:
-    """Per-trigger objective (R,) on images x (B, C, H, W) whose clean predictions are
-    ``label`` (B,)."""
+Objective = Callable[..., torch.Tensor]
+RECONSTRUCTION_METHODS: Registry[Objective] = Registry("trigger reconstruction method")
+"""The objective of each method: ``objective(model, x, label, mask, pattern, targets, lam,
+tabor) -> (R,)`` for images x (B, C, H, W) whose clean predictions are ``label`` (B,), masks
+(R, 1, H, W), patterns (R, C, H, W), targets (R,) and ``lam`` (R,)."""
+
+
+def _target_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor,
+                 targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE of the stamped images towards each trigger's target (R,), the masks' L1 (R,))."""
     r, b = len(targets), len(x)
     logits = model(_stamp(x, mask, pattern))  # (R * B, K)
     ce = F.cross_entropy(logits, targets.repeat_interleave(b), reduction="none")
-    loss = ce.view(r, b).mean(1)  # (R,)
-    size = mask.flatten(1).sum(1)  # (R,) L1 (the mask is >= 0)
-    if method == "neural-cleanse":
-        return loss + lam * size
+    return ce.view(r, b).mean(1), mask.flatten(1).sum(1)  # the mask is >= 0
+
+
+@RECONSTRUCTION_METHODS.register("neural-cleanse")
+def neural_cleanse_objective(model: nn.Module, x: torch.Tensor, label: torch.Tensor,
+                             mask: torch.Tensor, pattern: torch.Tensor, targets: torch.Tensor,
+                             lam: torch.Tensor, tabor: TaborWeights) -> torch.Tensor:
+    """``CE(f(x'), t) + lam * |m|_1`` per trigger (R,)."""
+    del label, tabor  # the objectives share one signature
+    loss, size = _target_loss(model, x, mask, pattern, targets)
+    return loss + lam * size
+
+
+@RECONSTRUCTION_METHODS.register("tabor")
+def tabor_objective(model: nn.Module, x: torch.Tensor, label: torch.Tensor, mask: torch.Tensor,
+                    pattern: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor,
+                    tabor: TaborWeights) -> torch.Tensor:
+    """Neural Cleanse's objective with TABOR's four terms (:class:`TaborWeights`) per trigger
+    (R,)."""
+    r, b = len(targets), len(x)
+    loss, size = _target_loss(model, x, mask, pattern, targets)
     size = size + tabor.l2 * mask.pow(2).flatten(1).sum(1) + tabor.tv * _total_variation(mask)
     blocked = model(((1 - mask[:, None]) * x[None]).flatten(0, 1))  # (R * B, K)
     block = F.cross_entropy(blocked, label.repeat(r), reduction="none").view(r, b).mean(1)
@@ -168,14 +190,14 @@ def reconstruct_triggers(model: nn.Module, *, targets: Sequence[int], data: torc
     """One trigger per entry of ``targets`` (R,), optimised in parallel on clean images
     ``data`` (N, C, H, W) in [0,1]; each starts from its own random draw of ``generator``.
 
-    ``method``: "neural-cleanse" or "tabor"; ``steps`` Adam steps of ``batch_size`` images
-    (shared by the R triggers, so a step costs R * batch_size forward and backward passes);
+    ``method``: one of :data:`RECONSTRUCTION_METHODS`; ``steps`` Adam steps of ``batch_size``
+    images (shared by the R triggers, so a step costs R * batch_size forward and backward
+    passes);
     ``lam``: the initial weight of the mask's L1 norm (adaptive, see the module docstring).
     The model is used in eval mode and returned in the mode it came in; no gradient is left on
     its parameters. Returns R :class:`Reconstruction` s, in the order of ``targets``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown reconstruction method {method!r}: expected one of {METHODS}")
+    objective = RECONSTRUCTION_METHODS.get(method)
     check_images(data, what="clean images (data)")
     if len(data) == 0 or len(targets) == 0:
         raise ValueError("reconstruction needs at least one clean image and one target")
@@ -198,8 +220,8 @@ def reconstruct_triggers(model: nn.Module, *, targets: Sequence[int], data: torc
     with eval_mode(model):
         for step in range(steps):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
-            loss = _loss(model, data[idx].to(dev), pred[idx].to(dev), _squash(m_raw),
-                         _squash(p_raw), t, lam_r, method, tabor).sum()
+            loss = objective(model, data[idx].to(dev), pred[idx].to(dev), _squash(m_raw),
+                             _squash(p_raw), t, lam_r, tabor).sum()
             m_raw.grad, p_raw.grad = torch.autograd.grad(loss, [m_raw, p_raw])
             opt.step()
             if (step + 1) % check_every and step + 1 < steps:
