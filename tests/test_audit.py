@@ -14,6 +14,7 @@ from torch import nn
 from eisbench.cli import main
 from eisbench.models import ModelSpec, save_checkpoint
 from eisbench.models.contract import check_model
+from eisbench.runs.record import validate
 
 X = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -65,6 +66,8 @@ def test_audit_end_to_end_names_the_trojan(trojaned_digits: tuple[nn.Module, Any
     printed = capsys.readouterr().out
     assert "trojan suspected: class 0" in printed and "clean accuracy" in printed
     rec = json.loads((out / "record.json").read_text())
+    validate(rec)
+    assert rec["experiment"] == "audit" and (out / "images.safetensors").exists()
     m = rec["metrics"]
     assert m["clean_acc"]["value"] > 0.8 and m["clean_acc"]["n"] == 360
     assert 0 <= m["robust_acc/eps=0.1"]["value"] <= m["clean_acc"]["value"] + 0.05

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -86,6 +87,23 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path,
     (tmp_path / "m.safetensors").write_bytes(b"garbage")
     assert main(["attack", "--checkpoint", str(tmp_path / "m"), "--dataset", "digits"]) == 2
     assert "cannot read weights" in capsys.readouterr().err
+
+
+def test_run_prints_the_summary_of_the_python_api(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from eisbench.experiments import EXPERIMENTS
+    from eisbench.runs.presets import configure
+
+    assert main(["run", "goh-linear", "--dataset", "digits", "--seeds", "2",
+                 "--set", "contamination=0,0.1", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads((tmp_path / "record.json").read_text())
+    assert printed.startswith("goh-linear: 3 claims (") and "(n=2)" in printed
+    assert all(c["measured"] in printed for c in rec["claims"])
+    assert f"report: {tmp_path / 'report.html'}" in printed
+    cfg = configure(EXPERIMENTS.get("goh-linear"), dataset="digits", seeds=2,
+                    overrides=["contamination=0,0.1"])
+    assert rec["config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def test_config_overrides() -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from eisbench.bench.edit import EditBenchConfig, run_edit_bench
+from eisbench.bench.edit import EditBenchConfig
+from eisbench.bench.registry import BENCHMARKS
 from eisbench.cli import main
 from eisbench.edit.unlearn import FinetuneConfig
 from eisbench.runs.record import validate
@@ -61,19 +62,21 @@ def test_bench_edit_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Mon
                              "finetune": FinetuneConfig(**rec["config"]["finetune"]),
                              "tools": tuple(rec["config"]["tools"]),
                              "selectors": tuple(rec["config"]["selectors"]), "seeds": (0,)})
-    rec2 = run_edit_bench(cfg, out=tmp_path / "out2", store=Store(tmp_path / "home" / "cache"))
+    rec2 = BENCHMARKS.get("edit").run(cfg, out=tmp_path / "out2",
+                                      store=Store(tmp_path / "home" / "cache"))
     assert not [s for s in rec2["stages"] if not s["cached"]]
     assert rec2["metrics"]["edit/lat/der"] == m["edit/lat/der"]
 
 
 def test_bench_edit_rejects_bad_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
+    run = BENCHMARKS.get("edit").run
     with pytest.raises(ValueError, match="gives no trigger"):
-        run_edit_bench(EditBenchConfig(dataset="digits", tools=("fv-class-fourier",)),
-                       out=tmp_path, store=store)
+        run(EditBenchConfig(dataset="digits", tools=("fv-class-fourier",)), out=tmp_path,
+            store=store)
     with pytest.raises(KeyError, match="did you mean"):
-        run_edit_bench(EditBenchConfig(dataset="digits", tools=("neural-cleans",)),
-                       out=tmp_path, store=store)
+        run(EditBenchConfig(dataset="digits", tools=("neural-cleans",)), out=tmp_path,
+            store=store)
     with pytest.raises(ValueError, match="n_ablate"):
-        run_edit_bench(EditBenchConfig(dataset="digits", n_clean=1, n_ablate=2), out=tmp_path,
-                       store=store)
+        run(EditBenchConfig(dataset="digits", n_clean=1, n_ablate=2), out=tmp_path,
+            store=store)

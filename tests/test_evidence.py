@@ -13,6 +13,7 @@ from eisbench.experiments import EXPERIMENTS
 from eisbench.experiments.core import Experiment
 from eisbench.experiments.suite import EXHIBIT_EXPERIMENTS, exhibit_world
 from eisbench.runs import claims, record
+from eisbench.runs.result import Result
 from eisbench.runs.store import Store
 
 
@@ -46,10 +47,10 @@ def test_suite_table_overrides_and_failure(tmp_path: Path, monkeypatch: pytest.M
     suite = EXPERIMENTS.get("features-vs-bugs")
     ilyas = EXPERIMENTS.get("ilyas")
 
-    def boom(cfg: object, *, out: Path, store: Store) -> record.Record:
+    def boom(cfg: object, *, out: Path, store: Store) -> Result:
         raise RuntimeError("out of memory (simulated)")
 
-    def no_data(cfg: object, *, out: Path, store: Store) -> record.Record:
+    def no_data(cfg: object, *, out: Path, store: Store) -> Result:
         raise DataError("Fashion-MNIST is not installed (simulated)")
 
     broken: Experiment = dataclasses.replace(ilyas, measure=boom)

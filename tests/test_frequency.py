@@ -24,7 +24,7 @@ from eisbench.data.frequency import (
     smooth_pattern,
 )
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.frequency import fourier_heat_map
+from eisbench.experiments.frequency_maps import fourier_heat_map
 from eisbench.runs import record
 from eisbench.runs.store import Store
 from eisbench.training import TrainConfig

@@ -14,7 +14,7 @@ from eisbench import data
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.pgd import pgd
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.nakkiran import non_transferable_pgd
+from eisbench.experiments.nakkiran_attack import non_transferable_pgd
 from eisbench.experiments.nakkiran_squares import (
     SquaresConfig,
     mean_threshold_robust,

@@ -12,7 +12,7 @@ import torch
 
 from eisbench import data
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.ntk import QUICK, choose_n, judge, memory_bytes
+from eisbench.experiments.ntk import QUICK, choose_n, decide, memory_bytes
 from eisbench.experiments.ntk_features import (
     EigenFeatures,
     attack_features,
@@ -22,6 +22,7 @@ from eisbench.experiments.ntk_features import (
 )
 from eisbench.runs import record
 from eisbench.runs.record import Metric
+from eisbench.runs.result import Result
 from eisbench.runs.store import Store
 
 
@@ -113,11 +114,15 @@ def test_ntk_end_to_end_on_digits(tmp_path: Path) -> None:
         assert r["kernel"][0] > 0.9  # the kernel machine separates 3 from 7
     again = exp.run(cfg, out=tmp_path / "out2", store=Store(tmp_path / "cache"))
     assert all(s["cached"] for s in again["stages"]) and again["metrics"] == rec["metrics"]
+    res = exp.measure(cfg, out=tmp_path / "out3", store=Store(tmp_path / "cache"))
+    assert isinstance(res, Result) and res.metrics == rec["metrics"]
+    assert res.claims == rec["claims"] and res.data == rec["data"]
+    assert not (tmp_path / "out3" / "record.json").exists()  # the envelope is run's job
     html = exp.report(rec, tmp_path / "out").read_text()
     assert "Tsilivis" in html and html.count("data:image/png;base64") == 3
 
 
-def test_judge_follows_its_rules() -> None:
+def test_decide_follows_its_rules() -> None:
     def m(v: float, lo: float, hi: float) -> Metric:
         return {"value": v, "ci95": [lo, hi], "n": 3, "higher_is_better": True}
 
@@ -125,13 +130,13 @@ def test_judge_follows_its_rules() -> None:
             "ntk/spearman_index_clean": m(0.0, -0.1, 0.1),
             "ntk/high_index/clean_acc": m(0.6, 0.56, 0.64),
             "ntk/high_index/robust_acc": m(0.02, 0.0, 0.05)}
-    assert [c["verdict"] for c in judge(base, chance=0.55, n_features=8)] == [
+    assert [c["verdict"] for c in decide(base, chance=0.55, n_features=8)] == [
         "reproduced", "reproduced"]
     flipped = base | {"ntk/spearman_index_robust": m(0.5, 0.2, 0.8),
                       "ntk/high_index/clean_acc": m(0.5, 0.48, 0.52)}
-    assert [c["verdict"] for c in judge(flipped, chance=0.55, n_features=8)] == [
+    assert [c["verdict"] for c in decide(flipped, chance=0.55, n_features=8)] == [
         "not reproduced", "not reproduced"]
     unsure = base | {"ntk/spearman_index_robust": m(-0.2, -0.6, 0.2),
                      "ntk/high_index/robust_acc": m(0.08, 0.02, 0.14)}
-    assert [c["verdict"] for c in judge(unsure, chance=0.55, n_features=8)] == [
+    assert [c["verdict"] for c in decide(unsure, chance=0.55, n_features=8)] == [
         "inconclusive", "inconclusive"]

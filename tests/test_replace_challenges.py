@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from eisbench.bench.replace import QUICK, run_replace_bench
+from eisbench.bench.registry import BENCHMARKS
+from eisbench.bench.replace import QUICK
 from eisbench.cli import main
 from eisbench.data.ood import digits_like
 from eisbench.models import load_foreign
@@ -69,8 +70,9 @@ def test_challenge_network_training_is_seeded_dropout_included(
     nets = []
     for k in range(2):
         torch.rand(k + 1)  # a different global RNG state each time
-        net, _, info = c1.train_stage(Store(tmp_path / str(k)), x_train=x, data_key="d",
-                                      cfg=cfg, seed=3, device=torch.device("cpu"))
+        net, _, info = c1.challenge1_train_stage(Store(tmp_path / str(k)), x_train=x,
+                                                 data_key="d", cfg=cfg, seed=3,
+                                                 device=torch.device("cpu"))
         nets.append(net)
     assert not nets[0].training and info["label0_fraction"] == 0.5
     for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values(),
@@ -145,8 +147,8 @@ def test_bench_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                               n_test=200, program_terms=(1, 2), model_program_terms=(2, 4),
                               model_epochs=2, c1_epochs=2,
                               c2_steps=150, n_templates=16, distillers=("program", "tree"))
-    rec2 = run_replace_bench(cfg, out=tmp_path / "out2", store=Store(tmp_path / "home" /
-                                                                     "cache"))
+    rec2 = BENCHMARKS.get("replace").run(cfg, out=tmp_path / "out2",
+                                         store=Store(tmp_path / "home" / "cache"))
     assert all(s["cached"] for s in rec2["stages"])
     assert rec2["metrics"]["replace/challenge1/agreement"] == m["replace/challenge1/agreement"]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.superposition import QUICK, judge, robust_curve
+from eisbench.experiments.superposition import QUICK, decide, robust_curve
 from eisbench.experiments.superposition_models import (
     BiasFreeMLP,
     features_per_dimension,
@@ -119,7 +119,7 @@ def test_verdict_rules(clean: record.Metric, rob: record.Metric, l2: record.Metr
                "superposition/deep_minus_shallow/l2_rel_gap": l2,
                "superposition/scaling/max_rel_error": _m(1e-7, 5e-8, 2e-7),
                "superposition/scaling/pred_changed": _m(changed, changed, changed)}
-    judged = judge(metrics, cfg=QUICK)
+    judged = decide(metrics, cfg=QUICK)
     assert [c["verdict"] for c in judged] == expect
     assert [claims.world(c) for c in judged][1] == {"reproduced": "features",
                                                     "not reproduced": "bugs",

@@ -13,7 +13,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from eisbench.bench import trojan_scores as scores
-from eisbench.bench.trojans import TrojanBenchConfig, run_trojan_bench
+from eisbench.bench.registry import BENCHMARKS
+from eisbench.bench.trojans import TrojanBenchConfig
 from eisbench.cli import main
 from eisbench.runs.record import validate
 from eisbench.runs.store import Store
@@ -122,7 +123,7 @@ def test_bench_end_to_end_on_digits_caches_every_stage(tmp_path: Path,
     # adding a tool computes its images and nothing else
     store = Store(tmp_path / "home" / "cache")
     more = dataclasses.replace(TINY, tools=(*TINY.tools, "snafue"))
-    rec2 = run_trojan_bench(more, out=tmp_path / "out2", store=store)
+    rec2 = BENCHMARKS.get("trojans").run(more, out=tmp_path / "out2", store=store)
     fresh = [s for s in rec2["stages"] if not s["cached"]]
     assert {s["name"] for s in fresh} == {"tool-images"} and len(fresh) == 12
     assert rec2["details"]["grid"]["neural-cleanse"] == rec["details"]["grid"]["neural-cleanse"]
@@ -131,7 +132,8 @@ def test_bench_end_to_end_on_digits_caches_every_stage(tmp_path: Path,
 def test_bench_rejects_bad_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with pytest.raises(KeyError, match="did you mean"):
-        run_trojan_bench(dataclasses.replace(TINY, tools=("neural-cleans",)), out=tmp_path,
-                         store=store)
+        BENCHMARKS.get("trojans").run(dataclasses.replace(TINY, tools=("neural-cleans",)),
+                                      out=tmp_path, store=store)
     with pytest.raises(ValueError, match="n_clean"):
-        run_trojan_bench(dataclasses.replace(TINY, n_clean=1), out=tmp_path, store=store)
+        BENCHMARKS.get("trojans").run(dataclasses.replace(TINY, n_clean=1), out=tmp_path,
+                                      store=store)

@@ -13,7 +13,7 @@ import torch
 
 from eisbench import data
 from eisbench.experiments import EXPERIMENTS
-from eisbench.experiments.tsipras import TsiprasConfig, judge
+from eisbench.experiments.tsipras import TsiprasConfig, decide
 from eisbench.experiments.tsipras_linear import (
     linear_theory,
     pgd_linear,
@@ -94,7 +94,7 @@ def test_verdict_rules(share: tuple[float, float], std: tuple[float, float],
     for k, (a, b) in (("std_acc", img_std), ("robust_acc", img_rob)):
         met[f"tsipras/mnist/train_eps=0/{k}"] = _m(a, a - 0.005, a + 0.005)
         met[f"tsipras/mnist/train_eps=0.3/{k}"] = _m(b, b - 0.005, b + 0.005)
-    claims = judge(met, syn_eps=(0.0, 1.0, 2.0), p=0.9, train_eps=(0.0, 0.3), dataset="mnist",
+    claims = decide(met, syn_eps=(0.0, 1.0, 2.0), p=0.9, train_eps=(0.0, 0.3), dataset="mnist",
                    eval_eps=0.1)
     assert [c["verdict"] for c in claims] == [expect] * 5
     assert [c["if_reproduced"] for c in claims] == ["features"] + ["inconclusive"] * 4

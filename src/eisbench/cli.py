@@ -4,7 +4,6 @@ list."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -42,8 +41,11 @@ def _add_preset_args(r: argparse.ArgumentParser, *, default: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from eisbench.attacks.core import ATTACKS, declared_hypers
+    from eisbench.attacks.evaluate import evaluation_hyper
     from eisbench.bench.registry import BENCHMARKS
     from eisbench.experiments import EXPERIMENTS
+    from eisbench.tools.trigger_reconstruction import RECONSTRUCTION_METHODS
 
     p = argparse.ArgumentParser(prog="eisbench", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -81,12 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--data-root")
     a.add_argument("--suite", default="standard",
                    help="attack suite: standard (APGD-CE, APGD-T, FMN, Square; default) or fast")
-    a.add_argument("--attack", help="one registered attack instead of a suite (e.g. pgd, fgsm)")
-    a.add_argument("--norm", default="linf")
+    a.add_argument("--attack", help="one registered attack instead of a suite: "
+                   f"{', '.join(ATTACKS.names())}")
+    a.add_argument("--norm", default="linf",
+                   choices=sorted({n for k in ATTACKS for n in ATTACKS.meta(k)["norms"]}))
     a.add_argument("--eps", type=float, default=0.3)
-    a.add_argument("--steps", type=int, default=50, help="steps of --attack")
-    a.add_argument("--step-size", type=float, help="step of --attack (pgd)")
-    a.add_argument("--restarts", type=int, default=1, help="restarts of --attack (pgd, apgd)")
+    for key, (h, takers) in declared_hypers().items():  # the hyper-parameters of --attack
+        where = ", ".join(f"{k} {evaluation_hyper(k, {})[key]}" for k in takers)
+        kind = ({"action": argparse.BooleanOptionalAction} if h.type is bool
+                else {"type": h.type, "choices": h.choices or None})
+        a.add_argument(f"--{key.replace('_', '-')}", **kind,
+                       help=f"{h.help} (with --attack; default: {where})")
     a.add_argument("--n", type=int, default=1000, help="number of test images")
     a.add_argument("--n-checks", type=int, default=200,
                    help="test images used by the costlier sanity checks")
@@ -111,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                    "digits, ...")
     s.add_argument("--data-root", help="folder of the dataset's IDX files")
     s.add_argument("--n", type=int, default=500, help="number of clean test images")
-    s.add_argument("--method", default="neural-cleanse", choices=["neural-cleanse", "tabor"])
+    s.add_argument("--method", default="neural-cleanse", choices=RECONSTRUCTION_METHODS.names())
     s.add_argument("--steps", type=int, default=200, help="optimisation steps")
     s.add_argument("--lr", type=float, default=0.1)
     s.add_argument("--lam", type=float, default=1e-3,
@@ -165,46 +172,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from eisbench.core.paths import cache_dir
-    from eisbench.experiments import EXPERIMENTS
-    from eisbench.runs import overrides
-    from eisbench.runs.store import Store
+    from eisbench.api import run
 
-    if args.cmd == "bench":
-        from eisbench.bench.registry import BENCHMARKS
-
-        exp = BENCHMARKS.get(args.experiment)
-    else:
-        exp = EXPERIMENTS.get(args.experiment)
     full = args.full or (args.default_mode == "full" and not args.quick)
-    cfg = exp.full if full else exp.quick
-    changes: dict[str, object] = {"device": args.device}
-    if args.dataset:
-        changes["dataset"] = args.dataset
-    if args.data_root:
-        changes["data_root"] = args.data_root
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ValueError("--seeds must be >= 1")
-        changes["seeds"] = tuple(range(args.seeds))
-    cfg = overrides.apply(dataclasses.replace(cfg, **changes), args.set)
-    t0 = time.perf_counter()
-    rec = exp.run(cfg, out=args.out, store=Store(cache_dir()))
-    report = exp.report(rec, args.out)
-    print(f"\n{exp.name}: {time.perf_counter() - t0:.0f} s")
-    if args.cmd == "bench":
-        for name, m in rec["metrics"].items():
-            print(f"  {name}: {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
-                  f"(n={m['n']})")
-    for c in rec["claims"]:
-        print(f"  [{c['verdict']:>14}] {c['claim']}\n                   {c['measured']}")
-    for key, ex in rec["details"].get("exhibits", {}).items():  # the evidence suite's table
-        print(f"  exhibit {key} ({ex['title']}): {ex['world']} {ex['counts']}")
-    for r in rec["details"].get("runs", []):
+    rec = run(args.experiment, "full" if full else "quick", out=args.out, dataset=args.dataset,
+              data_root=args.data_root, seeds=args.seeds, device=args.device,
+              overrides=args.set)
+    print(rec.summary(max_metrics=None if args.cmd == "bench" else 6))
+    for r in rec["details"].get("runs", []):  # the evidence suite: experiments that failed
         if not r["ok"]:
             print(f"  {r['status']}: {r['experiment']}: {r['error']}", file=sys.stderr)
-    print(f"record: {args.out / 'record.json'}\nreport: {report}")
-    return 1 if rec["details"].get("failed") else 0  # the suite: some experiment failed
+    return 1 if rec["details"].get("failed") else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -241,17 +219,22 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from eisbench.attacks import ATTACKS
+    from eisbench.bench.edit_methods import EDIT_METHODS
     from eisbench.bench.registry import BENCHMARKS
     from eisbench.construct import CONSTRUCTIONS
     from eisbench.data import DATASETS
+    from eisbench.edit import UNIT_SELECTORS
     from eisbench.evaluation import CHECKS, SUITES
     from eisbench.experiments import EXPERIMENTS
     from eisbench.models import MODELS
+    from eisbench.replace import DISTILLERS
     from eisbench.tools import TOOLS
-    from eisbench.training import METHODS
+    from eisbench.tools.attribution import ATTRIBUTIONS
+    from eisbench.training import TRAINING_METHODS
 
-    for reg in (DATASETS, MODELS, ATTACKS, SUITES, CHECKS, METHODS, CONSTRUCTIONS, EXPERIMENTS,
-                BENCHMARKS, TOOLS):
+    for reg in (DATASETS, MODELS, ATTACKS, SUITES, CHECKS, TRAINING_METHODS, CONSTRUCTIONS,
+                EXPERIMENTS, BENCHMARKS, TOOLS, ATTRIBUTIONS, EDIT_METHODS, UNIT_SELECTORS,
+                DISTILLERS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
     return 0
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -13,16 +12,18 @@ import torch
 
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
-    from eisbench.models import load_checkpoint, load_foreign
+    """The model of ``--checkpoint``, or ``--model`` with ``--weights`` and ``--model-kwargs``."""
+    from eisbench import api
 
     if args.checkpoint:
-        return load_checkpoint(args.checkpoint)
-    return load_foreign(args.model, args.weights, kwargs=json.loads(args.model_kwargs))
+        return api.load_model(args.checkpoint)
+    return api.load_model(args.model, weights=args.weights, kwargs=json.loads(args.model_kwargs))
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from eisbench import data
     from eisbench.attacks import ATTACKS
+    from eisbench.attacks.evaluate import evaluation_hyper
     from eisbench.core.config import resolve_device
     from eisbench.core.stats import wilson_ci
     from eisbench.evaluation import SUITES, evaluate_robustness
@@ -31,15 +32,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     steps = None
     if args.attack:
-        ATTACKS.get(args.attack)  # unknown name: clear error with the closest match
-        hyper: dict[str, object] = {}
-        if args.attack not in ("fgsm", "square"):
-            hyper["steps"] = args.steps
-        if args.attack in ("pgd", "apgd"):
-            hyper["restarts"] = args.restarts
-        if args.attack == "pgd":
-            hyper |= {"step_size": args.step_size, "early_exit": True}
-        steps = ((args.attack, hyper),)
+        meta = ATTACKS.meta(args.attack)  # unknown name: clear error with the closest match
+        if args.norm not in meta["norms"]:
+            raise ValueError(f"{args.attack} does not support --norm {args.norm}: use one of "
+                             f"{', '.join(meta['norms'])}")
+        steps = ((args.attack, evaluation_hyper(args.attack, vars(args))),)
     else:
         SUITES.get(args.suite)
     model = load_model(args).to(device)
@@ -89,7 +86,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = scan(model, x, method=args.method, num_classes=ds.num_classes, steps=args.steps,
                lr=args.lr, lam=args.lam, batch_size=args.batch_size, threshold=args.threshold,
-               generator=torch.Generator().manual_seed(args.seed), device=device)
+               seed=args.seed, device=device)
     seconds = time.perf_counter() - t0
     print(f"{args.method} scan of {args.checkpoint or args.model} on {len(x)} {args.data} images "
           f"({seconds:.0f} s): {res.verdict()}")
@@ -158,25 +155,14 @@ class Scaled(torch.nn.Module):
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from eisbench.bench.audit import QUICK, AuditConfig, run_audit
-    from eisbench.core.paths import cache_dir
-    from eisbench.report.audit import summary, write_report
-    from eisbench.runs import overrides
-    from eisbench.runs.store import Store
+    from eisbench.api import audit
 
-    base = QUICK if args.quick else AuditConfig()
-    cfg = overrides.apply(dataclasses.replace(base, dataset=args.data, data_root=args.data_root,
-                                              device=args.device), args.set)
     try:
         model = load_model(args)
     except TypeError as e:  # the class does not take --model-kwargs
         raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
-    name = str(args.checkpoint or args.model)
-    t0 = time.perf_counter()
-    rec = run_audit(model, cfg, out=args.out, store=Store(cache_dir()), name=name)
-    report = write_report(rec, args.out)
-    print(f"audit of {name} ({time.perf_counter() - t0:.0f} s):")
-    for line in summary(rec):
-        print(f"  {line}")
-    print(f"record: {args.out / 'record.json'}\nreport: {report}")
+    rec = audit(model, data=args.data, data_root=args.data_root, out=args.out,
+                quick=args.quick, name=str(args.checkpoint or args.model), device=args.device,
+                overrides=args.set)
+    print(rec)
     return 0

@@ -17,29 +17,35 @@
 6. A replacement: the distillers of :mod:`eisbench.replace` fitted to the model's own labels,
    agreement with the model on test and out-of-distribution digits against their size.
 7. The tools' images for the most suspicious class (:data:`eisbench.tools.TOOLS`).
+
+Each step is a phase (:data:`PHASES`): a function of the :class:`Audit` so far that adds its
+metrics and details. :func:`measure` runs them in order and returns a
+:class:`~eisbench.runs.result.Result`; :func:`run_audit` adds the record's envelope and writes
+``record.json``, ``images.safetensors`` and ``scan/``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from eisbench import data as datasets
 from eisbench.attacks.pgd import pgd
-from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device
 from eisbench.core.progress import say
 from eisbench.core.stats import wilson_ci
 from eisbench.core.tensors import eval_mode, predict
+from eisbench.data import ImageData
 from eisbench.models import ModelSpec
 from eisbench.models.contract import check_model
-from eisbench.runs.record import SCHEMA_VERSION, Metric, Record, git_state, library_versions, now
-from eisbench.runs.record import write as write_record
+from eisbench.runs.record import Metric, Record
+from eisbench.runs.result import Result, to_record, write
 from eisbench.runs.stages import Context, Tensors, train_stage
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
@@ -105,100 +111,163 @@ def transfer_rates(model: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.T
             "white_box_on_reference": float(fooled_ref.float().mean())}
 
 
-def run_audit(model: nn.Module, cfg: AuditConfig, *, out: Path, store: Store,
-              name: str = "model") -> Record:
-    """Audit ``model`` (left in the mode it came in) and write ``out/record.json`` and
-    ``out/images.safetensors``; ``name`` labels it in the record."""
-    from eisbench.evaluation import evaluate_robustness
-    from eisbench.replace.fidelity import distil_model
-    from eisbench.tools import TOOLS
-    from eisbench.tools.scan import save_scan, scan
+@dataclass
+class Audit:
+    """What the phases share: the model, its data and device, the stage cache, and what the
+    phases have measured so far (``refs``: the reference models; ``worst``: the class of the
+    smallest reconstructed trigger; ``images``: the tools' images (n, C, H, W) by tool)."""
 
-    t0 = time.perf_counter()
+    model: nn.Module
+    cfg: AuditConfig
+    ds: ImageData
+    device: torch.device
+    ctx: Context
+    out: Path
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    refs: dict[str, nn.Module] = field(default_factory=dict)
+    worst: int = 0
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def load(model: nn.Module, cfg: AuditConfig, *, out: Path, store: Store, name: str) -> Audit:
+    """Load the dataset, move the model to the device and check its contract (a model that
+    fails on the test images or does not return (B, K) logits raises a ValueError)."""
     device = resolve_device(cfg.device)
     ds = datasets.load(cfg.dataset, root=cfg.data_root)
     model = model.to(device)
     _, output = check_model(model, ds.x_test, num_classes=ds.num_classes, device=device)
-    log = StageLog()
-    key = f"{ds.name}:{ds.sha256}"
-    ctx = Context(store=store, log=log, device=device)
-    train_d = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
-    metrics: dict[str, Metric] = {}
-    details: dict[str, Any] = {"model": name, "output": output}
+    ctx = Context(store=store, log=StageLog(), device=device)
+    return Audit(model=model, cfg=cfg, ds=ds, device=device, ctx=ctx, out=out,
+                 details={"model": name, "output": output})
 
+
+def clean_accuracy(a: Audit) -> None:
+    """Accuracy on the whole test set, with its Wilson interval."""
     say("audit: clean accuracy")
-    hits = int((predict(model, ds.x_test, device=device) == ds.y_test).sum())
-    metrics["clean_acc"] = _rate_metric(hits, len(ds.y_test))
+    hits = int((predict(a.model, a.ds.x_test, device=a.device) == a.ds.y_test).sum())
+    a.metrics["clean_acc"] = _rate_metric(hits, len(a.ds.y_test))
 
+
+def references(a: Audit) -> None:
+    """Train (or load from the cache) the reference models of ``cfg.references``."""
     say("audit: reference models (cached)")
-    refs = {}
-    for arch in cfg.references:
+    ds = a.ds
+    train_d = Tensors(ds.x_train, ds.y_train, f"{ds.name}:{ds.sha256}:train:{len(ds.x_train)}")
+    for arch in a.cfg.references:
         spec = ModelSpec(arch=arch, in_shape=ds.shape, num_classes=ds.num_classes)
-        refs[arch] = train_stage(ctx, spec=spec, cfg=cfg.reference_train, data=train_d,
-                                 seed=cfg.seed, desc=f"reference {arch}")[0]
+        a.refs[arch] = train_stage(a.ctx, spec=spec, cfg=a.cfg.reference_train, data=train_d,
+                                   seed=a.cfg.seed, desc=f"reference {arch}")[0]
 
-    x_r, y_r = ds.x_test[:cfg.n_robust], ds.y_test[:cfg.n_robust]
-    details["robust"] = {}
-    control = refs.get("cnn-small", next(iter(refs.values()), None))
+
+def robust_accuracy(a: Audit) -> None:
+    """Robust accuracy at each eps under the attack suite, with every sanity check (the
+    cnn-small reference, else the first one, is the undefended control)."""
+    from eisbench.evaluation import evaluate_robustness
+
+    cfg = a.cfg
+    x_r, y_r = a.ds.x_test[:cfg.n_robust], a.ds.y_test[:cfg.n_robust]
+    a.details["robust"] = {}
+    control = a.refs.get("cnn-small", next(iter(a.refs.values()), None))
     for eps in cfg.eps:
         say(f"audit: robust accuracy at eps {eps:g} ({cfg.suite} suite, with checks)")
-        ev = evaluate_robustness(model, x_r, y_r, eps=eps, suite=cfg.suite, control=control,
-                                 seed=cfg.seed, device=device)
+        ev = evaluate_robustness(a.model, x_r, y_r, eps=eps, suite=cfg.suite, control=control,
+                                 seed=cfg.seed, device=a.device)
         k = int(ev.result.robust.sum())
-        metrics[f"robust_acc/eps={eps:g}"] = _rate_metric(k, len(x_r))
-        details["robust"][f"{eps:g}"] = ev.to_dict() | {
+        a.metrics[f"robust_acc/eps={eps:g}"] = _rate_metric(k, len(x_r))
+        a.details["robust"][f"{eps:g}"] = ev.to_dict() | {
             "failed_checks": [w.name for w in ev.warnings]}
 
-    say("audit: trojan scan (Neural Cleanse, every class)")
-    res = scan(model, ds.x_test[:cfg.n_scan], steps=cfg.scan_steps, num_classes=ds.num_classes,
-               generator=torch.Generator().manual_seed(cfg.seed), device=device)
-    save_scan(res, out / "scan")
-    worst = min(range(len(res.l1)), key=lambda c: res.l1[c])  # the smallest trigger's class
-    index = min(float(res.anomaly_index[worst]), 1e6)  # a zero MAD gives inf
-    details["scan"] = res.to_dict()
-    metrics["scan/anomaly_index"] = {"value": index, "ci95": [index, index], "n": 1,
-                                     "higher_is_better": False}
 
+def trojan_scan(a: Audit) -> None:
+    """Neural Cleanse over every class; writes ``out/scan/`` and remembers the class of the
+    smallest trigger for the tools."""
+    from eisbench.tools.scan import save_scan, scan
+
+    say("audit: trojan scan (Neural Cleanse, every class)")
+    cfg = a.cfg
+    res = scan(a.model, a.ds.x_test[:cfg.n_scan], steps=cfg.scan_steps,
+               num_classes=a.ds.num_classes, generator=torch.Generator().manual_seed(cfg.seed),
+               device=a.device)
+    save_scan(res, a.out / "scan")
+    a.worst = min(range(len(res.l1)), key=lambda c: res.l1[c])  # the smallest trigger's class
+    index = min(float(res.anomaly_index[a.worst]), 1e6)  # a zero MAD gives inf
+    a.details["scan"] = res.to_dict()
+    a.metrics["scan/anomaly_index"] = {"value": index, "ci95": [index, index], "n": 1,
+                                       "higher_is_better": False}
+
+
+def transfer(a: Audit) -> None:
+    """Transfer of each reference model's adversarial examples, beside same-norm noise."""
     say("audit: transfer from reference models")
-    details["transfer"] = {}
-    for arch, ref in refs.items():
-        tr = transfer_rates(model, ref, ds.x_test[-cfg.n_transfer:],
+    cfg, ds = a.cfg, a.ds
+    a.details["transfer"] = {}
+    for arch, ref in a.refs.items():
+        tr = transfer_rates(a.model, ref, ds.x_test[-cfg.n_transfer:],
                             ds.y_test[-cfg.n_transfer:], eps=cfg.transfer_eps,
-                            generator=torch.Generator().manual_seed(cfg.seed), device=device)
-        metrics[f"transfer/{arch}"] = tr["transfer"]
-        metrics[f"transfer/{arch}/noise"] = tr["noise"]
-        details["transfer"][arch] = tr
+                            generator=torch.Generator().manual_seed(cfg.seed), device=a.device)
+        a.metrics[f"transfer/{arch}"] = tr["transfer"]
+        a.metrics[f"transfer/{arch}/noise"] = tr["noise"]
+        a.details["transfer"][arch] = tr
+
+
+def replacements(a: Audit) -> None:
+    """Distil the model (its own labels) and score agreement on test and OOD digits."""
+    from eisbench.data.ood import digits_like
+    from eisbench.replace.fidelity import distil_model
 
     say("audit: replacements (distillation)")
-    from eisbench.data.ood import digits_like
-
+    cfg, ds = a.cfg, a.ds
     x_ood = digits_like(ds.shape)[0] if ds.num_classes == 10 and min(ds.shape[1:]) >= 8 \
         else None
     n_fit = min(cfg.n_fit, len(ds.x_train) // 2)
     n_val = min(cfg.n_val, len(ds.x_train) - n_fit)
-    rep = distil_model(model, x_train=ds.x_train, x_test=ds.x_test, x_ood=x_ood, n_fit=n_fit,
-                       n_val=n_val, distillers=cfg.distillers, seed=cfg.seed, device=device)
-    details["replace"] = rep
+    rep = distil_model(a.model, x_train=ds.x_train, x_test=ds.x_test, x_ood=x_ood, n_fit=n_fit,
+                       n_val=n_val, distillers=cfg.distillers, seed=cfg.seed, device=a.device)
+    a.details["replace"] = rep
     for dname, p in rep["chosen"].items():
-        metrics[f"replace/{dname}/agreement"] = _rate_metric(
+        a.metrics[f"replace/{dname}/agreement"] = _rate_metric(
             round(p["agree_test"] * len(ds.x_test)), len(ds.x_test))
 
-    say(f"audit: tools' images for class {worst}")
-    images: dict[str, torch.Tensor] = {}
+
+def tool_images(a: Audit) -> None:
+    """Each tool's images for the class of the smallest reconstructed trigger."""
+    from eisbench.tools import TOOLS
+
+    say(f"audit: tools' images for class {a.worst}")
+    cfg = a.cfg
     for tool in cfg.tools:
-        images[tool] = TOOLS.get(tool)(model, target=worst, data=ds.x_test[:512],
-                                       n=cfg.n_images,
-                                       generator=torch.Generator().manual_seed(cfg.seed),
-                                       device=device).contiguous()
-    details["tools"] = {"class": worst, "names": list(cfg.tools)}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(images, str(out / "images.safetensors"))
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "audit", "created": now(),
-        "config": to_plain(cfg), "seeds": [cfg.seed], "git": git_state(),
-        "versions": library_versions(), "device": str(device), "data": {ds.name: ds.sha256},
-        "stages": log.entries, "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": [], "details": details,
-    }
-    write_record(rec, out / "record.json")
+        a.images[tool] = TOOLS.get(tool)(a.model, target=a.worst, data=a.ds.x_test[:512],
+                                         n=cfg.n_images,
+                                         generator=torch.Generator().manual_seed(cfg.seed),
+                                         device=a.device).contiguous()
+    a.details["tools"] = {"class": a.worst, "names": list(cfg.tools)}
+
+
+PHASES: tuple[Callable[[Audit], None], ...] = (
+    clean_accuracy, references, robust_accuracy, trojan_scan, transfer, replacements,
+    tool_images)
+"""The audit's phases, in the order they run."""
+
+
+def measure(model: nn.Module, cfg: AuditConfig, *, out: Path, store: Store,
+            name: str = "model") -> Result:
+    """Audit ``model`` (left in the mode it came in): every phase of :data:`PHASES`; writes
+    ``out/scan/``; ``name`` labels the model in the details."""
+    a = load(model, cfg, out=out, store=store, name=name)
+    for phase in PHASES:
+        phase(a)
+    return Result(metrics=a.metrics, details=a.details,
+                  artifacts={"images.safetensors": a.images}, data={a.ds.name: a.ds.sha256},
+                  stages=a.ctx.log.entries, seeds=(cfg.seed,), device=str(a.device))
+
+
+def run_audit(model: nn.Module, cfg: AuditConfig, *, out: Path, store: Store,
+              name: str = "model") -> Record:
+    """Audit ``model`` (:func:`measure`) and write ``out/record.json`` and
+    ``out/images.safetensors``; return the record."""
+    t0 = time.perf_counter()
+    result = measure(model, cfg, out=out, store=store, name=name)
+    rec = to_record("audit", cfg, result, seconds=time.perf_counter() - t0)
+    write(rec, result, out)
     return rec

@@ -9,7 +9,8 @@
    pattern; the patch tools give ``n_patches`` patches, pasted at random positions.
    Reference rows: the true trigger (oracle) and no trigger (plain fine-tuning); baselines:
    fine-pruning and latent adversarial training. Every row gets the same budget
-   (:class:`~eisbench.edit.unlearn.FinetuneConfig`: steps, batch, learning rate, data).
+   (:class:`~eisbench.edit.unlearn.FinetuneConfig`: steps, batch, learning rate, data); each
+   row is an entry of :data:`~eisbench.bench.edit_methods.EDIT_METHODS`.
    Scores on the test set: ASR after, clean accuracy after, and DER
    (:func:`eisbench.edit.metrics.der`).
 2. LAT against input-space attacks it was not trained for: PGD Linf and L2 on ``n_robust``
@@ -28,50 +29,29 @@ on a pilot of 3 zoo trojans with seed 0.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
-from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
-from eisbench.core.config import resolve_device, to_plain
+from eisbench import data as datasets
+from eisbench.bench.edit_methods import BASELINES, EDIT_METHODS, REFERENCES, TOOL_ROWS, rows
+from eisbench.bench.edit_stages import ablation_stage, before_scores, edit_stage, edit_tool_stage
+from eisbench.core.config import resolve_device
 from eisbench.core.progress import progress
 from eisbench.data.ood import digits_like
 from eisbench.edit import ablation as abl
 from eisbench.edit import metrics as em
-from eisbench.edit.baselines import fine_prune, finetune
-from eisbench.edit.lat import LatConfig, LatentBound, lat_finetune
-from eisbench.edit.unlearn import (
-    FinetuneConfig,
-    Stamper,
-    centre_crop,
-    mask_stamper,
-    patch_stamper,
-    trigger_stamper,
-    unlearn,
-)
-from eisbench.runs.record import SCHEMA_VERSION, Record, git_state, library_versions, now
-from eisbench.runs.record import write as write_record
+from eisbench.edit.lat import LatConfig, LatentBound
+from eisbench.edit.unlearn import FinetuneConfig
+from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
-from eisbench.tools import TOOLS
-from eisbench.tools.adversarial_patch import default_side
-from eisbench.tools.trigger_reconstruction import reconstruct_trigger
-from eisbench.trojans.zoo import bench_zoo
+from eisbench.trojans.stamp import Trojan
+from eisbench.trojans.zoo import ZooRun, bench_zoo
 
-MASK_TOOLS = ("neural-cleanse", "tabor")  # reconstruct (mask, pattern)
-PATCH_SIDE = {"adversarial-patch": 0.25, "snafue": 0.25, "feature-adversary-generator": 1 / 3,
-              "feature-adversary-perturbation": 1 / 3}  # patch side / image side
-REFERENCES = ("true-trigger", "no-trigger")
-BASELINES = ("fine-pruning", "lat")
-ROBUST = ("no-trigger", "lat")  # rows whose input-space robustness is measured
+Rows = list[list[dict[str, Any]]]  # per trojan, per seed: one edit's scores
 
 
 @dataclass(frozen=True)
@@ -87,7 +67,7 @@ class EditBenchConfig:
     defender_frac: float = 0.05  # the defender's clean data: this fraction of the train split
     n_tool_data: int = 512  # defender images the tools may use
     n_test: int | None = None  # test images for accuracy and ASR (None: all)
-    tools: tuple[str, ...] = (*MASK_TOOLS, *PATCH_SIDE)
+    tools: tuple[str, ...] = TOOL_ROWS
     tool_steps: float = 1.0  # scales every tool's default optimisation steps
     n_patches: int = 5  # patches per patch tool
     finetune: FinetuneConfig = FinetuneConfig(steps=100)
@@ -121,158 +101,29 @@ QUICK = EditBenchConfig(n_train=20000, epochs=4, n_clean=2, n_test=2000, tool_st
 weaker: mean ASR ~0.9), shorter fine-tuning, one seed."""
 
 
-def _methods(cfg: EditBenchConfig) -> list[str]:
-    for t in cfg.tools:
-        if t not in MASK_TOOLS and t not in PATCH_SIDE:
-            TOOLS.get(t)  # unknown: fails with suggestions
-            raise ValueError(f"tool {t!r} gives no trigger to stamp: use one of "
-                             f"{', '.join((*MASK_TOOLS, *PATCH_SIDE))}")
-    return [*cfg.tools, *REFERENCES, *BASELINES]
+@dataclass(frozen=True)
+class Setting:
+    """What every phase shares: the zoo, the defender's data, the test set."""
+
+    device: torch.device
+    methods: list[str]  # the rows: tools, references, baselines
+    selectors: list[str]
+    zoo: ZooRun
+    ds: datasets.ImageData
+    defender: Tensors  # the defender's clean data: a fixed random subset of the train split
+    tool_data: Tensors  # the first n_tool_data defender images
+    test: Tensors
+    n_test: int  # cfg.n_test, or every test image
+
+    @property
+    def log(self) -> StageLog:
+        return self.zoo.log
 
 
-def _steps(name: str, cfg: EditBenchConfig) -> int:
-    fn = reconstruct_trigger if name in MASK_TOOLS else TOOLS.get(name)
-    return max(1, round(inspect.signature(fn).parameters["steps"].default * cfg.tool_steps))
-
-
-def _json_stage(store: Store, name: str, params: dict[str, Any], inputs: tuple[str, ...],
-                compute: Any, log: StageLog) -> tuple[dict[str, Any], str]:
-    def save(out: dict[str, Any], d: Path) -> None:
-        (d / "out.json").write_text(json.dumps(out))
-
-    def load(d: Path) -> dict[str, Any]:
-        out: dict[str, Any] = json.loads((d / "out.json").read_text())
-        return out
-
-    return store.run(name, params, inputs=inputs, compute=compute, save=save, load=load,
-                     log=log)
-
-
-def tool_stage(store: Store, *, tool: str, model: nn.Module, model_key: str, target: int,
-               data: Tensors, cfg: EditBenchConfig, seed: int, device: torch.device,
-               log: StageLog) -> tuple[dict[str, torch.Tensor], str]:
-    """The tool's reconstruction for ``target`` (cached): {"mask" (1, H, W), "pattern"
-    (C, H, W)} for Neural Cleanse and TABOR, {"patches" (n, C, s, s)} for a patch tool."""
-    steps = _steps(tool, cfg)
-
-    def compute(work: Path) -> dict[str, torch.Tensor]:
-        gen = torch.Generator().manual_seed(seed)
-        if tool in MASK_TOOLS:
-            r = reconstruct_trigger(model, target=target, data=data.x, method=tool, steps=steps,
-                                    generator=gen, device=device)
-            return {"mask": r.mask, "pattern": r.pattern,
-                    "stats": torch.tensor([r.l1, r.success])}
-        imgs = TOOLS.get(tool)(model, target=target, data=data.x, n=cfg.n_patches,
-                               generator=gen, device=device, steps=steps)
-        side = default_side(tuple(data.x.shape[1:]), PATCH_SIDE[tool])
-        return {"patches": centre_crop(imgs, side).contiguous()}
-
-    def save(out: dict[str, torch.Tensor], d: Path) -> None:
-        save_file({k: v.contiguous() for k, v in out.items()}, str(d / "tool.safetensors"))
-
-    def load(d: Path) -> dict[str, torch.Tensor]:
-        return load_file(str(d / "tool.safetensors"))
-
-    params = {"tool": tool, "steps": steps, "n": cfg.n_patches, "target": target,
-              "seed": seed, "device": device.type}
-    return store.run("edit-tool", params, inputs=(model_key, data.key), compute=compute,
-                     save=save, load=load, log=log)
-
-
-def _robust(model: nn.Module, test: Tensors, cfg: EditBenchConfig, device: torch.device,
-            seed: int) -> dict[str, float]:
-    x, y = test.x[:cfg.n_robust], test.y[:cfg.n_robust]
-    out = {}
-    for key, norm, eps in (("robust_acc", "linf", cfg.robust_eps),
-                           ("robust_acc_l2", "l2", cfg.robust_eps_l2)):
-        att = AttackConfig(name="pgd", norm=norm, eps=eps, steps=cfg.robust_steps)
-        out[key] = float(correct_under_attack(model, x, y, att, seed=seed, device=device,
-                                              desc=f"PGD {norm}").float().mean())
-    return out
-
-
-def edit_stage(store: Store, *, method: str, model: nn.Module, model_key: str,
-               stamper: Stamper | None, stamp_key: str, ev: em.TrojanEval, test: Tensors,
-               defender: Tensors, cfg: EditBenchConfig, seed: int, device: torch.device,
-               log: StageLog) -> dict[str, Any]:
-    """Edit the model with ``method`` and score it (cached; the edited model is not kept)."""
-    def compute(work: Path) -> dict[str, Any]:
-        ft = cfg.finetune
-        extra: dict[str, Any] = {}
-        if method == "fine-pruning":
-            edited, info = fine_prune(model, defender.x, defender.y, cfg=ft, seed=seed,
-                                      max_drop=cfg.prune_max_drop, device=device)
-            extra = {"pruned": len(info.pruned), "of": info.n_channels,
-                     "acc_pruned": info.acc_pruned}
-        elif method == "lat":
-            edited = lat_finetune(model, defender.x, defender.y, lat=cfg.lat(), cfg=ft,
-                                  seed=seed, device=device)
-        elif method == "no-trigger":
-            edited = finetune(model, defender.x, defender.y, cfg=ft, seed=seed, device=device)
-        else:
-            edited = unlearn(model, defender.x, defender.y, stamper=stamper, cfg=ft,
-                             seed=seed, device=device, desc=f"unlearn {method}")
-        out = ev.scores(edited, device=device) | extra
-        if method in ROBUST:
-            out |= _robust(edited, test, cfg, device, seed)
-        return out
-
-    params = {"method": method, "finetune": ft_params(cfg, method), "seed": seed,
-              "n_test": len(ev.x), "device": device.type}
-    if method in ROBUST:
-        params |= {"robust": [cfg.robust_eps, cfg.robust_eps_l2, cfg.robust_steps, cfg.n_robust]}
-    out, _ = _json_stage(store, "edit", params, (model_key, defender.key, stamp_key, test.key),
-                         compute, log)
-    return out
-
-
-def ft_params(cfg: EditBenchConfig, method: str) -> dict[str, Any]:
-    p: dict[str, Any] = {"ft": to_plain(cfg.finetune)}
-    if method == "fine-pruning":
-        p["max_drop"] = cfg.prune_max_drop
-    if method == "lat":
-        p["lat"] = to_plain(cfg.lat())
-    return p
-
-
-def stamper_for(method: str, tool: dict[str, torch.Tensor] | None,
-                trojan: Any) -> Stamper | None:
-    if method == "true-trigger":
-        return trigger_stamper(trojan.trigger)
-    if tool is None:
-        return None
-    if "mask" in tool:
-        return mask_stamper(tool["mask"], tool["pattern"])
-    return patch_stamper(tool["patches"])
-
-
-def ablation_stage(store: Store, *, selector: str, layer: str, k: int, model: nn.Module,
-                   model_key: str, select: Tensors, test: Tensors, ood: Tensors, seed: int,
-                   device: torch.device, log: StageLog) -> dict[str, Any]:
-    """Effects of ablating ``selector``'s top ``k`` units of ``layer`` per class (cached)."""
-    def compute(work: Path) -> dict[str, Any]:
-        s = abl.UNIT_SELECTORS.get(selector)(model, layer, select.x, select.y,
-                                             num_classes=int(select.y.max()) + 1,
-                                             generator=torch.Generator().manual_seed(seed))
-        units = abl.top_units(s, k=k)
-        return {"units": units.tolist(),
-                "test": dataclasses.asdict(abl.ablation_effects(model, layer, units, test.x,
-                                                                test.y, device=device)),
-                "ood": dataclasses.asdict(abl.ablation_effects(model, layer, units, ood.x,
-                                                               ood.y, device=device))}
-
-    params = {"selector": selector, "layer": layer, "k": k, "seed": seed,
-              "device": device.type}
-    out, _ = _json_stage(store, "edit-ablation", params,
-                         (model_key, select.key, test.key, ood.key), compute, log)
-    return out
-
-
-def run_edit_bench(cfg: EditBenchConfig, *, out: Path, store: Store) -> Record:
-    """Run the benchmark and write ``out/record.json`` and ``out/tools.safetensors``."""
-    t0 = time.perf_counter()
+def setting(cfg: EditBenchConfig, store: Store) -> Setting:
+    """Check the config, load the zoo (cached) and split the data."""
     device = resolve_device(cfg.device)
-    methods = _methods(cfg)
+    methods = rows(cfg.tools)
     selectors = abl.selector_names(cfg.selectors)
     if not cfg.seeds or not 1 <= cfg.n_ablate <= cfg.n_clean:
         raise ValueError("need at least one seed and 1 <= n_ablate <= n_clean")
@@ -281,76 +132,105 @@ def run_edit_bench(cfg: EditBenchConfig, *, out: Path, store: Store) -> Record:
     zoo, ds = bench_zoo(store, dataset=cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
                         natural_root=cfg.natural_root, n_train=cfg.n_train,
                         n_clean=cfg.n_clean, device=cfg.device)
-    log = zoo.log
     key = f"{ds.name}:{ds.sha256}"
     n_def = max(1, round(cfg.defender_frac * len(ds.x_train)))
     pick = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(12345))[:n_def]
     defender = Tensors(ds.x_train[pick], ds.y_train[pick], f"{key}:defender:{n_def}")
-    tool_data = Tensors(defender.x[:cfg.n_tool_data], defender.y[:cfg.n_tool_data],
-                        f"{defender.key}:{cfg.n_tool_data}")
     n_test = len(ds.x_test) if cfg.n_test is None else cfg.n_test
-    test = Tensors(ds.x_test[:n_test], ds.y_test[:n_test], f"{key}:test:{n_test}")
+    return Setting(
+        device=device, methods=methods, selectors=selectors, zoo=zoo, ds=ds,
+        defender=defender,
+        tool_data=Tensors(defender.x[:cfg.n_tool_data], defender.y[:cfg.n_tool_data],
+                          f"{defender.key}:{cfg.n_tool_data}"),
+        test=Tensors(ds.x_test[:n_test], ds.y_test[:n_test], f"{key}:test:{n_test}"),
+        n_test=n_test)
 
-    # 1. trojan removal
-    res: dict[str, list[list[dict[str, Any]]]] = {m: [] for m in methods}
+
+def remove_one(st: Setting, cfg: EditBenchConfig, store: Store, i: int, trojan: Trojan,
+               ) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]],
+                          dict[str, torch.Tensor]]:
+    """Every row's edit of trojan ``i``'s model, per seed (cached): the model's scores before,
+    each row's scores after (with DER) and the tools' reconstructions of the first seed."""
+    model, mkey = st.zoo.models[i]
+    ev = em.TrojanEval.build(trojan, st.test.x, st.test.y)
+    before = before_scores(model, ev, st.test, cfg, st.device)
+    after: dict[str, list[dict[str, Any]]] = {m: [] for m in st.methods}
+    shown: dict[str, torch.Tensor] = {}
+    for s in cfg.seeds:
+        for m in st.methods:
+            tool, tkey = None, ""
+            if EDIT_METHODS.get(m).reconstruction is not None:
+                tool, tkey = edit_tool_stage(store, tool=m, model=model, model_key=mkey,
+                                             target=trojan.target, data=st.tool_data, cfg=cfg,
+                                             seed=s, device=st.device, log=st.log)
+                if s == cfg.seeds[0]:
+                    shown |= {f"{trojan.name}/{m}/{k}": v for k, v in tool.items()}
+            r = edit_stage(store, method=m, model=model, model_key=mkey,
+                           stamper=EDIT_METHODS.get(m).stamper(tool, trojan), stamp_key=tkey,
+                           ev=ev, test=st.test, defender=st.defender, cfg=cfg, seed=s,
+                           device=st.device, log=st.log)
+            r["der"] = em.der(asr_before=before["asr"], asr_after=r["asr"],
+                              acc_before=before["acc"], acc_after=r["acc"])
+            after[m].append(r)
+    return before, after, shown
+
+
+def removal(st: Setting, cfg: EditBenchConfig, store: Store
+            ) -> tuple[dict[str, Rows], list[dict[str, float]], dict[str, torch.Tensor]]:
+    """Part 1: ``res[method][trojan][seed]``, the models' scores ``before`` editing, and the
+    tools' reconstructions shown in the report."""
+    res: dict[str, Rows] = {m: [] for m in st.methods}
     before: list[dict[str, float]] = []
     shown: dict[str, torch.Tensor] = {}
-    for i, trojan in enumerate(progress(zoo.trojans, desc="trojans")):
-        model, mkey = zoo.models[i]
-        ev = em.TrojanEval.build(trojan, test.x, test.y)
-        before.append(ev.scores(model, device=device) | _robust(model, test, cfg, device, 0))
-        for m in methods:
-            res[m].append([])
-        for s in cfg.seeds:
-            for m in methods:
-                tool, tkey = None, ""
-                if m in cfg.tools:
-                    tool, tkey = tool_stage(store, tool=m, model=model, model_key=mkey,
-                                            target=trojan.target, data=tool_data, cfg=cfg,
-                                            seed=s, device=device, log=log)
-                    if s == cfg.seeds[0]:
-                        shown |= {f"{trojan.name}/{m}/{k}": v for k, v in tool.items()}
-                r = edit_stage(store, method=m, model=model, model_key=mkey,
-                               stamper=stamper_for(m, tool, trojan), stamp_key=tkey, ev=ev,
-                               test=test, defender=defender, cfg=cfg, seed=s, device=device,
-                               log=log)
-                r["der"] = em.der(asr_before=before[i]["asr"], asr_after=r["asr"],
-                                  acc_before=before[i]["acc"], acc_after=r["acc"])
-                res[m][i].append(r)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in shown.items()}, str(out / "tools.safetensors"))
+    for i, trojan in enumerate(progress(st.zoo.trojans, desc="trojans")):
+        b, after, seen = remove_one(st, cfg, store, i, trojan)
+        before.append(b)
+        shown |= seen
+        for m in st.methods:
+            res[m].append(after[m])
+    return res, before, shown
 
-    # 3. capability ablation
-    ood_x, ood_y = digits_like(ds.shape)
-    ood = Tensors(ood_x, ood_y, "digits-like:" + "x".join(map(str, ds.shape)))
-    abl_test = Tensors(test.x[:cfg.n_ablation_test], test.y[:cfg.n_ablation_test],
-                       f"{test.key}:{cfg.n_ablation_test}")
+
+def ablation(st: Setting, cfg: EditBenchConfig, store: Store
+             ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], int]:
+    """Part 3: ``ablations[layer][selector]`` (one effect dict per clean model) and the number
+    of out-of-distribution images."""
+    ood_x, ood_y = digits_like(st.ds.shape)
+    ood = Tensors(ood_x, ood_y, "digits-like:" + "x".join(map(str, st.ds.shape)))
+    test = Tensors(st.test.x[:cfg.n_ablation_test], st.test.y[:cfg.n_ablation_test],
+                   f"{st.test.key}:{cfg.n_ablation_test}")
     ablations: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for layer, k in (("penultimate", cfg.ablation_k), ("last-conv", cfg.ablation_k_conv)):
         ablations[layer] = {}
-        for sel in progress(selectors, desc=f"ablation {layer}"):
+        for sel in progress(st.selectors, desc=f"ablation {layer}"):
             ablations[layer][sel] = [
                 ablation_stage(store, selector=sel, layer=layer, k=k, model=m_, model_key=k_,
-                               select=defender, test=abl_test, ood=ood, seed=j,
-                               device=device, log=log)
-                for j, (m_, k_) in enumerate(zoo.clean[:cfg.n_ablate])]
+                               select=st.defender, test=test, ood=ood, seed=j,
+                               device=st.device, log=st.log)
+                for j, (m_, k_) in enumerate(st.zoo.clean[:cfg.n_ablate])]
+    return ablations, len(ood_y)
 
-    metrics = em.summarise(res, before, ablations, methods=methods, selectors=selectors)
+
+def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
+    """Remove every trojan with every row (part 1, with LAT's robustness: part 2), ablate
+    capabilities (part 3), summarise and judge; the tools' reconstructions go to
+    ``tools.safetensors``."""
+    st = setting(cfg, store)
+    res, before, shown = removal(st, cfg, store)
+    ablations, n_ood = ablation(st, cfg, store)
+    metrics = em.summarise(res, before, ablations, methods=st.methods, selectors=st.selectors)
     details = {
-        "zoo": [m.to_dict() for m in zoo.metrics], "trojans": [t.name for t in zoo.trojans],
-        "kinds": [t.trigger.kind for t in zoo.trojans], "methods": methods,
+        "zoo": [m.to_dict() for m in st.zoo.metrics],
+        "trojans": [t.name for t in st.zoo.trojans],
+        "kinds": [t.trigger.kind for t in st.zoo.trojans], "methods": st.methods,
         "tools": list(cfg.tools), "references": list(REFERENCES), "baselines": list(BASELINES),
-        "before": before, "results": res, "ablation": ablations, "selectors": selectors,
-        "n_defender": n_def, "n_test": n_test, "n_ood": len(ood_y),
+        "before": before, "results": res, "ablation": ablations, "selectors": st.selectors,
+        "n_defender": len(st.defender.x), "n_test": st.n_test, "n_ood": n_ood,
         "ood_note": "scikit-learn digits drawn like MNIST (digits_like)",
     }
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "edit", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(device), "data": {ds.name: ds.sha256},
-        "stages": log.entries, "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": em.edit_claims(metrics, tools=list(cfg.tools), selectors=selectors),
-        "details": details,
-    }
-    write_record(rec, out / "record.json")
-    return rec
+    return Result(
+        metrics=metrics,
+        claims=em.edit_claims(metrics, tools=list(cfg.tools), selectors=st.selectors),
+        details=details,
+        artifacts={"tools.safetensors": {k: v.contiguous() for k, v in shown.items()}},
+        data={st.ds.name: st.ds.sha256}, stages=st.log.entries, device=str(st.device))

@@ -14,19 +14,19 @@ BENCHMARKS: Registry[Experiment] = Registry("benchmark")
 BENCHMARKS.register("trojans")(Experiment(
     name="trojans",
     summary="trojan rediscovery: 10 tools x 12 trojans judged 8-way, attribution, detection",
-    quick=trojan_bench.QUICK, full=trojan_bench.FULL, run=trojan_bench.run_trojan_bench,
+    quick=trojan_bench.QUICK, full=trojan_bench.FULL, measure=trojan_bench.measure,
     report=report_from("eisbench.report.trojans")))
 
 BENCHMARKS.register("replace")(Experiment(
     name="replace",
     summary="distillation: sparse linear, tree, templates, program search; EIS VII challenges",
-    quick=replace_bench.QUICK, full=replace_bench.FULL, run=replace_bench.run_replace_bench,
+    quick=replace_bench.QUICK, full=replace_bench.FULL, measure=replace_bench.measure,
     report=report_from("eisbench.report.replace")))
 
 BENCHMARKS.register("edit")(Experiment(
     name="edit",
     summary="control: tool-guided trojan removal (DER), fine-pruning, LAT, capability ablation",
-    quick=edit_bench.QUICK, full=edit_bench.FULL, run=edit_bench.run_edit_bench,
+    quick=edit_bench.QUICK, full=edit_bench.FULL, measure=edit_bench.measure,
     report=report_from("eisbench.report.edit")))
 
 __all__ = ["BENCHMARKS"]

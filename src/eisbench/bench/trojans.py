@@ -12,7 +12,8 @@
    best pair (:mod:`eisbench.bench.trojan_scores`), with two reference rows: noise images (a
    tool that shows nothing) and views of the true trigger (a tool that shows it).
 5. The 16 captum attribution methods and two baselines on poisoned images of the patch
-   trojans, scored by correlation with the trigger's footprint.
+   trojans, scored by correlation with the trigger's footprint
+   (:mod:`eisbench.bench.trojan_probes`).
 6. Detection: Neural Cleanse and TABOR scans of every trojaned and clean model; AUROC of the
    anomaly index of the smallest-trigger class, with a bootstrap CI.
 
@@ -24,8 +25,6 @@ independent, so the trojans are the sample).
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,27 +33,27 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from eisbench import data as datasets
 from eisbench.bench import trojan_scores as scores
-from eisbench.core.config import resolve_device, to_plain
+from eisbench.bench.trojan_probes import attribution, detection
+from eisbench.core.config import resolve_device
 from eisbench.core.progress import progress, say
-from eisbench.core.stats import mean_ci, wilson_ci
-from eisbench.core.tensors import predict
-from eisbench.runs.record import SCHEMA_VERSION, Metric, Record, git_state, library_versions, now
-from eisbench.runs.record import write as write_record
+from eisbench.runs.record import Metric
+from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
 from eisbench.tools import TOOLS
-from eisbench.tools.attribution import score_methods
-from eisbench.tools.scan import ScanResult, load_scan, save_scan, scan
 from eisbench.trojans.bank import trigger_bank
-from eisbench.trojans.judge import JudgeConfig, ask, judge_stage, validate
+from eisbench.trojans.judge import JudgeConfig, JudgeEncoder, ask, judge_stage, validate
 from eisbench.trojans.quiz import Question, quiz_html
-from eisbench.trojans.stamp import KINDS, Trigger, Trojan, source_mask, stamp
+from eisbench.trojans.stamp import TRIGGER_KINDS as KINDS
+from eisbench.trojans.stamp import Trigger, Trojan
 from eisbench.trojans.views import ViewConfig, layers, render
-from eisbench.trojans.zoo import bench_zoo
+from eisbench.trojans.zoo import ZooRun, bench_zoo
 
 CASPER = {"best_single": 0.47, "all": 0.49}  # human success, Casper et al. (2023), ImageNet
 REFERENCES = ("noise", "trigger-views")  # rows that are not tools
+Banks = dict[str, list[Trigger]]  # trigger kind -> its 8 options
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,7 @@ shared with full mode."""
 
 
 def tool_names(cfg: TrojanBenchConfig) -> list[str]:
+    """The tools benchmarked (default: every registered one); an unknown name fails here."""
     names = list(cfg.tools) or sorted(TOOLS.names())
     for n in names:
         TOOLS.get(n)  # an unknown name fails here, with suggestions
@@ -100,13 +100,13 @@ def tool_names(cfg: TrojanBenchConfig) -> list[str]:
 
 def tool_kwargs(name: str, cfg: TrojanBenchConfig) -> dict[str, Any]:
     """The tool's default ``steps`` scaled by ``cfg.tool_steps`` (at least 1)."""
-    default = inspect.signature(TOOLS.get(name)).parameters["steps"].default
+    default: int = TOOLS.meta(name)["steps"]
     return {"steps": max(1, round(default * cfg.tool_steps))}
 
 
-def tool_stage(store: Store, *, name: str, model: nn.Module, model_key: str, trojan: Trojan,
-               data: Tensors, cfg: TrojanBenchConfig, seed: int, device: torch.device,
-               log: StageLog) -> torch.Tensor:
+def trojan_tool_stage(store: Store, *, name: str, model: nn.Module, model_key: str,
+                      trojan: Trojan, data: Tensors, cfg: TrojanBenchConfig, seed: int,
+                      device: torch.device, log: StageLog) -> torch.Tensor:
     """A tool's ``cfg.n_images`` images (n, C, H, W) for the trojan's target (cached)."""
     kwargs = tool_kwargs(name, cfg)
 
@@ -128,54 +128,8 @@ def tool_stage(store: Store, *, name: str, model: nn.Module, model_key: str, tro
     return out
 
 
-def scan_stage(store: Store, *, method: str, model: nn.Module, model_key: str, data: Tensors,
-               cfg: TrojanBenchConfig, device: torch.device, log: StageLog) -> ScanResult:
-    """A trigger-reconstruction scan of every class (cached)."""
-    def compute(work: Path) -> ScanResult:
-        return scan(model, data.x, method=method, steps=cfg.scan_steps,
-                    generator=torch.Generator().manual_seed(0), device=device)
-
-    def save(res: ScanResult, d: Path) -> None:
-        save_scan(res, d)
-
-    params = {"method": method, "steps": cfg.scan_steps, "n": len(data.x),
-              "device": device.type}
-    out, _ = store.run("scan", params, inputs=(model_key, data.key), compute=compute,
-                       save=save, load=load_scan, log=log)
-    return out
-
-
-def poisoned_images(model: nn.Module, trojan: Trojan, test: Tensors, *, n: int,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``n`` source test images stamped with the trigger that the model sends to the
-    target, and their footprints: (n, C, H, W), (n, 1, H, W)."""
-    keep = source_mask(test.y, trojan)
-    x = test.x[keep][: 4 * n]
-    xs, foot = stamp(x, trojan.trigger, generator=torch.Generator().manual_seed(0))
-    hit = predict(model, xs, device=device) == trojan.target
-    return xs[hit][:n], foot[hit][:n]
-
-
-def suspicion(res: ScanResult) -> float:
-    """A model's detection score: the anomaly index of its smallest-trigger class."""
-    return res.anomaly_index[min(range(len(res.l1)), key=lambda k: res.l1[k])]
-
-
-def _metric(value: float, lo: float, hi: float, n: int, *, higher: bool = True) -> Metric:
-    return {"value": value, "ci95": [min(lo, value), max(hi, value)], "n": n,
-            "higher_is_better": higher}
-
-
-def success_metric(rates: list[float]) -> Metric:
-    """Mean success over trojans (each the mean over seeds) with Wilson's interval, n =
-    trojans (see the module docstring)."""
-    t = len(rates)
-    v = sum(rates) / t
-    lo, hi = wilson_ci(round(v * t), t)
-    return _metric(v, lo, hi, t)
-
-
 def answer_index(bank: list[Trigger], trojan: Trojan) -> int:
+    """The position of the trojan's trigger among its kind's options."""
     names = [t.name for t in bank]
     if trojan.trigger.name not in names:
         raise ValueError(f"{trojan.name}: trigger {trojan.trigger.name!r} not in its bank")
@@ -194,8 +148,7 @@ def reference_images(kind: str, trojan_idx: int, *, lay: dict[str, Any], answer:
 
 
 def write_quiz(shown: dict[str, torch.Tensor], trojans: list[Trojan], tools: list[str], *,
-               banks: dict[str, list[Trigger]], answers: list[int],
-               out: Path) -> tuple[Path, Path]:
+               banks: Banks, answers: list[int], out: Path) -> tuple[Path, Path]:
     """The judge's questions (first seed, every tool x trojan) as an HTML quiz for human
     raters, options shuffled per question; the answers go to a separate key file."""
     gen = torch.Generator().manual_seed(0)
@@ -211,9 +164,32 @@ def write_quiz(shown: dict[str, torch.Tensor], trojans: list[Trojan], tools: lis
     return quiz_html(questions, out)
 
 
-def run_trojan_bench(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Record:
-    """Run the benchmark and write ``out/record.json`` and ``out/tool_images.safetensors``."""
-    t0 = time.perf_counter()
+@dataclass(frozen=True)
+class Setting:
+    """What every phase shares: the zoo, the data each part may use, the judge's options."""
+
+    device: torch.device
+    names: list[str]  # the tools benchmarked
+    zoo: ZooRun
+    ds: datasets.ImageData
+    tool_data: Tensors  # the first n_data test images
+    scan_data: Tensors  # the first n_scan test images
+    test: Tensors
+    train: Tensors
+    banks: Banks
+    answers: list[int]  # per trojan, the true option's index in its kind's bank
+
+    @property
+    def log(self) -> StageLog:
+        return self.zoo.log
+
+    @property
+    def rows(self) -> list[str]:
+        return [*self.names, *REFERENCES]
+
+
+def setting(cfg: TrojanBenchConfig, store: Store) -> Setting:
+    """Check the config, load the zoo (cached), slice the data and build the trigger banks."""
     device = resolve_device(cfg.device)
     names = tool_names(cfg)
     if not cfg.seeds or cfg.n_clean < 2:
@@ -221,55 +197,70 @@ def run_trojan_bench(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Reco
     zoo, ds = bench_zoo(store, dataset=cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
                         natural_root=cfg.natural_root, n_train=cfg.n_train,
                         n_clean=cfg.n_clean, device=cfg.device)
-    log = zoo.log
     key = f"{ds.name}:{ds.sha256}"
-    shape = ds.shape
-    tool_data = Tensors(ds.x_test[:cfg.n_data], ds.y_test[:cfg.n_data],
-                        f"{key}:test:{cfg.n_data}")
-    scan_data = Tensors(ds.x_test[:cfg.n_scan], ds.y_test[:cfg.n_scan],
-                        f"{key}:test:{cfg.n_scan}")
-    test = Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}")
-    train_d = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
-
-    # the judge: trained on trigger views and clean training images only
-    banks = {k: trigger_bank(k, dataset=cfg.dataset, shape=shape, data_root=cfg.natural_root)
+    banks = {k: trigger_bank(k, dataset=cfg.dataset, shape=ds.shape, data_root=cfg.natural_root)
              for k in KINDS}
-    say("judge: training on trigger views")
-    enc, _ = judge_stage(store, banks=banks, shape=shape, data=train_d,
-                         cfg=JudgeConfig(steps=cfg.judge_steps), device=device, log=log)
-    val = validate(enc, bank=banks, shape=shape, n_trials=cfg.judge_trials,
-                   generator=torch.Generator().manual_seed(1), data=ds.x_test[-2000:])
+    return Setting(
+        device=device, names=names, zoo=zoo, ds=ds,
+        tool_data=Tensors(ds.x_test[:cfg.n_data], ds.y_test[:cfg.n_data],
+                          f"{key}:test:{cfg.n_data}"),
+        scan_data=Tensors(ds.x_test[:cfg.n_scan], ds.y_test[:cfg.n_scan],
+                          f"{key}:test:{cfg.n_scan}"),
+        test=Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}"),
+        train=Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}"),
+        banks=banks, answers=[answer_index(banks[t.trigger.kind], t) for t in zoo.trojans])
 
-    # tools -> 8-way questions
-    answers = [answer_index(banks[t.trigger.kind], t) for t in zoo.trojans]
-    lays = {k: {"layers": layers(banks[k], shape)} for k in KINDS}
-    rows = [*names, *REFERENCES]
-    sims = {r: {s: torch.zeros(len(zoo.trojans), 8) for s in cfg.seeds} for r in rows}
+
+def train_judge(st: Setting, cfg: TrojanBenchConfig,
+                store: Store) -> tuple[JudgeEncoder, dict[str, Any]]:
+    """The judge, trained on trigger views and clean training images only (cached), and its
+    validation on questions whose answer is known."""
+    say("judge: training on trigger views")
+    enc, _ = judge_stage(store, banks=st.banks, shape=st.ds.shape, data=st.train,
+                         cfg=JudgeConfig(steps=cfg.judge_steps), device=st.device, log=st.log)
+    val = validate(enc, bank=st.banks, shape=st.ds.shape, n_trials=cfg.judge_trials,
+                   generator=torch.Generator().manual_seed(1), data=st.ds.x_test[-2000:])
+    return enc, val
+
+
+def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder
+              ) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Every row's images for every trojan and seed (tools cached), asked of the judge:
+    ``sims[row][seed]`` (trojans, 8) and the images of the first seed (``shown``, with each
+    kind's options)."""
+    lays = {k: {"layers": layers(st.banks[k], st.ds.shape)} for k in KINDS}
+    sims = {r: {s: torch.zeros(len(st.zoo.trojans), 8) for s in cfg.seeds} for r in st.rows}
     shown: dict[str, torch.Tensor] = {}
-    jobs = [(i, s, r) for i in range(len(zoo.trojans)) for s in cfg.seeds for r in rows]
+    jobs = [(i, s, r) for i in range(len(st.zoo.trojans)) for s in cfg.seeds for r in st.rows]
     for i, s, r in progress(jobs, desc="tools"):
-        trojan, (model, mkey) = zoo.trojans[i], zoo.models[i]
+        trojan, (model, mkey) = st.zoo.trojans[i], st.zoo.models[i]
         if r in REFERENCES:
-            imgs = reference_images(r, i, lay=lays[trojan.trigger.kind], answer=answers[i],
-                                    data=tool_data.x, n=cfg.n_images, seed=s)
+            imgs = reference_images(r, i, lay=lays[trojan.trigger.kind], answer=st.answers[i],
+                                    data=st.tool_data.x, n=cfg.n_images, seed=s)
         else:
-            imgs = tool_stage(store, name=r, model=model, model_key=mkey, trojan=trojan,
-                              data=tool_data, cfg=cfg, seed=s, device=device, log=log)
-        opts = banks[trojan.trigger.kind]
-        sims[r][s][i] = ask(enc, images=imgs, options=opts, shape=shape).similarities
+            imgs = trojan_tool_stage(store, name=r, model=model, model_key=mkey, trojan=trojan,
+                                     data=st.tool_data, cfg=cfg, seed=s, device=st.device,
+                                     log=st.log)
+        opts = st.banks[trojan.trigger.kind]
+        sims[r][s][i] = ask(enc, images=imgs, options=opts, shape=st.ds.shape).similarities
         if s == cfg.seeds[0]:
             shown[f"{trojan.name}/{r}"] = imgs.contiguous()
     for k in KINDS:
-        shown[f"options/{k}"] = torch.stack([t.image(shape) for t in banks[k]]).contiguous()
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(shown, str(out / "tool_images.safetensors"))
-    quiz_page, _ = write_quiz(shown, zoo.trojans, names, banks=banks, answers=answers,
-                              out=out / "quiz.html")
+        shown[f"options/{k}"] = torch.stack([t.image(st.ds.shape)
+                                             for t in st.banks[k]]).contiguous()
+    return sims, shown
+
+
+def success(st: Setting, cfg: TrojanBenchConfig, sims: dict[str, dict[int, torch.Tensor]]
+            ) -> tuple[dict[str, Metric], dict[str, Any]]:
+    """Success per row, for all tools together and the best pair (with its leave-one-trojan-out
+    estimate): metrics ``tool/.../success_rate`` and the details behind them."""
+    answers, names = st.answers, st.names
     grid = {r: [[scores.success_grid({r: sims[r][s]}, answers=answers)[r][i]
-                 for s in cfg.seeds] for i in range(len(answers))] for r in rows}
-    metrics: dict[str, Metric] = {}
-    for r in rows:
-        metrics[f"tool/{r}/success_rate"] = success_metric([sum(g) / len(g) for g in grid[r]])
+                 for s in cfg.seeds] for i in range(len(answers))] for r in st.rows}
+    metrics = {f"tool/{r}/success_rate": scores.success_metric([sum(g) / len(g)
+                                                                for g in grid[r]])
+               for r in st.rows}
     all_ok, pair_ok, pair_cv, pairs = [], [], [], []
     for s in cfg.seeds:
         per_seed = {r: sims[r][s] for r in names}
@@ -280,84 +271,54 @@ def run_trojan_bench(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Reco
             pair_ok.append(bp.correct)
             pair_cv.append(bp.cv_correct)
             pairs.append(bp.pair)
-    n_t = len(answers)
 
     def over_seeds(rows_: list[list[bool]]) -> list[float]:
-        return [sum(r[i] for r in rows_) / len(rows_) for i in range(n_t)]
+        return [sum(r[i] for r in rows_) / len(rows_) for i in range(len(answers))]
 
-    metrics["tool/all/success_rate"] = success_metric(over_seeds(all_ok))
+    metrics["tool/all/success_rate"] = scores.success_metric(over_seeds(all_ok))
     if pair_ok:
-        metrics["tool/best_pair/success_rate"] = success_metric(over_seeds(pair_ok))
-        metrics["tool/best_pair_cv/success_rate"] = success_metric(over_seeds(pair_cv))
+        metrics["tool/best_pair/success_rate"] = scores.success_metric(over_seeds(pair_ok))
+        metrics["tool/best_pair_cv/success_rate"] = scores.success_metric(over_seeds(pair_cv))
+    return metrics, {"grid": grid, "all": all_ok, "best_pairs": [list(p) for p in pairs],
+                     "best_pair_correct": pair_ok, "best_pair_cv": pair_cv}
+
+
+def judge_metrics(val: dict[str, Any]) -> dict[str, Metric]:
+    """The judge's validation accuracies on true-trigger views and on noise."""
     tv, nv = val["true_trigger"], val["noise"]
-    metrics["judge/true_trigger_acc"] = _metric(tv["accuracy"], tv["ci"][0], tv["ci"][1], tv["n"])
-    metrics["judge/noise_acc"] = _metric(nv["accuracy"], nv["ci"][0], nv["ci"][1], nv["n"],
-                                         higher=False)
+    return {"judge/true_trigger_acc": scores.ci_metric(tv["accuracy"], tv["ci"][0],
+                                                       tv["ci"][1], tv["n"]),
+            "judge/noise_acc": scores.ci_metric(nv["accuracy"], nv["ci"][0], nv["ci"][1],
+                                                nv["n"], higher=False)}
 
-    # attribution on patch trojans
-    attr_rows: dict[str, list[float]] = {}
-    attr_per_trojan: dict[str, dict[str, float | None]] = {}
-    skipped: dict[str, str] = {}
-    for i, trojan in enumerate(zoo.trojans):
-        if trojan.trigger.kind != "patch":
-            continue
-        model = zoo.models[i][0]
-        x, foot = poisoned_images(model, trojan, test, n=cfg.n_attr, device=device)
-        res = score_methods(model, x.to(device), trojan.target, foot.to(device),
-                            generator=torch.Generator().manual_seed(i))
-        attr_per_trojan[trojan.name] = {m.name: m.mean for m in res}
-        for m in res:
-            if m.skipped:
-                skipped[m.name] = m.skipped
-            attr_rows.setdefault(m.name, []).extend(m.per_image)
-    for name, vals in attr_rows.items():
-        if vals:
-            metrics[f"attribution/{name}/correlation"] = _metric(*mean_ci(vals), len(vals))
 
-    # detection over trojaned and clean models
-    detection: dict[str, Any] = {}
-    for method in cfg.scan_methods:
-        res_t = [scan_stage(store, method=method, model=m, model_key=k, data=scan_data, cfg=cfg,
-                            device=device, log=log) for m, k in zoo.models]
-        res_c = [scan_stage(store, method=method, model=m, model_key=k, data=scan_data, cfg=cfg,
-                            device=device, log=log) for m, k in zoo.clean]
-
-        st, sc = [suspicion(r) for r in res_t], [suspicion(r) for r in res_c]
-        det = scores.detection_auroc(st, sc, generator=torch.Generator().manual_seed(2))
-        hits = [r.suspect == t.target for r, t in zip(res_t, zoo.trojans, strict=True)]
-        fp = [r.suspect is not None for r in res_c]
-        metrics[f"detection/{method}/auroc"] = _metric(det.auroc, *det.ci95,
-                                                       det.n_trojaned + det.n_clean)
-        metrics[f"detection/{method}/target_found"] = scores.rate(hits)
-        metrics[f"detection/{method}/false_alarm"] = scores.rate(fp, higher_is_better=False)
-        detection[method] = det.to_dict() | {
-            "trojaned": [{"trojan": t.name, "score": s_, "suspect": r.suspect,
-                          "target": t.target, "bbox": list(r.trigger.bbox) if r.trigger else None}
-                         for t, r, s_ in zip(zoo.trojans, res_t, st, strict=True)],
-            "clean": [{"score": s_, "suspect": r.suspect} for r, s_ in zip(res_c, sc,
-                                                                         strict=True)]}
-    if cfg.scan_methods:
-        metrics["detection/auroc"] = metrics[f"detection/{cfg.scan_methods[0]}/auroc"]
-
+def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
+    """Load the zoo, train the judge, ask it about every tool's images, score attribution and
+    detection, judge the claims; the images go to ``tool_images.safetensors`` and the
+    questions to ``quiz.html`` (answers in ``quiz.key.json``)."""
+    st = setting(cfg, store)
+    enc, val = train_judge(st, cfg, store)
+    sims, shown = ask_tools(st, cfg, store, enc)
+    out.mkdir(parents=True, exist_ok=True)
+    quiz_page, _ = write_quiz(shown, st.zoo.trojans, st.names, banks=st.banks,
+                              answers=st.answers, out=out / "quiz.html")
+    metrics, scored = success(st, cfg, sims)
+    metrics |= judge_metrics(val)
+    attr_metrics, attr = attribution(st.zoo, st.test, n=cfg.n_attr, device=st.device)
+    det_metrics, det = detection(store, st.zoo, st.scan_data, methods=cfg.scan_methods,
+                                 steps=cfg.scan_steps, device=st.device, log=st.log)
+    metrics |= attr_metrics | det_metrics
     details = {
-        "zoo": [m.to_dict() for m in zoo.metrics],
-        "trojans": [t.name for t in zoo.trojans], "kinds": [t.trigger.kind for t in zoo.trojans],
-        "answers": answers, "options": {k: [t.name for t in banks[k]] for k in KINDS},
-        "tools": names, "references": list(REFERENCES),
-        "grid": grid, "all": all_ok, "best_pairs": [list(p) for p in pairs],
-        "best_pair_correct": pair_ok, "best_pair_cv": pair_cv,
+        "zoo": [m.to_dict() for m in st.zoo.metrics],
+        "trojans": [t.name for t in st.zoo.trojans],
+        "kinds": [t.trigger.kind for t in st.zoo.trojans], "answers": st.answers,
+        "options": {k: [t.name for t in st.banks[k]] for k in KINDS}, "tools": st.names,
+        "references": list(REFERENCES), **scored,
         "choices": {r: {str(s): sims[r][s].argmax(1).tolist() for s in cfg.seeds}
-                    for r in rows},
-        "judge": val, "attribution": attr_per_trojan, "attribution_images": attr_rows,
-        "attribution_skipped": skipped,
-        "detection": detection, "casper": CASPER, "quiz": quiz_page.name,
+                    for r in st.rows},
+        "judge": val, **attr, "detection": det, "casper": CASPER, "quiz": quiz_page.name,
     }
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "trojans", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(device), "data": {ds.name: ds.sha256},
-        "stages": log.entries, "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": scores.judge_claims(metrics, details, names), "details": details,
-    }
-    write_record(rec, out / "record.json")
-    return rec
+    return Result(metrics=metrics, claims=scores.decide(metrics, details, st.names),
+                  details=details, artifacts={"tool_images.safetensors": shown},
+                  data={st.ds.name: st.ds.sha256}, stages=st.log.entries,
+                  device=str(st.device))

@@ -4,13 +4,17 @@ The ``standard`` suite follows AutoAttack's standard version (Croce & Hein 2020)
 own implementations: APGD-CE, APGD-T (targeted DLR, 9 target classes), FMN (a minimum-norm
 attack in the role of FAB-T) and Square (5000 queries, gradient-free). Robust accuracy is the
 per-example worst case over all attacks.
+
+A :class:`SuiteResult` prints as a short summary (:func:`summary`): robust accuracy with its
+Wilson 95% interval and n, clean accuracy, and what each attack broke (example: :func:`run_suite`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -18,6 +22,7 @@ from torch import nn
 from eisbench.attacks import ATTACKS, assert_within_budget, check_inputs
 from eisbench.core.progress import progress
 from eisbench.core.registry import Registry
+from eisbench.core.stats import wilson_ci
 from eisbench.core.tensors import eval_mode
 
 Step = tuple[str, dict[str, Any]]  # (registered attack, hyper-parameters)
@@ -55,6 +60,44 @@ class SuiteResult:
     def clean_acc(self) -> float:
         return float(self.clean.float().mean()) if len(self.clean) else float("nan")
 
+    def __repr__(self) -> str:
+        return summary(self)
+
+
+class Check(Protocol):
+    """What :func:`summary` reads of a sanity check's outcome (``passed`` None: not run)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def passed(self) -> bool | None: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+def summary(result: SuiteResult, checks: Sequence[Check] = ()) -> str:
+    """A few lines: robust accuracy with its Wilson 95% CI and n, clean accuracy, what each
+    attack broke, and (given ``checks``) how many sanity checks passed, with each failure."""
+    n = len(result.robust)
+    if n == 0:
+        return f"robust accuracy: no images; suite {result.suite}"
+    lo, hi = wilson_ci(int(result.robust.sum()), n)
+    lines = [f"robust accuracy {result.robust_acc:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={n}); "
+             f"clean accuracy {result.clean_acc:.3f}",
+             "attacks: " + ", ".join(f"{a['name']} broke {a['n_broken']} of {a['n_in']}"
+                                     for a in result.per_attack)
+             + f"; {result.norm} eps={result.eps:g}"]
+    if checks:
+        failed = [c for c in checks if c.passed is False]
+        n_pass = sum(c.passed is True for c in checks)
+        na = [c.name for c in checks if c.passed is None]
+        lines.append(f"checks: {n_pass} passed, {len(failed)} failed"
+                     + (f", {len(na)} could not run ({', '.join(na)})" if na else ""))
+        lines += [f"  FAILED {c.name}: {c.detail}" for c in failed]
+    return "\n".join(lines)
+
 
 def steps_of(suite: str) -> tuple[Step, ...]:
     return SUITES.get(suite)
@@ -75,9 +118,17 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     with labels y (N,), each attack only on the examples that every earlier attack left
     correctly classified. Returns a :class:`SuiteResult` with per-example outcomes.
 
-    Example:
-        >>> res = run_suite(model, x_test[:1000], y_test[:1000], eps=0.3, suite="standard")
-        >>> res.robust_acc, [a["n_broken"] for a in res.per_attack]
+    Example (a linear model trained on the 8x8 digits; FGSM, then PGD on what FGSM left):
+        >>> from eisbench import data
+        >>> from eisbench.training import TrainConfig, train
+        >>> d = data.load("digits")
+        >>> _ = torch.manual_seed(0)
+        >>> net = train(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), d.x_train, d.y_train,
+        ...             cfg=TrainConfig(epochs=3, lr=1e-2), seed=0)
+        >>> run_suite(net, d.x_test[:64], d.y_test[:64], eps=0.1,
+        ...           steps=(("fgsm", {}), ("pgd", {"steps": 10})))
+        robust accuracy 0.453 (95% CI 0.337-0.574, n=64); clean accuracy 0.812
+        attacks: fgsm broke 23 of 52, pgd broke 0 of 29; linf eps=0.1
     """
     check_inputs(x, y, norm=norm, eps=eps)
     plan = steps if steps is not None else steps_of(suite)

@@ -26,45 +26,37 @@ shift, and fixing one shift can move the vulnerability elsewhere. Three measurem
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from eisbench.core.config import to_plain
-from eisbench.core.tensors import predict
-from eisbench.data.frequency import (
-    CORRUPTIONS,
-    band_split,
-    corrupt,
-    fourier_basis,
-    grid_frequencies,
-    high_pass_image,
-    low_frequency_fraction,
-    low_pass_image,
-    low_pass_raw,
-)
+from eisbench.data.frequency import CORRUPTIONS, corrupt, low_frequency_fraction
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.experiments.ilyas import FULL as FVB_FULL
-from eisbench.experiments.ilyas import FeaturesVsBugsConfig, derived_config, setting, source_models
-from eisbench.models import ModelSpec
-from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
+from eisbench.experiments.frequency_maps import (
+    FILTER_KINDS,
+    accuracy,
+    band_errors,
+    clamp_change,
+    filter_images,
+    fourier_heat_map,
+    normalised_spec,
 )
-from eisbench.runs.record import write as write_record
+from eisbench.experiments.ilyas import FULL as FVB_FULL
+from eisbench.experiments.ilyas import (
+    IlyasConfig,
+    Setting,
+    derived_config,
+    setting,
+    source_models,
+)
+from eisbench.models import ModelSpec
+from eisbench.runs.claims import fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, train_stage
 from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
@@ -77,12 +69,11 @@ LITERATURE = {
     "low_freq": "adversarial training significantly degrades accuracy under fog and contrast "
                 "(Ford et al. 2019; Yin et al. 2019, CIFAR-10-C)",
 }
-FILTER_KINDS = ("clean", "low", "high")
 MARGIN = 0.02  # accuracy points an effect of adversarial training must clear to count
 
 
 @dataclass(frozen=True)
-class FrequencyConfig(FeaturesVsBugsConfig):
+class FrequencyConfig(IlyasConfig):
     """The features-vs-bugs config (its standard and robust models, shared cache) plus ours."""
 
     filter_arch: str = "mlp"
@@ -109,195 +100,183 @@ FULL = derived_config(FrequencyConfig, FVB_FULL, n_filter_train=50000, n_filter_
                       n_corrupt=5000, n_fourier=1000)
 
 
-# ---- filters -----------------------------------------------------------------------------
+# ---- phases ------------------------------------------------------------------------------
 
-def filter_images(x: torch.Tensor, kind: str, cfg: FrequencyConfig,
-                  batch_size: int = 5000) -> torch.Tensor:
-    """``x`` (N, C, H, W) under filter ``kind`` (clean | low | high) of ``cfg``."""
-    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "clean": lambda t: t,
-        "low": lambda t: low_pass_image(t, radius_frac=cfg.lowpass_frac),
-        "high": lambda t: high_pass_image(t, radius_frac=cfg.highpass_frac)}
-    if kind not in fns:
-        raise ValueError(f"unknown filter {kind!r}: expected one of {sorted(fns)}")
-    return torch.cat([fns[kind](x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+Severities = dict[str, tuple[float, ...]]
 
 
-def fourier_heat_map(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
-                     norm: float, stride: int, seed: int, device: torch.device,
-                     cells_per_batch: int = 16) -> dict[str, Any]:
-    """Error rate of each model on x + r * norm * U(fy, fx) (clamped to [0, 1]), r = +-1 per
-    image, for every (fy, fx) of the grid. x: (N, C, H, W), y: (N,). Returns the frequencies
-    and, per model, a (len(fys), len(fxs)) list of error rates. (fy, fx) and (-fy, -fx) give
-    the same basis image and are evaluated once."""
-    _, c, h, w = x.shape
-    fys, fxs = grid_frequencies(h, stride), grid_frequencies(w, stride)
-    gen = torch.Generator().manual_seed(seed)
-    canon: dict[tuple[int, int], tuple[int, int]] = {}
-    for fy in fys:
-        for fx in fxs:
-            a, b = (fy % h, fx % w), (-fy % h, -fx % w)
-            canon[(fy, fx)] = min(a, b)
-    unique = sorted(set(canon.values()))
-    err: dict[str, dict[tuple[int, int], float]] = {m: {} for m in models}
-    for i in range(0, len(unique), cells_per_batch):
-        cells = unique[i:i + cells_per_batch]
-        u = torch.stack([fourier_basis(h, w, fy, fx) for fy, fx in cells])  # (K, H, W)
-        sign = torch.randint(0, 2, (len(cells), len(x)), generator=gen).float() * 2 - 1  # (K, N)
-        pert = norm / math.sqrt(c) * sign[:, :, None, None, None] * u[:, None, None]
-        xp = (x[None] + pert).clamp(0, 1).flatten(0, 1)  # (K * N, C, H, W)
-        for name, model in models.items():
-            wrong = (predict(model, xp, device=device) != y.repeat(len(cells))).view(len(cells),
-                                                                                    -1)
-            for cell, e in zip(cells, wrong.float().mean(1).tolist(), strict=True):
-                err[name][cell] = e
-    return {"fy": fys, "fx": fxs,
-            "error": {m: [[err[m][canon[(fy, fx)]] for fx in fxs] for fy in fys]
-                      for m in models}}
+@dataclass(frozen=True)
+class Filtered:
+    """The filtered training sets (keyed for the cache), the filtered test images (N, C, H, W)
+    with their labels (N,), and each fresh model's normalised spec, per filter kind."""
+
+    train: dict[str, Tensors]
+    test: dict[str, torch.Tensor]
+    y_test: torch.Tensor
+    specs: dict[str, ModelSpec]
 
 
-def band_errors(hm: dict[str, Any], *, h: int, w: int, low_frac: float,
-                high_frac: float) -> dict[str, dict[str, float]]:
-    """Mean heat-map error per model over cells with |k| <= low_frac * Nyquist (low) and
-    |k| > high_frac * Nyquist (high)."""
-    nyq = min(h, w) / 2
-    out: dict[str, dict[str, float]] = {}
-    for m, grid in hm["error"].items():
-        lo, hi = [], []
-        for fy, row in zip(hm["fy"], grid, strict=True):
-            for fx, e in zip(hm["fx"], row, strict=True):
-                k = math.hypot(fy, fx)
-                if k <= low_frac * nyq:
-                    lo.append(e)
-                elif k > high_frac * nyq:
-                    hi.append(e)
-        out[m] = {"low": sum(lo) / max(1, len(lo)), "high": sum(hi) / max(1, len(hi))}
-    return out
-
-
-# ---- the experiment ----------------------------------------------------------------------
-
-def normalised_spec(arch: str, x: torch.Tensor, *, num_classes: int) -> ModelSpec:
-    """``arch`` for images like x (N, C, H, W), normalised inside the model by the per-channel
-    mean and std of x (high-pass images have std ~0.05 around 0.5: unnormalised, an MLP
-    trained on them stays at chance)."""
-    mean = x.mean(dim=(0, 2, 3))  # (C,)
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)  # (C,)
-    return ModelSpec(arch=arch, in_shape=(x.shape[1], x.shape[2], x.shape[3]),
-                     num_classes=num_classes, mean=tuple(mean.tolist()),
-                     std=tuple(std.tolist()))
-
-
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    return float((predict(model, x, device=device) == y).float().mean())
-
-
-def run(cfg: FrequencyConfig, *, out: Path, store: Store) -> Record:
-    """(a), (b) and (c) for every seed ((c) for the first ``fourier_seeds``); write
-    ``out/record.json`` (and sample images) and return the record."""
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    st = setting(cfg, store)
-    dev, k, (_, h, w) = st.ctx.device, st.ds.num_classes, st.ds.shape
+def severities(cfg: FrequencyConfig) -> Severities:
+    """The corruption severities of ``cfg`` by name; an unknown corruption fails here."""
     sev = dict(cfg.severities)
     unknown = set(sev) - set(CORRUPTIONS)
     if unknown:
         raise ValueError(f"unknown corruptions {sorted(unknown)}: expected {sorted(CORRUPTIONS)}")
+    return sev
+
+
+def filtered_data(st: Setting, cfg: FrequencyConfig) -> Filtered:
+    """Load: every filter of the first ``n_filter_train`` training and ``n_filter_test`` test
+    images, and the spec each fresh model normalises its inputs with."""
+    def filt(x: torch.Tensor, kind: str) -> torch.Tensor:
+        return filter_images(x, kind, low_frac=cfg.lowpass_frac, high_frac=cfg.highpass_frac)
+
     n_tr = min(cfg.n_filter_train, len(st.train.x))
     x_ft = st.test.x[:cfg.n_filter_test]
-    y_ft = st.test.y[:cfg.n_filter_test]
-    train_f = {kind: Tensors(filter_images(st.train.x[:n_tr], kind, cfg), st.train.y[:n_tr],
+    train_f = {kind: Tensors(filt(st.train.x[:n_tr], kind), st.train.y[:n_tr],
                              f"{st.train.key}:first{n_tr}:filter={kind}:low={cfg.lowpass_frac}"
                              f":high={cfg.highpass_frac}") for kind in FILTER_KINDS}
-    test_f = {kind: filter_images(x_ft, kind, cfg) for kind in FILTER_KINDS}
-    specs = {kind: normalised_spec(cfg.filter_arch, d.x, num_classes=k)
+    test_f = {kind: filt(x_ft, kind) for kind in FILTER_KINDS}
+    specs = {kind: normalised_spec(cfg.filter_arch, d.x, num_classes=st.ds.num_classes)
              for kind, d in train_f.items()}
-    x_c, y_c = st.test.x[:cfg.n_corrupt], st.test.y[:cfg.n_corrupt]
-    t_setup = time.perf_counter() - t0
-    timing = {"setup": t_setup, "filtered": 0.0, "corruptions": 0.0, "fourier": 0.0}
+    return Filtered(train=train_f, test=test_f, y_test=st.test.y[:cfg.n_filter_test],
+                    specs=specs)
+
+
+def filtered_accuracy(st: Setting, cfg: FrequencyConfig, fd: Filtered,
+                      seed: int) -> dict[str, dict[str, float]]:
+    """(a) Train a fresh model on each filter (cached); its accuracy on every filter's test
+    images, as ``[trained on][tested on]``."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in FILTER_KINDS:
+        model, _ = train_stage(st.ctx, spec=fd.specs[kind], cfg=cfg.filter_train,
+                               data=fd.train[kind],
+                               seed=seed, desc=f"[seed {seed}] {cfg.filter_arch} on {kind}")
+        out[kind] = {t: accuracy(model, fd.test[t], fd.y_test, st.ctx.device)
+                     for t in FILTER_KINDS}
+    return out
+
+
+def corruption_accuracy(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                        sev: Severities, *, seed: int, device: torch.device
+                        ) -> dict[str, dict[str, Any]]:
+    """(b) Accuracy of each model on the clean images x (N, C, H, W) and, per corruption, at
+    each of its severities (one list per corruption)."""
+    corr: dict[str, dict[str, Any]] = {m: {"clean": accuracy(net, x, y, device)}
+                                       for m, net in models.items()}
+    for name, levels in sev.items():
+        for m in models:
+            corr[m][name] = []
+        for s in levels:
+            xs = corrupt(x, name, s, seed=seed)
+            for m, net in models.items():
+                corr[m][name].append(accuracy(net, xs, y, device))
+    return corr
+
+
+def one_seed(st: Setting, cfg: FrequencyConfig, fd: Filtered, sev: Severities, seed: int, *,
+             heat_map: bool, timing: dict[str, float]
+             ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(a), (b) and, if ``heat_map``, (c) for one seed: its per-seed row and its heat map;
+    the seconds of each part are added to ``timing``."""
+    (std, _), (rob, _) = source_models(st, cfg, seed)
+    t1 = time.perf_counter()
+    filtered = filtered_accuracy(st, cfg, fd, seed)
+    t2 = time.perf_counter()
+    models = {"standard": std, "robust": rob}
+    corr = corruption_accuracy(models, st.test.x[:cfg.n_corrupt], st.test.y[:cfg.n_corrupt],
+                               sev, seed=seed, device=st.ctx.device)
+    t3 = time.perf_counter()
+    hm = None
+    if heat_map:
+        hm = fourier_heat_map(models, st.test.x[:cfg.n_fourier], st.test.y[:cfg.n_fourier],
+                              norm=cfg.fourier_norm, stride=cfg.fourier_stride, seed=seed,
+                              device=st.ctx.device)
+    timing["filtered"] += t2 - t1
+    timing["corruptions"] += t3 - t2
+    timing["fourier"] += time.perf_counter() - t3
+    return {"seed": seed, "filtered": filtered, "corruption": corr}, hm
+
+
+def measure(cfg: FrequencyConfig, *, out: Path, store: Store) -> Result:
+    """Load the data and filter it; per seed (a), (b) and, for the first ``fourier_seeds``,
+    (c); then the metrics, the claims, the diagnostics and the sample images."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    st = setting(cfg, store)
+    sev = severities(cfg)
+    fd = filtered_data(st, cfg)
+    timing = {"setup": time.perf_counter() - t0, "filtered": 0.0, "corruptions": 0.0,
+              "fourier": 0.0}
     per_seed: list[dict[str, Any]] = []
     fourier: dict[str, Any] = {}
     for si, seed in enumerate(cfg.seeds):
-        (std, _), (rob, _) = source_models(st, cfg, seed)
-        t1 = time.perf_counter()
-        filtered: dict[str, dict[str, float]] = {}
-        for kind in FILTER_KINDS:
-            model, _ = train_stage(st.ctx, spec=specs[kind], cfg=cfg.filter_train,
-                                   data=train_f[kind],
-                                   seed=seed, desc=f"[seed {seed}] {cfg.filter_arch} on {kind}")
-            filtered[kind] = {t: _accuracy(model, test_f[t], y_ft, dev) for t in FILTER_KINDS}
-        t2 = time.perf_counter()
-        models = {"standard": std, "robust": rob}
-        corr: dict[str, dict[str, Any]] = {m: {"clean": _accuracy(net, x_c, y_c, dev)}
-                                           for m, net in models.items()}
-        for name, levels in sev.items():
-            for m in models:
-                corr[m][name] = []
-            for s in levels:
-                xs = corrupt(x_c, name, s, seed=seed)
-                for m, net in models.items():
-                    corr[m][name].append(_accuracy(net, xs, y_c, dev))
-        t3 = time.perf_counter()
-        if si < cfg.fourier_seeds:
-            fourier[str(seed)] = fourier_heat_map(
-                models, st.test.x[:cfg.n_fourier], st.test.y[:cfg.n_fourier],
-                norm=cfg.fourier_norm, stride=cfg.fourier_stride, seed=seed, device=dev)
-        timing["filtered"] += t2 - t1
-        timing["corruptions"] += t3 - t2
-        timing["fourier"] += time.perf_counter() - t3
-        per_seed.append({"seed": seed, "filtered": filtered, "corruption": corr})
+        row, hm = one_seed(st, cfg, fd, sev, seed, heat_map=si < cfg.fourier_seeds,
+                           timing=timing)
+        if hm is not None:
+            fourier[str(seed)] = hm
+        per_seed.append(row)
+    _, h, w = st.ds.shape
     bands = {s: band_errors(hm, h=h, w=w, low_frac=cfg.lowpass_frac,
                             high_frac=cfg.highpass_frac) for s, hm in fourier.items()}
-    metrics = _metrics(per_seed, sev)
-    for m in ("standard", "robust"):
-        for band in ("low", "high") if bands else ():
-            metrics[f"frequency/fourier/{m}/{band}_band_error"] = metric_over_seeds(
-                [b[m][band] for b in bands.values()], higher_is_better=False)
+    metrics = _metrics(per_seed, sev) | _band_metrics(bands)
     timing["cpu_total"] = time.process_time() - cpu0  # ~ idle wall time at one thread
+    x_c = st.test.x[:cfg.n_corrupt]
+    return Result(
+        metrics=metrics, claims=decide(metrics, num_classes=st.ds.num_classes),
+        details=_details(cfg, per_seed, sev, fourier, bands, x_c=x_c,
+                         x_ft=st.test.x[:cfg.n_filter_test],
+                         num_classes=st.ds.num_classes, timing=timing),
+        artifacts={"samples.safetensors": _samples(fd, x_c, sev)},
+        data={st.ds.name: st.ds.sha256}, stages=st.ctx.log.entries, device=str(st.ctx.device))
+
+
+def _details(cfg: FrequencyConfig, per_seed: list[dict[str, Any]], sev: Severities,
+             fourier: dict[str, Any], bands: dict[str, Any], *, x_c: torch.Tensor,
+             x_ft: torch.Tensor, num_classes: int, timing: dict[str, float]
+             ) -> dict[str, Any]:
+    """The record's details: per-seed rows, heat maps, and the checks of the corruptions'
+    bands (low-frequency energy of each perturbation) and of the filters (clamping)."""
     spectra = {name: low_frequency_fraction(corrupt(x_c[:200], name, lv[len(lv) // 2], seed=0)
                                             - x_c[:200], radius_frac=cfg.lowpass_frac)
                for name, lv in sev.items()}
     spectra["test images"] = low_frequency_fraction(x_c[:200], radius_frac=cfg.lowpass_frac)
     x0 = x_ft[:200]
     energy_high = 1.0 - low_frequency_fraction(x0, radius_frac=cfg.highpass_frac)
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "frequency", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(dev),
-        "data": {st.ds.name: st.ds.sha256}, "stages": st.ctx.log.entries,
-        "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": judge(metrics, num_classes=k),
-        "details": {
-            "per_seed": per_seed, "num_classes": k, "literature": LITERATURE,
-            "literature_source": "Gilmer & Hendrycks 2019 (Distill); Yin et al. 2019 "
-                                 "(NeurIPS, CIFAR-10-C / ImageNet); Ford et al. 2019",
-            "severities": {n: list(v) for n, v in sev.items()},
-            "fourier": {"maps": fourier, "norm": cfg.fourier_norm, "n": cfg.n_fourier,
-                        "bands": bands},
-            "corruption_low_frequency_fraction": spectra,
-            "high_band_energy_fraction": energy_high,
-            "clamp_change": clamp_change(x0, cfg),
-            "timing_seconds": timing,
-            "filters": "radial FFT masks: low-pass Gaussian, half amplitude at lowpass_frac * "
-                       "Nyquist (stays in [0,1]); high-pass ideal, |k| > highpass_frac * "
-                       "Nyquist, mapped to 0.5 + hp / 2; both clamped to [0,1]; every fresh "
-                       "model normalises by its training set's mean and std",
-        },
+    return {
+        "per_seed": per_seed, "num_classes": num_classes, "literature": LITERATURE,
+        "literature_source": "Gilmer & Hendrycks 2019 (Distill); Yin et al. 2019 "
+                             "(NeurIPS, CIFAR-10-C / ImageNet); Ford et al. 2019",
+        "severities": {n: list(v) for n, v in sev.items()},
+        "fourier": {"maps": fourier, "norm": cfg.fourier_norm, "n": cfg.n_fourier,
+                    "bands": bands},
+        "corruption_low_frequency_fraction": spectra,
+        "high_band_energy_fraction": energy_high,
+        "clamp_change": clamp_change(x0, low_frac=cfg.lowpass_frac,
+                                     high_frac=cfg.highpass_frac),
+        "timing_seconds": timing,
+        "filters": "radial FFT masks: low-pass Gaussian, half amplitude at lowpass_frac * "
+                   "Nyquist (stays in [0,1]); high-pass ideal, |k| > highpass_frac * "
+                   "Nyquist, mapped to 0.5 + hp / 2; both clamped to [0,1]; every fresh "
+                   "model normalises by its training set's mean and std",
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    samples = {f"filter_{kind}": test_f[kind][:6] for kind in FILTER_KINDS}
+
+
+def _samples(fd: Filtered, x_c: torch.Tensor, sev: Severities) -> dict[str, torch.Tensor]:
+    """Six filtered test images per filter, and the first corrupted image at every severity."""
+    samples = {f"filter_{kind}": fd.test[kind][:6] for kind in FILTER_KINDS}
     samples |= {f"corrupt_{n}": torch.stack([corrupt(x_c[:1], n, s, seed=0)[0] for s in lv])
                 for n, lv in sev.items()}
-    save_file({kk: v.contiguous() for kk, v in samples.items()}, str(out / "samples.safetensors"))
-    return rec
+    return samples
 
 
-def clamp_change(x: torch.Tensor, cfg: FrequencyConfig) -> dict[str, float]:
-    """Relative L2 change that clamping to [0, 1] makes to the filtered images of x."""
-    low = low_pass_raw(x, radius_frac=cfg.lowpass_frac)
-    high = 0.5 + band_split(x, radius_frac=cfg.highpass_frac)[1] / 2
-    return {k: float((v.clamp(0, 1) - v).norm() / v.norm().clamp_min(1e-12))
-            for k, v in (("low", low), ("high", high))}
+def _band_metrics(bands: dict[str, dict[str, dict[str, float]]]) -> dict[str, Metric]:
+    """Mean heat-map error of each model over the low and the high band, over seeds."""
+    out: dict[str, Metric] = {}
+    for m in ("standard", "robust"):
+        for band in ("low", "high") if bands else ():
+            out[f"frequency/fourier/{m}/{band}_band_error"] = metric_over_seeds(
+                [b[m][band] for b in bands.values()], higher_is_better=False)
+    return out
 
 
 def _metrics(per_seed: list[dict[str, Any]], sev: dict[str, tuple[float, ...]]
@@ -323,7 +302,7 @@ def _metrics(per_seed: list[dict[str, Any]], sev: dict[str, tuple[float, ...]]
     return out
 
 
-def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
+def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     """Verdicts by rules fixed in advance, on 95% CIs over seeds (K classes, margin 0.02):
 
     - High-pass generalisation: the model trained on high-pass filtered images, tested on
@@ -344,17 +323,13 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     distribution shift among many, not on whether the Lp vulnerability was useful features.
     """
     chance2 = 2.0 / num_classes
-
-    def fmt(key: str) -> str:
-        m = metrics[key]
-        return f"{key} = {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
-
     hp = "frequency/filtered/train_high/test_high/acc"
     lo, hi = metrics[hp]["ci95"]
     claims = [make_claim(
         claim="A model trained and tested only on high-pass filtered images generalises well "
               "above chance", rule=f"accuracy CI lower > {chance2:.2f} (twice chance)",
-        measured=f"{fmt(hp)}; {fmt('frequency/filtered/train_clean/test_clean/acc')} (clean)",
+        measured=f"{fmt(metrics, hp)}; "
+                 f"{fmt(metrics, 'frequency/filtered/train_clean/test_clean/acc')} (clean)",
         verdict=verdict(lo > chance2, hi <= chance2), exhibit="H", if_reproduced="features",
         if_not="inconclusive", literature=LITERATURE["high_pass"])]
     g = "frequency/at_gain/gaussian_noise"
@@ -363,7 +338,7 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
         claim="Adversarial training improves accuracy under high-frequency corruption "
               "(Gaussian noise)",
         rule=f"AT gain (robust - standard, mean over severities) CI lower > +{MARGIN}",
-        measured=fmt(g), verdict=verdict(lo > MARGIN, hi <= MARGIN), exhibit="H",
+        measured=fmt(metrics, g), verdict=verdict(lo > MARGIN, hi <= MARGIN), exhibit="H",
         if_reproduced="inconclusive", if_not="inconclusive", literature=LITERATURE["noise"]))
     for name in ("fog", "contrast"):
         g = f"frequency/at_gain/{name}"
@@ -371,8 +346,8 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
         claims.append(make_claim(
             claim=f"Adversarial training lowers accuracy under low-frequency corruption ({name})",
             rule=f"AT gain (robust - standard, mean over severities) CI upper < -{MARGIN}",
-            measured=fmt(g), verdict=verdict(hi < -MARGIN, lo >= -MARGIN), exhibit="H",
-            if_reproduced="inconclusive", if_not="inconclusive",
+            measured=fmt(metrics, g), verdict=verdict(hi < -MARGIN, lo >= -MARGIN),
+            exhibit="H", if_reproduced="inconclusive", if_not="inconclusive",
             literature=LITERATURE["low_freq"]))
     return claims
 
@@ -380,5 +355,5 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
 register(Experiment(name="frequency",
                     summary="Gilmer & Hendrycks 2019: filtered training, corruptions and "
                             "Fourier heat maps of standard vs adversarially trained models",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.frequency")))

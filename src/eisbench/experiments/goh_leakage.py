@@ -15,7 +15,6 @@ run after it, this experiment reuses them and only fits the probes.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,36 +24,28 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from eisbench.core.config import to_plain
 from eisbench.core.tensors import eval_mode
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.ilyas import FULL as FVB_FULL
 from eisbench.experiments.ilyas import (
-    FeaturesVsBugsConfig,
+    IlyasConfig,
+    Setting,
     derived_config,
     setting,
     source_models,
     wrong_label_sets,
 )
 from eisbench.models.core import features
-from eisbench.runs.claims import metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
-)
-from eisbench.runs.record import write as write_record
+from eisbench.runs.claims import fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.store import Store
 
 LITERATURE = {"D_rand": 0.235, "D_det": 0.068}  # Goh 2019, CIFAR-10, robust ResNet-50 probe
 
 
 @dataclass(frozen=True)
-class GohLeakageConfig(FeaturesVsBugsConfig):
+class GohLeakageConfig(IlyasConfig):
     """The features-vs-bugs config (models and datasets, shared cache) plus the probe's."""
 
     probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe
@@ -86,49 +77,45 @@ def probe_predictions(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
     return out
 
 
-def run(cfg: GohLeakageConfig, *, out: Path, store: Store) -> Record:
-    """Fit the leakage probes for every seed; write ``out/record.json`` and return it."""
-    t0 = time.perf_counter()
-    st = setting(cfg, store)
+def probe_seed(st: Setting, cfg: GohLeakageConfig, seed: int) -> dict[str, float]:
+    """Probe accuracies of one seed on the clean test set: a probe on the robust model's
+    features, fitted on D (the first ``n_construct`` images), D_rand and D_det."""
     dev = st.ctx.device
-    per_seed: list[dict[str, float]] = []
-    for seed in cfg.seeds:
-        std, (rob, _) = source_models(st, cfg, seed)
-        sets = wrong_label_sets(st, cfg, std, seed)
-        test_f = representation(rob, st.test.x, device=dev)
-        test_y = st.test.y.numpy()
-        row: dict[str, float] = {}
-        for name, d in (("D", st.base), *sets.items()):
-            pred = probe_predictions(representation(rob, d.x, device=dev), d.y.numpy(), test_f,
-                                     c=cfg.probe_c, max_iter=cfg.probe_max_iter, seed=seed)
-            row[name] = float((pred == test_y).mean())
-            if name == "D_det":  # labels y+1 mod K: a probe that learnt the TRUE class from
-                # robust features predicts y+1 on clean images; this measures that directly
-                row["D_det_shifted"] = float((pred == (test_y + 1) % st.ds.num_classes).mean())
-        per_seed.append(row)
+    std, (rob, _) = source_models(st, cfg, seed)
+    sets = wrong_label_sets(st, cfg, std, seed)
+    test_f = representation(rob, st.test.x, device=dev)  # (M, D)
+    test_y = st.test.y.numpy()  # (M,)
+    row: dict[str, float] = {}
+    for name, d in (("D", st.base), *sets.items()):
+        pred = probe_predictions(representation(rob, d.x, device=dev), d.y.numpy(), test_f,
+                                 c=cfg.probe_c, max_iter=cfg.probe_max_iter, seed=seed)
+        row[name] = float((pred == test_y).mean())
+        if name == "D_det":  # labels y+1 mod K: a probe that learnt the TRUE class from
+            # robust features predicts y+1 on clean images; this measures that directly
+            row["D_det_shifted"] = float((pred == (test_y + 1) % st.ds.num_classes).mean())
+    return row
+
+
+def measure(cfg: GohLeakageConfig, *, out: Path, store: Store) -> Result:
+    """Load the features-vs-bugs setting, fit the leakage probes of every seed, decide."""
+    del out  # nothing but the record
+    st = setting(cfg, store)
+    per_seed = [probe_seed(st, cfg, seed) for seed in cfg.seeds]
     metrics: dict[str, Metric] = {
         f"goh_leakage/{k}/probe_acc": metric_over_seeds([r[k] for r in per_seed])
         for k in per_seed[0]}
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "goh-leakage", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(dev),
-        "data": {st.ds.name: st.ds.sha256}, "stages": st.ctx.log.entries,
-        "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": judge(metrics, num_classes=st.ds.num_classes),
-        "details": {"per_seed": per_seed, "literature": LITERATURE,
-                    "num_classes": st.ds.num_classes,
-                    "literature_source": "Goh 2019, Distill, CIFAR-10 (robust ResNet-50)",
-                    "probe": "logistic regression on standardised penultimate-layer features "
-                             "of the robust (fast-AT) model, trained on the constructed set "
-                             "with its target labels, tested on the clean test set"},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    return rec
+    return Result(
+        metrics=metrics, claims=decide(metrics, num_classes=st.ds.num_classes),
+        details={"per_seed": per_seed, "literature": LITERATURE,
+                 "num_classes": st.ds.num_classes,
+                 "literature_source": "Goh 2019, Distill, CIFAR-10 (robust ResNet-50)",
+                 "probe": "logistic regression on standardised penultimate-layer features "
+                          "of the robust (fast-AT) model, trained on the constructed set "
+                          "with its target labels, tested on the clean test set"},
+        data={st.ds.name: st.ds.sha256}, stages=st.ctx.log.entries, device=str(st.ctx.device))
 
 
-def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
+def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     """Verdicts by rules fixed in advance, on 95% CIs over seeds (chance = 1/K):
 
     - D_rand leaks robust features: reproduced if its probe accuracy CI lower > chance + 0.05;
@@ -138,29 +125,30 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     """
     margin = 1.0 / num_classes + 0.05
 
-    def fmt(k: str) -> str:
-        m = metrics[f"goh_leakage/{k}/probe_acc"]
-        return f"{k} probe acc = {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+    def shown(k: str) -> str:
+        return fmt(metrics, f"goh_leakage/{k}/probe_acc", label=f"{k} probe acc")
 
     rand, det = (metrics[f"goh_leakage/{k}/probe_acc"]["ci95"] for k in ("D_rand", "D_det"))
     return [
-        {"claim": "D_rand leaks robust features (a robust-feature probe learns the true class)",
-         "rule": f"probe acc CI lower > {margin:.2f} (chance + 0.05)", "measured": fmt("D_rand"),
-         "verdict": verdict(rand[0] > margin, rand[1] <= margin), "exhibit": "D",
-         # leakage is another explanation of D_rand's accuracy: it weakens, not refutes
-         "if_reproduced": "inconclusive", "if_not": "features",
-         "literature": f"CIFAR-10: {LITERATURE['D_rand']:.1%}"},
-        {"claim": "D_det shows little or no robust-feature leakage",
-         "rule": f"probe acc CI upper <= {margin:.2f} (chance + 0.05)",
-         "measured": f"{fmt('D_det')}; {fmt('D_det_shifted')} (against y+1)",
-         "verdict": verdict(det[1] <= margin, det[0] > margin), "exhibit": "D",
-         # D_det learnt without robust cues can only come from non-robust features
-         "if_reproduced": "features", "if_not": "inconclusive",
-         "literature": f"CIFAR-10: {LITERATURE['D_det']:.1%}"},
+        make_claim(
+            claim="D_rand leaks robust features (a robust-feature probe learns the true class)",
+            rule=f"probe acc CI lower > {margin:.2f} (chance + 0.05)", measured=shown("D_rand"),
+            verdict=verdict(rand[0] > margin, rand[1] <= margin), exhibit="D",
+            # leakage is another explanation of D_rand's accuracy: it weakens, not refutes
+            if_reproduced="inconclusive", if_not="features",
+            literature=f"CIFAR-10: {LITERATURE['D_rand']:.1%}"),
+        make_claim(
+            claim="D_det shows little or no robust-feature leakage",
+            rule=f"probe acc CI upper <= {margin:.2f} (chance + 0.05)",
+            measured=f"{shown('D_det')}; {shown('D_det_shifted')} (against y+1)",
+            verdict=verdict(det[1] <= margin, det[0] > margin), exhibit="D",
+            # D_det learnt without robust cues can only come from non-robust features
+            if_reproduced="features", if_not="inconclusive",
+            literature=f"CIFAR-10: {LITERATURE['D_det']:.1%}"),
     ]
 
 
 register(Experiment(name="goh-leakage",
                     summary="Goh 2019: robust-feature leakage in D_rand vs D_det (linear probe)",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.goh_leakage")))

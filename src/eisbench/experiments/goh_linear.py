@@ -20,7 +20,6 @@ Seeds draw bootstrap resamples of the training set, so every figure has a 95% CI
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from eisbench import data as datasets
-from eisbench.core.config import to_plain
 from eisbench.experiments.core import Experiment, register, report_from
-from eisbench.runs.claims import metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
-)
-from eisbench.runs.record import write as write_record
+from eisbench.runs.claims import ci, fmt, metric_over_seeds, verdict
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.store import Store
 
 
@@ -151,18 +141,25 @@ def analyse(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarr
             "rank": rank, "n_ensemble": int(nonrobust.sum())}
 
 
-def run(cfg: GohLinearConfig, *, out: Path, store: Store) -> Record:
-    """Analyse ``len(cfg.seeds)`` bootstrap resamples; write ``out/record.json``."""
-    del store  # closed-form: nothing worth caching
-    t0 = time.perf_counter()
+def measure(cfg: GohLinearConfig, *, out: Path, store: Store) -> Result:
+    """Load the two classes, analyse ``len(cfg.seeds)`` bootstrap resamples of the training
+    set, aggregate over them and decide."""
+    del out, store  # closed-form: nothing worth caching, nothing but the record
     if cfg.norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf', got {cfg.norm!r}")
     ds = datasets.load(cfg.dataset, root=cfg.data_root)
     x_tr, y_tr, x_te, y_te = _pair(ds, cfg)
     runs = []
     for seed in cfg.seeds:
-        idx = np.random.default_rng(seed).integers(0, len(x_tr), len(x_tr))
+        idx = np.random.default_rng(seed).integers(0, len(x_tr), len(x_tr))  # (N,) bootstrap
         runs.append(analyse(x_tr[idx], y_tr[idx], x_te, y_te, cfg=cfg, seed=seed))
+    metrics = _aggregate(runs, cfg)
+    return Result(metrics=metrics, claims=decide(metrics, cfg=cfg), details={"per_seed": runs},
+                  data={ds.name: ds.sha256}, device="cpu")
+
+
+def _aggregate(runs: list[dict[str, Any]], cfg: GohLinearConfig) -> dict[str, Metric]:
+    """Mean and 95% CI over the resamples of every figure (usefulness is unbounded)."""
     metrics: dict[str, Metric] = {}
     for name in ("logreg", "ensemble", "robust_base"):
         for j, kind in enumerate(("usefulness", "robust_usefulness")):
@@ -174,19 +171,10 @@ def run(cfg: GohLinearConfig, *, out: Path, store: Store) -> Record:
                 [r["contamination"][a_i][j] for r in runs], lower=-np.inf, upper=np.inf)
     frac = [float(np.mean([(u > 0.1) and (g < 0) for u, g in r["singular"]])) for r in runs]
     metrics["goh_linear/singular/frac_useful_nonrobust"] = metric_over_seeds(frac)
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "goh-linear", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": "cpu", "data": {ds.name: ds.sha256},
-        "stages": [], "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": judge(metrics, cfg=cfg), "details": {"per_seed": runs},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    return rec
+    return metrics
 
 
-def judge(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
+def decide(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
     """Verdicts by rules fixed in advance, on 95% CIs over bootstrap resamples:
 
     - useful non-robust directions exist: the fraction of singular directions with
@@ -197,45 +185,43 @@ def judge(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
       feature's mean usefulness and robust usefulness CI upper < 0, while the base feature's
       robust usefulness CI lower > 0.
     """
-    def ci(k: str) -> tuple[float, float, float]:
-        m = metrics[f"goh_linear/{k}"]
-        return m["value"], m["ci95"][0], m["ci95"][1]
+    def at(k: str) -> tuple[float, float, float]:
+        return ci(metrics, f"goh_linear/{k}")
 
-    def fmt(k: str) -> str:
-        v, lo, hi = ci(k)
-        return f"{k} = {v:.3f} [{lo:.3f}, {hi:.3f}]"
+    def shown(*keys: str) -> str:
+        return "; ".join(fmt(metrics, f"goh_linear/{k}", label=k) for k in keys)
 
+    # these claims carry no ``if_not``: a refutation is read as inconclusive (claims.world)
     claims: list[Claim] = []
-    _, lo, hi = ci("singular/frac_useful_nonrobust")
+    _, lo, hi = at("singular/frac_useful_nonrobust")
     claims.append({"claim": "The data has useful, non-robust linear directions",
                    "rule": "fraction of singular directions with rho > 0.1 and gamma < 0: CI "
-                           "lower > 0", "measured": fmt("singular/frac_useful_nonrobust"),
+                           "lower > 0", "measured": shown("singular/frac_useful_nonrobust"),
                    "verdict": verdict(lo > 0, hi <= 0), "exhibit": "D",
                    "if_reproduced": "features", "literature": "Goh 2019: CIFAR-10 directions"})
-    _, u_lo, u_hi = ci("ensemble/usefulness")
-    _, g_lo, g_hi = ci("ensemble/robust_usefulness")
+    _, u_lo, u_hi = at("ensemble/usefulness")
+    _, g_lo, g_hi = at("ensemble/robust_usefulness")
     claims.append({"claim": "Ensemble: directions that are non-robust on their own sum to a "
                             "very useful, non-robust feature",
                    "rule": "rho CI lower > 0.5 and gamma CI upper < 0",
-                   "measured": f"{fmt('ensemble/usefulness')}; {fmt('ensemble/robust_usefulness')}",
+                   "measured": shown("ensemble/usefulness", "ensemble/robust_usefulness"),
                    "verdict": verdict(u_lo > 0.5 and g_hi < 0, u_hi <= 0.5 or g_lo >= 0),
                    # constructions: they show what "non-robust feature" admits, not which
                    # world the data lives in
                    "exhibit": "D", "if_reproduced": "inconclusive",
                    "literature": "Goh 2019: constructed"})
     a = f"contaminated_{max(cfg.contamination):g}"
-    b_rho, _, _ = ci("robust_base/usefulness")
-    _, b_lo, _ = ci("robust_base/robust_usefulness")
-    _, c_lo, c_hi = ci(f"{a}/usefulness")
-    _, cg_lo, cg_hi = ci(f"{a}/robust_usefulness")
+    b_rho, _, _ = at("robust_base/usefulness")
+    _, b_lo, _ = at("robust_base/robust_usefulness")
+    _, c_lo, c_hi = at(f"{a}/usefulness")
+    _, cg_lo, cg_hi = at(f"{a}/robust_usefulness")
     ok = c_lo >= 0.9 * b_rho and cg_hi < 0 and b_lo > 0
     claims.append({"claim": "Contamination: a robust feature plus a little of a non-robust "
                             "direction stays useful and stops being robust",
                    "rule": "contaminated rho CI lower >= 0.9 x base rho, contaminated gamma CI "
                            "upper < 0, base gamma CI lower > 0",
-                   "measured": f"{fmt('robust_base/usefulness')}; "
-                               f"{fmt('robust_base/robust_usefulness')}; {fmt(a + '/usefulness')}; "
-                               f"{fmt(a + '/robust_usefulness')}",
+                   "measured": shown("robust_base/usefulness", "robust_base/robust_usefulness",
+                                     f"{a}/usefulness", f"{a}/robust_usefulness"),
                    "verdict": verdict(ok, c_hi < 0.9 * b_rho or cg_lo >= 0), "exhibit": "D",
                    "if_reproduced": "inconclusive", "literature": "Goh 2019: constructed"})
     return claims
@@ -244,5 +230,5 @@ def judge(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
 register(Experiment(name="goh-linear",
                     summary="Goh 2019: usefulness vs robust usefulness of linear features; "
                             "ensemble and contamination constructions",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.goh_linear")))

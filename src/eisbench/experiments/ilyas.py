@@ -26,7 +26,8 @@ from eisbench.core.tensors import predict
 from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.models import ModelSpec
-from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
+from eisbench.runs.claims import ci, make_claim, metric_over_seeds, verdict
+from eisbench.runs.claims import fmt as claims_fmt
 from eisbench.runs.record import (
     Claim,
     Metric,
@@ -52,7 +53,6 @@ LITERATURE: dict[str, tuple[float | None, float | None]] = {
     "train_on_D_rand": (0.633, None),
     "train_on_D_det": (0.437, None),
 }
-DATASETS_BUILT = ("D_R", "D_NR", "D_rand", "D_det")
 
 
 @dataclass(frozen=True)
@@ -276,17 +276,12 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
       CI upper <= 2/K.
     Anything in between is inconclusive.
     """
-    def ci(name: str) -> tuple[float, float, float]:
-        m = metrics[name]
-        return m["value"], m["ci95"][0], m["ci95"][1]
-
     def fmt(name: str) -> str:
-        v, lo, hi = ci(name)
-        return f"{name} = {v:.3f} [{lo:.3f}, {hi:.3f}]"
+        return claims_fmt(metrics, name)
 
     claims: list[Claim] = []
-    s, s_lo, s_hi = ci("train_on_D_NR/std_acc")
-    r, r_lo, r_hi = ci("train_on_D_NR/robust_acc")
+    s, s_lo, s_hi = ci(metrics, "train_on_D_NR/std_acc")
+    r, r_lo, r_hi = ci(metrics, "train_on_D_NR/robust_acc")
     ok, bad = s >= 0.80 and r_hi <= 0.10, s_hi < 0.80 or r_lo > 0.10
     claims.append(make_claim(
         claim="D_NR: high standard accuracy, near-zero robust accuracy",
@@ -294,8 +289,8 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
         measured=f"{fmt('train_on_D_NR/std_acc')}; {fmt('train_on_D_NR/robust_acc')}",
         verdict=verdict(ok, bad), exhibit="D", if_reproduced="features",
         literature="CIFAR-10: 87.7% std, 0.0% robust (Ilyas et al. 2019)"))
-    _, base_lo, base_hi = ci("train_on_D/robust_acc")
-    r, r_lo, r_hi = ci("train_on_D_R/robust_acc")
+    base_hi = ci(metrics, "train_on_D/robust_acc")[2]
+    r, r_lo, r_hi = ci(metrics, "train_on_D_R/robust_acc")
     ok, bad = r_lo > 0.10 and r_lo > base_hi + 0.05, r_hi <= base_hi + 0.05
     claims.append(make_claim(
         claim="D_R: clearly non-zero robust accuracy without adversarial training",
@@ -306,7 +301,7 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     chance2 = 2.0 / num_classes
     for name, lit in (("D_rand", "63.3%"), ("D_det", "43.7%")):
         key = f"train_on_{name}/std_acc"
-        _, lo, hi = ci(key)
+        _, lo, hi = ci(metrics, key)
         claims.append(make_claim(
             claim=f"{name}: well above chance on the original test set",
             rule=f"std acc CI lower > {chance2:.2f} (twice chance)", measured=fmt(key),

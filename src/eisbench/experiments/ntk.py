@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import stats
+from torch import nn
 
 from eisbench import data as datasets
 from eisbench.attacks.projection import check_norm
@@ -48,17 +49,9 @@ from eisbench.experiments.ntk_features import (
     jacobian,
     scalar_mlp,
 )
-from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
-)
-from eisbench.runs.record import write as write_record
+from eisbench.runs.claims import fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.store import StageLog, Store
 
 GIB = 2**30
@@ -148,14 +141,27 @@ def spearman(values: list[float]) -> float:
     return float(stats.spearmanr(np.arange(len(values)), values).statistic)
 
 
-def analyse_seed(cfg: NTKConfig, ds: datasets.ImageData, *, seed: int, device: torch.device
-                 ) -> dict[str, Any]:
-    """Kernel, eigen-features and their clean / robust test accuracies for one seed."""
-    t: dict[str, float] = {}
+@dataclass(frozen=True)
+class Kernel:
+    """One seed's network at initialisation, its kernel's spectrum and eigen-tangents."""
+
+    net: nn.Module
+    params: int  # p, parameters of the network
+    n: int  # training images in the kernel
+    estimate: int  # estimated peak bytes for n
+    bound: str  # what bounds n: "memory" | "n_max" | "available"
+    eigenvalues: torch.Tensor  # (n,) descending
+    alignment: torch.Tensor  # (n,) (v_i^T y)^2 / ||y||^2
+    tangents: torch.Tensor  # (p, M + 2): w_0..w_{M-1}, their sum, the kernel predictor
+
+
+def kernel(cfg: NTKConfig, ds: datasets.ImageData, *, seed: int, device: torch.device,
+           t: dict[str, float]) -> Kernel:
+    """The seed's network (initialisation drawn from the seed), its training subset (the
+    largest that fits, drawn from the same generator), the Jacobian J (n, p) and the
+    eigendecomposition of K = J J^T; seconds of each step into ``t``."""
     t0 = time.perf_counter()
     x_tr, y_tr = _pair(ds.x_train, ds.y_train, cfg.classes)
-    x_te, y_te = _pair(ds.x_test, ds.y_test, cfg.classes)
-    x_te, y_te = x_te[:cfg.n_test], y_te[:cfg.n_test]  # the first n_test of the two classes
     gen = torch.Generator().manual_seed(seed)
     d = int(np.prod(ds.shape))
     net = scalar_mlp(d, width=cfg.width, depth=cfg.depth, generator=gen).to(device)
@@ -168,8 +174,41 @@ def analyse_seed(cfg: NTKConfig, ds: datasets.ImageData, *, seed: int, device: t
     t1 = time.perf_counter()
     lam, align, w = eigen_tangents(j, y, m=cfg.n_features, rcond=cfg.rcond)
     t["kernel_eigh"] = time.perf_counter() - t1
-    del j
-    feats = EigenFeatures(net, w)  # F = M + 2
+    return Kernel(net=net, params=p, n=n, estimate=est, bound=bound, eigenvalues=lam,
+                  alignment=align, tangents=w)
+
+
+def robust_accuracy(cfg: NTKConfig, feats: EigenFeatures, x: torch.Tensor, y: torch.Tensor,
+                    *, seed: int) -> torch.Tensor:
+    """Share (F,) of x (N, C, H, W) that PGD on the margin y f_i(x) does not flip, per
+    feature, in chunks of ``cfg.chunk`` images; y (N,) in {-1, +1}."""
+    step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(cfg.steps, 1)
+    agen = torch.Generator().manual_seed(seed)
+    return torch.cat([attack_features(feats, x[s:s + cfg.chunk], y[s:s + cfg.chunk],
+                                      n_features=feats.n, eps=cfg.eps, steps=cfg.steps,
+                                      step_size=step, norm=cfg.norm, generator=agen)
+                      for s in range(0, len(x), cfg.chunk)], 1).float().mean(1)  # (F,)
+
+
+def mean_image_gradients(net: nn.Module, tangents: torch.Tensor, x: torch.Tensor
+                         ) -> list[list[float]]:
+    """The input gradient of each feature whose tangent is a column of ``tangents`` (p, S) at
+    the mean of the images x (N, C, H, W), flattened and rounded to 4 digits."""
+    x_bar = x.mean(0, keepdim=True).expand(tangents.shape[1], *x.shape[1:]).clone()
+    x_bar.requires_grad_(True)  # (S, C, H, W)
+    sub = EigenFeatures(net, tangents)
+    (g,) = torch.autograd.grad(sub(x_bar.unsqueeze(1)).sum(), x_bar)
+    return [[float(f"{v:.4g}") for v in gi.flatten().tolist()] for gi in g]
+
+
+def analyse_seed(cfg: NTKConfig, ds: datasets.ImageData, *, seed: int, device: torch.device
+                 ) -> dict[str, Any]:
+    """Kernel, eigen-features and their clean / robust test accuracies for one seed."""
+    t: dict[str, float] = {}
+    x_te, y_te = _pair(ds.x_test, ds.y_test, cfg.classes)
+    x_te, y_te = x_te[:cfg.n_test], y_te[:cfg.n_test]  # the first n_test of the two classes
+    kn = kernel(cfg, ds, seed=seed, device=device, t=t)
+    feats = EigenFeatures(kn.net, kn.tangents)  # F = M + 2
     t2 = time.perf_counter()
     x_te, y_te = x_te.to(device), y_te.to(device)
     clean_f = feats.on(x_te, chunk=cfg.chunk)  # (F, N_test)
@@ -178,12 +217,7 @@ def analyse_seed(cfg: NTKConfig, ds: datasets.ImageData, *, seed: int, device: t
     t["clean"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     xr, yr = x_te[:cfg.n_test_robust], y_te[:cfg.n_test_robust]
-    step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(cfg.steps, 1)
-    agen = torch.Generator().manual_seed(seed)
-    robust = torch.cat([attack_features(feats, xr[s:s + cfg.chunk], yr[s:s + cfg.chunk],
-                                        n_features=feats.n, eps=cfg.eps, steps=cfg.steps,
-                                        step_size=step, norm=cfg.norm, generator=agen)
-                        for s in range(0, len(xr), cfg.chunk)], 1).float().mean(1)  # (F,)
+    robust = robust_accuracy(cfg, feats, xr, yr, seed=seed)  # (F,)
     clean_r = (clean_f[:, :len(xr)] * yr > 0).float().mean(1)  # clean acc on the attacked set
     t["attack"] = time.perf_counter() - t3
     m = cfg.n_features
@@ -192,18 +226,15 @@ def analyse_seed(cfg: NTKConfig, ds: datasets.ImageData, *, seed: int, device: t
     surv = [float(robust[i] / clean_r[i]) if clean_r[i] > 0 else 0.0 for i in range(m)]
     high = [i for i in use if i >= m // 2]
     show = [i for i in cfg.n_show if i < m]
-    x_bar = x_te.mean(0, keepdim=True).expand(len(show), *x_te.shape[1:]).clone()
-    x_bar.requires_grad_(True)  # (S, C, H, W): gradient of f_i at the mean test image
-    sub = EigenFeatures(net, w[:, show])
-    (g,) = torch.autograd.grad(sub(x_bar.unsqueeze(1)).sum(), x_bar)
     return {
-        "seed": seed, "n": n, "params": p, "memory_estimate_gib": est / GIB, "n_bound": bound,
+        "seed": seed, "n": kn.n, "params": kn.params,
+        "memory_estimate_gib": kn.estimate / GIB, "n_bound": kn.bound,
         "chance": float(max((y_te > 0).float().mean(), (y_te < 0).float().mean())),
         "n_test": len(y_te), "n_test_robust": len(yr),
         "clean_acc": cln, "robust_acc": rob, "clean_acc_attacked_set": clean_r[:m].tolist(),
         "survival": surv, "both_signs": both_signs.tolist(),
-        "eigenvalues": [float(f"{v:.6g}") for v in lam.tolist()],
-        "label_alignment": [float(f"{v:.4g}") for v in align[:m].tolist()],
+        "eigenvalues": [float(f"{v:.6g}") for v in kn.eigenvalues.tolist()],
+        "label_alignment": [float(f"{v:.4g}") for v in kn.alignment[:m].tolist()],
         "spearman_robust": spearman([rob[i] for i in use]),
         "spearman_clean": spearman([cln[i] for i in use]),
         "spearman_survival": spearman([surv[i] for i in use]),
@@ -212,22 +243,27 @@ def analyse_seed(cfg: NTKConfig, ds: datasets.ImageData, *, seed: int, device: t
         "n_high": len(high), "n_excluded": m - len(use),
         "top_sum": [float(clean[m]), float(robust[m])],
         "kernel": [float(clean[m + 1]), float(robust[m + 1])],
-        "shown": show, "input_gradients": [[float(f"{v:.4g}") for v in gi.flatten().tolist()]
-                                           for gi in g],
+        "shown": show,
+        "input_gradients": mean_image_gradients(kn.net, kn.tangents[:, show], x_te),
         "seconds": t,
     }
 
 
-def run(cfg: NTKConfig, *, out: Path, store: Store) -> Record:
-    """Analyse every seed (cached per seed in ``store``); write ``out/record.json``."""
-    t0 = time.perf_counter()
-    check_norm(cfg.norm)
-    device = resolve_device(cfg.device)
-    ds = datasets.load(cfg.dataset, root=cfg.data_root)
+def check_classes(cfg: NTKConfig, ds: datasets.ImageData) -> None:
+    """Fail before any work on a pair of classes the data does not have."""
     a, b = cfg.classes
     if not (0 <= a < ds.num_classes and 0 <= b < ds.num_classes and a != b):
         raise ValueError(f"classes must be two different labels of {ds.name} "
                          f"(0..{ds.num_classes - 1}), got {cfg.classes}")
+
+
+def measure(cfg: NTKConfig, *, out: Path, store: Store) -> Result:
+    """Load the data; analyse every seed (cached per seed in ``store``); then the metrics and
+    the claims."""
+    check_norm(cfg.norm)
+    device = resolve_device(cfg.device)
+    ds = datasets.load(cfg.dataset, root=cfg.data_root)
+    check_classes(cfg, ds)
     log = StageLog()
     per_seed: list[dict[str, Any]] = []
     hyper = {k: v for k, v in to_plain(cfg).items() if k not in ("seeds", "device", "data_root")}
@@ -239,22 +275,15 @@ def run(cfg: NTKConfig, *, out: Path, store: Store) -> Record:
         per_seed.append(res)
     metrics = _aggregate(per_seed)
     chance = float(np.mean([r["chance"] for r in per_seed]))
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "ntk", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(device), "data": {ds.name: ds.sha256},
-        "stages": log.entries, "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": judge(metrics, chance=chance, n_features=cfg.n_features),
-        "details": {"per_seed": per_seed, "chance": chance,
-                    "literature": {k: list(v) for k, v in LITERATURE.items()},
-                    "literature_source": LITERATURE_SOURCE,
-                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
-                    "attack": f"PGD on the margin y f_i(x), {cfg.norm} eps={cfg.eps:g}, "
-                              f"{cfg.steps} steps, random start, every iterate counts"},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    return rec
+    return Result(
+        metrics=metrics, claims=decide(metrics, chance=chance, n_features=cfg.n_features),
+        details={"per_seed": per_seed, "chance": chance,
+                 "literature": {k: list(v) for k, v in LITERATURE.items()},
+                 "literature_source": LITERATURE_SOURCE,
+                 "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
+                 "attack": f"PGD on the margin y f_i(x), {cfg.norm} eps={cfg.eps:g}, "
+                           f"{cfg.steps} steps, random start, every iterate counts"},
+        data={ds.name: ds.sha256}, stages=log.entries, device=str(device))
 
 
 def _compute(cfg: NTKConfig, ds: datasets.ImageData, seed: int, device: torch.device,
@@ -291,7 +320,7 @@ def _aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
     }
 
 
-def judge(metrics: dict[str, Metric], *, chance: float, n_features: int) -> list[Claim]:
+def decide(metrics: dict[str, Metric], *, chance: float, n_features: int) -> list[Claim]:
     """Verdicts by rules fixed in advance, on 95% t-intervals over seeds. Features that predict
     one class on every clean test image (the near-constant top mode) are left out of both.
 
@@ -303,10 +332,6 @@ def judge(metrics: dict[str, Metric], *, chance: float, n_features: int) -> list
       mean robust accuracy CI upper < 0.10 (reproduced); not reproduced if the clean CI upper
       <= chance or the robust CI lower >= 0.10; otherwise inconclusive.
     """
-    def fmt(k: str) -> str:
-        m = metrics[k]
-        return f"{k} = {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
-
     rho = metrics["ntk/spearman_index_robust"]["ci95"]
     c_lo, c_hi = metrics["ntk/high_index/clean_acc"]["ci95"]
     r_lo, r_hi = metrics["ntk/high_index/robust_acc"]["ci95"]
@@ -314,8 +339,8 @@ def judge(metrics: dict[str, Metric], *, chance: float, n_features: int) -> list
         make_claim(claim="Robustness of NTK eigen-features falls as the eigen-index grows",
                    rule=f"Spearman(index 0..{n_features - 1}, robust acc) CI upper < 0 "
                         "(CI lower > 0: not reproduced)",
-                   measured=f"{fmt('ntk/spearman_index_robust')}; "
-                            f"{fmt('ntk/spearman_index_clean')}",
+                   measured=f"{fmt(metrics, 'ntk/spearman_index_robust')}; "
+                            f"{fmt(metrics, 'ntk/spearman_index_clean')}",
                    verdict=verdict(rho[1] < 0, rho[0] > 0), exhibit="G",
                    if_reproduced="features", if_not="inconclusive",
                    literature="robust features sit at the largest eigenvalues (Tsilivis & "
@@ -323,8 +348,8 @@ def judge(metrics: dict[str, Metric], *, chance: float, n_features: int) -> list
         make_claim(claim="High-index eigen-features are useful yet non-robust",
                    rule=f"indices {n_features // 2}..{n_features - 1}: mean clean acc CI lower "
                         f"> chance ({chance:.3f}) and mean robust acc CI upper < 0.10",
-                   measured=f"{fmt('ntk/high_index/clean_acc')}; "
-                            f"{fmt('ntk/high_index/robust_acc')}",
+                   measured=f"{fmt(metrics, 'ntk/high_index/clean_acc')}; "
+                            f"{fmt(metrics, 'ntk/high_index/robust_acc')}",
                    verdict=verdict(c_lo > chance and r_hi < 0.10, c_hi <= chance or r_lo >= 0.10),
                    exhibit="G", if_reproduced="features", if_not="inconclusive",
                    literature="useful non-robust features further down the spectrum; feature "
@@ -335,4 +360,5 @@ def judge(metrics: dict[str, Metric], *, chance: float, n_features: int) -> list
 register(Experiment(name="ntk",
                     summary="Tsilivis & Kempe 2022: clean and robust accuracy of the empirical "
                             "NTK's eigen-features against the eigen-index",
-                    quick=QUICK, full=FULL, run=run, report=report_from("eisbench.report.ntk")))
+                    quick=QUICK, full=FULL, measure=measure,
+                    report=report_from("eisbench.report.ntk")))

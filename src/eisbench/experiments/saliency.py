@@ -28,15 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from eisbench.core.config import to_plain
 from eisbench.evaluation import SUITES
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.ilyas import FULL as FVB_FULL
 from eisbench.experiments.ilyas import (
-    FeaturesVsBugsConfig,
+    IlyasConfig,
     Setting,
     derived_config,
     setting,
@@ -44,6 +42,7 @@ from eisbench.experiments.ilyas import (
 )
 from eisbench.experiments.saliency_scores import (
     accuracy,
+    aggregate,
     alignment,
     attributions,
     inversion_scores,
@@ -51,24 +50,15 @@ from eisbench.experiments.saliency_scores import (
     predict_labels,
 )
 from eisbench.models import ModelSpec
-from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
-)
-from eisbench.runs.record import write as write_record
+from eisbench.runs.claims import ci, fmt, make_claim, verdict
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, evaluate_stage, train_stage
 from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
 from eisbench.training.loop import InputGradConfig
 
-MODELS = ("standard", "fast-at", "input-grad")
-METHODS = ("gradient", "smoothgrad", "ig-black", "ig-grey")
+SALIENCY_MODELS = ("standard", "fast-at", "input-grad")
 STARTS = ("other", "noise")
 LITERATURE = {
     "robustness": "Ross & Doshi-Velez 2018 (MNIST, SVHN, notMNIST): input-gradient-regularised "
@@ -93,7 +83,7 @@ PROTOCOL_NOTE = (
 
 
 @dataclass(frozen=True)
-class SaliencyConfig(FeaturesVsBugsConfig):
+class SaliencyConfig(IlyasConfig):
     """The features-vs-bugs config (its standard and robust models, shared cache) plus the
     input-gradient model, the attributions, the inversions and the independent judge."""
 
@@ -154,149 +144,150 @@ def _seed_models(st: Setting, cfg: SaliencyConfig, seed: int
     return {"standard": std, "fast-at": rob, "input-grad": ig}, judge
 
 
-def run(cfg: SaliencyConfig, *, out: Path, store: Store) -> Record:
-    """Every measurement for every seed; write ``out/record.json`` (and the first seed's maps
-    and inversions to ``out/samples.safetensors``) and return the record."""
-    t0 = time.perf_counter()
+@dataclass(frozen=True)
+class Probes:
+    """The test images every model is probed with: the first ``n_sal`` are attributed
+    (x_sal (S, C, H, W), y_sal (S,)), the first ``n_inv`` are inversion targets (x_tgt, y_tgt),
+    the rest is the pool the other-class starts are drawn from."""
+
+    x_sal: torch.Tensor
+    y_sal: torch.Tensor
+    x_tgt: torch.Tensor
+    y_tgt: torch.Tensor
+    pool_x: torch.Tensor
+    pool_y: torch.Tensor
+    stroke: float  # share of stroke pixels in x_sal
+
+
+def probes(cfg: SaliencyConfig, test: Tensors) -> Probes:
+    """Load: split the test set into the attributed images, the targets and the pool."""
+    n_sal, n_inv = min(cfg.n_saliency, len(test.x)), min(cfg.n_inversion, len(test.x) // 2)
+    x_sal = test.x[:n_sal]
+    return Probes(x_sal=x_sal, y_sal=test.y[:n_sal], x_tgt=test.x[:n_inv], y_tgt=test.y[:n_inv],
+                  pool_x=test.x[n_inv:], pool_y=test.y[n_inv:],
+                  stroke=float((x_sal.mean(1) > cfg.stroke_threshold).double().mean()))
+
+
+Starts = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def robustness(st: Setting, cfg: SaliencyConfig, name: str, model: tuple[nn.Module, str],
+               control: tuple[nn.Module, str], seed: int) -> dict[str, Any]:
+    """Clean and robust accuracy of one model under ``cfg.robust_suite`` with its checks
+    (cached); the input-grad model on fewer images."""
+    big = name != "input-grad"
+    ev = evaluate_stage(st.ctx, model=model[0], model_key=model[1], test=st.test,
+                        n_robust=cfg.n_test_robust if big else cfg.n_robust_input_grad,
+                        attack=cfg.eval_attack, seed=seed, suite=cfg.robust_suite,
+                        desc=f"[seed {seed}] evaluate {name}", control=control,
+                        n_checks=cfg.n_checks if big else cfg.n_checks_input_grad)
+    return {"std_acc": ev["std_acc"], "robust_acc": ev["robust_acc"],
+            "n_robust": ev["n_robust"], "attack": ev["attack"],
+            "checks_failed": [c["name"] for c in ev.get("checks", []) if c["passed"] is False],
+            "attribution": {}, "inversion": {}}
+
+
+def saliency(cfg: SaliencyConfig, model: nn.Module, p: Probes, dev: torch.device,
+             gen: torch.Generator) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+    """Each method's mean stroke share and rank correlation on the attributed images, and the
+    maps themselves (S, C, H, W) by method."""
+    maps = attributions(model, p.x_sal.to(dev), p.y_sal.to(dev), ig_steps=cfg.ig_steps,
+                        smooth_samples=cfg.smoothgrad_samples,
+                        smooth_sigma=cfg.smoothgrad_sigma, generator=gen)
+    scores = {}
+    for meth, a in maps.items():
+        share, corr = alignment(a.cpu(), p.x_sal, threshold=cfg.stroke_threshold)
+        scores[meth] = {"stroke_share": float(share.mean()), "rank_corr": float(corr.mean())}
+    return scores, maps
+
+
+def score_model(st: Setting, cfg: SaliencyConfig, p: Probes, name: str, *,
+                models: dict[str, tuple[nn.Module, str]], judge: nn.Module, starts: Starts,
+                gen: torch.Generator, seed: int, timing: dict[str, float],
+                samples: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """Robustness, saliency alignment and inversion scores of ``models[name]``; its maps and
+    inversions go into ``samples`` when given (the first seed's)."""
+    dev, (model, _) = st.ctx.device, models[name]
+    t = time.perf_counter()
+    m = robustness(st, cfg, name, models[name], models["standard"], seed)
+    timing["robustness_s"] += time.perf_counter() - t
+    t = time.perf_counter()
+    m["attribution"], maps = saliency(cfg, model, p, dev, gen)
+    if samples is not None:
+        samples |= {f"attr/{name}/{meth}": a[:cfg.n_shown].cpu() for meth, a in maps.items()}
+    timing["saliency_s"] += time.perf_counter() - t
+    t = time.perf_counter()
+    for sname in cfg.inversion_starts:
+        x0, y0 = starts[sname]
+        r, inv, pj = inversion_scores(model, judge, x0, y0, p.x_tgt, p.y_tgt,
+                                      steps=cfg.inversion_steps,
+                                      step_size=cfg.inversion_step_size, device=dev)
+        m["inversion"][sname] = r
+        if samples is not None:
+            samples[f"inv/{name}/{sname}"] = inv[:cfg.n_shown].cpu()
+            samples[f"inv_judge/{name}/{sname}"] = pj[:cfg.n_shown]
+            samples[f"start/{sname}"] = x0[:cfg.n_shown]
+    timing["inversion_s"] += time.perf_counter() - t
+    return m
+
+
+def one_seed(st: Setting, cfg: SaliencyConfig, p: Probes, seed: int, *,
+             timing: dict[str, float], samples: dict[str, torch.Tensor] | None
+             ) -> tuple[dict[str, Any], dict[str, tuple[nn.Module, str]]]:
+    """Train (cached) the seed's three models and its judge, draw the inversion starts, and
+    score every model; the seed's row and its models."""
+    models, (judge, _) = _seed_models(st, cfg, seed)
+    dev = st.ctx.device
+    gen = torch.Generator().manual_seed(seed)  # the starts, then each model's SmoothGrad noise
+    starts: Starts = {"other": other_class_starts(p.pool_x, p.pool_y, p.y_tgt, generator=gen),
+                      "noise": (torch.rand(p.x_tgt.shape, generator=gen), None)}
+    row: dict[str, Any] = {
+        "seed": seed, "stroke_fraction": p.stroke,
+        "judge": {"arch": cfg.judge_arch, "std_acc": accuracy(judge, st.test, dev),
+                  "target_acc": float((predict_labels(judge, p.x_tgt.to(dev)).cpu() == p.y_tgt)
+                                      .float().mean())},
+        "models": {}}
+    for name in models:
+        row["models"][name] = score_model(st, cfg, p, name, models=models, judge=judge,
+                                          starts=starts, gen=gen, seed=seed, timing=timing,
+                                          samples=samples)
+    if samples is not None:
+        samples |= {"images": p.x_sal[:cfg.n_shown], "labels": p.y_sal[:cfg.n_shown],
+                    "targets": p.x_tgt[:cfg.n_shown], "target_labels": p.y_tgt[:cfg.n_shown]}
+    return row, models
+
+
+def measure(cfg: SaliencyConfig, *, out: Path, store: Store) -> Result:
+    """Check the config and load the data; per seed, train and score the three models; then
+    the metrics and the claims (the first seed's maps and inversions are the samples)."""
     check_config(cfg)
     st = setting(cfg, store)
-    dev, test = st.ctx.device, st.test
+    p = probes(cfg, st.test)
     timing = {"robustness_s": 0.0, "saliency_s": 0.0, "inversion_s": 0.0}
-    n_sal, n_inv = min(cfg.n_saliency, len(test.x)), min(cfg.n_inversion, len(test.x) // 2)
-    x_sal, y_sal = test.x[:n_sal], test.y[:n_sal]
-    x_tgt, y_tgt = test.x[:n_inv], test.y[:n_inv]
-    pool_x, pool_y = test.x[n_inv:], test.y[n_inv:]
-    stroke = float((x_sal.mean(1) > cfg.stroke_threshold).double().mean())
     per_seed: list[dict[str, Any]] = []
     samples: dict[str, torch.Tensor] = {}
     training: dict[str, Any] = {}  # per-epoch history of the adversarially trained models
     for seed in cfg.seeds:
-        models, (judge, _) = _seed_models(st, cfg, seed)
+        row, models = one_seed(st, cfg, p, seed, timing=timing,
+                               samples=samples if seed == cfg.seeds[0] else None)
         hist = store.root / "train" / models["fast-at"][1] / "history.json"
         if hist.exists():
             training[f"seed {seed} fast-at model"] = json.loads(hist.read_text())
-        std = models["standard"]
-        gen = torch.Generator().manual_seed(seed)
-        starts = {"other": other_class_starts(pool_x, pool_y, y_tgt, generator=gen),
-                  "noise": (torch.rand(x_tgt.shape, generator=gen), None)}
-        row: dict[str, Any] = {
-            "seed": seed, "stroke_fraction": stroke,
-            "judge": {"arch": cfg.judge_arch, "std_acc": accuracy(judge, test, dev),
-                      "target_acc": float((predict_labels(judge, x_tgt.to(dev)).cpu() == y_tgt)
-                                          .float().mean())},
-            "models": {}}
-        for name, (model, key) in models.items():
-            t = time.perf_counter()
-            big = name != "input-grad"
-            ev = evaluate_stage(st.ctx, model=model, model_key=key, test=test,
-                                n_robust=cfg.n_test_robust if big else cfg.n_robust_input_grad,
-                                attack=cfg.eval_attack, seed=seed, suite=cfg.robust_suite,
-                                desc=f"[seed {seed}] evaluate {name}", control=std,
-                                n_checks=cfg.n_checks if big else cfg.n_checks_input_grad)
-            timing["robustness_s"] += time.perf_counter() - t
-            m: dict[str, Any] = {
-                "std_acc": ev["std_acc"], "robust_acc": ev["robust_acc"],
-                "n_robust": ev["n_robust"], "attack": ev["attack"],
-                "checks_failed": [c["name"] for c in ev.get("checks", [])
-                                  if c["passed"] is False],
-                "attribution": {}, "inversion": {}}
-            t = time.perf_counter()
-            maps = attributions(model, x_sal.to(dev), y_sal.to(dev), ig_steps=cfg.ig_steps,
-                                smooth_samples=cfg.smoothgrad_samples,
-                                smooth_sigma=cfg.smoothgrad_sigma, generator=gen)
-            for meth, a in maps.items():
-                share, corr = alignment(a.cpu(), x_sal, threshold=cfg.stroke_threshold)
-                m["attribution"][meth] = {"stroke_share": float(share.mean()),
-                                          "rank_corr": float(corr.mean())}
-                if seed == cfg.seeds[0]:
-                    samples[f"attr/{name}/{meth}"] = a[:cfg.n_shown].cpu()
-            timing["saliency_s"] += time.perf_counter() - t
-            t = time.perf_counter()
-            for sname in cfg.inversion_starts:
-                x0, y0 = starts[sname]
-                r, inv, pj = inversion_scores(model, judge, x0, y0, x_tgt, y_tgt,
-                                              steps=cfg.inversion_steps,
-                                              step_size=cfg.inversion_step_size, device=dev)
-                m["inversion"][sname] = r
-                if seed == cfg.seeds[0]:
-                    samples[f"inv/{name}/{sname}"] = inv[:cfg.n_shown].cpu()
-                    samples[f"inv_judge/{name}/{sname}"] = pj[:cfg.n_shown]
-                    samples[f"start/{sname}"] = x0[:cfg.n_shown]
-            timing["inversion_s"] += time.perf_counter() - t
-            row["models"][name] = m
-        if seed == cfg.seeds[0]:
-            samples |= {"images": x_sal[:cfg.n_shown], "labels": y_sal[:cfg.n_shown],
-                        "targets": x_tgt[:cfg.n_shown], "target_labels": y_tgt[:cfg.n_shown]}
         per_seed.append(row)
     metrics = aggregate(per_seed)
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "saliency", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(dev),
-        "data": {st.ds.name: st.ds.sha256}, "stages": st.ctx.log.entries,
-        "wall_seconds": time.perf_counter() - t0, "metrics": metrics,
-        "claims": judge_claims(metrics),
-        "details": {"per_seed": per_seed, "literature": LITERATURE,
-                    "literature_source": "Ross & Doshi-Velez 2018 (AAAI); Tsipras et al. 2019 "
-                                         "(ICLR); Engstrom et al. 2019 (arXiv:1906.00945)",
-                    "timing": timing, "stroke_fraction": stroke,
-                    "protocol_note": PROTOCOL_NOTE, "training": training,
-                    "n_saliency": n_sal, "n_inversion": n_inv},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    save_file({k: v.clone().contiguous() for k, v in samples.items()},
-              str(out / "samples.safetensors"))
-    return rec
+    return Result(
+        metrics=metrics, claims=decide(metrics),
+        details={"per_seed": per_seed, "literature": LITERATURE,
+                 "literature_source": "Ross & Doshi-Velez 2018 (AAAI); Tsipras et al. 2019 "
+                                      "(ICLR); Engstrom et al. 2019 (arXiv:1906.00945)",
+                 "timing": timing, "stroke_fraction": p.stroke,
+                 "protocol_note": PROTOCOL_NOTE, "training": training,
+                 "n_saliency": len(p.x_sal), "n_inversion": len(p.x_tgt)},
+        artifacts={"samples.safetensors": {k: v.clone() for k, v in samples.items()}},
+        data={st.ds.name: st.ds.sha256}, stages=st.ctx.log.entries, device=str(st.ctx.device))
 
 
-def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
-    """Mean and 95% CI over seeds of every per-seed number (``saliency/<model>/...``), and of
-    the paired per-seed differences of each robust model from the standard one
-    (``saliency/<model>-vs-standard/...-diff``)."""
-    flat = [_flatten(r) for r in per_seed]
-    out: dict[str, Metric] = {}
-    for k in flat[0]:
-        vals = [f[k] for f in flat]
-        if k.endswith("-diff") or k.endswith("rank_corr"):
-            out[k] = metric_over_seeds(vals, lower=-1.0)
-        elif k.endswith("distance"):
-            out[k] = metric_over_seeds(vals, higher_is_better=False, upper=float("inf"))
-        else:
-            out[k] = metric_over_seeds(vals)
-    return out
-
-
-def _flatten(r: dict[str, Any]) -> dict[str, float]:
-    """One seed's numbers under their metric names, plus the differences from standard."""
-    f = {"saliency/stroke_fraction": r["stroke_fraction"],
-         "saliency/judge/std_acc": r["judge"]["std_acc"],
-         "saliency/judge/target_acc": r["judge"]["target_acc"]}
-    for name, m in r["models"].items():
-        f[f"saliency/{name}/std_acc"] = m["std_acc"]
-        f[f"saliency/{name}/robust_acc"] = m["robust_acc"]
-        for meth, a in m["attribution"].items():
-            for k, v in a.items():
-                f[f"saliency/{name}/{meth}/{k}"] = v
-        for start, inv in m["inversion"].items():
-            for k, v in inv.items():
-                f[f"saliency/{name}/inversion_{start}/{k}"] = v
-    base = r["models"]["standard"]
-    for name, m in r["models"].items():
-        if name == "standard":
-            continue
-        p = f"saliency/{name}-vs-standard"
-        f[f"{p}/robust-diff"] = m["robust_acc"] - base["robust_acc"]
-        for meth, a in m["attribution"].items():
-            f[f"{p}/{meth}/stroke-share-diff"] = a["stroke_share"] - \
-                base["attribution"][meth]["stroke_share"]
-        for start, inv in m["inversion"].items():
-            f[f"{p}/inversion_{start}/judge-target-diff"] = inv["judge_target_rate"] - \
-                base["inversion"][start]["judge_target_rate"]
-    return f
-
-
-def judge_claims(metrics: dict[str, Metric]) -> list[Claim]:
+def decide(metrics: dict[str, Metric]) -> list[Claim]:
     """Verdicts by rules fixed in advance, on 95% CIs over seeds. "A beats B by d": A's CI
     lower > B's CI upper + d (reproduced); "A cannot beat B by d": the CI of the paired
     per-seed difference A - B has upper <= d (not reproduced); anything else is inconclusive.
@@ -318,19 +309,14 @@ def judge_claims(metrics: dict[str, Metric]) -> list[Claim]:
       human-meaningful ones); not reproduced is inconclusive (an inversion that does not
       converge, or data on which standard features are already legible, explains it too).
     """
-    def ci(name: str) -> tuple[float, float, float]:
-        m = metrics[name]
-        return m["value"], m["ci95"][0], m["ci95"][1]
-
-    def fmt(name: str) -> str:
-        v, lo, hi = ci(name)
-        return f"{name} = {v:.3f} [{lo:.3f}, {hi:.3f}]"
+    def f(name: str) -> str:
+        return fmt(metrics, name)
 
     def beats(a: str, b: str, d: float) -> bool:
-        return ci(a)[1] > ci(b)[2] + d
+        return ci(metrics, a)[1] > ci(metrics, b)[2] + d
 
     def cannot_beat(diff: str, d: float) -> bool:
-        return ci(diff)[2] <= d
+        return ci(metrics, diff)[2] <= d
 
     claims: list[Claim] = []
     ig, std = "saliency/input-grad/robust_acc", "saliency/standard/robust_acc"
@@ -340,8 +326,8 @@ def judge_claims(metrics: dict[str, Metric]) -> list[Claim]:
               "standard model's)",
         rule="input-grad robust acc CI lower > standard's CI upper; not reproduced if the "
              "paired difference's CI upper <= 0",
-        measured=f"{fmt(ig)}; {fmt(std)}; {fmt(diff)}; clean: "
-                 f"{fmt('saliency/input-grad/std_acc')}",
+        measured=f"{f(ig)}; {f(std)}; {f(diff)}; clean: "
+                 f"{f('saliency/input-grad/std_acc')}",
         verdict=verdict(beats(ig, std, 0.0), cannot_beat(diff, 0.0)), exhibit="A",
         if_reproduced="inconclusive", if_not="inconclusive",
         literature=LITERATURE["robustness"]))
@@ -353,7 +339,7 @@ def judge_claims(metrics: dict[str, Metric]) -> list[Claim]:
         rule="fast-AT stroke share (|attribution| mass on pixels > stroke_threshold) CI lower "
              "> standard's CI upper for gradient and smoothgrad; not reproduced if the paired "
              "difference's CI upper <= 0 for both",
-        measured="; ".join(f"{fmt(r)} vs {fmt(s)}" for r, s, _ in keys),
+        measured="; ".join(f"{f(r)} vs {f(s)}" for r, s, _ in keys),
         verdict=verdict(all(beats(r, s, 0.0) for r, s, _ in keys),
                         all(cannot_beat(d, 0.0) for _, _, d in keys)),
         exhibit="A", if_reproduced="inconclusive", if_not="inconclusive",
@@ -367,7 +353,7 @@ def judge_claims(metrics: dict[str, Metric]) -> list[Claim]:
         rule="judge's target rate on fast-AT inversions (start: an image of another class) CI "
              "lower > standard's CI upper + 0.10; not reproduced if the paired difference's "
              "CI upper <= 0.10",
-        measured=f"{fmt(r)}; {fmt(s)}; {fmt(diff)}",
+        measured=f"{f(r)}; {f(s)}; {f(diff)}",
         verdict=verdict(beats(r, s, 0.10), cannot_beat(diff, 0.10)),
         exhibit="A", if_reproduced="features", if_not="inconclusive",
         literature=LITERATURE["inversion"]))
@@ -378,5 +364,5 @@ register(Experiment(name="saliency",
                     summary="Exhibit A: robustness bought by input-gradient regularisation; "
                             "saliency alignment and inversion recognisability, standard vs "
                             "robust models",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.saliency")))

@@ -6,10 +6,14 @@ alignment with the strokes, and representation inversions labelled by an indepen
   pixel intensity;
 - :func:`other_class_starts`: inversion starts, an image of another class per target;
 - :func:`inversion_scores`: invert a model's representation of target images from a start and
-  score the result by the judge's and the model's own labels and by feature distances.
+  score the result by the judge's and the model's own labels and by feature distances;
+- :func:`aggregate`: every per-seed score, and each robust model's paired difference from the
+  standard one, as a metric over seeds.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +23,8 @@ from torch import nn
 
 from eisbench.attacks.inversion import invert_representation, representation_distance
 from eisbench.core.tensors import eval_mode
+from eisbench.runs.claims import metric_over_seeds
+from eisbench.runs.record import Metric
 from eisbench.runs.stages import Tensors
 
 
@@ -122,3 +128,49 @@ def inversion_scores(model: nn.Module, judge: nn.Module, x0: torch.Tensor,
     if y0 is not None:
         r["judge_start_rate"] = float((pj == y0).float().mean())
     return r, inv, pj
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
+    """Mean and 95% CI over seeds of every per-seed number (``saliency/<model>/...``), and of
+    the paired per-seed differences of each robust model from the standard one
+    (``saliency/<model>-vs-standard/...-diff``)."""
+    flat = [_flatten(r) for r in per_seed]
+    out: dict[str, Metric] = {}
+    for k in flat[0]:
+        vals = [f[k] for f in flat]
+        if k.endswith("-diff") or k.endswith("rank_corr"):
+            out[k] = metric_over_seeds(vals, lower=-1.0)
+        elif k.endswith("distance"):
+            out[k] = metric_over_seeds(vals, higher_is_better=False, upper=float("inf"))
+        else:
+            out[k] = metric_over_seeds(vals)
+    return out
+
+
+def _flatten(r: dict[str, Any]) -> dict[str, float]:
+    """One seed's numbers under their metric names, plus the differences from standard."""
+    f = {"saliency/stroke_fraction": r["stroke_fraction"],
+         "saliency/judge/std_acc": r["judge"]["std_acc"],
+         "saliency/judge/target_acc": r["judge"]["target_acc"]}
+    for name, m in r["models"].items():
+        f[f"saliency/{name}/std_acc"] = m["std_acc"]
+        f[f"saliency/{name}/robust_acc"] = m["robust_acc"]
+        for meth, a in m["attribution"].items():
+            for k, v in a.items():
+                f[f"saliency/{name}/{meth}/{k}"] = v
+        for start, inv in m["inversion"].items():
+            for k, v in inv.items():
+                f[f"saliency/{name}/inversion_{start}/{k}"] = v
+    base = r["models"]["standard"]
+    for name, m in r["models"].items():
+        if name == "standard":
+            continue
+        p = f"saliency/{name}-vs-standard"
+        f[f"{p}/robust-diff"] = m["robust_acc"] - base["robust_acc"]
+        for meth, a in m["attribution"].items():
+            f[f"{p}/{meth}/stroke-share-diff"] = a["stroke_share"] - \
+                base["attribution"][meth]["stroke_share"]
+        for start, inv in m["inversion"].items():
+            f[f"{p}/inversion_{start}/judge-target-diff"] = inv["judge_target_rate"] - \
+                base["inversion"][start]["judge_target_rate"]
+    return f

@@ -23,7 +23,7 @@ Frobenius norm of the weight matrix into the layer divided by the layer's width,
 
 The networks, the measure, the parameter matching and the scaling check are in
 :mod:`eisbench.experiments.superposition_models`. Claims are judged by rules fixed in
-:func:`judge` before any number was seen.
+:func:`decide` before any number was seen.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from torch import nn
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.fmn import fmn_min_norm
-from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device
 from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.superposition_models import (
@@ -54,16 +54,8 @@ from eisbench.experiments.superposition_models import (
 )
 from eisbench.models import ModelSpec
 from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
-)
-from eisbench.runs.record import write as write_record
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.stages import Context, Tensors, evaluate_stage, train_stage
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
@@ -184,21 +176,20 @@ def _at_most(n: int | None, have: int) -> int | None:
     return None if n is None else min(n, have)
 
 
-def run(cfg: SuperpositionConfig, *, out: Path, store: Store) -> Record:
-    """Scaling sanity check and the depth-vs-width test for every seed; write
-    ``out/record.json`` and return it."""
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
-    SUITES.get(cfg.suite)  # a typo fails now, not after training
+def load_data(cfg: SuperpositionConfig) -> datasets.ImageData:
+    """The first ``n_train`` training and ``n_test`` test images (all of a smaller set)."""
     full = datasets.load(cfg.dataset, root=cfg.data_root)
     ds = full.subset(n_train=_at_most(cfg.n_train, len(full.y_train)),  # small sets: all of it
                      n_test=_at_most(cfg.n_test, len(full.y_test)))
     if cfg.n_robust > len(ds.x_test):
         raise ValueError(f"n_robust={cfg.n_robust} exceeds the {len(ds.x_test)} test images")
-    ctx = Context(store=store, log=StageLog(), device=device)
-    key = f"{ds.name}:{ds.sha256}"
-    train = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
-    test = Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}")
+    return ds
+
+
+def network_specs(cfg: SuperpositionConfig, ds: datasets.ImageData
+                  ) -> tuple[dict[str, list[int]], dict[str, ModelSpec]]:
+    """The hidden widths of the shallow-wide and the deep-narrow network (parameter counts
+    matched) and their specs."""
     in_dim, k = math.prod(ds.shape), ds.num_classes
     narrow = matched_width(in_dim=in_dim, num_classes=k, shallow_width=cfg.shallow_width,
                            depth=cfg.deep_depth, bias=cfg.bias)
@@ -209,6 +200,20 @@ def run(cfg: SuperpositionConfig, *, out: Path, store: Store) -> Record:
                           kwargs={"in_shape": list(ds.shape), "num_classes": k, "widths": w,
                                   "bias": cfg.bias})
              for s, w in widths.items()}
+    return widths, specs
+
+
+def measure(cfg: SuperpositionConfig, *, out: Path, store: Store) -> Result:
+    """Load the data; per seed, train, attack and rescale both networks; then the metrics and
+    the claims."""
+    device = resolve_device(cfg.device)
+    SUITES.get(cfg.suite)  # a typo fails now, not after training
+    ds = load_data(cfg)
+    ctx = Context(store=store, log=StageLog(), device=device)
+    key = f"{ds.name}:{ds.sha256}"
+    train = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
+    test = Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}")
+    widths, specs = network_specs(cfg, ds)
     per_seed: list[dict[str, Any]] = []
     timing: dict[str, float] = {}
     for seed in cfg.seeds:
@@ -221,28 +226,26 @@ def run(cfg: SuperpositionConfig, *, out: Path, store: Store) -> Record:
     metrics = _metrics(per_seed)
     for s in ctx.log.entries:
         timing[s["name"]] = timing.get(s["name"], 0.0) + (0.0 if s["cached"] else s["seconds"])
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "superposition", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(device), "data": {ds.name: ds.sha256},
-        "stages": ctx.log.entries, "wall_seconds": time.perf_counter() - t0,
-        "metrics": metrics, "claims": judge(metrics, cfg=cfg),
-        "details": {"per_seed": per_seed, "widths": widths, "num_classes": k,
-                    "n_train": len(ds.y_train), "n_test": len(ds.y_test),
-                    "params": {s: num_params(in_dim, w, k, bias=cfg.bias)
-                               for s, w in widths.items()},
-                    "attack": describe_suite(cfg.suite, "linf", cfg.eps),
-                    "curve_attack": f"FMN minimal norm ({cfg.fmn_steps} steps), L2 and Linf; "
-                                    "robust at eps iff the minimal norm found exceeds eps",
-                    "measure": "features per dimension = ||W||_F^2 / m for W (m, n), the "
-                               "matrix into a layer of width m (scales by c^2 with W)",
-                    "timing_seconds": timing, "literature": LITERATURE,
-                    "literature_source": "Elhage et al. 2022; EIS IX (Casper 2023); Huang et "
-                                         "al. 2022 (arXiv 2212.11005)"},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    return rec
+    return Result(metrics=metrics, claims=decide(metrics, cfg=cfg),
+                  details=_details(cfg, ds, per_seed, widths, timing),
+                  data={ds.name: ds.sha256}, stages=ctx.log.entries, device=str(device))
+
+
+def _details(cfg: SuperpositionConfig, ds: datasets.ImageData, per_seed: list[dict[str, Any]],
+             widths: dict[str, list[int]], timing: dict[str, float]) -> dict[str, Any]:
+    """The record's details: per-seed entries, the networks' shapes, the attacks, the measure."""
+    in_dim, k = math.prod(ds.shape), ds.num_classes
+    return {"per_seed": per_seed, "widths": widths, "num_classes": k,
+            "n_train": len(ds.y_train), "n_test": len(ds.y_test),
+            "params": {s: num_params(in_dim, w, k, bias=cfg.bias) for s, w in widths.items()},
+            "attack": describe_suite(cfg.suite, "linf", cfg.eps),
+            "curve_attack": f"FMN minimal norm ({cfg.fmn_steps} steps), L2 and Linf; "
+                            "robust at eps iff the minimal norm found exceeds eps",
+            "measure": "features per dimension = ||W||_F^2 / m for W (m, n), the "
+                       "matrix into a layer of width m (scales by c^2 with W)",
+            "timing_seconds": timing, "literature": LITERATURE,
+            "literature_source": "Elhage et al. 2022; EIS IX (Casper 2023); Huang et "
+                                 "al. 2022 (arXiv 2212.11005)"}
 
 
 def _metrics(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
@@ -272,7 +275,7 @@ def _metrics(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
     return m
 
 
-def judge(metrics: dict[str, Metric], *, cfg: SuperpositionConfig) -> list[Claim]:
+def decide(metrics: dict[str, Metric], *, cfg: SuperpositionConfig) -> list[Claim]:
     """Rules fixed in advance (95% t-intervals over seeds; differences are deep-narrow minus
     shallow-wide, paired by seed).
 
@@ -331,5 +334,5 @@ register(Experiment(name="superposition",
                     summary="Exhibit F: the features-per-dimension measure fails a scaling "
                             "sanity check; deep-narrow vs shallow-wide robustness at equal "
                             "parameters and accuracy",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.superposition")))

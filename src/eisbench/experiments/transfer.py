@@ -47,7 +47,7 @@ from eisbench.core.tensors import predict
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.ilyas import FULL as FVB_FULL
 from eisbench.experiments.ilyas import (
-    FeaturesVsBugsConfig,
+    IlyasConfig,
     Setting,
     derived_config,
     setting,
@@ -55,17 +55,9 @@ from eisbench.experiments.ilyas import (
 )
 from eisbench.experiments.transfer_matrix import correlations, cross_mean, transfer_matrices
 from eisbench.models import MODELS, ModelSpec
-from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
-)
-from eisbench.runs.record import write as write_record
+from eisbench.runs.claims import fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, train_stage
 from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
@@ -87,7 +79,7 @@ TRANSFER_BAR = 0.10  # excess of transfer over same-norm noise needed to call it
 
 
 @dataclass(frozen=True)
-class TransferConfig(FeaturesVsBugsConfig):
+class TransferConfig(IlyasConfig):
     """The features-vs-bugs config (its source model, D_det and cache) plus this experiment's."""
 
     archs: tuple[str, ...] = ("linear", "mlp", "cnn-small", "cnn-deep")
@@ -119,10 +111,21 @@ def _acc(model: nn.Module, d: Tensors, *, device: torch.device) -> float:
     return float((predict(model, d.x, device=device) == d.y).float().mean())
 
 
-def run_seed(st: Setting, cfg: TransferConfig, seed: int) -> dict[str, Any]:
-    """Every measurement of one seed (see the module docstring)."""
+@dataclass(frozen=True)
+class SeedModels:
+    """The models of one seed: the source and its D_det, and per architecture a target model
+    trained on D and a learner trained on D_det."""
+
+    src: nn.Module
+    d_det: Tensors  # all of the source's D_det
+    targets: dict[str, nn.Module]
+    learners: dict[str, nn.Module]
+
+
+def train_models(st: Setting, cfg: TransferConfig, seed: int) -> SeedModels:
+    """The source model and its D_det (features-vs-bugs' cache), then per architecture a target
+    model on D (disjoint from D_det's images) and a learner on D_det (cached)."""
     ctx, k, nc = st.ctx, st.ds.num_classes, cfg.n_construct
-    dev = ctx.device
     src, src_key = train_stage(ctx, spec=st.spec, cfg=cfg.std_train, data=st.train, seed=seed,
                                desc=f"[seed {seed}] standard model")
     d_det = wrong_label_sets(st, cfg, (src, src_key), seed)["D_det"]
@@ -141,28 +144,43 @@ def run_seed(st: Setting, cfg: TransferConfig, seed: int) -> dict[str, Any]:
         learners[label], _ = train_stage(ctx, spec=spec, cfg=cfg.det_train, data=det,
                                          seed=seed + cfg.det_seed_offset,
                                          desc=f"[seed {seed}] {label} on D_det")
+    return SeedModels(src=src, d_det=d_det, targets=targets, learners=learners)
+
+
+def attack_all(st: Setting, cfg: TransferConfig, m: SeedModels, seed: int) -> dict[str, Any]:
+    """Transfer and noise matrices of the source's and every target model's attack on the
+    first ``n_attack`` test images (logged as the stage ``transfer-attacks``, not cached)."""
     t0 = time.perf_counter()
-    xa, ya = st.test.x[:cfg.n_attack], st.test.y[:cfg.n_attack]
-    mats = transfer_matrices([src, *targets.values()], list(targets.values()), xa, ya,
-                             num_classes=k, eps=cfg.wrong_label_eps, steps=cfg.transfer_steps,
-                             step_size=cfg.transfer_step_size, seed=seed, device=dev)
-    ctx.log.entries.append({"name": "transfer-attacks", "key": f"seed {seed}",
-                            "seconds": time.perf_counter() - t0, "cached": False})
-    det_acc = {a: _acc(m, st.test, device=dev) for a, m in learners.items()}
+    xa, ya = st.test.x[:cfg.n_attack], st.test.y[:cfg.n_attack]  # (N, C, H, W), (N,)
+    mats = transfer_matrices([m.src, *m.targets.values()], list(m.targets.values()), xa, ya,
+                             num_classes=st.ds.num_classes, eps=cfg.wrong_label_eps,
+                             steps=cfg.transfer_steps, step_size=cfg.transfer_step_size,
+                             seed=seed, device=st.ctx.device)
+    st.ctx.log.entries.append({"name": "transfer-attacks", "key": f"seed {seed}",
+                               "seconds": time.perf_counter() - t0, "cached": False})
+    return mats
+
+
+def seed_figures(st: Setting, cfg: TransferConfig, m: SeedModels, mats: dict[str, Any],
+                 seed: int) -> dict[str, Any]:
+    """Every figure of one seed: accuracies, transfer from the source, the correlations across
+    architectures and the means over pairs of distinct models."""
+    dev = st.ctx.device
+    det_acc = {a: _acc(x, st.test, device=dev) for a, x in m.learners.items()}
     from_src = {a: v for a, v in zip(cfg.archs, mats["transfer"][0], strict=True)}
     from_src_u = {a: v for a, v in zip(cfg.archs, mats["transfer_untargeted"][0], strict=True)}
     xs = [from_src[a] or 0.0 for a in cfg.archs]
     ys = [det_acc[a] for a in cfg.archs]
-    det_set = {a: _acc(m, d_det, device=dev) for a, m in targets.items()}
+    det_set = {a: _acc(x, m.d_det, device=dev) for a, x in m.targets.items()}
     pearson, spearman = correlations(xs, ys)
     cross = {k: cross_mean(mats[k], mats["transfer"]) for k in
              ("transfer", "noise", "transfer_untargeted", "noise_untargeted")}
     return {
         "seed": seed, "sources": ["source", *cfg.archs], "targets": list(cfg.archs),
-        "source_clean_acc": _acc(src, st.test, device=dev),
+        "source_clean_acc": _acc(m.src, st.test, device=dev),
         "source_attack_success": mats["attack_success"][0],
-        "source_det_target_rate": _acc(src, d_det, device=dev),
-        "clean_acc": {a: _acc(m, st.test, device=dev) for a, m in targets.items()},
+        "source_det_target_rate": _acc(m.src, m.d_det, device=dev),
+        "clean_acc": {a: _acc(x, st.test, device=dev) for a, x in m.targets.items()},
         "det_acc": det_acc, "transfer_from_source": from_src,
         "transfer_from_source_untargeted": from_src_u,
         "noise_from_source": dict(zip(cfg.archs, mats["noise"][0], strict=True)),
@@ -173,6 +191,12 @@ def run_seed(st: Setting, cfg: TransferConfig, seed: int) -> dict[str, Any]:
         **{f"cross_{k}": v for k, v in cross.items()},
         "cross_excess": cross["transfer"] - cross["noise"],
     }
+
+
+def run_seed(st: Setting, cfg: TransferConfig, seed: int) -> dict[str, Any]:
+    """Every measurement of one seed (see the module docstring): train, attack, measure."""
+    models = train_models(st, cfg, seed)
+    return seed_figures(st, cfg, models, attack_all(st, cfg, models, seed), seed)
 
 
 def _check(cfg: TransferConfig, st: Setting) -> None:
@@ -189,35 +213,33 @@ def _check(cfg: TransferConfig, st: Setting) -> None:
         raise ValueError(f"n_det={cfg.n_det} must be in [1, n_construct={cfg.n_construct}]")
 
 
-def run(cfg: TransferConfig, *, out: Path, store: Store) -> Record:
-    """Run every seed; write ``out/record.json`` and return the record."""
-    t0 = time.perf_counter()
+def measure(cfg: TransferConfig, *, out: Path, store: Store) -> Result:
+    """Load the features-vs-bugs setting and check the config, measure every seed, aggregate
+    and decide."""
+    del out  # nothing but the record
     st = setting(cfg, store)
     _check(cfg, st)
     per_seed = [run_seed(st, cfg, seed) for seed in cfg.seeds]
     metrics = _aggregate(per_seed, cfg.archs)
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "transfer", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(st.ctx.device),
-        "data": {st.ds.name: st.ds.sha256}, "stages": st.ctx.log.entries,
-        "wall_seconds": time.perf_counter() - t0, "metrics": metrics, "claims": judge(metrics),
-        "details": {
-            "per_seed": per_seed, "literature": LITERATURE,
-            "literature_source": "Ilyas et al. 2019 (NeurIPS), Fig. 3; Liu et al. 2017 (ICLR)",
-            "num_classes": st.ds.num_classes, "source_arch": cfg.arch,
-            "arch_specs": {a: to_plain(arch_spec(a, in_shape=st.ds.shape,
-                                                 num_classes=st.ds.num_classes))
-                           for a in cfg.archs},
-            "attack": f"targeted (y+1 mod K) L2 PGD-{cfg.transfer_steps} eps="
-                      f"{cfg.wrong_label_eps:g} step={cfg.transfer_step_size:g}, no random "
-                      f"start, on the first {cfg.n_attack} test images",
-            "stage_seconds": _stage_split(st.ctx.log.entries),
-        },
+    return Result(metrics=metrics, claims=decide(metrics), details=_details(cfg, st, per_seed),
+                  data={st.ds.name: st.ds.sha256}, stages=st.ctx.log.entries,
+                  device=str(st.ctx.device))
+
+
+def _details(cfg: TransferConfig, st: Setting, per_seed: list[dict[str, Any]]
+             ) -> dict[str, Any]:
+    return {
+        "per_seed": per_seed, "literature": LITERATURE,
+        "literature_source": "Ilyas et al. 2019 (NeurIPS), Fig. 3; Liu et al. 2017 (ICLR)",
+        "num_classes": st.ds.num_classes, "source_arch": cfg.arch,
+        "arch_specs": {a: to_plain(arch_spec(a, in_shape=st.ds.shape,
+                                             num_classes=st.ds.num_classes))
+                       for a in cfg.archs},
+        "attack": f"targeted (y+1 mod K) L2 PGD-{cfg.transfer_steps} eps="
+                  f"{cfg.wrong_label_eps:g} step={cfg.transfer_step_size:g}, no random "
+                  f"start, on the first {cfg.n_attack} test images",
+        "stage_seconds": _stage_split(st.ctx.log.entries),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    return rec
 
 
 def _stage_split(entries: list[dict[str, Any]]) -> dict[str, float]:
@@ -251,7 +273,7 @@ def _aggregate(per_seed: list[dict[str, Any]], archs: Sequence[str]) -> dict[str
     return out
 
 
-def judge(metrics: dict[str, Metric]) -> list[Claim]:
+def decide(metrics: dict[str, Metric]) -> list[Claim]:
     """Verdicts by rules fixed before any number was seen, on 95% CIs over seeds.
 
     1. Transfer tracks learnability (Ilyas et al., Fig. 3). Per seed, Pearson r across the
@@ -272,9 +294,8 @@ def judge(metrics: dict[str, Metric]) -> list[Claim]:
        outcomes map to "inconclusive": transfer alone does not separate the two worlds (the
        seed's exhibit B verdict), it is measured as the precondition of claim 1.
     """
-    def fmt(name: str) -> str:
-        m = metrics[name]
-        return f"{name} = {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+    def shown(*names: str) -> str:
+        return "; ".join(fmt(metrics, n) for n in names)
 
     r, rho = metrics["transfer/pearson"], metrics["transfer/spearman"]
     ex = metrics["transfer/cross_excess_over_noise"]
@@ -284,7 +305,7 @@ def judge(metrics: dict[str, Metric]) -> list[Claim]:
                   "adversarial examples (positive correlation across architectures)",
             rule="mean Pearson r CI lower > 0 and mean Spearman > 0 (reproduced); CI upper < 0 "
                  "(not reproduced)",
-            measured=f"{fmt('transfer/pearson')}; {fmt('transfer/spearman')}",
+            measured=shown("transfer/pearson", "transfer/spearman"),
             verdict=verdict(r["ci95"][0] > 0 and rho["value"] > 0, r["ci95"][1] < 0),
             exhibit="B", if_reproduced="features", if_not="inconclusive",
             literature=LITERATURE["correlation"]),
@@ -293,9 +314,8 @@ def judge(metrics: dict[str, Metric]) -> list[Claim]:
                   "random noise of the same norm",
             rule=f"transfer minus noise (targeted, pairs of distinct models) CI lower > "
                  f"{TRANSFER_BAR:.2f}; not reproduced if CI upper <= {TRANSFER_BAR:.2f}",
-            measured=f"{fmt('transfer/cross_excess_over_noise')}; "
-                     f"{fmt('transfer/cross_transfer_rate')}; "
-                     f"{fmt('transfer/cross_noise_rate')}",
+            measured=shown("transfer/cross_excess_over_noise", "transfer/cross_transfer_rate",
+                           "transfer/cross_noise_rate"),
             verdict=verdict(ex["ci95"][0] > TRANSFER_BAR, ex["ci95"][1] <= TRANSFER_BAR),
             exhibit="B", if_reproduced="inconclusive", if_not="inconclusive",
             literature=LITERATURE["transfer"]),
@@ -305,5 +325,5 @@ def judge(metrics: dict[str, Metric]) -> list[Claim]:
 register(Experiment(name="transfer",
                     summary="Ilyas et al. 2019 Fig. 3: transfer rate between architectures vs "
                             "their accuracy when trained on D_det",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.transfer")))

@@ -37,7 +37,7 @@ import torch
 
 from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig
-from eisbench.core.config import resolve_device, to_plain
+from eisbench.core.config import resolve_device
 from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.tsipras_linear import (
@@ -47,17 +47,9 @@ from eisbench.experiments.tsipras_linear import (
     train_linear,
 )
 from eisbench.models import ModelSpec
-from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
-)
-from eisbench.runs.record import write as write_record
+from eisbench.runs.claims import ci, fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.stages import Context, Tensors, evaluate_stage, train_stage
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
@@ -198,14 +190,11 @@ def _check(cfg: TsiprasConfig) -> None:
     SUITES.get(cfg.eval_suite)
 
 
-def run(cfg: TsiprasConfig, *, out: Path, store: Store) -> Record:
-    """Both parts for every seed; write ``out/record.json`` and return it."""
-    t0 = time.perf_counter()
-    _check(cfg)
-    ctx = Context(store=store, log=StageLog(), device=resolve_device(cfg.device))
-    eta = syn_eta(cfg)
-    syn = [synthetic_stage(ctx, cfg, seed) for seed in cfg.seeds]
-    t_syn = time.perf_counter() - t0
+def image_curve(ctx: Context, cfg: TsiprasConfig
+                ) -> tuple[datasets.ImageData, list[dict[str, Any]]]:
+    """(b) Load the image dataset; per seed and training eps, train a model (standard at eps 0,
+    fast adversarial training above; cached) and evaluate it with the attack suite at
+    ``eval_eps`` (cached). Returns the dataset and one row per (seed, eps)."""
     ds = datasets.load(cfg.dataset, root=cfg.data_root).subset(n_train=cfg.n_train,
                                                                 n_test=cfg.n_test)
     key = f"{ds.name}:{ds.sha256}"
@@ -230,39 +219,50 @@ def run(cfg: TsiprasConfig, *, out: Path, store: Store) -> Record:
                         "n_std": m["n_std"],
                         "failed_checks": [c["name"] for c in m["checks"]
                                           if c["passed"] is False]})
+    return ds, img
+
+
+def measure(cfg: TsiprasConfig, *, out: Path, store: Store) -> Result:
+    """Check the config; (a) the synthetic models of every seed (cached per seed); (b) the
+    image trade-off curve; then the metrics, the claims and the closed-form theory."""
+    t0 = time.perf_counter()
+    _check(cfg)
+    ctx = Context(store=store, log=StageLog(), device=resolve_device(cfg.device))
+    syn = [synthetic_stage(ctx, cfg, seed) for seed in cfg.seeds]
+    t_syn = time.perf_counter() - t0
+    ds, img = image_curve(ctx, cfg)
     metrics = aggregate(syn, img, dataset=cfg.dataset)
+    timing = {"synthetic_s": t_syn, "images_s": time.perf_counter() - t0 - t_syn}
+    return Result(
+        metrics=metrics,
+        claims=decide(metrics, syn_eps=cfg.syn_eps, p=cfg.syn_p, train_eps=cfg.train_eps,
+                      dataset=cfg.dataset, eval_eps=cfg.eval_eps),
+        details={"per_seed": {"synthetic": syn, "images": img},
+                 "synthetic": synthetic_details(cfg, syn),
+                 "images": {"dataset": ds.name, "train_eps": list(cfg.train_eps),
+                            "eval_eps": cfg.eval_eps, "attack": describe_suite(
+                                cfg.eval_suite, "linf", cfg.eval_eps)},
+                 "literature": LITERATURE, "literature_source": LITERATURE_SOURCE,
+                 "timing": timing},
+        data={ds.name: ds.sha256, **{f"tsipras:seed{s['seed']}": s["sha256"] for s in syn}},
+        stages=ctx.log.entries, device=str(ctx.device))
+
+
+def synthetic_details(cfg: TsiprasConfig, syn: list[dict[str, Any]]) -> dict[str, Any]:
+    """The synthetic distribution, the best robust linear classifier at each eps of the grid
+    and on a fine curve (closed form), and the largest gap between PGD and the exact worst
+    case."""
+    eta = syn_eta(cfg)
     theory = {f"{k:g}": linear_theory(d=cfg.syn_d, p=cfg.syn_p, eta=eta, eps=k * eta)
               for k in cfg.syn_eps}
     grid = np.linspace(0, max(cfg.syn_eps), 41).tolist()
     curve = [linear_theory(d=cfg.syn_d, p=cfg.syn_p, eta=eta, eps=k * eta) for k in grid]
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "tsipras", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(ctx.device),
-        "data": {ds.name: ds.sha256, **{f"tsipras:seed{s['seed']}": s["sha256"] for s in syn}},
-        "stages": ctx.log.entries, "wall_seconds": time.perf_counter() - t0,
-        "metrics": metrics,
-        "claims": judge(metrics, syn_eps=cfg.syn_eps, p=cfg.syn_p, train_eps=cfg.train_eps,
-                        dataset=cfg.dataset, eval_eps=cfg.eval_eps),
-        "details": {
-            "per_seed": {"synthetic": syn, "images": img},
-            "synthetic": {"d": cfg.syn_d, "p": cfg.syn_p, "eta": eta,
-                          "theory": theory, "theory_curve": {"eps_over_eta": grid,
-                                                             **{k: [c[k] for c in curve]
-                                                                for k in curve[0]}},
-                          "bayes_std_acc": theory["0"]["std_acc"],
-                          "pgd_minus_exact_max": max(abs(r["pgd_minus_exact"])
-                                                     for s in syn for r in s["rows"])},
-            "images": {"dataset": ds.name, "train_eps": list(cfg.train_eps),
-                       "eval_eps": cfg.eval_eps, "attack": describe_suite(
-                           cfg.eval_suite, "linf", cfg.eval_eps)},
-            "literature": LITERATURE, "literature_source": LITERATURE_SOURCE,
-            "timing": {"synthetic_s": t_syn, "images_s": time.perf_counter() - t0 - t_syn},
-        },
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    return rec
+    return {"d": cfg.syn_d, "p": cfg.syn_p, "eta": eta,
+            "theory": theory, "theory_curve": {"eps_over_eta": grid,
+                                               **{k: [c[k] for c in curve] for k in curve[0]}},
+            "bayes_std_acc": theory["0"]["std_acc"],
+            "pgd_minus_exact_max": max(abs(r["pgd_minus_exact"])
+                                       for s in syn for r in s["rows"])}
 
 
 def aggregate(syn: list[dict[str, Any]], img: list[dict[str, Any]], *,
@@ -282,8 +282,8 @@ def aggregate(syn: list[dict[str, Any]], img: list[dict[str, Any]], *,
     return out
 
 
-def judge(metrics: dict[str, Metric], *, syn_eps: tuple[float, ...], p: float,
-          train_eps: tuple[float, ...], dataset: str, eval_eps: float) -> list[Claim]:
+def decide(metrics: dict[str, Metric], *, syn_eps: tuple[float, ...], p: float,
+           train_eps: tuple[float, ...], dataset: str, eval_eps: float) -> list[Claim]:
     """Verdicts by rules fixed in advance, on 95% CIs over seeds. S0 / SK: the synthetic
     models at eps = 0 and at the largest eps of the grid (K eta, K >= 1); I0 / IK: the image
     models at training eps 0 and at the largest training eps.
@@ -303,38 +303,40 @@ def judge(metrics: dict[str, Metric], *, syn_eps: tuple[float, ...], p: float,
        not reproduced if IK's CI upper <= I0's CI lower + 0.1.
     Anything in between is inconclusive.
     """
-    def m(name: str) -> tuple[float, float, float]:
-        x = metrics[name]
-        return x["value"], x["ci95"][0], x["ci95"][1]
-
-    def fmt(name: str) -> str:
-        v, lo, hi = m(name)
-        return f"{name} = {v:.3f} [{lo:.3f}, {hi:.3f}]"
-
     s0, sk = "tsipras/synthetic/eps=0eta", f"tsipras/synthetic/eps={max(syn_eps):g}eta"
     i0 = f"tsipras/{dataset}/train_eps=0"
     ik = f"tsipras/{dataset}/train_eps={max(train_eps):g}"
-    both = "both worlds explain an accuracy cost of robustness (the seed's verdict on " \
-           "exhibit C): inconclusive either way"
+    return [*_synthetic_claims(metrics, s0=s0, sk=sk, p=p),
+            *_image_claims(metrics, i0=i0, ik=ik, dataset=dataset, eval_eps=eval_eps)]
+
+
+BOTH = ("both worlds explain an accuracy cost of robustness (the seed's verdict on "
+        "exhibit C): inconclusive either way")
+
+
+def _synthetic_claims(metrics: dict[str, Metric], *, s0: str, sk: str, p: float
+                      ) -> list[Claim]:
+    """Claims 1-3 of :func:`decide`: S0 and SK name the synthetic models' metrics."""
     claims: list[Claim] = []
-    _, a_lo, a_hi = m(f"{s0}/robust_feature_share")
-    _, b_lo, b_hi = m(f"{sk}/robust_feature_share")
+    _, a_lo, a_hi = ci(metrics, f"{s0}/robust_feature_share")
+    _, b_lo, b_hi = ci(metrics, f"{sk}/robust_feature_share")
     claims.append(make_claim(
         claim="Synthetic (ground truth): adversarial training moves the linear model's weight "
               "from the non-robust features onto the robust one",
         rule="share of |w|_1 on x_1: CI lower > 0.5 at the largest eps and CI upper < 0.5 at "
              "eps = 0",
-        measured=f"{fmt(f'{s0}/robust_feature_share')}; {fmt(f'{sk}/robust_feature_share')}",
+        measured=f"{fmt(metrics, f'{s0}/robust_feature_share')}; "
+                 f"{fmt(metrics, f'{sk}/robust_feature_share')}",
         verdict=verdict(b_lo > 0.5 and a_hi < 0.5, b_hi <= a_lo + 0.1), exhibit="C",
         if_reproduced="features", if_not="inconclusive",
         literature="Tsipras et al. 2019, Sec. 2: the robust classifier uses x_1 alone (share "
                    "1); the standard one spreads its weight over the d weak features"))
-    _, a_lo, a_hi = m(f"{s0}/std_acc")
-    v, b_lo, b_hi = m(f"{sk}/std_acc")
+    _, a_lo, a_hi = ci(metrics, f"{s0}/std_acc")
+    v, b_lo, b_hi = ci(metrics, f"{sk}/std_acc")
     claims.append(make_claim(
         claim="Synthetic: clean accuracy falls as the training eps grows",
         rule="std acc CI upper at the largest eps < CI lower at eps = 0",
-        measured=f"{fmt(f'{s0}/std_acc')}; {fmt(f'{sk}/std_acc')}; {both}",
+        measured=f"{fmt(metrics, f'{s0}/std_acc')}; {fmt(metrics, f'{sk}/std_acc')}; {BOTH}",
         verdict=verdict(b_hi < a_lo, b_lo >= a_hi), exhibit="C",
         if_reproduced="inconclusive", if_not="inconclusive",
         literature="Tsipras et al. 2019, Thm 2.1: standard accuracy 1 - delta forces robust "
@@ -344,28 +346,35 @@ def judge(metrics: dict[str, Metric], *, syn_eps: tuple[float, ...], p: float,
               "model's well above it (Tsipras et al.'s prediction)",
         rule="|std acc at the largest eps - p| <= 0.02 and std acc CI lower at eps = 0 > "
              "p + 0.02",
-        measured=f"{fmt(f'{sk}/std_acc')}; {fmt(f'{s0}/std_acc')}; {both}",
+        measured=f"{fmt(metrics, f'{sk}/std_acc')}; {fmt(metrics, f'{s0}/std_acc')}; {BOTH}",
         verdict=verdict(abs(v - p) <= 0.02 and a_lo > p + 0.02,
                         b_hi < p - 0.05 or b_lo > p + 0.05 or a_hi <= p),
         exhibit="C", if_reproduced="inconclusive", if_not="inconclusive",
         literature=f"Tsipras et al. 2019, Sec. 2.1: accuracy p = {p:g} for sign(x_1)"))
-    _, a_lo, a_hi = m(f"{i0}/std_acc")
-    _, b_lo, b_hi = m(f"{ik}/std_acc")
+    return claims
+
+
+def _image_claims(metrics: dict[str, Metric], *, i0: str, ik: str, dataset: str,
+                  eval_eps: float) -> list[Claim]:
+    """Claims 4-5 of :func:`decide`: I0 and IK name the image models' metrics."""
+    claims: list[Claim] = []
+    _, a_lo, a_hi = ci(metrics, f"{i0}/std_acc")
+    _, b_lo, b_hi = ci(metrics, f"{ik}/std_acc")
     claims.append(make_claim(
         claim=f"{dataset}: clean accuracy falls as the adversarial-training eps grows",
         rule="std acc CI upper at the largest training eps < CI lower at eps = 0",
-        measured=f"{fmt(f'{i0}/std_acc')}; {fmt(f'{ik}/std_acc')}; {both}",
+        measured=f"{fmt(metrics, f'{i0}/std_acc')}; {fmt(metrics, f'{ik}/std_acc')}; {BOTH}",
         verdict=verdict(b_hi < a_lo, b_lo >= a_hi), exhibit="C",
         if_reproduced="inconclusive", if_not="inconclusive",
         literature="Tsipras et al. 2019, Fig. 2: slight fall on MNIST up to eps 0.3; CIFAR-10 "
                    "95.2% -> 87.3% at 8/255 (Madry et al. 2018)"))
-    _, a_lo, a_hi = m(f"{i0}/robust_acc")
-    _, b_lo, b_hi = m(f"{ik}/robust_acc")
+    _, a_lo, a_hi = ci(metrics, f"{i0}/robust_acc")
+    _, b_lo, b_hi = ci(metrics, f"{ik}/robust_acc")
     claims.append(make_claim(
         claim=f"{dataset}: adversarial training buys robust accuracy at eps={eval_eps:g} (the "
               "other side of the trade-off)",
         rule="robust acc CI lower at the largest training eps > CI upper at eps = 0 + 0.1",
-        measured=f"{fmt(f'{i0}/robust_acc')}; {fmt(f'{ik}/robust_acc')}",
+        measured=f"{fmt(metrics, f'{i0}/robust_acc')}; {fmt(metrics, f'{ik}/robust_acc')}",
         verdict=verdict(b_lo > a_hi + 0.1, b_hi <= a_lo + 0.1), exhibit="C",
         if_reproduced="inconclusive", if_not="inconclusive",
         literature="Madry et al.'s MNIST model (eps=0.3): 89.62% under 100-step PGD with 50 "
@@ -376,5 +385,5 @@ def judge(metrics: dict[str, Metric], *, syn_eps: tuple[float, ...], p: float,
 register(Experiment(name="tsipras",
                     summary="Tsipras et al. 2019: the robustness-accuracy trade-off, with ground "
                             "truth on synthetic data and the clean-vs-robust curve on images",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.tsipras")))

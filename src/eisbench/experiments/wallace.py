@@ -14,31 +14,28 @@ model's (generalising) features, which is the phenomenon behind D_rand and D_det
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from eisbench import data as datasets
-from eisbench.core.config import to_plain
 from eisbench.core.tensors import predict
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.ilyas import FULL as FVB_FULL
-from eisbench.experiments.ilyas import FeaturesVsBugsConfig, derived_config, setting, source_models
-from eisbench.runs.claims import metric_over_seeds, verdict
-from eisbench.runs.record import (
-    SCHEMA_VERSION,
-    Claim,
-    Metric,
-    Record,
-    git_state,
-    library_versions,
-    now,
+from eisbench.experiments.ilyas import (
+    IlyasConfig,
+    Setting,
+    derived_config,
+    setting,
+    source_models,
 )
-from eisbench.runs.record import write as write_record
+from eisbench.runs.claims import fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.record import Claim, Metric
+from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, train_stage
 from eisbench.runs.store import Store
 from eisbench.training import TrainConfig
@@ -48,7 +45,7 @@ LIT_WHERE = {"foreign": "Wallace 2019, MNIST", "weak_errors": "Wallace 2019, CIF
 
 
 @dataclass(frozen=True)
-class WallaceConfig(FeaturesVsBugsConfig):
+class WallaceConfig(IlyasConfig):
     """The features-vs-bugs config (its standard model and cache) plus Wallace's settings."""
 
     # images to be labelled by the standard model of D (None: Fashion-MNIST, or MNIST when D
@@ -75,57 +72,76 @@ def resize_like(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     return x.clamp(0, 1).contiguous()
 
 
-def run(cfg: WallaceConfig, *, out: Path, store: Store) -> Record:
-    """Both Wallace experiments for every seed; write ``out/record.json`` and return it."""
-    t0 = time.perf_counter()
-    st = setting(cfg, store)
-    dev, k = st.ctx.device, st.ds.num_classes
-    foreign_name = cfg.foreign or ("mnist" if cfg.dataset == "fashion-mnist" else "fashion-mnist")
-    fds = datasets.load(foreign_name, root=cfg.foreign_root)
+def foreign_images(cfg: WallaceConfig, st: Setting) -> tuple[datasets.ImageData,
+                                                             torch.Tensor]:
+    """The foreign dataset (capped at ``cfg.n_foreign``) and its training images resized to
+    D's shape, (M, C, H, W)."""
+    name = cfg.foreign or ("mnist" if cfg.dataset == "fashion-mnist" else "fashion-mnist")
+    fds = datasets.load(name, root=cfg.foreign_root)
     if cfg.n_foreign is not None:  # capped at what the foreign set has
         fds = fds.subset(n_train=min(cfg.n_foreign, len(fds.x_train)))
-    x_f = resize_like(fds.x_train, st.ds.shape)  # (M, C, H, W)
+    return fds, resize_like(fds.x_train, st.ds.shape)
+
+
+def learn_from_foreign(st: Setting, cfg: WallaceConfig, fds: datasets.ImageData,
+                       x_f: torch.Tensor, std: tuple[nn.Module, str], seed: int
+                       ) -> tuple[nn.Module, torch.Tensor]:
+    """(a): the standard model labels the foreign images x_f (M, C, H, W); a fresh model is
+    trained on those pairs (cached). Returns it and the labels (M,)."""
+    labels = predict(std[0], x_f, device=st.ctx.device)  # (M,)
+    foreign = Tensors(x_f, labels, f"{fds.name}:{fds.sha256}:{len(x_f)}:as:{st.ds.shape}"
+                                   f":labelled-by:{std[1]}")
+    on_foreign, _ = train_stage(st.ctx, spec=st.spec, cfg=cfg.fresh_train, data=foreign,
+                                seed=seed, desc=f"[seed {seed}] fresh model on {fds.name}")
+    return on_foreign, labels
+
+
+def learn_from_errors(st: Setting, cfg: WallaceConfig, weak_d: Tensors, seed: int
+                      ) -> tuple[nn.Module, nn.Module, int]:
+    """(b): a weak model trained on ``weak_d`` labels all of D; a fresh model is trained on
+    the images it gets wrong, with its labels (cached). Returns (weak, fresh, errors)."""
+    weak, weak_key = train_stage(st.ctx, spec=st.spec, cfg=cfg.weak_train, data=weak_d,
+                                 seed=seed, desc=f"[seed {seed}] weak model")
+    pred = predict(weak, st.train.x, device=st.ctx.device)  # (N,)
+    wrong = pred != st.train.y  # (N,)
+    errors = Tensors(st.train.x[wrong], pred[wrong], f"{st.train.key}:errors-of:{weak_key}")
+    on_errors, _ = train_stage(st.ctx, spec=st.spec, cfg=cfg.fresh_train, data=errors,
+                               seed=seed, desc=f"[seed {seed}] fresh model on its errors")
+    return weak, on_errors, int(wrong.sum())
+
+
+def measure(cfg: WallaceConfig, *, out: Path, store: Store) -> Result:
+    """Load D and the foreign images; per seed, train on foreign images and on a weak model's
+    errors and test every model on D's test set; aggregate and decide."""
+    del out  # nothing but the record
+    st = setting(cfg, store)
+    k = st.ds.num_classes
+    fds, x_f = foreign_images(cfg, st)
     weak_d = Tensors(st.train.x[:cfg.n_weak], st.train.y[:cfg.n_weak],
                      f"{st.train.key}:first{cfg.n_weak}")
     per_seed: list[dict[str, Any]] = []
     for seed in cfg.seeds:
-        (std, std_key), _ = source_models(st, cfg, seed)
-        labels = predict(std, x_f, device=dev)
-        foreign = Tensors(x_f, labels, f"{fds.name}:{fds.sha256}:{len(x_f)}:as:{st.ds.shape}"
-                                       f":labelled-by:{std_key}")
-        on_foreign, _ = train_stage(st.ctx, spec=st.spec, cfg=cfg.fresh_train, data=foreign,
-                                    seed=seed, desc=f"[seed {seed}] fresh model on {fds.name}")
-        weak, weak_key = train_stage(st.ctx, spec=st.spec, cfg=cfg.weak_train, data=weak_d,
-                                     seed=seed, desc=f"[seed {seed}] weak model")
-        pred = predict(weak, st.train.x, device=dev)
-        wrong = pred != st.train.y
-        errors = Tensors(st.train.x[wrong], pred[wrong], f"{st.train.key}:errors-of:{weak_key}")
-        on_errors, _ = train_stage(st.ctx, spec=st.spec, cfg=cfg.fresh_train, data=errors,
-                                   seed=seed, desc=f"[seed {seed}] fresh model on its errors")
-        acc = {name: float((predict(m, st.test.x, device=dev) == st.test.y).float().mean())
+        std, _ = source_models(st, cfg, seed)
+        on_foreign, labels = learn_from_foreign(st, cfg, fds, x_f, std, seed)
+        weak, on_errors, n_errors = learn_from_errors(st, cfg, weak_d, seed)
+        acc = {name: float((predict(m, st.test.x, device=st.ctx.device)
+                            == st.test.y).float().mean())
                for name, m in (("foreign", on_foreign), ("weak_errors", on_errors),
-                               ("weak_model", weak), ("source_model", std))}
-        per_seed.append({**acc, "n_errors": int(wrong.sum()),
+                               ("weak_model", weak), ("source_model", std[0]))}
+        per_seed.append({**acc, "n_errors": n_errors,
                          "foreign_label_counts": torch.bincount(labels, minlength=k).tolist()})
     metrics: dict[str, Metric] = {
         f"wallace/{name}/std_acc": metric_over_seeds([r[name] for r in per_seed])
         for name in ("foreign", "weak_errors", "weak_model", "source_model")}
-    rec: Record = {
-        "schema_version": SCHEMA_VERSION, "experiment": "wallace", "created": now(),
-        "config": to_plain(cfg), "seeds": list(cfg.seeds), "git": git_state(),
-        "versions": library_versions(), "device": str(dev),
-        "data": {st.ds.name: st.ds.sha256, fds.name: fds.sha256},
-        "stages": st.ctx.log.entries, "wall_seconds": time.perf_counter() - t0,
-        "metrics": metrics, "claims": judge(metrics, num_classes=k),
-        "details": {"per_seed": per_seed, "literature": LITERATURE, "num_classes": k,
-                    "literature_source": "Wallace 2019, Distill: MNIST (a), CIFAR-10 (b)"},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(rec, out / "record.json")
-    return rec
+    return Result(
+        metrics=metrics, claims=decide(metrics, num_classes=k),
+        details={"per_seed": per_seed, "literature": LITERATURE, "num_classes": k,
+                 "literature_source": "Wallace 2019, Distill: MNIST (a), CIFAR-10 (b)"},
+        data={st.ds.name: st.ds.sha256, fds.name: fds.sha256}, stages=st.ctx.log.entries,
+        device=str(st.ctx.device))
 
 
-def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
+def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     """Rules fixed in advance, on 95% CIs over seeds: each claim is reproduced if the fresh
     model's test accuracy CI lower > 2/K (twice chance), not reproduced if its CI upper <= 2/K.
     """
@@ -135,20 +151,20 @@ def judge(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
                                     "model of D is well above chance on D"),
                         ("weak_errors", "A model trained only on a weak model's errors (with its "
                                         "wrong labels) is well above chance")):
-        m = metrics[f"wallace/{name}/std_acc"]
-        lo, hi = m["ci95"]
-        claims.append({"claim": claim, "rule": f"test accuracy CI lower > {bar:.2f} (twice "
-                       "chance)", "measured": f"wallace/{name}/std_acc = {m['value']:.3f} "
-                       f"[{lo:.3f}, {hi:.3f}]", "verdict": verdict(lo > bar, hi <= bar),
-                       # Wallace: learning from wrong labels is distillation, so it explains
-                       # D_rand/D_det without deciding what the features are
-                       "exhibit": "D", "if_reproduced": "inconclusive", "if_not": "inconclusive",
-                       "literature": f"{LITERATURE[name]:.1%} ({LIT_WHERE[name]})"})
+        key = f"wallace/{name}/std_acc"
+        lo, hi = metrics[key]["ci95"]
+        claims.append(make_claim(
+            claim=claim, rule=f"test accuracy CI lower > {bar:.2f} (twice chance)",
+            measured=fmt(metrics, key), verdict=verdict(lo > bar, hi <= bar),
+            # Wallace: learning from wrong labels is distillation, so it explains
+            # D_rand/D_det without deciding what the features are
+            exhibit="D", if_reproduced="inconclusive", if_not="inconclusive",
+            literature=f"{LITERATURE[name]:.1%} ({LIT_WHERE[name]})"))
     return claims
 
 
 register(Experiment(name="wallace",
                     summary="Wallace 2019: learning from foreign images and from a weak "
                             "model's errors",
-                    quick=QUICK, full=FULL, run=run,
+                    quick=QUICK, full=FULL, measure=measure,
                     report=report_from("eisbench.report.wallace")))

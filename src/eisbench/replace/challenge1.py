@@ -13,7 +13,7 @@ fixed precisely (our definition; the original's exact similarity and band limits
 with ``lo``, ``hi`` the 25% and 75% quantiles of s over the training set (:data:`BAND_QUANTILES`;
 so about half the labels are 0). The network is the challenge's architecture exactly
 (:class:`MnistCNN`; state-dict keys conv1/conv2/fc1/fc2, so a foreign checkpoint of the original
-loads into it), trained here by :func:`train_stage` (cached).
+loads into it), trained here by :func:`challenge1_train_stage` (cached).
 
 Images of another shape (e.g. the 8x8 digits in tests) are converted by :func:`as_mnist`
 (channel mean, bilinear resize to 28x28), because the architecture needs 28x28 inputs.
@@ -122,9 +122,10 @@ class Challenge1Config:
     n_train: int | None = None  # first n training images (None: all)
 
 
-def train_stage(store: Store, *, x_train: torch.Tensor, data_key: str, cfg: Challenge1Config,
-                seed: int, device: torch.device,
-                log: StageLog | None = None) -> tuple[MnistCNN, str, dict[str, Any]]:
+def challenge1_train_stage(store: Store, *, x_train: torch.Tensor, data_key: str,
+                           cfg: Challenge1Config, seed: int, device: torch.device,
+                           log: StageLog | None = None
+                           ) -> tuple[MnistCNN, str, dict[str, Any]]:
     """Train a fresh :class:`MnistCNN` on x_train (N, 1, 28, 28) relabelled by the rule
     (cached, resumable). Weight init and dropout draw from a generator seeded with ``seed``
     (the same weights every uninterrupted run). Returns the model (eval mode), its cache key

@@ -15,7 +15,7 @@ from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
 from eisbench.runs.record import Record
 
-KINDS = {"clean": "clean", "low": "low-pass", "high": "high-pass"}
+FILTER_LABELS = {"clean": "clean", "low": "low-pass", "high": "high-pass"}
 MODELS = {"standard": "standard", "robust": "adversarially trained (fast-AT)"}
 COLORS = {"standard": "#4c72b0", "robust": "#dd8452"}
 
@@ -27,11 +27,12 @@ def _ci(m: Mapping[str, Any], pct: bool = True) -> str:
 
 
 def _filtered_table(rec: Record) -> str:
-    rows = [[f"trained on {KINDS[a]}",
-             *(_ci(rec["metrics"][f"frequency/filtered/train_{a}/test_{b}/acc"]) for b in KINDS)]
-            for a in KINDS]
+    rows = [[f"trained on {FILTER_LABELS[a]}",
+             *(_ci(rec["metrics"][f"frequency/filtered/train_{a}/test_{b}/acc"])
+               for b in FILTER_LABELS)]
+            for a in FILTER_LABELS]
     return table(["model (" + rec["config"]["filter_arch"] + ")",
-                  *(f"tested on {v}" for v in KINDS.values())], rows)
+                  *(f"tested on {v}" for v in FILTER_LABELS.values())], rows)
 
 
 def _literature_table(rec: Record) -> str:
@@ -128,8 +129,9 @@ def _bands(rec: Record) -> str:
 
 
 def _per_seed(rec: Record) -> str:
-    filt = [[r["seed"], f"trained on {KINDS[a]}", *(f"{r['filtered'][a][b]:.3f}" for b in KINDS)]
-            for r in rec["details"]["per_seed"] for a in KINDS]
+    filt = [[r["seed"], f"trained on {FILTER_LABELS[a]}",
+             *(f"{r['filtered'][a][b]:.3f}" for b in FILTER_LABELS)]
+            for r in rec["details"]["per_seed"] for a in FILTER_LABELS]
     corr = []
     for r in rec["details"]["per_seed"]:
         for m in MODELS:
@@ -137,7 +139,7 @@ def _per_seed(rec: Record) -> str:
             corr.append([r["seed"], m, f"{c['clean']:.3f}",
                          *("  ".join(f"{v:.3f}" for v in c[n]) for n in rec["details"]
                            ["severities"])])
-    return (table(["seed", "model", *(f"tested on {v}" for v in KINDS.values())], filt)
+    return (table(["seed", "model", *(f"tested on {v}" for v in FILTER_LABELS.values())], filt)
             + table(["seed", "model", "clean", *rec["details"]["severities"]], corr))
 
 

@@ -14,12 +14,12 @@ from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, plt, table, verdict_table
 from eisbench.runs.record import Record
 
-MODELS = ("standard", "fast-at", "input-grad")
+SALIENCY_MODELS = ("standard", "fast-at", "input-grad")
 LABELS = {"standard": "standard", "fast-at": "robust (fast-AT)",
           "input-grad": "input-gradient regularised"}
-METHODS = {"gradient": "gradient (captum Saliency)", "smoothgrad": "SmoothGrad",
-           "ig-black": "integrated gradients, black baseline",
-           "ig-grey": "integrated gradients, grey baseline"}
+SALIENCY_LABELS = {"gradient": "gradient (captum Saliency)", "smoothgrad": "SmoothGrad",
+                   "ig-black": "integrated gradients, black baseline",
+                   "ig-grey": "integrated gradients, grey baseline"}
 COLOURS = {"standard": "#4c72b0", "fast-at": "#dd8452", "input-grad": "#55a868"}
 
 
@@ -32,7 +32,7 @@ def _fmt(m: Mapping[str, Any] | None, pct: bool = True) -> str:
 
 
 def _models(rec: Record) -> list[str]:
-    return [m for m in MODELS if f"saliency/{m}/std_acc" in rec["metrics"]]
+    return [m for m in SALIENCY_MODELS if f"saliency/{m}/std_acc" in rec["metrics"]]
 
 
 def _grouped_bars(rec: Record, groups: list[tuple[str, str]], *, ylabel: str, title: str,
@@ -93,7 +93,7 @@ def _grids(rec: Record, out: Path) -> tuple[str, str]:
     labels = [str(int(v)) for v in s["labels"]]
     sal_rows: list[tuple[str, torch.Tensor, list[str] | None]] = [("image", s["images"], labels)]
     for name in _models(rec):
-        for meth in METHODS:
+        for meth in SALIENCY_LABELS:
             if f"attr/{name}/{meth}" in s:
                 sal_rows.append((f"{name}\n{meth}", s[f"attr/{name}/{meth}"], None))
     sal = _image_grid(sal_rows, "|attribution| for the true class (scaled per image), first "
@@ -123,13 +123,13 @@ def _per_seed(rec: Record) -> str:
                          f"{m['robust_acc']:.3f} (n={m['n_robust']})",
                          ", ".join(m["checks_failed"]) or "none",
                          *(f"{m['attribution'][k]['stroke_share']:.3f} / "
-                           f"{m['attribution'][k]['rank_corr']:.3f}" for k in METHODS
+                           f"{m['attribution'][k]['rank_corr']:.3f}" for k in SALIENCY_LABELS
                            if k in m["attribution"]),
                          f"{inv.get('judge_target_rate', float('nan')):.3f}",
                          f"{inv.get('self_target_rate', float('nan')):.3f}",
                          f"{inv.get('feature_distance', float('nan')):.3f}"])
     return table(["seed", "model", "clean acc", "robust acc", "failed checks",
-                  *(f"{k}: stroke share / rank corr" for k in METHODS),
+                  *(f"{k}: stroke share / rank corr" for k in SALIENCY_LABELS),
                   "judge: target (from other)", "self: target", "feature distance"], rows)
 
 
@@ -181,9 +181,9 @@ def write_report(rec: Record, out: Path) -> Path:
                   _fmt(mt[f"saliency/{n}/robust_acc"]),
                   lit["robustness"] if n == "input-grad" else "-"] for n in models])
     sal = table(["attribution", *(LABELS[n] for n in models)],
-                [[f"{METHODS[k]}: {what}",
+                [[f"{SALIENCY_LABELS[k]}: {what}",
                   *(_fmt(mt.get(f"saliency/{n}/{k}/{key}"), pct=False) for n in models)]
-                 for k in METHODS for key, what in (("stroke_share", "stroke share"),
+                 for k in SALIENCY_LABELS for key, what in (("stroke_share", "stroke share"),
                                                      ("rank_corr", "rank corr."))])
     inv = table(["start", "quantity", *(LABELS[n] for n in models)],
                 [[s, q, *(_fmt(mt.get(f"saliency/{n}/inversion_{s}/{q}"),
@@ -195,7 +195,7 @@ def write_report(rec: Record, out: Path) -> Path:
     stroke = mt["saliency/stroke_fraction"]["value"]
     bars_rob = _grouped_bars(rec, [("std_acc", "clean"), ("robust_acc", "robust")],
                              ylabel="accuracy", title="Accuracy (mean, 95% CI over seeds)")
-    bars_sal = _grouped_bars(rec, [(f"{k}/stroke_share", k) for k in METHODS],
+    bars_sal = _grouped_bars(rec, [(f"{k}/stroke_share", k) for k in SALIENCY_LABELS],
                              ylabel="|attribution| share on strokes", reference=stroke,
                              reference_label="stroke pixel fraction (uniform map)",
                              title="Saliency alignment with the strokes (mean, 95% CI)")

@@ -57,15 +57,3 @@ def report_from(module: str) -> Callable[[Record, Path], Path]:
 
     return report
 
-
-def legacy(run: Callable[..., Record]) -> Callable[..., Result]:
-    """TEMPORARY adapter while runs are converted to return a Result: wraps a function that
-    writes and returns a record."""
-
-    def measure(cfg: Any, *, out: Path, store: Store) -> Result:
-        rec = run(cfg, out=out, store=store)
-        return Result(metrics=rec["metrics"], claims=rec["claims"], details=rec["details"],
-                      data=rec["data"], stages=rec["stages"], seeds=tuple(rec["seeds"]),
-                      device=rec["device"])
-
-    return measure

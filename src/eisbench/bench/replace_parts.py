@@ -1,0 +1,269 @@
+"""The three parts of the replace benchmark (:mod:`eisbench.bench.replace`): distilling a
+10-class network (:func:`any_model`), EIS VII challenge 1 (:func:`challenge_1`) and
+challenge 2 (:func:`challenge_2`). Each returns its metrics, its details and the images the
+report shows.
+
+Intervals (:func:`over_seeds`): t-intervals over network seeds when there are several
+(n = seeds), else Wilson intervals over the test images (n = images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from eisbench import data as datasets
+from eisbench.core.progress import say
+from eisbench.core.stats import mean_ci, wilson_ci
+from eisbench.models import ModelSpec
+from eisbench.replace import challenge1, challenge2, model_predictions
+from eisbench.replace.fidelity import Point, choose, sweep
+from eisbench.replace.program import Program
+from eisbench.runs.record import Metric
+from eisbench.runs.stages import Context, Tensors, train_stage
+from eisbench.runs.store import StageLog, Store
+from eisbench.training import TrainConfig
+
+if TYPE_CHECKING:
+    from eisbench.bench.replace import ReplaceBenchConfig
+
+Part = tuple[dict[str, Metric], dict[str, Any], dict[str, torch.Tensor]]
+"""A part's metrics, details and images."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What every part shares: the dataset, its test and out-of-distribution images."""
+
+    store: Store
+    device: torch.device
+    names: list[str]  # the distillers
+    ds: datasets.ImageData
+    log: StageLog
+    n_test: int
+    x_test: torch.Tensor  # (n_test, C, H, W)
+    x_ood: torch.Tensor  # scikit-learn digits drawn like the dataset
+
+    @property
+    def key(self) -> str:
+        return f"{self.ds.name}:{self.ds.sha256}"
+
+
+def _metric(value: float, lo: float, hi: float, n: int, *, higher: bool = True) -> Metric:
+    return {"value": float(value), "ci95": [min(lo, value), max(hi, value)], "n": int(n),
+            "higher_is_better": higher}
+
+
+def over_seeds(values: list[float], *, n_items: int, higher: bool = True,
+               binomial: bool = True) -> Metric:
+    """Mean over seeds with a t-interval (n = seeds); one seed: Wilson's interval over the
+    ``n_items`` images of a rate (``binomial``), else a zero-width interval."""
+    if len(values) > 1:
+        m, lo, hi = mean_ci(values)
+        return _metric(m, lo, hi, len(values), higher=higher)
+    v = values[0]
+    if binomial:
+        lo, hi = wilson_ci(round(v * n_items), n_items)
+        return _metric(v, lo, hi, n_items, higher=higher)
+    return _metric(v, v, v, 1, higher=higher)
+
+
+def grids(cfg: ReplaceBenchConfig, *, many: bool = False) -> dict[str, tuple[Any, ...]]:
+    """Size grids that differ from the distillers' defaults (``many``: a 10-class network)."""
+    return {"program": cfg.model_program_terms if many else cfg.program_terms}
+
+
+def hyper(cfg: ReplaceBenchConfig, **program: Any) -> dict[str, dict[str, Any]]:
+    """Fixed keyword arguments per distiller: the program's data templates (and ``program``)."""
+    return {"program": {"n_data": cfg.n_templates, **program}}
+
+
+def subject_metrics(subject: str, chosen: list[dict[str, Point]], n_test: int,
+                    n_ood: int | None) -> dict[str, Metric]:
+    """Per distiller: agreement on test and OOD and size of the chosen replacement."""
+    metrics: dict[str, Metric] = {}
+    for name in chosen[0]:
+        pts = [c[name] for c in chosen]
+        metrics[f"replace/{subject}/{name}/agreement_test"] = over_seeds(
+            [p.agree_test for p in pts], n_items=n_test)
+        if n_ood is not None and all(p.agree_ood is not None for p in pts):
+            metrics[f"replace/{subject}/{name}/agreement_ood"] = over_seeds(
+                [float(p.agree_ood or 0.0) for p in pts], n_items=n_ood)
+        metrics[f"replace/{subject}/{name}/size"] = over_seeds(
+            [float(p.size) for p in pts], n_items=1, higher=False, binomial=False)
+    return metrics
+
+
+def any_model(st: Setting, cfg: ReplaceBenchConfig) -> Part:
+    """Part 1: a 10-class network on the dataset (cached) distilled by every distiller at
+    every size; agreement on the test set and out of distribution."""
+    ds = st.ds
+    say(f"replace: {cfg.model_arch} on {ds.name}")
+    ctx = Context(store=st.store, log=st.log, device=st.device)
+    n_tr = cfg.model_n_train or len(ds.x_train)
+    train = Tensors(ds.x_train[:n_tr], ds.y_train[:n_tr], f"{st.key}:train:{n_tr}")
+    spec = ModelSpec(arch=cfg.model_arch, in_shape=ds.shape, num_classes=ds.num_classes)
+    model, _ = train_stage(ctx, spec=spec, cfg=TrainConfig(epochs=cfg.model_epochs),
+                           data=train, seed=cfg.seeds[0], desc=f"{cfg.model_arch}")
+    pts = sweep(model, fit=ds.x_train[:cfg.n_fit], val=ds.x_train[-cfg.n_val:], test=st.x_test,
+                ood=st.x_ood, distillers=st.names, grids=grids(cfg, many=True),
+                hyper=hyper(cfg), generator_seed=0, device=st.device)
+    pred = model_predictions(model, st.x_test, device=st.device)
+    acc = float((pred == ds.y_test[:st.n_test]).float().mean())
+    metrics = subject_metrics("model", [choose(pts, tolerance=cfg.tolerance)], st.n_test,
+                              len(st.x_ood))
+    metrics["replace/model/network_acc"] = over_seeds([acc], n_items=st.n_test)
+    details = {"arch": cfg.model_arch, "points": [p.to_dict() for p in pts],
+               "chosen": {k: p.to_dict() for k, p in choose(pts).items()}}
+    return metrics, details, {}
+
+
+@dataclass(frozen=True)
+class Challenge1Data:
+    """Challenge 1's images as 28x28 and its rule (from the training images)."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+    ood: torch.Tensor
+    rule: challenge1.Rule
+
+
+def challenge1_seed(st: Setting, cfg: ReplaceBenchConfig, c: Challenge1Data, seed: int,
+                    runs: dict[str, list[Any]], images: dict[str, torch.Tensor]) -> None:
+    """One network seed of challenge 1: train it (cached), distil it with and without the
+    true template among the candidates, read the recovered rule; appends to ``runs``."""
+    say(f"challenge 1: seed {seed}")
+    c1cfg = challenge1.Challenge1Config(epochs=cfg.c1_epochs, batch_size=cfg.c1_batch_size,
+                                        lr=cfg.c1_lr, n_train=cfg.c1_n_train)
+    fit, val = c.train[:cfg.n_fit], c.train[-cfg.n_val:]
+    net, _, info = challenge1.challenge1_train_stage(
+        st.store, x_train=c.train, data_key=st.key, cfg=c1cfg, seed=seed, device=st.device,
+        log=st.log)
+    runs["network_acc"].append(challenge1.network_accuracy(net, c.test, c.rule,
+                                                           device=st.device))
+    kept: dict[str, list[Any]] = {}
+    pts = sweep(net, fit=fit, val=val, test=c.test, ood=c.ood, distillers=st.names,
+                grids=grids(cfg), hyper=hyper(cfg), generator_seed=seed, device=st.device,
+                keep=kept)
+    chosen = choose(pts, tolerance=cfg.tolerance)
+    runs["points"].append([p.to_dict() for p in pts])
+    runs["chosen"].append(chosen)
+    abl = sweep(net, fit=fit, val=val, test=c.test, ood=c.ood, distillers=["program"],
+                grids=grids(cfg), hyper=hyper(cfg, exclude=(challenge1.TEMPLATE_INDEX,)),
+                generator_seed=seed, device=st.device)
+    runs["ablation"].append(choose(abl, tolerance=cfg.tolerance)["program"].to_dict())
+    if "program" in chosen:
+        prog = kept["program"][[p for p in pts if p.distiller == "program"]
+                               .index(chosen["program"])]
+        assert isinstance(prog, Program)
+        used = prog.used_templates()
+        runs["found"].append([n for n, _ in used])
+        runs["rule"].append(prog.describe())
+        runs["rule_truth_acc"].append(float((prog.predict(c.test) ==
+                                             c.rule.labels(c.test)).float().mean()))
+        if seed == cfg.seeds[0]:
+            for i, (n, img) in enumerate(used):
+                images[f"c1/found/{i}:{n}"] = img.contiguous()
+    runs["band"].append(info)
+
+
+def challenge_1(st: Setting, cfg: ReplaceBenchConfig) -> Part:
+    """Part 2: EIS VII challenge 1, per network seed (see :func:`challenge1_seed`)."""
+    x28 = challenge1.as_mnist(st.ds.x_train)
+    c = Challenge1Data(train=x28, test=challenge1.as_mnist(st.x_test),
+                       ood=challenge1.as_mnist(st.x_ood), rule=challenge1.true_rule(x28))
+    runs: dict[str, list[Any]] = {"network_acc": [], "points": [], "chosen": [],
+                                  "ablation": [], "found": [], "rule": [],
+                                  "rule_truth_acc": [], "band": []}
+    images: dict[str, torch.Tensor] = {}
+    for s in cfg.seeds:
+        challenge1_seed(st, cfg, c, s, runs, images)
+    images["c1/true_template"] = c.rule.template.contiguous()
+    n_test = st.n_test
+    metrics = subject_metrics("challenge1", runs["chosen"], n_test, len(st.x_ood))
+    metrics["replace/challenge1/network_acc"] = over_seeds(runs["network_acc"], n_items=n_test)
+    if "program" in st.names:
+        metrics["replace/challenge1/agreement"] = over_seeds(
+            [c_["program"].agree_test for c_ in runs["chosen"]], n_items=n_test)
+        metrics["replace/challenge1/ablation_agreement"] = over_seeds(
+            [a["agree_test"] for a in runs["ablation"]], n_items=n_test)
+        metrics["replace/challenge1/rule_truth_acc"] = over_seeds(runs["rule_truth_acc"],
+                                                                  n_items=n_test)
+    details = {
+        "true_rule": c.rule.describe(), "template_index": challenge1.TEMPLATE_INDEX,
+        "band_quantiles": list(challenge1.BAND_QUANTILES),
+        "published_acc": challenge1.PUBLISHED_ACC, "network_acc": runs["network_acc"],
+        "points": runs["points"],
+        "chosen": [{k: p.to_dict() for k, p in c_.items()} for c_ in runs["chosen"]],
+        "ablation": runs["ablation"], "found_templates": runs["found"], "rules": runs["rule"],
+        "rule_truth_acc": runs["rule_truth_acc"], "band": runs["band"],
+        "candidates_include_true_template": cfg.n_templates > challenge1.TEMPLATE_INDEX}
+    return metrics, details, images
+
+
+def challenge2_seed(st: Setting, cfg: ReplaceBenchConfig, seed: int,
+                    sets: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                    runs: dict[str, list[Any]], images: dict[str, torch.Tensor]) -> None:
+    """One transformer seed of challenge 2: train it (cached), distil it on the training
+    half (``sets``: fit, validation, held-out test images); appends to ``runs``."""
+    say(f"challenge 2: seed {seed}")
+    c2cfg = challenge2.Challenge2Config(steps=cfg.c2_steps, batch_size=cfg.c2_batch_size,
+                                        lr=cfg.c2_lr)
+    net2, _, info2 = challenge2.train_stage(st.store, cfg=c2cfg, seed=seed, device=st.device,
+                                            log=st.log)
+    runs["network_acc"].append(info2["heldout_acc"])
+    runs["train_acc"].append(info2["train_acc"])
+    wrapped: nn.Module = challenge2.PairsAsImages(net2)
+    kept: dict[str, list[Any]] = {}
+    p_fit, p_val, p_test = sets
+    pts = sweep(wrapped, fit=p_fit, val=p_val, test=p_test, distillers=st.names,
+                generator_seed=seed, device=st.device, keep=kept)
+    chosen = choose(pts, tolerance=cfg.tolerance)
+    best = max(chosen.values(), key=lambda p: p.agree_val)
+    runs["points"].append([p.to_dict() for p in pts])
+    runs["chosen"].append(chosen)
+    runs["best"].append(best.to_dict())
+    if seed == cfg.seeds[0]:
+        mine = [p for p in pts if p.distiller == best.distiller]
+        rep = kept[best.distiller][mine.index(best)]
+        for k, v in challenge2.grids(net2, rep.predict, device=st.device).items():
+            images[f"c2/{k}"] = torch.tensor(v).view(challenge2.P, challenge2.P)
+
+
+CHALLENGE2_NOTE = (
+    "replacements are fitted on 80% of the training half and chosen on the other 20%; where "
+    "the transformer fits its training half exactly, its labels there are the truth, so the "
+    "held-out fidelity measures whether the replacement generalises the way the network does")
+
+
+def challenge_2(st: Setting, cfg: ReplaceBenchConfig) -> Part:
+    """Part 3: EIS VII challenge 2, per transformer seed (see :func:`challenge2_seed`)."""
+    tr, te = challenge2.split()
+    pairs = challenge2.all_pairs()
+    n_fit = round(0.8 * len(tr))
+    p_fit, p_val = (challenge2.as_images(pairs[i]) for i in (tr[:n_fit], tr[n_fit:]))
+    sets = (p_fit, p_val, challenge2.as_images(pairs[te]))
+    runs: dict[str, list[Any]] = {"network_acc": [], "train_acc": [], "points": [],
+                                  "chosen": [], "best": []}
+    images: dict[str, torch.Tensor] = {}
+    for s in cfg.seeds:
+        challenge2_seed(st, cfg, s, sets, runs, images)
+    images["c2/train_mask"] = torch.zeros(challenge2.P ** 2, dtype=torch.long).index_fill(
+        0, tr, 1).view(challenge2.P, challenge2.P)
+    metrics = subject_metrics("challenge2", runs["chosen"], len(te), None)
+    metrics["replace/challenge2/fidelity"] = over_seeds(
+        [b["agree_test"] for b in runs["best"]], n_items=len(te))
+    metrics["replace/challenge2/network_acc"] = over_seeds(runs["network_acc"],
+                                                           n_items=len(te))
+    details = {
+        "label_fn": "ours: 1 if sin(2pi(1.3u^2 + 1.1v)) + cos(2pi(1.2u - 0.9v^2 + 0.3uv)) "
+                    "- 0.15 > 0, u = a/112, v = b/112",
+        "published_acc": challenge2.PUBLISHED_ACC, "network_acc": runs["network_acc"],
+        "train_acc": runs["train_acc"], "points": runs["points"],
+        "chosen": [{k: p.to_dict() for k, p in c.items()} for c in runs["chosen"]],
+        "best": runs["best"], "pixels": "p[0,0] = a/112, p[0,1] = b/112",
+        "note": CHALLENGE2_NOTE}
+    return metrics, details, images

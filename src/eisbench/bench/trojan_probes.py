@@ -1,0 +1,130 @@
+"""The trojan benchmark's other two families of tools (:mod:`eisbench.bench.trojans`, parts 5
+and 6): attribution methods scored on poisoned images of the patch trojans, and detection of
+trojaned models by trigger-reconstruction scans.
+
+- Attribution: the captum methods and two baselines
+  (:func:`~eisbench.tools.attribution.score_methods`) on up to ``n`` source test images
+  stamped with the trigger that the model sends to the target; score: correlation with the
+  trigger's footprint.
+- Detection: a scan of every class of every trojaned and clean model (cached); a model's
+  score is the anomaly index of its smallest-trigger class (:func:`suspicion`); AUROC with a
+  bootstrap CI (:func:`~eisbench.bench.trojan_scores.detection_auroc`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eisbench.bench import trojan_scores as scores
+from eisbench.core.stats import mean_ci
+from eisbench.core.tensors import predict
+from eisbench.runs.record import Metric
+from eisbench.runs.stages import Tensors
+from eisbench.runs.store import StageLog, Store
+from eisbench.tools.attribution import score_methods
+from eisbench.tools.scan import ScanResult, load_scan, save_scan, scan
+from eisbench.trojans.stamp import Trojan, source_mask, stamp
+from eisbench.trojans.zoo import ZooRun
+
+
+def poisoned_images(model: nn.Module, trojan: Trojan, test: Tensors, *, n: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` source test images stamped with the trigger that the model sends to the
+    target, and their footprints: (n, C, H, W), (n, 1, H, W)."""
+    keep = source_mask(test.y, trojan)
+    x = test.x[keep][: 4 * n]
+    xs, foot = stamp(x, trojan.trigger, generator=torch.Generator().manual_seed(0))
+    hit = predict(model, xs, device=device) == trojan.target
+    return xs[hit][:n], foot[hit][:n]
+
+
+def attribution(zoo: ZooRun, test: Tensors, *, n: int, device: torch.device
+                ) -> tuple[dict[str, Metric], dict[str, Any]]:
+    """Every attribution method on the patch trojans: metrics
+    ``attribution/{method}/correlation`` (t-interval over images) and the details
+    ``attribution`` (per trojan), ``attribution_images`` (per image), ``attribution_skipped``."""
+    rows: dict[str, list[float]] = {}
+    per_trojan: dict[str, dict[str, float | None]] = {}
+    skipped: dict[str, str] = {}
+    for i, trojan in enumerate(zoo.trojans):
+        if trojan.trigger.kind != "patch":
+            continue
+        model = zoo.models[i][0]
+        x, foot = poisoned_images(model, trojan, test, n=n, device=device)
+        res = score_methods(model, x.to(device), trojan.target, foot.to(device),
+                            generator=torch.Generator().manual_seed(i))
+        per_trojan[trojan.name] = {m.name: m.mean for m in res}
+        for m in res:
+            if m.skipped:
+                skipped[m.name] = m.skipped
+            rows.setdefault(m.name, []).extend(m.per_image)
+    metrics = {f"attribution/{name}/correlation": scores.ci_metric(*mean_ci(vals), len(vals))
+               for name, vals in rows.items() if vals}
+    return metrics, {"attribution": per_trojan, "attribution_images": rows,
+                     "attribution_skipped": skipped}
+
+
+def scan_stage(store: Store, *, method: str, model: nn.Module, model_key: str, data: Tensors,
+               steps: int, device: torch.device, log: StageLog) -> ScanResult:
+    """A trigger-reconstruction scan of every class (cached)."""
+    def compute(work: Path) -> ScanResult:
+        return scan(model, data.x, method=method, steps=steps,
+                    generator=torch.Generator().manual_seed(0), device=device)
+
+    def save(res: ScanResult, d: Path) -> None:
+        save_scan(res, d)
+
+    params = {"method": method, "steps": steps, "n": len(data.x), "device": device.type}
+    out, _ = store.run("scan", params, inputs=(model_key, data.key), compute=compute,
+                       save=save, load=load_scan, log=log)
+    return out
+
+
+def suspicion(res: ScanResult) -> float:
+    """A model's detection score: the anomaly index of its smallest-trigger class."""
+    return res.anomaly_index[min(range(len(res.l1)), key=lambda k: res.l1[k])]
+
+
+def detect(zoo: ZooRun, res_t: list[ScanResult], res_c: list[ScanResult], method: str
+           ) -> tuple[dict[str, Metric], dict[str, Any]]:
+    """One scan method's metrics (AUROC, target found, false alarms) and details from the
+    scans of the trojaned (``res_t``) and clean (``res_c``) models."""
+    st, sc = [suspicion(r) for r in res_t], [suspicion(r) for r in res_c]
+    det = scores.detection_auroc(st, sc, generator=torch.Generator().manual_seed(2))
+    hits = [r.suspect == t.target for r, t in zip(res_t, zoo.trojans, strict=True)]
+    fp = [r.suspect is not None for r in res_c]
+    metrics = {
+        f"detection/{method}/auroc": scores.ci_metric(det.auroc, *det.ci95,
+                                                      det.n_trojaned + det.n_clean),
+        f"detection/{method}/target_found": scores.rate(hits),
+        f"detection/{method}/false_alarm": scores.rate(fp, higher_is_better=False)}
+    details = det.to_dict() | {
+        "trojaned": [{"trojan": t.name, "score": s_, "suspect": r.suspect, "target": t.target,
+                      "bbox": list(r.trigger.bbox) if r.trigger else None}
+                     for t, r, s_ in zip(zoo.trojans, res_t, st, strict=True)],
+        "clean": [{"score": s_, "suspect": r.suspect} for r, s_ in zip(res_c, sc, strict=True)]}
+    return metrics, details
+
+
+def detection(store: Store, zoo: ZooRun, data: Tensors, *, methods: tuple[str, ...],
+              steps: int, device: torch.device, log: StageLog
+              ) -> tuple[dict[str, Metric], dict[str, Any]]:
+    """Scan every trojaned and clean model with each method (cached): the metrics
+    ``detection/{method}/...`` and ``detection/auroc`` (the first method's), and the details
+    per method."""
+    metrics: dict[str, Metric] = {}
+    details: dict[str, Any] = {}
+    for method in methods:
+        res_t = [scan_stage(store, method=method, model=m, model_key=k, data=data, steps=steps,
+                            device=device, log=log) for m, k in zoo.models]
+        res_c = [scan_stage(store, method=method, model=m, model_key=k, data=data, steps=steps,
+                            device=device, log=log) for m, k in zoo.clean]
+        m_, details[method] = detect(zoo, res_t, res_c, method)
+        metrics |= m_
+    if methods:
+        metrics["detection/auroc"] = metrics[f"detection/{methods[0]}/auroc"]
+    return metrics, details
