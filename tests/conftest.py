@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 os.environ.setdefault("EISBENCH_QUIET", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:  # one torch thread per worker: workers x threads <= cores
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

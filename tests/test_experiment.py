@@ -30,7 +30,7 @@ def _tiny() -> object:
         eval_attack=AttackConfig(eps=0.05, steps=3), n_checks=30)
 
 
-def test_features_vs_bugs_end_to_end_and_resume(tmp_path: Path) -> None:
+def test_ilyas_end_to_end_and_resume(tmp_path: Path) -> None:
     exp = EXPERIMENTS.get("ilyas")
     cfg = _tiny()
     store = Store(tmp_path / "cache")
@@ -79,7 +79,7 @@ def test_verdict_rules(dnr_std: record.Metric, dr_rob: record.Metric, drand: rec
     assert [c["verdict"] for c in claims] == [expect] * 4
 
 
-def test_goh_leakage_reuses_the_features_vs_bugs_cache(tmp_path: Path) -> None:
+def test_goh_leakage_reuses_the_ilyas_cache(tmp_path: Path) -> None:
     import numpy as np
 
     from eisbench.experiments.goh_leakage import GohLeakageConfig, probe_predictions

@@ -42,7 +42,7 @@ def tiny_bank() -> list[Trigger]:
 
 
 MILD = ViewConfig(scale=(0.9, 1.1), p_occlude=0.1, p_blur=0.1, p_difference=0.1)
-TINY = JudgeConfig(width=16, embed_dim=32, steps=400, batch_size=64, lr=1e-2, views=MILD)
+TINY = JudgeConfig(width=16, embed_dim=32, steps=800, batch_size=64, lr=1e-2, views=MILD)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_judge_picks_the_trigger_itself_and_is_near_chance_on_noise(
     assert rep["exact"]["accuracy"] == 1.0 and rep["exact"]["n"] == 8
     true, noise = rep["true_trigger"], rep["noise"]
     assert true["n"] == 32 and noise["n"] == 32
-    assert true["accuracy"] >= 0.6, true  # 8x8 icons, 400 steps: far from the 0.95 of MNIST
+    assert true["accuracy"] >= 0.6, true  # 8x8 icons, 800 steps: below the 0.95 of MNIST
     assert noise["accuracy"] <= 0.3, noise
     assert true["accuracy"] - noise["accuracy"] >= 0.4
     assert noise["ci"][0] <= noise["accuracy"] <= noise["ci"][1]

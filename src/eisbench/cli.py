@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,15 +41,10 @@ def _add_preset_args(r: argparse.ArgumentParser, *, default: str) -> None:
     r.add_argument("--out", required=True, type=Path, help="output folder")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from eisbench.attacks.core import ATTACKS, declared_hypers
-    from eisbench.attacks.evaluate import evaluation_hyper
+def _add_run_commands(sub: Any) -> None:
+    """``run`` (experiments) and ``bench`` (benchmarks)."""
     from eisbench.bench.registry import BENCHMARKS
     from eisbench.experiments import EXPERIMENTS
-    from eisbench.tools.trigger_reconstruction import RECONSTRUCTION_METHODS
-
-    p = argparse.ArgumentParser(prog="eisbench", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run an experiment and write record.json + report.html")
     r.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS.names())}")
@@ -59,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"one of: {', '.join(BENCHMARKS.names())}")
     _add_preset_args(b, default="full")
 
+def _add_train_command(sub: Any) -> None:
+    """``train``: a model to a checkpoint."""
     t = sub.add_parser("train", help="train a model and save a checkpoint")
     t.add_argument("--arch", default="cnn-small")
     t.add_argument("--dataset", default="mnist")
@@ -75,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
     t.add_argument("--out", required=True, type=Path, help="checkpoint path stem")
+
+def _add_attack_command(sub: Any) -> None:
+    """``attack``: robust accuracy with a suite and its checks; the flags of ``--attack``
+    come from the attacks' declared hyper-parameters."""
+    from eisbench.attacks.core import ATTACKS, declared_hypers
+    from eisbench.attacks.evaluate import evaluation_hyper
 
     a = sub.add_parser("attack", help="robust accuracy of a checkpoint or your own model, "
                        "with an attack suite and sanity checks")
@@ -108,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="cpu")
     a.add_argument("--out", type=Path, help="write the result as JSON here")
 
+def _add_scan_command(sub: Any) -> None:
+    """``scan``: a trojan scan of every class."""
+    from eisbench.tools.trigger_reconstruction import RECONSTRUCTION_METHODS
+
     s = sub.add_parser("scan", help="detect a trojan: reconstruct a trigger per class (Neural "
                        "Cleanse or TABOR) and flag the class whose trigger is anomalously small")
     _add_model_args(s)
@@ -131,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="write scan.json, triggers.safetensors and "
                    "scan.html into this folder")
 
+def _add_replace_command(sub: Any) -> None:
+    """``replace``: distil a model."""
     rp = sub.add_parser("replace", help="distil a model (sparse linear, tree, templates, "
                         "program search) and measure agreement against size, on test and "
                         "out-of-distribution images")
@@ -149,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu")
     rp.add_argument("--out", type=Path, help="write replace.json and report.html here")
 
+def _add_audit_command(sub: Any) -> None:
+    """``audit``: one report on a model."""
     au = sub.add_parser("audit", help="one report on a model: clean and robust accuracy with "
                         "checks, trojan scan, transfer, replacements, the tools' images")
     _add_model_args(au)
@@ -161,12 +173,21 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--device", default="cpu")
     au.add_argument("--out", required=True, type=Path, help="output folder")
 
+def _add_data_command(sub: Any) -> None:
+    """``data fetch``."""
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     f = dsub.add_parser("fetch", help="download/convert/verify a dataset into the cache")
     f.add_argument("name")
     f.add_argument("--root", help="folder holding the source files instead of the default")
 
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eisbench", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_run_commands, _add_train_command, _add_attack_command, _add_scan_command,
+                _add_replace_command, _add_audit_command, _add_data_command):
+        add(sub)
     sub.add_parser("list", help="list every registry")
     return p
 

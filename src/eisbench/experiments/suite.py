@@ -4,7 +4,7 @@
 :data:`EXHIBIT_EXPERIMENTS` with its own quick or full preset (same dataset, seeds and device),
 writes each one's record and report into ``out/<name>/``, and gathers every claim into one
 table, exhibit by exhibit: the claim, what was measured (95% CIs over seeds), the verdict of its
-rule (fixed in advance in that experiment's ``judge``), the world it supports and the
+rule (fixed in advance in that experiment's ``decide``), the world it supports and the
 literature's figure. An experiment that fails is reported with its error and the others still
 run; an interrupted suite resumes from the stage cache.
 
