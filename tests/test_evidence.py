@@ -71,13 +71,24 @@ def test_suite_table_overrides_and_failure(tmp_path: Path, monkeypatch: pytest.M
     assert len(d["table"]) == len(sub["claims"]) > 0
     assert all(r["exhibit"] == "D" and r["world"] in record.WORLDS for r in d["table"])
     assert set(d["exhibits"]) == {"D"} and d["exhibits"]["D"]["claims"] == len(d["table"])
+    assert d["exhibits"]["D"]["incomplete"] == ["ilyas", "wallace"]  # failed and skipped
     assert all(k.startswith("goh_linear/") for k in rec["metrics"])
     html = suite.report(rec, tmp_path / "out").read_text()
     assert "Exhibit D" in html and "FAILED" in html and "goh-linear/report.html" in html
     assert "Skipped for missing data" in html
+    assert "INCOMPLETE: ilyas, wallace" in html and "(incomplete)" in html
     with pytest.raises(ValueError, match="experiment:key=value"):
         suite.run(dataclasses.replace(cfg, overrides=("ntk:eps=1",)), out=tmp_path / "x",
                   store=Store(tmp_path / "cache"))
     with pytest.raises(ValueError, match="unknown config field"):
         suite.run(dataclasses.replace(cfg, overrides=("goh-linear:epz=1",)), out=tmp_path / "x",
                   store=Store(tmp_path / "cache"))
+
+
+def test_an_exhibit_whose_only_experiment_failed_is_listed_incomplete() -> None:
+    from eisbench.experiments.suite import EXHIBIT_OF, table
+
+    rows, exhibits = table([], ["ntk"])
+    assert rows == [] and exhibits["G"]["incomplete"] == ["ntk"]
+    assert exhibits["G"]["world"] == "inconclusive" and exhibits["G"]["claims"] == 0
+    assert set(EXHIBIT_OF.values()) == set("ABCDEFGH")  # every exhibit has an experiment

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,12 @@ from eisbench.runs.record import EXHIBITS, Metric, Record
 from eisbench.runs.result import Result
 from eisbench.runs.store import Store
 
-EXHIBIT_EXPERIMENTS = ("ilyas", "goh-leakage", "goh-linear", "wallace", "nakkiran", "transfer",
-                       "frequency", "tsipras", "superposition", "ntk", "saliency")
+EXHIBIT_OF = {"ilyas": "D", "goh-leakage": "D", "goh-linear": "D", "wallace": "D",
+              "nakkiran": "E", "transfer": "B", "frequency": "H", "tsipras": "C",
+              "superposition": "F", "ntk": "G", "saliency": "A"}
+"""The exhibit each experiment's claims belong to (an exhibit whose experiment failed or was
+skipped is marked incomplete, whatever its other claims say)."""
+EXHIBIT_EXPERIMENTS = tuple(EXHIBIT_OF)
 
 # The seed's own verdicts ("Are adversaries features or bugs?", EIS IX), and for the Distill
 # responses the discussion's consensus, shown beside the measured ones.
@@ -128,9 +133,11 @@ def run_one(exp: Experiment, sub: Any, *, out: Path, store: Store, tag: str
              "report": f"{exp.name}/report.html", "wall_seconds": rec["wall_seconds"]}, rec)
 
 
-def table(records: list[tuple[str, Record]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def table(records: list[tuple[str, Record]], missing: Sequence[str] = ()
+          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The verdict table's rows (one per claim, sorted by exhibit, experiment order kept within
-    an exhibit) and each exhibit's world by :func:`exhibit_world`."""
+    an exhibit) and each exhibit's world by :func:`exhibit_world`; an exhibit one of whose
+    experiments is in ``missing`` (failed or skipped) lists them under ``incomplete``."""
     rows = [{"experiment": name, "exhibit": c.get("exhibit", "D"), "claim": c["claim"],
              "rule": c["rule"], "measured": c["measured"], "verdict": c["verdict"],
              "world": world(c), "literature": c.get("literature", "")}
@@ -139,12 +146,15 @@ def table(records: list[tuple[str, Record]]) -> tuple[list[dict[str, Any]], dict
     exhibits = {}
     for key, title in EXHIBITS.items():
         worlds = [r["world"] for r in rows if r["exhibit"] == key]
-        if worlds:
+        lost = [m for m in missing if EXHIBIT_OF.get(m) == key]
+        if worlds or lost:
             exhibits[key] = {"title": title, "world": exhibit_world(worlds),
                              "claims": len(worlds),
                              "counts": {w: worlds.count(w)
                                         for w in ("features", "bugs", "inconclusive")},
                              "seed_verdict": SEED_VERDICTS[key]}
+            if lost:
+                exhibits[key]["incomplete"] = lost
     return rows, exhibits
 
 
@@ -158,7 +168,7 @@ def measure(cfg: EvidenceConfig, *, out: Path, store: Store) -> Result:
         runs.append(row)
         if rec is not None:
             done.append((exp.name, rec))
-    rows, exhibits = table(done)
+    rows, exhibits = table(done, [r["experiment"] for r in runs if not r["ok"]])
     metrics: dict[str, Metric] = {}
     data: dict[str, str] = {}
     for name, rec in done:

@@ -4,6 +4,7 @@ exhibit's claims support, links to every experiment's own page, and the time eac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 
@@ -22,12 +23,19 @@ def _worlds_chart(exhibits: dict[str, dict[str, object]]) -> str:
         vals = [float(exhibits[k]["counts"][w]) for k in keys]  # type: ignore[index]
         ax.barh(range(len(keys)), vals, left=left, color=colour, label=w)
         left = [a + b for a, b in zip(left, vals, strict=True)]
-    ax.set_yticks(range(len(keys)), [f"{k}: {EXHIBITS[k]}" for k in keys], fontsize=7)
+    ax.set_yticks(range(len(keys)), [f"{k}: {EXHIBITS[k]}" + (" (INCOMPLETE)" if exhibits[k].get(
+        "incomplete") else "") for k in keys], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("claims (each judged by its rule, fixed in advance)")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Which world each exhibit's measured claims support", fontsize=9)
     return figure(fig)
+
+
+def _world(ex: dict[str, Any]) -> str:
+    """An exhibit's world, with ``(incomplete)`` when one of its experiments failed or was
+    skipped."""
+    return f"{ex['world']} (incomplete)" if ex.get("incomplete") else str(ex["world"])
 
 
 def write_report(rec: Record, out: Path) -> Path:
@@ -42,11 +50,14 @@ def write_report(rec: Record, out: Path) -> Path:
                      [[r["experiment"], r["claim"], r["measured"], r["verdict"], r["world"],
                        r["literature"], r["rule"]] for r in rows],
                      [r["verdict"].replace(" ", "-") for r in rows])
-        sections.append(f"<h3>Exhibit {esc(key)}: {esc(ex['title'])}</h3>"
-                        f"<p>Measured: <b>{esc(ex['world'])}</b> ({esc(ex['counts'])}). "
+        lost = ex.get("incomplete", [])
+        warn = (f"<p class='warn'>INCOMPLETE: {esc(', '.join(lost))} did not run to the end; "
+                "this exhibit's world rests on the remaining claims only.</p>" if lost else "")
+        sections.append(f"<h3>Exhibit {esc(key)}: {esc(ex['title'])}</h3>{warn}"
+                        f"<p>Measured: <b>{esc(_world(ex))}</b> ({esc(ex['counts'])}). "
                         f"The seed's verdict: {esc(ex['seed_verdict'])}.</p>{body}")
     summary = table(["exhibit", "measured world", "claims", "the seed's verdict"],
-                    [[f"{k}: {ex['title']}", ex["world"], ex["claims"], ex["seed_verdict"]]
+                    [[f"{k}: {ex['title']}", _world(ex), ex["claims"], ex["seed_verdict"]]
                      for k, ex in exhibits.items()])
     runs = table(["experiment", "status", "seconds", "page"],
                  [[r["experiment"], "ok" if r["ok"] else f"{r['status']}: {r['error']}",
@@ -62,7 +73,8 @@ def write_report(rec: Record, out: Path) -> Path:
     body = f"""{header(rec)}
 <p>An exhibit's world: <i>features</i> (or <i>bugs</i>) if at least one of its claims supports
 it and none supports the other, <i>mixed</i> if both are supported, <i>inconclusive</i> if
-neither (rule in <code>experiments/evidence.py::exhibit_world</code>). Each claim's verdict
+neither (rule in <code>experiments/suite.py::exhibit_world</code>); an exhibit
+whose experiment failed or was skipped is marked incomplete. Each claim's verdict
 comes from its experiment's rule; the world each outcome supports is stated with the claim.</p>
 {failed}
 <h2>Summary</h2>{summary}{chart}
