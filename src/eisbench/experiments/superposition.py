@@ -52,7 +52,7 @@ from eisbench.experiments.superposition_models import (
     num_params,
     scaling_check,
 )
-from eisbench.models import ModelSpec
+from eisbench.models import MODELS, ModelSpec
 from eisbench.runs.claims import make_claim, metric_over_seeds, verdict
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
@@ -61,6 +61,10 @@ from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
 
 SHAPES = ("shallow_wide", "deep_narrow")
+# BiasFreeMLP is registered under the name it had when it lived in this module: the name is part
+# of the training stages' cache keys and of the checkpoints' specs (which import nothing)
+ARCH = f"{__name__}:BiasFreeMLP"
+MODELS.register(ARCH)(BiasFreeMLP)
 LITERATURE = {
     "measure": "Elhage et al. 2022 (Toy Models of Superposition): adversarial vulnerability "
                "rises with features per dimension ||W||_F^2 / m",
@@ -194,9 +198,7 @@ def network_specs(cfg: SuperpositionConfig, ds: datasets.ImageData
     narrow = matched_width(in_dim=in_dim, num_classes=k, shallow_width=cfg.shallow_width,
                            depth=cfg.deep_depth, bias=cfg.bias)
     widths = {"shallow_wide": [cfg.shallow_width], "deep_narrow": [narrow] * cfg.deep_depth}
-    # the arch names BiasFreeMLP through this module (it imports it), as before the class moved
-    # to superposition_models: the name is part of the training stages' cache keys
-    specs = {s: ModelSpec(arch=f"{__name__}:BiasFreeMLP", in_shape=ds.shape, num_classes=k,
+    specs = {s: ModelSpec(arch=ARCH, in_shape=ds.shape, num_classes=k,
                           kwargs={"in_shape": list(ds.shape), "num_classes": k, "widths": w,
                                   "bias": cfg.bias})
              for s, w in widths.items()}

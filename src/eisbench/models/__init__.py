@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from eisbench.models import architectures as _architectures  # noqa: F401  (registers models)
 from eisbench.models.core import MODELS, Normalized, build, features, num_params
-from eisbench.models.io import ModelSpec, load_checkpoint, load_foreign, save_checkpoint
+from eisbench.models.io import load_checkpoint, load_foreign, save_checkpoint
+from eisbench.models.spec import ModelSpec, parse_spec
 
 __all__ = [
     "MODELS",
@@ -19,5 +20,6 @@ __all__ = [
     "load_checkpoint",
     "load_foreign",
     "num_params",
+    "parse_spec",
     "save_checkpoint",
 ]

@@ -1,7 +1,10 @@
 """Checkpoints (safetensors weights + a small JSON spec) and bring-your-own models.
 
 Nothing here unpickles untrusted data: eisbench's own checkpoints are safetensors; foreign
-``.pt``/``.pth`` state dicts are read with ``torch.load(..., weights_only=True)``.
+``.pt``/``.pth`` state dicts are read with ``torch.load(..., weights_only=True)``. Nothing read
+from a checkpoint imports code: its spec names a registered architecture
+(:func:`~eisbench.models.spec.parse_spec`); only :func:`load_foreign`, given an explicit
+``package.module:Class``, imports a module.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import dataclasses
 import importlib
 import json
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.models.core import MODELS, Normalized, build
-
-SPEC_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What is needed to rebuild a model: a registered name or ``package.module:Class``."""
-
-    arch: str
-    in_shape: tuple[int, int, int]
-    num_classes: int
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-    def build(self) -> nn.Module:
-        """A freshly initialised model for this spec (weights are random)."""
-        if ":" in self.arch:
-            net = _import_class(self.arch)(**self.kwargs)
-        else:
-            net = build(self.arch, in_shape=self.in_shape, num_classes=self.num_classes,
-                        **self.kwargs)
-        if self.mean is not None and self.std is not None:
-            net = Normalized(net, mean=list(self.mean), std=list(self.std))
-        return net
+from eisbench.models.core import MODELS
+from eisbench.models.spec import SPEC_VERSION, ModelSpec, parse_spec
 
 
 def _import_class(target: str) -> type[nn.Module]:
@@ -84,12 +62,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise FileNotFoundError(f"{spec_file} is missing: a checkpoint is <name>.safetensors plus "
                                 "<name>.json (written by eisbench train)")
     try:
-        meta = json.loads(spec_file.read_text())
-        meta.pop("version", None)
-        spec = ModelSpec(arch=str(meta["arch"]), in_shape=tuple(meta["in_shape"]),
-                         num_classes=int(meta["num_classes"]), kwargs=dict(meta.get("kwargs", {})),
-                         mean=_opt_tuple(meta.get("mean")), std=_opt_tuple(meta.get("std")))
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        meta = json.loads(spec_file.read_text(), parse_constant=_refuse_constant)
+        spec = parse_spec(meta)
+    except (ValueError, RecursionError) as e:  # JSON errors included
         raise ValueError(f"{spec_file} is not a valid model spec: {e}") from e
     net = spec.build()
     _load_state(net, stem.with_name(stem.name + ".safetensors"))
@@ -99,7 +74,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
 def load_foreign(target: str, weights: str | Path | None = None, *,
                  kwargs: dict[str, Any] | None = None,
                  device: str | torch.device = "cpu") -> nn.Module:
-    """Bring your own model: instantiate ``package.module:Class(**kwargs)`` and load ``weights``.
+    """Bring your own model: import ``package.module:Class``, instantiate it with ``kwargs`` and
+    load ``weights``: the one place a model's module is imported.
 
     ``weights`` may be ``.safetensors`` or a ``.pt``/``.pth`` state dict (read with
     ``weights_only=True``, so a hostile pickle cannot run code).
@@ -116,8 +92,8 @@ def _stem(path: str | Path) -> Path:
     return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
 
 
-def _opt_tuple(v: Any) -> tuple[float, ...] | None:
-    return None if v is None else tuple(float(t) for t in v)
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a model spec may hold (numbers must be finite)")
 
 
 def _load_state(net: nn.Module, file: Path) -> None:
