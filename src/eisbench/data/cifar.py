@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eisbench.data.bounded import BoundedReader
 from eisbench.data.core import DATASETS, FETCHERS, DataError, ImageData, sha256_files
 from eisbench.data.safe_pickle import ARRAY_GLOBALS, CODECS_GLOBALS, safe_load
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 FOLDER = "cifar-10-batches-py"
+MAX_BATCH_BYTES = 256 * 1024**2
+"""The most bytes one batch pickle may read (a real batch is 31 MB)."""
 _HOW = (
     "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html on a "
     "machine with internet access, extract it, and pass root=DIR (--root DIR) pointing at the "
@@ -42,7 +45,9 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file -> (uint8 (N, 3, 32, 32), int64 (N,)), validated."""
     try:
         with open(path, "rb") as f:
-            batch = safe_load(f, allowed=ARRAY_GLOBALS | CODECS_GLOBALS, encoding="bytes")
+            bounded = BoundedReader(f, limit=MAX_BATCH_BYTES, source=str(path),
+                                    setting="eisbench.data.cifar.MAX_BATCH_BYTES")
+            batch = safe_load(bounded, allowed=ARRAY_GLOBALS | CODECS_GLOBALS, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
         raise DataError(f"{path} is not a readable CIFAR-10 batch ({e})") from e
     if not isinstance(batch, dict):

@@ -8,15 +8,22 @@ uint32 sizes, then the data in C order. :func:`read_idx` checks every part of th
 from __future__ import annotations
 
 import gzip
+import io
+import logging
+import math
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from eisbench.core.paths import data_dir
-from eisbench.data.cache import load_image_data, save_image_data
+from eisbench.data.bounded import Readable
+from eisbench.data.cache import load_image_data, read_cache_sha256, save_image_data
 from eisbench.data.core import DataError, ImageData, sha256_files
+
+log = logging.getLogger(__name__)
 
 _DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
                            0x0E: ">f8"}
@@ -28,39 +35,101 @@ IDX_STEMS: dict[str, str] = {
 }
 
 
-def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
-    """Parse the (uncompressed) bytes of one IDX file into an array of its shape and dtype."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
+MAX_IDX_BYTES = 2 * 1024**3
+"""The largest IDX body (bytes after the header) :func:`read_idx` accepts; MNIST's is 47 MB."""
+
+MAX_IDX_NDIM = 8
+"""The most dimensions an IDX header may declare (MNIST files have 1 or 3)."""
+
+_CHUNK = 1 << 22
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_exact(stream: Readable, n: int) -> bytearray:
+    """Up to ``n`` bytes from ``stream`` in chunks; fewer only at the end of the stream."""
+    buf = bytearray()
+    while len(buf) < n:
+        part = stream.read(min(_CHUNK, n - len(buf)))
+        if not part:
+            break
+        buf += part
+    return buf
+
+
+def _read_header(stream: Readable, *, source: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Magic, dtype and dims of an IDX stream -> (dtype, dims, header size in bytes)."""
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
         raise DataError(
-            f"{source} is not an IDX file (bad magic number {data[:4].hex() or 'empty'}): "
+            f"{source} is not an IDX file (bad magic number {magic.hex() or 'empty'}): "
             "expected the MNIST-style train-images-idx3-ubyte / *-labels-idx1-ubyte files"
         )
-    dtype = np.dtype(_DTYPES[data[2]])
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise DataError(f"{source}: truncated or invalid IDX header ({ndim} dimensions)")
-    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims)) * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
+    ndim = magic[3]
+    if not 1 <= ndim <= MAX_IDX_NDIM:
+        raise DataError(f"{source}: invalid IDX header ({ndim} dimensions, expected 1.."
+                        f"{MAX_IDX_NDIM}); the file is corrupt: download it again")
+    raw = stream.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise DataError(f"{source}: truncated IDX header ({ndim} dimensions); download the file "
+                        "again")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4"))
+    return np.dtype(_DTYPES[magic[2]]), dims, 4 + 4 * ndim
+
+
+def read_idx_stream(stream: Readable, *, source: str = "<stream>") -> np.ndarray:
+    """Read one IDX array from an uncompressed binary stream, header first.
+
+    The header is checked before any of the body is read; the body size is computed from the
+    dims and refused above :data:`MAX_IDX_BYTES`; then exactly that many bytes are read, plus
+    one to detect trailing bytes. Returns an array of the header's shape in native byte order.
+    """
+    dtype, dims, header = _read_header(stream, source=source)
+    nbytes = math.prod(dims) * dtype.itemsize
+    if nbytes > MAX_IDX_BYTES:
         raise DataError(
-            f"{source} is {what}: header says shape {dims} ({expected} bytes), file has "
-            f"{len(data)} bytes; download the file again"
+            f"{source}: header says shape {dims} ({nbytes} bytes of data), more than the limit of "
+            f"{MAX_IDX_BYTES} bytes (eisbench.data.idx.MAX_IDX_BYTES); the file is corrupt or a "
+            "decompression bomb: download it again from the official source"
         )
-    arr = np.frombuffer(data, dtype, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
+    body = _read_exact(stream, nbytes)
+    if len(body) < nbytes or stream.read(1):
+        what = "truncated" if len(body) < nbytes else "has trailing bytes"
+        got = f"{header + len(body)} bytes" if len(body) < nbytes else "more bytes"
+        raise DataError(
+            f"{source} is {what}: header says shape {dims} ({header + nbytes} bytes), file has "
+            f"{got}; download the file again"
+        )
+    arr = np.frombuffer(body, dtype).reshape(dims)  # writable: body is a fresh bytearray
+    return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_maybe_gzip(f: BinaryIO, *, source: str) -> np.ndarray:
+    """:func:`read_idx_stream` on ``f`` (seekable), through gzip if ``f`` starts with its magic."""
+    gz = f.read(2) == _GZIP_MAGIC
+    f.seek(0)
+    if not gz:
+        return read_idx_stream(f, source=source)
+    try:
+        with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+            return read_idx_stream(stream, source=source)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{source} is a corrupt or truncated gzip file ({e}); download it "
+                        "again") from e
+
+
+def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
+    """Parse the bytes of one IDX file (gzipped or not) into an array of its shape and dtype."""
+    return _read_maybe_gzip(io.BytesIO(data), source=source)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (gzip detected from its content) into a numpy array."""
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path} is a corrupt or truncated gzip file ({e})") from e
-    return parse_idx(raw, source=str(path))
+    """Read one IDX file (gzip detected from its content) into a numpy array.
+
+    Memory stays bounded by the size the header declares (at most :data:`MAX_IDX_BYTES`), however
+    far a gzip file would inflate.
+    """
+    with open(path, "rb") as f:
+        return _read_maybe_gzip(f, source=str(path))
 
 
 def find_idx_files(root: str | Path) -> dict[str, Path]:
@@ -117,13 +186,15 @@ def fetch_idx_folder(root: str | Path, *, name: str, num_classes: int = 10) -> P
     """
     sha = sha256_files(find_idx_files(root).values())
     path = data_dir() / name / f"{name}-{sha[:16]}.safetensors"
-    if not path.is_file():
+    if read_cache_sha256(path) != sha:  # missing, or its bytes changed since written
+        if path.is_file():
+            log.warning("cache file %s does not verify; converting %s again", path, root)
         data = load_idx_folder(root, name=name, num_classes=num_classes)
         save_image_data(path, data)
     return path
 
 
 def load_idx_cached(root: str | Path, *, name: str, num_classes: int = 10) -> ImageData:
-    """:func:`load_idx_folder` through the cache of :func:`fetch_idx_folder`."""
+    """:func:`load_idx_folder` through the cache of :func:`fetch_idx_folder` (bytes verified)."""
     path = fetch_idx_folder(root, name=name, num_classes=num_classes)
     return load_image_data(path)

