@@ -120,3 +120,79 @@ def test_config_overrides() -> None:
         overrides.apply(QUICK, ["n_construct=many"])
     with pytest.raises(ValueError, match="key=value"):
         overrides.apply(QUICK, ["n_construct"])
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading data or a model fails the test: bad flags must be refused before either."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the flags were checked")
+
+    monkeypatch.setattr("eisbench.data.load", refuse)
+    monkeypatch.setattr("eisbench.cli_models.load_model", refuse)
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--epochs", "0"], "--epochs"), (["--epochs", "-2"], "--epochs"),
+    (["--batch-size", "-1"], "--batch-size"), (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "nan"], "--lr"), (["--eps", "-0.1"], "--eps"), (["--alpha", "inf"], "--alpha"),
+    (["--attack-steps", "0"], "--attack-steps"), (["--method", "pgd-att"], "did you mean")])
+def test_train_refuses_bad_flags_before_any_work(
+        flags: list[str], named: str, tmp_path: Path, no_work: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", *flags,
+                 "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eisbench: error: ") and named in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_train_refuses_an_out_it_cannot_create(tmp_path: Path, no_work: None,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "file" / "m")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_train_creates_the_folder_of_out(tmp_path: Path) -> None:
+    stem = tmp_path / "newdir" / "m"
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "1",
+                 "--out", str(stem)]) == 0
+    assert (tmp_path / "newdir").is_dir() and stem.with_suffix(".safetensors").is_file()
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--eps", "nan"], "--eps"), (["--eps", "-1"], "--eps"), (["--n", "-5"], "--n "),
+    (["--n-checks", "0"], "--n-checks"), (["--attack", "pgd", "--steps", "-1"], "--steps"),
+    (["--attack", "apgd", "--restarts", "0"], "--restarts"), (["--scale", "0"], "--scale"),
+    (["--scale", "inf"], "--scale"), (["--out", "."], "existing folder")])
+def test_attack_refuses_bad_flags_before_any_work(
+        flags: list[str], named: str, tmp_path: Path, no_work: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["attack", "--checkpoint", "m", "--dataset", "digits", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eisbench: error: ") and named in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_attack_refuses_an_out_under_a_file(tmp_path: Path, no_work: None,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["attack", "--checkpoint", "m", "--out", str(tmp_path / "file" / "r.json")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--n", "0"], "--n "), (["--steps", "0"], "--steps"), (["--lr", "inf"], "--lr"),
+    (["--batch-size", "0"], "--batch-size"), (["--scale", "-1"], "--scale"),
+    (["--lam", "nan"], "--lam"), (["--out", "file"], "existing file")])
+def test_scan_refuses_bad_flags_before_any_work(
+        flags: list[str], named: str, tmp_path: Path, no_work: None,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    assert main(["scan", "--checkpoint", "m", "--data", "digits", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eisbench: error: ") and named in err
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]

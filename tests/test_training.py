@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,54 @@ def test_a_loss_without_latent_support_refuses_hidden_perturbations() -> None:
     batch = Batch(torch.rand(2, 1, 8, 8), hidden={"body.1": torch.zeros(2, 32)})
     with pytest.raises(ValueError, match="hidden"):
         cross_entropy(_fresh(), batch, torch.zeros(2, dtype=torch.long), cfg=TrainConfig())
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("epochs", 0), ("epochs", -2), ("epochs", True), ("epochs", 2.0), ("batch_size", 0),
+    ("batch_size", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", float("nan")), ("lr", float("inf")),
+    ("eps", -0.1), ("eps", float("nan")), ("alpha", 0.0), ("alpha", float("inf")),
+    ("attack_steps", 0), ("eps_warmup_epochs", -1), ("overfit_guard", 1.5),
+    ("overfit_guard", -0.1), ("norm", "l3"), ("schedule", "cosine"), ("weight_decay", -1.0)])
+def test_config_refuses_a_bad_value_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"^{field} must be .*got {value!r}"):
+        TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_every_config_constructs_with_its_defaults() -> None:
+    from eisbench.training import InputGradConfig
+
+    for cls in (TrainConfig, InputGradConfig, LatTrainConfig, StampTrainConfig):
+        assert cls().epochs == 5
+    assert dataclasses.replace(TrainConfig(), overfit_guard=0.0, alpha=0.1, lr=1).lr == 1
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+NUMBERS = st.one_of(st.integers(-5, 10**20), st.floats(allow_nan=True, allow_infinity=True),
+                    st.booleans(), st.none())
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.fixed_dictionaries({}, optional={
+    f: NUMBERS for f in ("epochs", "batch_size", "lr", "weight_decay", "eps", "alpha",
+                         "attack_steps", "eps_warmup_epochs", "overfit_guard")}))
+def test_config_either_holds_its_ranges_or_refuses(kw: dict[str, Any]) -> None:
+    """Any numbers give a config within the documented ranges or a ValueError (never a
+    TypeError or an arithmetic error)."""
+    try:
+        cfg = TrainConfig(**kw)
+    except ValueError:
+        return
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: object) -> bool:
+        return (is_int(v) or isinstance(v, float)) and math.isfinite(float(v))  # type: ignore[arg-type]
+
+    assert is_int(cfg.epochs) and cfg.epochs >= 1 and is_int(cfg.batch_size) and cfg.batch_size >= 1
+    assert is_int(cfg.attack_steps) and cfg.attack_steps >= 1
+    assert is_int(cfg.eps_warmup_epochs) and cfg.eps_warmup_epochs >= 0
+    assert is_num(cfg.lr) and cfg.lr > 0 and is_num(cfg.eps) and cfg.eps >= 0
+    assert is_num(cfg.weight_decay) and cfg.weight_decay >= 0
+    assert cfg.alpha is None or (is_num(cfg.alpha) and cfg.alpha > 0)
+    assert is_num(cfg.overfit_guard) and 0 <= cfg.overfit_guard <= 1

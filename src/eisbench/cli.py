@@ -57,22 +57,26 @@ def _add_run_commands(sub: Any) -> None:
 
 def _add_train_command(sub: Any) -> None:
     """``train``: a model to a checkpoint."""
+    from eisbench.training.config import NORMS
+
     t = sub.add_parser("train", help="train a model and save a checkpoint")
     t.add_argument("--arch", default="cnn-small")
     t.add_argument("--dataset", default="mnist")
     t.add_argument("--data-root")
     t.add_argument("--method", default="standard", help="standard, pgd-at or fast-at")
-    t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--eps", type=float, default=0.3)
-    t.add_argument("--norm", default="linf")
-    t.add_argument("--alpha", type=float)
-    t.add_argument("--attack-steps", type=int, default=40)
-    t.add_argument("--eps-warmup-epochs", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=5, help="passes over the data (>= 1)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (> 0)")
+    t.add_argument("--batch-size", type=int, default=128, help="images per step (>= 1)")
+    t.add_argument("--eps", type=float, default=0.3, help="adversarial budget (>= 0)")
+    t.add_argument("--norm", default="linf", choices=NORMS)
+    t.add_argument("--alpha", type=float, help="attack step (> 0; default: the method's)")
+    t.add_argument("--attack-steps", type=int, default=40, help="PGD steps of pgd-at (>= 1)")
+    t.add_argument("--eps-warmup-epochs", type=int, default=0,
+                   help="epochs over which eps ramps up (>= 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
-    t.add_argument("--out", required=True, type=Path, help="checkpoint path stem")
+    t.add_argument("--out", required=True, type=Path,
+                   help="checkpoint path stem (its folder is created)")
 
 def _add_attack_command(sub: Any) -> None:
     """``attack``: robust accuracy with a suite and its checks; the flags of ``--attack``
@@ -207,16 +211,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """``train``: the flags, the method and the checkpoint's folder are checked (the folder
+    made) before the data is loaded; then one training run and its checkpoint."""
     from eisbench import data
     from eisbench.core.config import resolve_device
-    from eisbench.models import ModelSpec, save_checkpoint
-    from eisbench.training import TrainConfig, train
+    from eisbench.core.validate import file_out, finite, integer, positive_int
+    from eisbench.models import MODELS, ModelSpec, save_checkpoint
+    from eisbench.training import TRAINING_METHODS, TrainConfig, train
 
-    ds = data.load(args.dataset, root=args.data_root)
-    spec = ModelSpec(arch=args.arch, in_shape=ds.shape, num_classes=ds.num_classes)
+    for flag in ("epochs", "batch_size", "attack_steps"):
+        positive_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    integer("--eps-warmup-epochs", args.eps_warmup_epochs, lo=0)
+    finite("--lr", args.lr, lo=0.0, lo_open=True)
+    finite("--eps", args.eps, lo=0.0)
+    if args.alpha is not None:
+        finite("--alpha", args.alpha, lo=0.0, lo_open=True)
     cfg = TrainConfig(method=args.method, epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, eps=args.eps, norm=args.norm, alpha=args.alpha,
                       attack_steps=args.attack_steps, eps_warmup_epochs=args.eps_warmup_epochs)
+    TRAINING_METHODS.get(args.method)  # unknown name: clear error with the closest match
+    MODELS.get(args.arch)
+    file_out("--out", args.out, create_parent=True)
+    ds = data.load(args.dataset, root=args.data_root)
+    spec = ModelSpec(arch=args.arch, in_shape=ds.shape, num_classes=ds.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         model = spec.build()

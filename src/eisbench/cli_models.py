@@ -12,15 +12,34 @@ import torch
 
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The model of ``--checkpoint``, or ``--model`` with ``--weights`` and ``--model-kwargs``."""
+    """The model of ``--checkpoint`` (read as a checkpoint whatever its name: it never imports
+    code), or ``--model`` with ``--weights`` and ``--model-kwargs`` (the one way to import one)."""
     from eisbench import api
+    from eisbench.models import load_checkpoint
 
     if args.checkpoint:
-        return api.load_model(args.checkpoint)
+        return load_checkpoint(args.checkpoint)
     return api.load_model(args.model, weights=args.weights, kwargs=json.loads(args.model_kwargs))
 
 
+def _check_attack_flags(args: argparse.Namespace) -> None:
+    """Refuse a bad number or ``--out`` of ``attack`` (a ``ValueError`` naming the flag, the
+    value and the allowed range) before any model or data is loaded."""
+    from eisbench.core.validate import file_out, finite, positive_int
+
+    finite("--eps", args.eps, lo=0.0)
+    finite("--scale", args.scale, lo=0.0, lo_open=True)
+    for flag in ("n", "n_checks", "steps", "restarts", "n_queries", "n_targets"):
+        if getattr(args, flag, None) is not None:  # attack hypers: None unless given
+            positive_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    if getattr(args, "step_size", None) is not None:
+        finite("--step-size", args.step_size, lo=0.0, lo_open=True)
+    if args.out:
+        file_out("--out", args.out)
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
+    """``attack``: robust accuracy of a model under a suite or one attack, with its checks."""
     from eisbench import data
     from eisbench.attacks import ATTACKS
     from eisbench.attacks.evaluate import evaluation_hyper
@@ -29,6 +48,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from eisbench.evaluation import SUITES, evaluate_robustness
     from eisbench.models import load_checkpoint
 
+    _check_attack_flags(args)
     device = resolve_device(args.device)
     steps = None
     if args.attack:
@@ -66,15 +86,30 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_scan_flags(args: argparse.Namespace) -> None:
+    """Refuse a bad number or ``--out`` of ``scan`` (a ``ValueError`` naming the flag, the value
+    and the allowed range) before any model or data is loaded."""
+    from eisbench.core.validate import finite, folder_out, positive_int
+
+    for flag in ("n", "steps", "batch_size"):
+        positive_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    finite("--lr", args.lr, lo=0.0, lo_open=True)
+    finite("--scale", args.scale, lo=0.0, lo_open=True)
+    finite("--lam", args.lam, lo=0.0)
+    finite("--threshold", args.threshold, lo=0.0)
+    if args.out:
+        folder_out("--out", args.out)
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
+    """``scan``: reconstruct a trigger per class and flag the anomalous ones."""
     from eisbench import data
     from eisbench.core.config import resolve_device
     from eisbench.report.scan import write_scan_report
     from eisbench.tools.scan import save_scan, scan
 
+    _check_scan_flags(args)
     device = resolve_device(args.device)
-    if args.n < 1:
-        raise ValueError("--n must be >= 1")
     try:
         model = load_model(args).to(device)
     except TypeError as e:  # the class does not take --model-kwargs

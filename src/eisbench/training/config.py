@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eisbench.core.validate import finite, integer, one_of, positive_int
+
+NORMS = ("linf", "l2")
+SCHEDULE_NAMES = ("onecycle", "constant")  # the keys of the loop's ``SCHEDULES``
 DEFAULT_GRAD_REG = 1.0  # input-grad's lambda for a config without a ``grad_reg`` field
 
 
@@ -32,6 +36,22 @@ class TrainConfig:
     # training images; if it falls this far below its best (catastrophic overfitting, Wong et al.
     # 2020), restore the best epoch's weights and stop. 0 turns the guard off.
     overfit_guard: float = 0.2
+
+    def __post_init__(self) -> None:
+        """Refuse a bad value before any training: a ``ValueError`` naming the field, the value
+        and the allowed range (``method`` is checked by the loop against its registry)."""
+        positive_int("epochs", self.epochs)
+        positive_int("batch_size", self.batch_size)
+        finite("lr", self.lr, lo=0.0, lo_open=True)
+        one_of("schedule", self.schedule, SCHEDULE_NAMES)
+        finite("weight_decay", self.weight_decay, lo=0.0)
+        finite("eps", self.eps, lo=0.0)
+        one_of("norm", self.norm, NORMS)
+        if self.alpha is not None:
+            finite("alpha", self.alpha, lo=0.0, lo_open=True)
+        positive_int("attack_steps", self.attack_steps)
+        integer("eps_warmup_epochs", self.eps_warmup_epochs, lo=0)
+        finite("overfit_guard", self.overfit_guard, lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)
