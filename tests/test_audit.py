@@ -44,6 +44,27 @@ def test_check_model_refuses_with_the_reason(model: nn.Module, match: str) -> No
         check_model(model, X, num_classes=10, device=torch.device("cpu"))
 
 
+class Broken(nn.Module):
+    def __init__(self, fault: str) -> None:
+        super().__init__()
+        self.fault = fault
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fault == "keyerror":
+            outputs: dict[str, torch.Tensor] = {}
+            return outputs["logits"]
+        return torch.full((len(x), 10), float(self.fault))
+
+
+@pytest.mark.parametrize(("fault", "match"), [
+    ("nan", "non-finite outputs"), ("inf", "non-finite outputs"),
+    ("keyerror", "fails on images of shape .*KeyError"),
+])
+def test_check_model_refuses_nan_logits_and_a_raising_forward(fault: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_model(Broken(fault), X, num_classes=10, device=torch.device("cpu"))
+
+
 def test_check_model_accepts_logits_and_log_probabilities() -> None:
     cpu = torch.device("cpu")
     assert check_model(Head(), X, num_classes=10, device=cpu) == (10, "logits")

@@ -80,6 +80,37 @@ def test_attack_byo_model_with_scale(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert '"clean_acc"' in capsys.readouterr().out
 
 
+BAD_FORWARDS = {
+    "nan": ("return self.fc(x.flatten(1)) * float('nan')", "non-finite outputs"),
+    "softmax": ("return self.fc(x.flatten(1)).softmax(1)", "returns probabilities"),
+    "keyerror": ("return {}['logits']", "KeyError"),
+    "classes": ("return self.fc(x.flatten(1))[:, :3]", "3 logits per image"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_FORWARDS))
+def test_attack_refuses_a_model_that_breaks_the_contract(
+        bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    body, reason = BAD_FORWARDS[bad]
+    name = f"badnet_{bad}"
+    (tmp_path / f"{name}.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n"
+        f"        {body}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "res.json"
+    assert main(["attack", "--model", f"{name}:Net", "--dataset", "digits", "--attack", "fgsm",
+                 "--n", "20", "--n-checks", "20", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "eisbench: error:" in err and reason in err and "robust" not in err
+    assert not out.exists()
+
+
 def test_bad_checkpoint_is_a_clear_error(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     spec = ModelSpec(arch="mlp", in_shape=(1, 8, 8), num_classes=10)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,48 @@ def test_two_processes_on_one_cache_both_finish_with_one_computation(tmp_path: P
     assert results[0] == results[1] and results[0][0] == 9
     key = results[0][1]
     assert len(list((tmp_path / "s" / key).glob("started-*"))) == 1  # computed once
+
+
+def test_cache_verify_counts_good_bad_and_unfinished_stages(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eisbench.cli import main
+    from eisbench.runs.store import verify_cache
+
+    store = Store(tmp_path)
+    keys = [store.run("s", {"x": i}, compute=lambda w: 0, save=_save, load=_load)[1]
+            for i in range(3)]
+    (tmp_path / "s" / keys[1] / "v.json").write_text("666")  # corrupted
+    (tmp_path / "s" / keys[2] / "extra.bin").write_bytes(b"x")  # a file nobody wrote
+    (tmp_path / "t" / "abc.partial").mkdir(parents=True)  # interrupted
+    report = verify_cache(tmp_path)
+    assert (report.verified, sorted(report.bad), report.unfinished) == (
+        1, sorted([f"s/{keys[1]}", f"s/{keys[2]}"]), ("t/abc.partial",))
+    assert report.bad[f"s/{keys[1]}"] == ["v.json changed since it was written"]
+    assert report.bad[f"s/{keys[2]}"] == ["extra.bin was not written by the stage"]
+    assert main(["cache", "verify", "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"s/{keys[1]}: v.json" in out
+    assert "1 stages verified, 2 bad, 1 unfinished (.partial)" in out
+    for key in keys[1:]:
+        shutil.rmtree(tmp_path / "s" / key)
+    assert main(["cache", "verify", "--root", str(tmp_path)]) == 0
+    assert "1 stages verified, 0 bad, 1 unfinished" in capsys.readouterr().out
+
+
+def test_cache_verify_data_checks_each_file_against_its_sha256(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from eisbench.cli import main
+    from eisbench.data.cache import save_image_data
+    from eisbench.data.core import ImageData
+
+    x, y = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)
+    for name in ("a", "b"):
+        save_image_data(tmp_path / name / f"{name}.safetensors",
+                        ImageData(name, x, y, x.clone(), y.clone(), 2, "0" * 64))
+    assert main(["cache", "verify", "--data", "--root", str(tmp_path)]) == 0
+    (tmp_path / "b" / "b.safetensors").write_bytes(b"changed")
+    assert main(["cache", "verify", "--data", "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "b/b.safetensors: cache file" in out and "1 data files verified, 1 bad" in out

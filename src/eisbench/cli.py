@@ -1,5 +1,5 @@
 """The ``eisbench`` command line: run, bench, train, attack, scan, audit, replace, data fetch,
-list."""
+cache verify, list."""
 
 from __future__ import annotations
 
@@ -186,11 +186,23 @@ def _add_data_command(sub: Any) -> None:
     f.add_argument("--root", help="folder holding the source files instead of the default")
 
 
+def _add_cache_command(sub: Any) -> None:
+    """``cache verify``."""
+    c = sub.add_parser("cache", help="the stage and data caches")
+    csub = c.add_subparsers(dest="cache_cmd", required=True)
+    v = csub.add_parser("verify", help="check every cached stage's files against the sha256 "
+                        "in its done.json (exit 1 if any is bad)")
+    v.add_argument("--data", action="store_true",
+                   help="check the dataset cache files against their .sha256 instead")
+    v.add_argument("--root", type=Path, help="cache folder instead of the default")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eisbench", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     for add in (_add_run_commands, _add_train_command, _add_attack_command, _add_scan_command,
-                _add_replace_command, _add_audit_command, _add_data_command):
+                _add_replace_command, _add_audit_command, _add_data_command,
+                _add_cache_command):
         add(sub)
     sub.add_parser("list", help="list every registry")
     return p
@@ -255,6 +267,21 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    """``cache verify``: one line per bad entry, then the counts; exit 1 if any is bad."""
+    from eisbench.core.paths import cache_dir, data_dir
+    from eisbench.runs.store import verify_cache, verify_data_cache
+
+    root = args.root or (data_dir() if args.data else cache_dir())
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root {root} is not a folder")
+    report = verify_data_cache(root) if args.data else verify_cache(root)
+    for entry, problems in report.bad.items():
+        print(f"{entry}: {'; '.join(problems)}")
+    print(report.summary())
+    return 1 if report.bad else 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from eisbench.attacks import ATTACKS
     from eisbench.bench.edit_methods import EDIT_METHODS
@@ -281,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "bench": _cmd_run, "train": _cmd_train, "attack": cmd_attack,
                 "scan": cmd_scan, "audit": cmd_audit, "replace": cmd_replace,
-                "data": _cmd_data, "list": _cmd_list}
+                "data": _cmd_data, "cache": _cmd_cache, "list": _cmd_list}
     try:
         return handlers[args.cmd](args)
     except (UnknownNameError, ValueError, FileNotFoundError, RuntimeError) as e:

@@ -39,7 +39,8 @@ def _check_attack_flags(args: argparse.Namespace) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    """``attack``: robust accuracy of a model under a suite or one attack, with its checks."""
+    """``attack``: robust accuracy of a model under a suite or one attack, with its checks. The
+    model contract (:func:`~eisbench.models.contract.check_model`) is checked before any attack."""
     from eisbench import data
     from eisbench.attacks import ATTACKS
     from eisbench.attacks.evaluate import evaluation_hyper
@@ -47,6 +48,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from eisbench.core.stats import wilson_ci
     from eisbench.evaluation import SUITES, evaluate_robustness
     from eisbench.models import load_checkpoint
+    from eisbench.models.contract import check_model
 
     _check_attack_flags(args)
     device = resolve_device(args.device)
@@ -64,6 +66,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     x, y = ds.x_test[:args.n], ds.y_test[:args.n]
     if args.scale != 1.0:
         model = Scaled(model, args.scale)
+    check_model(model, x, num_classes=ds.num_classes, device=device)  # before any attack
     control, surrogate = (load_checkpoint(p).to(device) if p else None
                           for p in (args.control, args.surrogate))
     t0 = time.perf_counter()

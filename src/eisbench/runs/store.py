@@ -99,22 +99,90 @@ def _hashes(folder: Path) -> dict[str, str]:
     return out
 
 
+def verify_stage(folder: Path) -> list[str]:
+    """What is wrong with the finished stage ``folder`` (``<root>/<stage>/<key>``): one line per
+    problem (a changed, missing or unlisted file, or an unreadable ``done.json``); empty if every
+    file matches the sha256 its ``done.json`` lists."""
+    return _checked(folder)[1]
+
+
+def _checked(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """(``done.json`` or None if unreadable, problems) of the finished stage ``folder``."""
+    try:
+        meta: dict[str, Any] = json.loads((folder / "done.json").read_text())
+        expected = dict(meta["files"])
+        float(meta["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, ["its done.json is unreadable or predates content hashes"]
+    found = _hashes(folder)
+    return meta, [f"{f} {_file_problem(f, expected, found)}"
+                  for f in sorted(expected.keys() | found.keys())
+                  if expected.get(f) != found.get(f)]
+
+
+def _file_problem(f: str, expected: dict[str, str], found: dict[str, str]) -> str:
+    """What is wrong with file ``f`` whose hash on disk differs from the one listed."""
+    if f not in expected:
+        return "was not written by the stage"
+    return "is missing" if f not in found else "changed since it was written"
+
+
 def _verified(final: Path, *, name: str, key: str) -> dict[str, Any] | None:
     """``done.json`` of a finished stage if every file it lists is intact, else None (with a
     warning that names the stage, the files and what happens next)."""
-    try:
-        meta: dict[str, Any] = json.loads((final / "done.json").read_text())
-        expected = meta["files"]
-        float(meta["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        problem = "its done.json is unreadable or predates content hashes"
-    else:
-        found = _hashes(final)
-        bad = sorted(f for f in expected.keys() | found.keys()
-                     if expected.get(f) != found.get(f))
-        if not bad:
-            return meta
-        problem = f"{len(bad)} file(s) changed since it was written: {', '.join(bad[:5])}"
-    warnings.warn(f"stage cache: {name}/{key} ({final}): {problem}; recomputing it instead of "
-                  "serving it", stacklevel=3)
+    meta, problems = _checked(final)
+    if meta is not None and not problems:
+        return meta
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    warnings.warn(f"stage cache: {name}/{key} ({final}): {'; '.join(problems[:5])}{more}; "
+                  "recomputing it instead of serving it", stacklevel=3)
     return None
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """What :func:`verify_cache` or :func:`verify_data_cache` found: ``bad`` maps each broken
+    entry (``stage/key``, or a data file's relative path) to its problems."""
+
+    what: str
+    verified: int
+    bad: dict[str, list[str]]
+    unfinished: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        tail = f", {len(self.unfinished)} unfinished (.partial)" if self.what == "stages" else ""
+        return f"{self.verified} {self.what} verified, {len(self.bad)} bad{tail}"
+
+
+def verify_cache(root: Path) -> CacheReport:
+    """Check every finished stage ``<root>/<stage>/<key>/`` with :func:`verify_stage`;
+    ``<key>.partial`` folders (interrupted or running stages) are counted, not checked."""
+    bad: dict[str, list[str]] = {}
+    verified, unfinished = 0, []
+    for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        entry = f"{folder.parent.name}/{folder.name}"
+        if folder.name.endswith(".partial"):
+            unfinished.append(entry)
+        elif problems := verify_stage(folder):
+            bad[entry] = problems
+        else:
+            verified += 1
+    return CacheReport("stages", verified, bad, tuple(unfinished))
+
+
+def verify_data_cache(root: Path) -> CacheReport:
+    """Check every dataset cache file ``<root>/**/*.safetensors`` against its ``<file>.sha256``
+    (:func:`eisbench.data.cache.read_verified`)."""
+    from eisbench.data.cache import read_verified
+    from eisbench.data.core import DataError
+
+    bad: dict[str, list[str]] = {}
+    verified = 0
+    for path in sorted(root.rglob("*.safetensors")):
+        try:
+            read_verified(path)
+        except DataError as e:
+            bad[path.relative_to(root).as_posix()] = [str(e)]
+        else:
+            verified += 1
+    return CacheReport("data files", verified, bad)
