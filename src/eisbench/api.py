@@ -164,7 +164,7 @@ def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None
     Example (an untrained linear model on the 8x8 digits, a very small audit):
         >>> import torch
         >>> _ = torch.manual_seed(0)
-        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
         >>> rec = audit(net, data="digits", out=tempfile.mkdtemp(), quick=True, eps=(0.1,),
         ...             n_robust=16, scan_steps=5, n_scan=16, references=("mlp",),
         ...             reference_train={"epochs": 1}, n_transfer=32, distillers=("tree",),
