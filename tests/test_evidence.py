@@ -92,3 +92,19 @@ def test_an_exhibit_whose_only_experiment_failed_is_listed_incomplete() -> None:
     assert rows == [] and exhibits["G"]["incomplete"] == ["ntk"]
     assert exhibits["G"]["world"] == "inconclusive" and exhibits["G"]["claims"] == 0
     assert set(EXHIBIT_OF.values()) == set("ABCDEFGH")  # every exhibit has an experiment
+
+
+def test_each_experiment_is_filed_under_the_exhibit_its_claims_name() -> None:
+    """EXHIBIT_OF decides which exhibit a failed experiment makes incomplete: a wrong entry
+    (say transfer filed under C) would mark the wrong exhibit, so it must agree with the
+    exhibit every claim of that experiment's module declares."""
+    import re
+
+    import eisbench.experiments as pkg
+    from eisbench.experiments.suite import EXHIBIT_OF
+
+    root = Path(pkg.__file__).parent
+    for name, exhibit in EXHIBIT_OF.items():
+        src = (root / f"{name.replace('-', '_')}.py").read_text()
+        declared = set(re.findall(r'exhibit"?\s*[=:]\s*"([A-H])"', src))
+        assert declared == {exhibit}, (name, declared)
