@@ -41,8 +41,8 @@ def test_train_then_attack_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixt
                  "--out", str(stem)]) == 0
     assert main(["attack", "--checkpoint", str(stem), "--dataset", "digits", "--eps", "0.3",
                  "--suite", "fast", "--n", "50", "--n-checks", "30", "--control", str(stem),
-                 "--out", str(tmp_path / "res.json")]) == 0
-    res = json.loads((tmp_path / "res.json").read_text())
+                 "--out", str(tmp_path / "res")]) == 0
+    res = json.loads((tmp_path / "res" / "attack.json").read_text())
     assert res["suite"] == "fast" and [a["name"] for a in res["per_attack"]] == ["apgd", "apgd-t"]
     assert 0 <= res["ci95"][0] <= res["robust_acc"] <= res["ci95"][1] <= 1
     checks = {c["name"]: c for c in res["checks"]}
@@ -186,17 +186,18 @@ def test_train_refuses_an_out_it_cannot_create(tmp_path: Path, no_work: None,
 
 
 def test_train_creates_the_folder_of_out(tmp_path: Path) -> None:
-    stem = tmp_path / "newdir" / "m"
+    out = tmp_path / "newdir" / "m"
     assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "1",
-                 "--out", str(stem)]) == 0
-    assert (tmp_path / "newdir").is_dir() and stem.with_suffix(".safetensors").is_file()
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
+    assert [p.name for p in (tmp_path / "newdir").iterdir()] == ["m"]  # no temporary left
 
 
 @pytest.mark.parametrize(("flags", "named"), [
     (["--eps", "nan"], "--eps"), (["--eps", "-1"], "--eps"), (["--n", "-5"], "--n "),
     (["--n-checks", "0"], "--n-checks"), (["--attack", "pgd", "--steps", "-1"], "--steps"),
     (["--attack", "apgd", "--restarts", "0"], "--restarts"), (["--scale", "0"], "--scale"),
-    (["--scale", "inf"], "--scale"), (["--out", "."], "existing folder")])
+    (["--scale", "inf"], "--scale"), (["--out", "/dev/null"], "must be a folder")])
 def test_attack_refuses_bad_flags_before_any_work(
         flags: list[str], named: str, tmp_path: Path, no_work: None,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +211,7 @@ def test_attack_refuses_bad_flags_before_any_work(
 def test_attack_refuses_an_out_under_a_file(tmp_path: Path, no_work: None,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("")
-    assert main(["attack", "--checkpoint", "m", "--out", str(tmp_path / "file" / "r.json")]) == 2
+    assert main(["attack", "--checkpoint", "m", "--out", str(tmp_path / "file" / "r")]) == 2
     assert "--out" in capsys.readouterr().err
 
 
@@ -227,3 +228,89 @@ def test_scan_refuses_bad_flags_before_any_work(
     err = capsys.readouterr().err
     assert err.startswith("eisbench: error: ") and named in err
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def _previous_run(out: Path) -> dict[str, bytes]:
+    out.mkdir(parents=True)
+    files = {"record.json": b'{"old": 1}', "report.html": b"<p>old</p>"}
+    for name, blob in files.items():
+        (out / name).write_bytes(blob)
+    return files
+
+
+@pytest.mark.parametrize("cmd", [
+    ["train", "--dataset", "digits"], ["attack", "--checkpoint", "m"],
+    ["scan", "--checkpoint", "m"], ["replace", "--checkpoint", "m"],
+    ["audit", "--checkpoint", "m"], ["run", "goh-linear"], ["bench", "replace"]])
+def test_every_command_refuses_to_overwrite_a_previous_run_without_force(
+        cmd: list[str], tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _previous_run(tmp_path / "out")
+    assert main([*cmd, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "already holds outputs (record.json, report.html)" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == files
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failed_forced_run_leaves_the_previous_outputs_and_a_good_one_replaces_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from eisbench.api import find
+
+    files = _previous_run(tmp_path / "out")
+    args = ["run", "goh-linear", "--dataset", "digits", "--seeds", "1",
+            "--set", "contamination=0.0,0.2", "--out", str(tmp_path / "out"), "--force"]
+    exp = find("goh-linear")
+
+    def dies(cfg: object, **kw: object) -> object:
+        (Path(str(kw["out"])) / "half.json").write_text("{")  # a half-written output
+        raise RuntimeError("failed half way")
+
+    monkeypatch.setattr("eisbench.runs.experiment.Experiment.run",
+                        lambda self, cfg, *, out, store: dies(cfg, out=out))
+    assert main(args) == 2
+    assert "failed half way" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == files
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
+    monkeypatch.undo()
+    assert main(args) == 0
+    rec = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert rec["experiment"] == exp.name and (tmp_path / "out" / "report.html").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_full_disk_is_reported_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk says so and where, whether the write raised ENOSPC or a library's raw
+    C++ error (safetensors and torch.save report one as "enforce fail" or "basic_ios")."""
+    import errno
+    import os
+
+    def enospc(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.bin"))
+
+    monkeypatch.setattr("eisbench.cli._cmd_list", enospc)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing" in err and "x.bin" in err
+
+    real = os.statvfs
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    def raw(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("enforce fail at inline_container.cc:664] . unexpected pos 64")
+
+    monkeypatch.setattr("eisbench.cli._cmd_list", raw)
+    monkeypatch.setattr(os, "statvfs", lambda p: Full() if str(p).startswith(
+        str(tmp_path)) else real(p))
+    monkeypatch.setenv("EISBENCH_HOME", str(tmp_path / "home"))
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert "enforce fail" in err and f"the disk holding {tmp_path}" in err
+    assert "is full (12288 bytes free)" in err
+    monkeypatch.setattr(os, "statvfs", real)
+    assert main(["list"]) == 2
+    assert "is full" not in capsys.readouterr().err  # a raw error on a disk with room: as is

@@ -57,7 +57,7 @@ def test_interrupted_stage_leaves_no_result_and_resumes_in_place(tmp_path: Path)
         return 7
 
     out, key = store.run("s", {"x": 1}, compute=resuming, save=_save, load=_load)
-    assert out == 7 and (tmp_path / "s" / key / "done.json").exists()
+    assert out == 7 and (store.folder("s", key) / "done.json").exists()
     assert not seen[0].exists()  # the partial folder was published
 
 
@@ -114,16 +114,16 @@ def test_a_corrupted_cached_file_is_recomputed_not_served(tmp_path: Path) -> Non
         return 5
 
     _, key = store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)
-    (tmp_path / "s" / key / "v.json").write_text("666")  # flipped on disk
+    (store.folder("s", key) / "v.json").write_text("666")  # flipped on disk
     with pytest.warns(UserWarning, match=r"s/.*v\.json.*recomputing"):
         out, key2 = store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)
     assert (out, key2, len(calls)) == (5, key, 2)
     assert store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)[0] == 5
     assert len(calls) == 2  # repaired: served from the cache again
-    (tmp_path / "s" / key / "extra.bin").write_bytes(b"x")  # a file nobody wrote
+    (store.folder("s", key) / "extra.bin").write_bytes(b"x")  # a file nobody wrote
     with pytest.warns(UserWarning, match="extra.bin"):
         store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)
-    (tmp_path / "s" / key / "done.json").write_text('{"seconds": 1}')  # no hashes: unverifiable
+    (store.folder("s", key) / "done.json").write_text('{"seconds": 1}')  # no hashes: unverifiable
     with pytest.warns(UserWarning, match="content hashes"):
         store.run("s", {"x": 1}, compute=compute, save=_save, load=_load)
     assert len(calls) == 4
@@ -153,7 +153,7 @@ def test_two_processes_on_one_cache_both_finish_with_one_computation(tmp_path: P
     results = [json.loads((tmp_path / f"o{i}").read_text()) for i in range(2)]
     assert results[0] == results[1] and results[0][0] == 9
     key = results[0][1]
-    assert len(list((tmp_path / "s" / key).glob("started-*"))) == 1  # computed once
+    assert len(list(Store(tmp_path).folder("s", key).glob("started-*"))) == 1  # computed once
 
 
 def test_cache_verify_counts_good_bad_and_unfinished_stages(
@@ -163,7 +163,7 @@ def test_cache_verify_counts_good_bad_and_unfinished_stages(
 
     store = Store(tmp_path)
     keys = [store.run("s", {"x": i}, compute=lambda w: 0, save=_save, load=_load)[1]
-            for i in range(3)]
+            .partition("@")[0] for i in range(3)]
     (tmp_path / "s" / keys[1] / "v.json").write_text("666")  # corrupted
     (tmp_path / "s" / keys[2] / "extra.bin").write_bytes(b"x")  # a file nobody wrote
     (tmp_path / "t" / "abc.partial").mkdir(parents=True)  # interrupted
@@ -199,3 +199,68 @@ def test_cache_verify_data_checks_each_file_against_its_sha256(
     assert main(["cache", "verify", "--data", "--root", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "b/b.safetensors: cache file" in out and "1 data files verified, 1 bad" in out
+
+
+def test_downstream_stages_are_keyed_by_the_content_of_their_inputs(tmp_path: Path) -> None:
+    """An upstream stage recomputed with other bytes (non-deterministic training after a
+    corruption) must not let its dependants serve results computed from the old bytes; the
+    same bytes again must keep them cached."""
+    store, up_value, calls = Store(tmp_path), [1], []
+
+    def upstream() -> str:
+        return store.run("up", {"x": 1}, compute=lambda w: up_value[0], save=_save,
+                         load=_load)[1]
+
+    def downstream(ref: str) -> int:
+        def compute(work: Path) -> int:
+            calls.append(ref)
+            return _load(store.folder("up", ref))
+        return store.run("down", {}, inputs=(ref,), compute=compute, save=_save, load=_load)[0]
+
+    ref = upstream()
+    assert downstream(ref) == 1 and len(calls) == 1
+    (store.folder("up", ref) / "v.json").write_text("666")  # corrupted: recomputed, same bytes
+    with pytest.warns(UserWarning, match="recomputing"):
+        assert upstream() == ref
+    assert downstream(ref) == 1 and len(calls) == 1  # same content: still served
+    (store.folder("up", ref) / "v.json").write_text("666")
+    up_value[0] = 2  # the recomputation now gives other bytes
+    with pytest.warns(UserWarning, match="recomputing"):
+        ref2 = upstream()
+    assert ref2.partition("@")[0] == ref.partition("@")[0] and ref2 != ref
+    assert downstream(ref2) == 2 and len(calls) == 2  # recomputed from the new content
+
+
+def test_cache_gc_removes_what_no_run_can_reach_and_keeps_the_rest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eisbench.cli import main
+    from eisbench.runs.store import collect_garbage
+
+    store = Store(tmp_path)
+    up = store.run("up", {"x": 1}, compute=lambda w: 1, save=_save, load=_load)[1]
+    down = store.run("down", {}, inputs=(up,), compute=lambda w: 2, save=_save, load=_load)[1]
+    orphan = store.run("down", {"y": 1}, inputs=("0" * 16 + "@" + "1" * 16,),
+                       compute=lambda w: 3, save=_save, load=_load)[1]
+    old = store.run("up", {"x": 2}, compute=lambda w: 4, save=_save, load=_load)[1]
+    meta = json.loads((store.folder("up", old) / "done.json").read_text())
+    (store.folder("up", old) / "done.json").write_text(json.dumps(
+        {**meta, "code_version": "0.0.1"}))
+    bad = store.run("up", {"x": 3}, compute=lambda w: 5, save=_save, load=_load)[1]
+    (store.folder("up", bad) / "v.json").write_text("6")
+    under_bad = store.run("down", {"z": 1}, inputs=(bad,), compute=lambda w: 7, save=_save,
+                          load=_load)[1]
+    (tmp_path / "up" / "abc.partial").mkdir()  # an interrupted stage: kept
+    before = {p for p in tmp_path.glob("*/*") if p.is_dir()}
+
+    dry = collect_garbage(tmp_path, dry_run=True)
+    assert {p for p in tmp_path.glob("*/*") if p.is_dir()} == before
+    gone = {f"down/{orphan.partition('@')[0]}", f"up/{old.partition('@')[0]}",
+            f"up/{bad.partition('@')[0]}", f"down/{under_bad.partition('@')[0]}"}
+    assert set(dry.removed) == gone and dry.kept == 2 and dry.interrupted == ("up/abc.partial",)
+    assert "eisbench 0.0.1" in dry.removed[f"up/{old.partition('@')[0]}"]
+    assert main(["cache", "gc", "--root", str(tmp_path)]) == 0
+    assert "removed 4 stages" in capsys.readouterr().out
+    assert {f"{p.parent.name}/{p.name}" for p in tmp_path.glob("*/*") if p.is_dir()} == {
+        f"up/{up.partition('@')[0]}", f"down/{down.partition('@')[0]}", "up/abc.partial"}
+    assert store.run("down", {}, inputs=(up,), compute=lambda w: 9, save=_save,
+                     load=_load)[0] == 2  # what was kept is still served

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from eisbench.core.paths import cache_dir, home
+from eisbench.core.paths import cache_dir, home, output_folder
 from eisbench.core.registry import UnknownNameError
 from eisbench.runs import presets
 from eisbench.runs.experiment import Experiment
@@ -117,13 +117,16 @@ def fresh_folder(name: str) -> Path:
 def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         store: Store | None = None, dataset: str | None = None, data_root: str | None = None,
         seeds: int | Sequence[int] | None = None, device: str = "cpu",
-        overrides: Sequence[str] = (), **fields: Any) -> RunRecord:
+        overrides: Sequence[str] = (), force: bool = False, **fields: Any) -> RunRecord:
     """Run the experiment or benchmark ``name`` with its ``preset`` config changed as
     :func:`eisbench.runs.presets.configure` says (``seeds``: a count N for 0..N-1, or the
     seeds; ``fields``: config fields by name; ``overrides``: ``"a.b=value"`` strings), write
     ``record.json`` and ``report.html`` into ``out`` (default: a fresh folder under
     ``$EISBENCH_HOME/runs``) and return the record. ``store``: the stage cache (default: the
-    one under ``$EISBENCH_HOME``), so finished stages are reused.
+    one under ``$EISBENCH_HOME``), so finished stages are reused. A folder that already holds
+    outputs is refused unless ``force``; the outputs appear in ``out`` only once the run has
+    finished (:func:`~eisbench.core.paths.output_folder`), so a failed run leaves the previous
+    ones as they were.
 
     Example:
         >>> rec = run("goh-linear", dataset="digits", seeds=1, contamination=(0.0, 0.2),
@@ -143,15 +146,16 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
     cfg = presets.configure(exp, preset, dataset=dataset, data_root=data_root, seeds=seeds,
                             device=device, overrides=overrides, **fields)
     folder = Path(out) if out is not None else fresh_folder(name)
-    rec = exp.run(cfg, out=folder, store=store if store is not None else Store(cache_dir()))
-    report = exp.report(rec, folder)
-    return RunRecord(rec, out=folder, report=report)
+    with output_folder(folder, force=force) as work:
+        rec = exp.run(cfg, out=work, store=store if store is not None else Store(cache_dir()))
+        report = exp.report(rec, work)
+    return RunRecord(rec, out=folder, report=folder / report.relative_to(work))
 
 
 def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None,
           out: str | Path | None = None, quick: bool = False, store: Store | None = None,
           name: str = "model", device: str = "cpu", overrides: Sequence[str] = (),
-          **settings: Any) -> RunRecord:
+          force: bool = False, **settings: Any) -> RunRecord:
     """Audit ``model`` (images (B, C, H, W) in [0,1] of dataset ``data`` -> logits (B, K)):
     clean and robust accuracy with their checks, trojan scan, transfer, replacements and the
     tools' images (:mod:`eisbench.bench.audit`); write ``record.json``, ``report.html`` and the
@@ -159,7 +163,8 @@ def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None
 
     ``quick``: the smoke-test preset (fewer images and steps); ``settings``: fields of
     :class:`~eisbench.bench.audit.AuditConfig` by name; ``overrides``: ``"key=value"``
-    strings (as ``eisbench audit --set``); ``name`` labels the model in the report.
+    strings (as ``eisbench audit --set``); ``name`` labels the model in the report; ``out``
+    and ``force`` as in :func:`run`.
 
     Example (an untrained linear model on the 8x8 digits, a very small audit):
         >>> import torch
@@ -185,10 +190,12 @@ def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None
                                         "device": device})
     cfg = apply(presets.replace_fields(cfg, settings), list(overrides))
     folder = Path(out) if out is not None else fresh_folder("audit")
-    rec = run_audit(model, cfg, out=folder, store=store if store is not None
-                    else Store(cache_dir()), name=name)
-    report = write_report(rec, folder)
-    return RunRecord(rec, out=folder, report=report, lines=summary(rec))
+    with output_folder(folder, force=force) as work:
+        rec = run_audit(model, cfg, out=work, store=store if store is not None
+                        else Store(cache_dir()), name=name)
+        report = write_report(rec, work)
+    return RunRecord(rec, out=folder, report=folder / report.relative_to(work),
+                     lines=summary(rec))
 
 
 def load_model(source: str | Path, *, weights: str | Path | None = None,

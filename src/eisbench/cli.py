@@ -1,9 +1,10 @@
 """The ``eisbench`` command line: run, bench, train, attack, scan, audit, replace, data fetch,
-cache verify, list."""
+cache verify, cache gc, list."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +19,8 @@ from eisbench.core.registry import UnknownNameError
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--checkpoint", help="eisbench checkpoint (<name>.safetensors + <name>.json)")
+    g.add_argument("--checkpoint", help="eisbench checkpoint: the folder eisbench train wrote, "
+                   "or <name> of <name>.safetensors + <name>.json")
     g.add_argument("--model", help="bring your own model: package.module:Class (on PYTHONPATH)")
     p.add_argument("--weights", help="weights for --model: .safetensors or a .pt state dict")
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for --model")
@@ -38,7 +40,18 @@ def _add_preset_args(r: argparse.ArgumentParser, *, default: str) -> None:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set n_construct=500 "
                         "--set robust_train.epochs=10 (repeatable; see the record's config)")
-    r.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_out_args(r, required=True)
+
+
+def _add_out_args(p: argparse.ArgumentParser, *, required: bool = False,
+                  what: str = "the outputs") -> None:
+    """``--out FOLDER`` and ``--force`` (every command that writes)."""
+    p.add_argument("--out", required=required, type=Path,
+                   help=f"folder to write {what} into (made if missing; written only when the "
+                   "command succeeds)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the outputs a previous run left in --out (only once this run "
+                   "has succeeded)")
 
 
 def _add_run_commands(sub: Any) -> None:
@@ -75,8 +88,8 @@ def _add_train_command(sub: Any) -> None:
                    help="epochs over which eps ramps up (>= 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
-    t.add_argument("--out", required=True, type=Path,
-                   help="checkpoint path stem (its folder is created)")
+    _add_out_args(t, required=True, what="the checkpoint (model.safetensors + model.json; "
+                  "pass the folder to --checkpoint)")
 
 def _add_attack_command(sub: Any) -> None:
     """``attack``: robust accuracy with a suite and its checks; the flags of ``--attack``
@@ -114,7 +127,7 @@ def _add_attack_command(sub: Any) -> None:
                    help="divide inputs by this (e.g. 255 for a model that expects raw pixels)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="cpu")
-    a.add_argument("--out", type=Path, help="write the result as JSON here")
+    _add_out_args(a, what="attack.json")
 
 def _add_scan_command(sub: Any) -> None:
     """``scan``: a trojan scan of every class."""
@@ -140,8 +153,7 @@ def _add_scan_command(sub: Any) -> None:
                    help="anomaly index above which a class is flagged")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
-    s.add_argument("--out", type=Path, help="write scan.json, triggers.safetensors and "
-                   "scan.html into this folder")
+    _add_out_args(s, what="scan.json, triggers.safetensors and scan.html")
 
 def _add_replace_command(sub: Any) -> None:
     """``replace``: distil a model."""
@@ -161,7 +173,7 @@ def _add_replace_command(sub: Any) -> None:
     rp.add_argument("--n-test", type=int, help="first test images (default: all)")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--device", default="cpu")
-    rp.add_argument("--out", type=Path, help="write replace.json and report.html here")
+    _add_out_args(rp, what="replace.json and report.html")
 
 def _add_audit_command(sub: Any) -> None:
     """``audit``: one report on a model."""
@@ -175,7 +187,7 @@ def _add_audit_command(sub: Any) -> None:
     au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an audit setting, e.g. --set eps=0.1,0.2 --set n_robust=1000")
     au.add_argument("--device", default="cpu")
-    au.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_out_args(au, required=True, what="record.json, report.html and the images")
 
 def _add_data_command(sub: Any) -> None:
     """``data fetch``."""
@@ -187,7 +199,7 @@ def _add_data_command(sub: Any) -> None:
 
 
 def _add_cache_command(sub: Any) -> None:
-    """``cache verify``."""
+    """``cache verify`` and ``cache gc``."""
     c = sub.add_parser("cache", help="the stage and data caches")
     csub = c.add_subparsers(dest="cache_cmd", required=True)
     v = csub.add_parser("verify", help="check every cached stage's files against the sha256 "
@@ -195,6 +207,11 @@ def _add_cache_command(sub: Any) -> None:
     v.add_argument("--data", action="store_true",
                    help="check the dataset cache files against their .sha256 instead")
     v.add_argument("--root", type=Path, help="cache folder instead of the default")
+    g = csub.add_parser("gc", help="remove the cached stages no run of this version can reach: "
+                        "other versions' stages, broken ones, and those whose inputs are gone "
+                        "(interrupted stages are kept)")
+    g.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    g.add_argument("--root", type=Path, help="cache folder instead of the default")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -214,7 +231,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     full = args.full or (args.default_mode == "full" and not args.quick)
     rec = run(args.experiment, "full" if full else "quick", out=args.out, dataset=args.dataset,
               data_root=args.data_root, seeds=args.seeds, device=args.device,
-              overrides=args.set)
+              overrides=args.set, force=args.force)
     print(rec.summary(max_metrics=None if args.cmd == "bench" else 6))
     for r in rec["details"].get("runs", []):  # the evidence suite: experiments that failed
         if not r["ok"]:
@@ -223,11 +240,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """``train``: the flags, the method and the checkpoint's folder are checked (the folder
-    made) before the data is loaded; then one training run and its checkpoint."""
+    """``train``: the flags, the method and the output folder are checked before the data is
+    loaded; then one training run, and its checkpoint ``<out>/model.safetensors`` +
+    ``<out>/model.json``."""
     from eisbench import data
     from eisbench.core.config import resolve_device
-    from eisbench.core.validate import file_out, finite, integer, positive_int
+    from eisbench.core.paths import output_folder
+    from eisbench.core.validate import finite, integer, positive_int
     from eisbench.models import MODELS, ModelSpec, save_checkpoint
     from eisbench.training import TRAINING_METHODS, TrainConfig, train
 
@@ -243,17 +262,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       attack_steps=args.attack_steps, eps_warmup_epochs=args.eps_warmup_epochs)
     TRAINING_METHODS.get(args.method)  # unknown name: clear error with the closest match
     MODELS.get(args.arch)
-    file_out("--out", args.out, create_parent=True)
-    ds = data.load(args.dataset, root=args.data_root)
-    spec = ModelSpec(arch=args.arch, in_shape=ds.shape, num_classes=ds.num_classes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        model = spec.build()
-    t0 = time.perf_counter()
-    model = train(model, ds.x_train, ds.y_train, cfg=cfg, seed=args.seed,
-                  device=resolve_device(args.device), desc=f"{args.arch} {args.method}")
-    path = save_checkpoint(model, spec, args.out)
-    print(f"trained in {time.perf_counter() - t0:.0f} s -> {path}")
+    device = resolve_device(args.device)
+    with output_folder(args.out, force=args.force) as work:
+        ds = data.load(args.dataset, root=args.data_root)
+        spec = ModelSpec(arch=args.arch, in_shape=ds.shape, num_classes=ds.num_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            model = spec.build()
+        t0 = time.perf_counter()
+        model = train(model, ds.x_train, ds.y_train, cfg=cfg, seed=args.seed, device=device,
+                      desc=f"{args.arch} {args.method}")
+        save_checkpoint(model, spec, work / "model")
+    print(f"trained in {time.perf_counter() - t0:.0f} s -> {args.out / 'model.safetensors'} "
+          f"(pass --checkpoint {args.out})")
     return 0
 
 
@@ -268,13 +289,20 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    """``cache verify``: one line per bad entry, then the counts; exit 1 if any is bad."""
+    """``cache verify``: one line per bad entry, then the counts; exit 1 if any is bad.
+    ``cache gc``: one line per removed stage with its reason, then the counts."""
     from eisbench.core.paths import cache_dir, data_dir
-    from eisbench.runs.store import verify_cache, verify_data_cache
+    from eisbench.runs.store import collect_garbage, verify_cache, verify_data_cache
 
-    root = args.root or (data_dir() if args.data else cache_dir())
+    root = args.root or (data_dir() if getattr(args, "data", False) else cache_dir())
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root} is not a folder")
+    if args.cache_cmd == "gc":
+        gc = collect_garbage(root, dry_run=args.dry_run)
+        for entry, why in gc.removed.items():
+            print(f"{entry}: {why}")
+        print(gc.summary(dry_run=args.dry_run))
+        return 0
     report = verify_data_cache(root) if args.data else verify_cache(root)
     for entry, problems in report.bad.items():
         print(f"{entry}: {'; '.join(problems)}")
@@ -304,6 +332,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(e: BaseException, args: argparse.Namespace) -> str:
+    """The error's message, with what happened where a full disk caused it (libraries that
+    write through C++ report a full disk as e.g. "enforce fail" or "basic_ios::clear")."""
+    import errno
+
+    from eisbench.core.paths import disk_full_hint, home
+
+    text = str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {e.filename}" if e.filename else ""
+        text = f"no space left on the device{where} ({e.strerror})"
+    folders = [p for p in (getattr(args, "out", None), getattr(args, "root", None)) if p]
+    with contextlib.suppress(OSError):
+        folders.append(home())
+    hint = disk_full_hint(*folders)
+    return f"{text}: {hint}" if hint else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "bench": _cmd_run, "train": _cmd_train, "attack": cmd_attack,
@@ -311,8 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "data": _cmd_data, "cache": _cmd_cache, "list": _cmd_list}
     try:
         return handlers[args.cmd](args)
-    except (UnknownNameError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"eisbench: error: {e}", file=sys.stderr)
+    except (UnknownNameError, ValueError, OSError, RuntimeError) as e:
+        print(f"eisbench: error: {_explain(e, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("eisbench: interrupted; finished stages are cached, run again to resume",

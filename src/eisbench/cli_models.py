@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from eisbench.core.paths import check_output_folder, output_folder
+
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model of ``--checkpoint`` (read as a checkpoint whatever its name: it never imports
@@ -25,7 +27,7 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
 def _check_attack_flags(args: argparse.Namespace) -> None:
     """Refuse a bad number or ``--out`` of ``attack`` (a ``ValueError`` naming the flag, the
     value and the allowed range) before any model or data is loaded."""
-    from eisbench.core.validate import file_out, finite, positive_int
+    from eisbench.core.validate import finite, positive_int
 
     finite("--eps", args.eps, lo=0.0)
     finite("--scale", args.scale, lo=0.0, lo_open=True)
@@ -35,7 +37,7 @@ def _check_attack_flags(args: argparse.Namespace) -> None:
     if getattr(args, "step_size", None) is not None:
         finite("--step-size", args.step_size, lo=0.0, lo_open=True)
     if args.out:
-        file_out("--out", args.out)
+        check_output_folder(args.out, force=args.force)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -84,15 +86,16 @@ def cmd_attack(args: argparse.Namespace) -> int:
           f"({', '.join(a['name'] for a in ev.result.per_attack)}); "
           f"{len(ev.warnings)} of {len(ev.checks)} sanity checks failed", file=sys.stderr)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2))
+        with output_folder(args.out, force=args.force) as work:
+            (work / "attack.json").write_text(json.dumps(res, indent=2))
+        print(f"result: {args.out / 'attack.json'}", file=sys.stderr)
     return 0
 
 
 def _check_scan_flags(args: argparse.Namespace) -> None:
     """Refuse a bad number or ``--out`` of ``scan`` (a ``ValueError`` naming the flag, the value
     and the allowed range) before any model or data is loaded."""
-    from eisbench.core.validate import finite, folder_out, positive_int
+    from eisbench.core.validate import finite, positive_int
 
     for flag in ("n", "steps", "batch_size"):
         positive_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
@@ -101,7 +104,7 @@ def _check_scan_flags(args: argparse.Namespace) -> None:
     finite("--lam", args.lam, lo=0.0)
     finite("--threshold", args.threshold, lo=0.0)
     if args.out:
-        folder_out("--out", args.out)
+        check_output_folder(args.out, force=args.force)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -134,9 +137,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 "steps": args.steps, "lr": args.lr, "lam": args.lam,
                 "batch_size": args.batch_size, "threshold": args.threshold, "seed": args.seed,
                 "device": str(device), "seconds": seconds}
-        path = save_scan(res, args.out, extra={"settings": meta})
-        report = write_scan_report(res, args.out, meta=meta)
-        print(f"result: {path}\nreport: {report}")
+        with output_folder(args.out, force=args.force) as work:
+            path = save_scan(res, work, extra={"settings": meta})
+            report = write_scan_report(res, work, meta=meta)
+        print(f"result: {args.out / path.name}\nreport: {args.out / report.name}")
     return 0
 
 
@@ -149,6 +153,8 @@ def cmd_replace(args: argparse.Namespace) -> int:
     from eisbench.report.replace import write_model_report
 
     device = resolve_device(args.device)
+    if args.out:
+        check_output_folder(args.out, force=args.force)
     names = [n for n in args.distillers.split(",") if n]
     for n in names:
         DISTILLERS.get(n)  # unknown name: clear error with the closest match
@@ -173,10 +179,10 @@ def cmd_replace(args: argparse.Namespace) -> int:
         print(f"  {name:<14} size {p['size']:>6}  test {p['agree_test']:.3f}  OOD {ood}\n"
               f"      {p['description']}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "replace.json").write_text(json.dumps(res, indent=2))
-        report = write_model_report(res, args.out)
-        print(f"result: {args.out / 'replace.json'}\nreport: {report}")
+        with output_folder(args.out, force=args.force) as work:
+            (work / "replace.json").write_text(json.dumps(res, indent=2))
+            report = write_model_report(res, work)
+        print(f"result: {args.out / 'replace.json'}\nreport: {args.out / report.name}")
     return 0
 
 
@@ -195,12 +201,13 @@ class Scaled(torch.nn.Module):
 def cmd_audit(args: argparse.Namespace) -> int:
     from eisbench.api import audit
 
+    check_output_folder(args.out, force=args.force)
     try:
         model = load_model(args)
     except TypeError as e:  # the class does not take --model-kwargs
         raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
     rec = audit(model, data=args.data, data_root=args.data_root, out=args.out,
                 quick=args.quick, name=str(args.checkpoint or args.model), device=args.device,
-                overrides=args.set)
+                overrides=args.set, force=args.force)
     print(rec)
     return 0

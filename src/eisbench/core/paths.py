@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -42,3 +46,81 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def output_folder(out: Path, *, force: bool = False, flag: str = "--out") -> Iterator[Path]:
+    """Write a run's outputs into a fresh sibling of ``out`` and publish them as ``out`` only
+    if the block finishes: a run that fails (an error, an interruption, a full disk) leaves
+    the previous outputs in ``out`` untouched and no half-written folder behind.
+
+    Checked on entry, before any work: ``out`` is a folder or can be made there, and unless
+    ``force`` it holds no previous outputs (an empty folder is fine). Yields the folder to
+    write into.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "run"
+        >>> with output_folder(out) as work:
+        ...     _ = (work / "record.json").write_text("{}")
+        >>> sorted(p.name for p in out.iterdir())
+        ['record.json']
+        >>> with output_folder(out) as work:  # doctest: +ELLIPSIS
+        ...     pass
+        Traceback (most recent call last):
+        ...
+        ValueError: --out .../run already holds outputs (record.json): pass --force to replace them ...
+    """  # noqa: E501
+    out = Path(out)
+    check_output_folder(out, force=force, flag=flag)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        yield work
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+        if out.exists():
+            os.rename(out, old)
+        os.rename(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def check_output_folder(out: Path, *, force: bool = False, flag: str = "--out") -> None:
+    """Refuse (``ValueError``) an ``out`` that is a file, cannot be created, or holds outputs
+    (unless ``force``)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} must be a folder, got {out}, an existing file")
+    base = out.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{flag}: cannot create the folder {out}: {base} is a file")
+    if not os.access(base if base != out.absolute() else base.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: cannot write into {base}")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not force:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise ValueError(f"{flag} {out} already holds outputs ({shown}): pass --force to replace "
+                         "them (they are replaced only if the new run succeeds), or choose "
+                         "another folder")
+
+
+def disk_full_hint(*paths: Path, min_free: int = 1 << 20) -> str | None:
+    """A sentence naming the first of ``paths`` (or their nearest existing ancestor) whose
+    disk has less than ``min_free`` bytes free, else None. Used to explain a write that failed
+    with a raw library error."""
+    for path in paths:
+        p = Path(path).absolute()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        try:
+            st = os.statvfs(p)
+        except OSError:
+            continue
+        free = st.f_bavail * st.f_frsize
+        if free < min_free:
+            return (f"the disk holding {p} is full ({free} bytes free): free some space or "
+                    "choose another folder, then run again (finished stages are cached; "
+                    "previous outputs were left as they were)")
+    return None

@@ -211,7 +211,7 @@ def measure(cfg: IlyasConfig, *, out: Path, store: Store) -> Result:
     training: dict[str, list[dict[str, Any]]] = {}  # per-epoch history of the robust models
     for seed in cfg.seeds:
         std, rob = source_models(st, cfg, seed)
-        hist = store.root / "train" / rob[1] / "history.json"
+        hist = store.folder("train", rob[1]) / "history.json"
         if hist.exists():
             training[f"seed {seed} robust model"] = json.loads(hist.read_text())
         built = build_datasets(st, cfg, std, rob, seed)

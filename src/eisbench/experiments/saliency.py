@@ -270,7 +270,7 @@ def measure(cfg: SaliencyConfig, *, out: Path, store: Store) -> Result:
     for seed in cfg.seeds:
         row, models = one_seed(st, cfg, p, seed, timing=timing,
                                samples=samples if seed == cfg.seeds[0] else None)
-        hist = store.root / "train" / models["fast-at"][1] / "history.json"
+        hist = store.folder("train", models["fast-at"][1]) / "history.json"
         if hist.exists():
             training[f"seed {seed} fast-at model"] = json.loads(hist.read_text())
         per_seed.append(row)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from eisbench.core.paths import atomic_write_bytes
@@ -42,13 +42,12 @@ def _import_class(target: str) -> type[nn.Module]:
 
 
 def save_checkpoint(model: nn.Module, spec: ModelSpec, path: str | Path) -> Path:
-    """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path."""
+    """Write ``<path>.safetensors`` and ``<path>.json`` (each atomically); returns the
+    safetensors path. ``path`` may be a folder: ``<folder>/model``."""
     stem = _stem(path)
     weights = stem.with_name(stem.name + ".safetensors")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(weights)
+    atomic_write_bytes(weights, save(state))
     meta = {"version": SPEC_VERSION, **dataclasses.asdict(spec)}
     atomic_write_bytes(stem.with_name(stem.name + ".json"), json.dumps(meta, indent=2).encode())
     return weights
@@ -87,8 +86,11 @@ def load_foreign(target: str, weights: str | Path | None = None, *,
 
 
 def _stem(path: str | Path) -> Path:
-    """``dir/name`` for ``dir/name``, ``dir/name.json`` or ``dir/name.safetensors`` (dots kept)."""
+    """``dir/name`` for ``dir/name``, ``dir/name.json`` or ``dir/name.safetensors`` (dots kept);
+    ``folder/model`` for an existing ``folder`` (what ``eisbench train --out folder`` writes)."""
     p = Path(path)
+    if p.is_dir():
+        return p / "model"
     return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
 
 

@@ -4,6 +4,12 @@
 ``<key>.partial`` folder (so a stage that checkpoints, like training, resumes after an
 interruption) and publishes it by renaming the folder once complete.
 
+It also returns the stage's *reference*, ``<key>@<content>``: the folder key plus a hash of the
+stage's file hashes. Downstream stages name their inputs by these references, so they are keyed
+by the content of their inputs, not by their names: an upstream stage that was recomputed
+(after a corruption, or on a machine where training is not bitwise deterministic) with other
+bytes gives its dependants new keys instead of serving results computed from the old bytes.
+
 What it serves, it verifies: ``done.json`` lists the sha256 of every file the stage wrote, and a
 cached stage whose files no longer match (a corrupted or hand-edited file) is reported and
 recomputed, never loaded. A lock per stage lets two runs share one cache: the second waits for
@@ -45,35 +51,48 @@ class Store:
     def key(self, name: str, config: Any, inputs: tuple[str, ...] = (), version: int = 1) -> str:
         return stable_hash(name, config, list(inputs), VERSION, version)
 
+    def folder(self, name: str, ref: str) -> Path:
+        """The folder of stage ``name`` whose reference (or key) :meth:`run` returned."""
+        return self.root / name / ref.partition("@")[0]
+
     def run(self, name: str, config: Any, *, compute: Callable[[Path], T],
             save: Callable[[T, Path], None], load: Callable[[Path], T],
             inputs: tuple[str, ...] = (), version: int = 1,
             log: StageLog | None = None) -> tuple[T, str]:
-        """Return ``(output, key)`` of stage ``name``: cached if finished, else computed.
+        """Return ``(output, ref)`` of stage ``name``: cached if finished, else computed.
 
         ``compute(work_dir)`` may write resumable state into ``work_dir``; ``save(out, dir)``
-        writes the output's files; ``load(dir)`` reads them back.
+        writes the output's files; ``load(dir)`` reads them back. ``inputs`` names what the
+        stage read: upstream stages' references and datasets' content hashes. ``ref`` is
+        ``<key>@<content>`` (see the module's docstring): pass it on as a downstream input.
         """
         key = self.key(name, config, inputs, version)
         final = self.root / name / key
         final.parent.mkdir(parents=True, exist_ok=True)
+        stamp = {"name": name, "code_version": VERSION, "stage_version": version,
+                 "inputs": list(inputs)}
         with FileLock(str(self.root / name / f"{key}.lock")):
             if (final / "done.json").exists():
                 meta = _verified(final, name=name, key=key)
                 if meta is not None:
+                    if any(meta.get(k) != v for k, v in stamp.items()):  # an older done.json
+                        _write_done(final, {**meta, **stamp})
                     out = load(final)
                     if log is not None:
                         log.entries.append({"name": name, "key": key,
                                             "seconds": meta["seconds"], "cached": True})
-                    return out, key
-            out, seconds = self._compute(final, config, compute=compute, save=save)
+                    return out, f"{key}@{content_id(meta['files'])}"
+            out, meta = self._compute(final, config, stamp, compute=compute, save=save)
         if log is not None:
-            log.entries.append({"name": name, "key": key, "seconds": seconds, "cached": False})
-        return out, key
+            log.entries.append({"name": name, "key": key, "seconds": meta["seconds"],
+                                "cached": False})
+        return out, f"{key}@{content_id(meta['files'])}"
 
-    def _compute(self, final: Path, config: Any, *, compute: Callable[[Path], T],
-                 save: Callable[[T, Path], None]) -> tuple[T, float]:
-        """Compute into ``<key>.partial`` (kept across interruptions), then publish it."""
+    def _compute(self, final: Path, config: Any, stamp: dict[str, Any], *,
+                 compute: Callable[[Path], T], save: Callable[[T, Path], None]
+                 ) -> tuple[T, dict[str, Any]]:
+        """Compute into ``<key>.partial`` (kept across interruptions), then publish it;
+        returns the output and its ``done.json``."""
         work = final.with_name(f"{final.name}.partial")
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -82,12 +101,22 @@ class Store:
         save(out, work)
         atomic_write_bytes(work / "config.json",
                            json.dumps(to_plain(config), indent=2, sort_keys=True).encode())
-        atomic_write_bytes(work / "done.json", json.dumps(
-            {"seconds": seconds, "files": _hashes(work)}, indent=1, sort_keys=True).encode())
+        meta = {"seconds": seconds, "files": _hashes(work), **stamp}
+        _write_done(work, meta)
         if final.exists():  # a corrupted result, reported by _verified: replaced
             shutil.rmtree(final)
         work.rename(final)
-        return out, seconds
+        return out, meta
+
+
+def content_id(files: dict[str, str]) -> str:
+    """A stage's content hash: the hash of its files' sha256 (``done.json``'s ``files``)."""
+    return stable_hash(files)
+
+
+def _write_done(folder: Path, meta: dict[str, Any]) -> None:
+    atomic_write_bytes(folder / "done.json",
+                       json.dumps(meta, indent=1, sort_keys=True).encode())
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -186,3 +215,64 @@ def verify_data_cache(root: Path) -> CacheReport:
         else:
             verified += 1
     return CacheReport("data files", verified, bad)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What :func:`collect_garbage` removed (or would remove): each entry with its reason, the
+    bytes it held, and the interrupted stages it kept (their resume state)."""
+
+    removed: dict[str, str]
+    freed_bytes: int
+    kept: int
+    interrupted: tuple[str, ...]
+
+    def summary(self, *, dry_run: bool = False) -> str:
+        verb = "would remove" if dry_run else "removed"
+        return (f"{verb} {len(self.removed)} stages ({self.freed_bytes / 2**20:.1f} MiB), "
+                f"kept {self.kept}, {len(self.interrupted)} interrupted (.partial) kept: "
+                "rerun to resume them, or delete them by hand")
+
+
+def collect_garbage(root: Path, *, dry_run: bool = False) -> GcReport:
+    """Remove the finished stages under ``root`` that no run of this code can reach again.
+
+    Unreachable: a stage written by another code version (its key holds the version), one that
+    fails :func:`verify_stage` (it would be recomputed, never served), one whose ``done.json``
+    does not say what it read, and one whose upstream stage is gone or now holds other content
+    (its inputs name ``<key>@<content>`` references; see :class:`Store`), transitively. Kept:
+    everything else, and every ``.partial`` folder (an interrupted stage's resume state).
+    Each removal takes the stage's lock, so a running stage is never removed under it.
+    """
+    stages = {f"{p.parent.name}/{p.name}": p for p in sorted(root.glob("*/*"))
+              if p.is_dir() and not p.name.endswith(".partial")}
+    metas, removed = {}, {}
+    for entry, folder in stages.items():
+        meta, problems = _checked(folder)
+        if meta is None or problems:
+            removed[entry] = "fails verification: " + "; ".join(problems)[:200]
+        elif "code_version" not in meta:
+            removed[entry] = "written by an older eisbench (its done.json has no provenance)"
+        elif meta["code_version"] != VERSION:
+            removed[entry] = f"written by eisbench {meta['code_version']}"
+        else:
+            metas[entry] = meta
+    alive = {f"{e.partition('/')[2]}@{content_id(m['files'])}" for e, m in metas.items()}
+    changed = True
+    while changed:  # drop stages whose upstream is gone, until nothing changes
+        changed = False
+        for entry, meta in list(metas.items()):
+            lost = [i for i in meta["inputs"] if "@" in i and i not in alive]
+            if lost:
+                removed[entry] = f"its input {lost[0]} is gone or changed"
+                alive.discard(f"{entry.partition('/')[2]}@{content_id(meta['files'])}")
+                del metas[entry]
+                changed = True
+    freed = sum(f.stat().st_size for e in removed for f in stages[e].rglob("*") if f.is_file())
+    if not dry_run:
+        for entry in removed:
+            folder = stages[entry]
+            with FileLock(str(folder.with_name(f"{folder.name}.lock"))):
+                shutil.rmtree(folder, ignore_errors=True)
+    interrupted = tuple(f"{p.parent.name}/{p.name}" for p in sorted(root.glob("*/*.partial")))
+    return GcReport(removed, freed, len(metas), interrupted)
