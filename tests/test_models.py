@@ -249,3 +249,26 @@ def test_spec_parser_returns_a_valid_spec_or_value_error(meta: object) -> None:
     assert 2 <= spec.num_classes <= 100_000
     for stats in (spec.mean, spec.std):
         assert stats is None or all(math.isfinite(t) for t in stats)
+
+
+def test_a_checkpoint_folder_loads_and_weights_that_would_be_cast_are_refused(
+        tmp_path: Path) -> None:
+    """``load_state_dict`` casts int32 weights into float parameters without a word: quantised
+    weights, or another file. They, and NaN weights, are refused, naming the tensor."""
+    from safetensors.torch import save_file
+
+    spec = ModelSpec(arch="mlp", in_shape=(1, 8, 8), num_classes=10)
+    net = spec.build().eval()
+    (tmp_path / "ckpt").mkdir()
+    save_checkpoint(net, spec, tmp_path / "ckpt")  # a folder: ckpt/model.*
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "model.json", "model.safetensors"]
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(load_checkpoint(tmp_path / "ckpt")(x), net(x))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    name = next(iter(state))
+    for bad, msg in ((state[name].round().to(torch.int32), "int32 but the model's is torch.fl"),
+                     (torch.full_like(state[name], float("nan")), "NaN or infinite")):
+        save_file({**state, name: bad}, str(tmp_path / "ckpt" / "model.safetensors"))
+        with pytest.raises(ValueError, match=rf"'{name}'.*{msg}"):
+            load_checkpoint(tmp_path / "ckpt")

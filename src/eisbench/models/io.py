@@ -114,10 +114,29 @@ def _load_state(net: nn.Module, file: Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{file} does not hold a state dict (got {type(state).__name__})")
+    _check_dtypes(net, state, file)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"weights in {file} do not fit {type(net).__name__}: {e}") from e
+
+
+
+def _check_dtypes(net: nn.Module, state: dict[str, Any], file: Path) -> None:
+    """Refuse weights that ``load_state_dict`` would silently cast: an integer or bool tensor
+    for a floating-point parameter (quantised weights, or the wrong file), and NaN or infinite
+    values."""
+    own = net.state_dict()
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor) or name not in own:
+            continue  # load_state_dict reports these
+        want = own[name].dtype
+        if want.is_floating_point and not value.dtype.is_floating_point:
+            raise ValueError(f"weights in {file}: {name!r} is {value.dtype} but the model's is "
+                             f"{want}; integer weights are quantised or from another file: "
+                             "dequantise them (e.g. tensor.float() * scale) before loading")
+        if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"weights in {file}: {name!r} holds NaN or infinite values")
 
 
 __all__ = ["MODELS", "ModelSpec", "load_checkpoint", "load_foreign", "save_checkpoint"]
