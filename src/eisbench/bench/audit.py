@@ -48,6 +48,7 @@ from eisbench.runs.record import Metric, Record
 from eisbench.runs.result import Result, to_record, write
 from eisbench.runs.stages import Context, Tensors, train_stage
 from eisbench.runs.store import StageLog, Store
+from eisbench.runs.validation import check_config
 from eisbench.training import TrainConfig
 
 
@@ -253,7 +254,9 @@ PHASES: tuple[Callable[[Audit], None], ...] = (
 def measure(model: nn.Module, cfg: AuditConfig, *, out: Path, store: Store,
             name: str = "model") -> Result:
     """Audit ``model`` (left in the mode it came in): every phase of :data:`PHASES`; writes
-    ``out/scan/``; ``name`` labels the model in the details."""
+    ``out/scan/``; ``name`` labels the model in the details. A setting of the wrong type or
+    out of its range raises ``ValueError`` before any work."""
+    check_config(cfg, name="audit")
     a = load(model, cfg, out=out, store=store, name=name)
     for phase in PHASES:
         phase(a)

@@ -85,9 +85,12 @@ def read_idx_stream(stream: Readable, *, source: str = "<stream>") -> np.ndarray
     """
     dtype, dims, header = _read_header(stream, source=source)
     nbytes = math.prod(dims) * dtype.itemsize
-    if nbytes > MAX_IDX_BYTES:
+    # an empty axis makes the body empty, not the shape sane: (0, 2**32-1, 2**32-1) is no array
+    span = math.prod(d for d in dims if d) * dtype.itemsize
+    if max(nbytes, span) > MAX_IDX_BYTES:
+        what = f"{nbytes} bytes of data" if nbytes else f"its non-empty axes alone {span} bytes"
         raise DataError(
-            f"{source}: header says shape {dims} ({nbytes} bytes of data), more than the limit of "
+            f"{source}: header says shape {dims} ({what}), more than the limit of "
             f"{MAX_IDX_BYTES} bytes (eisbench.data.idx.MAX_IDX_BYTES); the file is corrupt or a "
             "decompression bomb: download it again from the official source"
         )

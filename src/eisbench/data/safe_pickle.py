@@ -2,9 +2,12 @@
 
 Pickle runs whatever callable the file names, so a plain ``pickle.load`` of a downloaded file
 executes code chosen by whoever wrote it. :class:`RestrictedUnpickler` resolves only numpy's array
-reconstruction globals (and, on request, ``_codecs.encode``, which Python 2 pickles of ``bytes``
-use); any other global raises ``pickle.UnpicklingError`` before anything is called. Arrays of
-Python objects are rejected as well.
+reconstruction globals (and, on request, ``_codecs.encode``, which Python 3 pickles of ``bytes``
+below protocol 3 use, admitted only as ``encode(str, "latin1")`` so that a chain of expanding
+codecs cannot inflate a small file); any other global raises ``pickle.UnpicklingError`` before
+anything is called. Arrays of Python objects are rejected as well. :func:`check_opcodes` reads
+a pickle's opcodes without running them, so that no few-byte file (a huge memo index) makes the
+unpickler allocate gigabytes; :func:`safe_loads` runs it first.
 
 Example:
     >>> import io, pickle, numpy as np
@@ -17,6 +20,8 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
+import pickletools
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +38,33 @@ ARRAY_GLOBALS: frozenset[tuple[str, str]] = frozenset({
 """The globals a pickle of plain numpy arrays (protocol <= 4) needs."""
 
 CODECS_GLOBALS: frozenset[tuple[str, str]] = frozenset({("_codecs", "encode")})
-"""Python 2 pickles of byte strings, read by Python 3, call ``_codecs.encode``."""
+"""Python 3 pickles of byte strings below protocol 3 call ``_codecs.encode(str, "latin1")``."""
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def check_opcodes(raw: bytes) -> None:
+    """Read every opcode of the pickle ``raw`` without running it: a length past the end of the
+    data, an unknown opcode or a memo index beyond the opcodes read so far (a pickle any Python
+    wrote numbers its memo entries from 0; a huge index makes the unpickler allocate gigabytes)
+    raises ``pickle.UnpicklingError``."""
+    try:
+        for n, (op, arg, _) in enumerate(pickletools.genops(io.BytesIO(raw))):
+            if op.name in _MEMO_PUTS and not (isinstance(arg, int) and 0 <= arg <= n):
+                raise pickle.UnpicklingError(
+                    f"memo index {arg} after {n} opcodes: not a pickle any Python wrote (it "
+                    "would make the unpickler allocate gigabytes)")
+    except (ValueError, TypeError, struct.error) as e:
+        raise pickle.UnpicklingError(f"not a readable pickle ({e})") from e
+
+
+def _latin1_encode(obj: Any, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles of bytes call it, and only so."""
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError(
+            f"refusing _codecs.encode({type(obj).__name__}, {encoding!r}): a data file may only "
+            "use it to store bytes (encode(str, 'latin1'))")
+    return codecs.encode(obj, "latin1")
 
 
 def _reconstruct() -> Callable[..., Any]:
@@ -52,7 +83,7 @@ def _resolve(module: str, name: str) -> Any:
     if (module, name) == ("numpy", "dtype"):
         return np.dtype
     if (module, name) == ("_codecs", "encode"):
-        return codecs.encode
+        return _latin1_encode
     raise pickle.UnpicklingError(f"no resolver for {module}.{name}")  # pragma: no cover
 
 
@@ -119,5 +150,6 @@ def safe_loads(
     allowed: frozenset[tuple[str, str]] = ARRAY_GLOBALS,
     encoding: str = "latin1",
 ) -> Any:
-    """:func:`safe_load` from bytes."""
+    """:func:`safe_load` from bytes, after :func:`check_opcodes`."""
+    check_opcodes(data)
     return safe_load(io.BytesIO(data), allowed=allowed, encoding=encoding)

@@ -31,6 +31,7 @@ from eisbench.runs.claims import world
 from eisbench.runs.record import EXHIBITS, Metric, Record
 from eisbench.runs.result import Result
 from eisbench.runs.store import Store
+from eisbench.runs.validation import check_config as check_fields
 
 EXHIBIT_OF = {"ilyas": "D", "goh-leakage": "D", "goh-linear": "D", "wallace": "D",
               "nakkiran": "E", "transfer": "B", "frequency": "H", "tsipras": "C",
@@ -84,9 +85,13 @@ def exhibit_world(worlds: list[str]) -> str:
 def _sub_config(exp: Experiment, cfg: EvidenceConfig) -> Any:
     base = exp.full if cfg.preset == "full" else exp.quick
     mine = [o.partition(":")[2] for o in cfg.overrides if o.partition(":")[0] == exp.name]
-    return overrides.apply(dataclasses.replace(base, dataset=cfg.dataset,
-                                               data_root=cfg.data_root, seeds=cfg.seeds,
-                                               device=cfg.device), mine)
+    sub = dataclasses.replace(base, dataset=cfg.dataset, data_root=cfg.data_root,
+                              seeds=cfg.seeds, device=cfg.device)
+    try:
+        sub = overrides.apply(sub, mine)
+    except ValueError as e:
+        raise ValueError(f"{exp.name}: {e}") from None
+    return check_fields(sub, name=exp.name)
 
 
 def _prefixed(name: str, metrics: dict[str, Metric]) -> dict[str, Metric]:
@@ -96,8 +101,9 @@ def _prefixed(name: str, metrics: dict[str, Metric]) -> dict[str, Metric]:
 
 def check_config(cfg: EvidenceConfig) -> list[tuple[Experiment, Any]]:
     """Each experiment of ``cfg`` with its config; every mistake (a typo in a name, an override
-    of an experiment not in the suite, a missing GPU, an unknown dataset) fails here, before any
-    work."""
+    of an experiment not in the suite, a missing GPU, an unknown dataset, a value of the wrong
+    type or out of its range) fails here, before any work."""
+    check_fields(cfg, name="features-vs-bugs")
     if cfg.preset not in ("quick", "full"):
         raise ValueError(f"preset must be quick or full, got {cfg.preset!r}")
     if "features-vs-bugs" in cfg.experiments:
