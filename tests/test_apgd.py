@@ -70,7 +70,7 @@ def test_targeted_dlr_needs_four_classes(linear_model: nn.Module,
         apgd_t(linear_model, x, y, eps=0.1)
     with pytest.raises(ValueError, match="at least 3 classes"):
         apgd(linear_model, x, y, eps=0.1, loss="dlr")
-    with pytest.raises(ValueError, match="unknown loss"):
+    with pytest.raises(ValueError, match="loss must be one of ce, dlr"):
         apgd(linear_model, x, y, eps=0.1, loss="hinge")
 
 

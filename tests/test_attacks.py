@@ -18,7 +18,7 @@ from eisbench.attacks import (
     pgd,
     project,
 )
-from eisbench.attacks.core import CALL_ARGS, declared_hypers
+from eisbench.attacks.core import CALL_ARGS, Hyper, declared_hypers
 from eisbench.attacks.evaluate import evaluation_hyper
 from eisbench.attacks.projection import NORMS, distance, random_start
 
@@ -50,6 +50,42 @@ def test_attack_declares_its_signature(name: str) -> None:
     assert meta["norms"] and set(meta["norms"]) <= set(NORMS)
     assert kwonly["norm"].default == meta["norms"][0]
     assert meta["min_classes"] >= 2 and isinstance(meta["white_box"], bool)
+
+
+def _bad_values(h: Hyper) -> list[object]:
+    """Values the declaration ``h`` refuses: the wrong type, NaN/inf, below its range."""
+    if h.type is int:
+        return [2.5, True, "3", *([int(h.lo) - 1, -7] if h.lo is not None else [])]
+    if h.type is float:
+        return [float("nan"), float("inf"), "0.5", *([h.lo - 1.0] if h.lo is not None else [])]
+    return ["yes"] if h.type is bool else ["no-such-choice"]
+
+
+@pytest.mark.parametrize(("name", "key", "bad"), [
+    (n, k, bad) for n in ATTACKS.names() for k, h in ATTACKS.meta(n)["params"].items()
+    for bad in _bad_values(h)])
+def test_bad_hyper_parameters_are_refused_naming_them(name: str, key: str, bad: object,
+                                                      linear_model: nn.Module) -> None:
+    """Every declared hyper-parameter of every attack is checked against its declaration (an
+    attack that forgot to pass one to ``check_inputs`` fails here): NaN, infinities, counts
+    below 1, bools for ints, strings for numbers, unknown choices."""
+    x, y = torch.rand(4, 1, 1, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=rf"^{key} must be"):
+        ATTACKS.get(name)(linear_model, x, y, eps=0.1, **{key: bad})
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), -0.1])
+def test_a_bad_eps_is_refused(name: str, eps: float, linear_model: nn.Module) -> None:
+    x, y = torch.rand(4, 1, 1, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^eps must be a finite number >= 0"):
+        ATTACKS.get(name)(linear_model, x, y, eps=eps)
+
+
+def test_every_numeric_hyper_parameter_declares_its_range() -> None:
+    for name in ATTACKS.names():
+        for key, h in ATTACKS.meta(name)["params"].items():
+            assert h.type not in (int, float) or h.lo is not None, f"{name}.{key}"
 
 
 def test_declared_hyper_parameters_and_evaluation_defaults() -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks.core import ATTACKS, RESTARTS, Hyper, check_inputs
+from eisbench.attacks.core import ATTACKS, RESTARTS, STEPS, Hyper, check_inputs
 from eisbench.attacks.projection import (
     NORMS,
     assert_within_budget,
@@ -144,12 +144,12 @@ def _check_classes(model: nn.Module, x: torch.Tensor, need: int, what: str) -> i
     return k
 
 
-_APGD_STEP = {"momentum": Hyper(0.75, float, "APGD's momentum"),
-              "rho": Hyper(0.75, float, "APGD's step-halving threshold")}
+_APGD_STEP = {"momentum": Hyper(0.75, float, "APGD's momentum", lo=0.0, hi=1.0),
+              "rho": Hyper(0.75, float, "APGD's step-halving threshold", lo=0.0, hi=1.0)}
 
 
 @ATTACKS.register("apgd", norms=NORMS, white_box=True, params={
-    "steps": Hyper(100, int, "iterations per run"),
+    "steps": STEPS,
     "loss": Hyper("ce", str, "the loss APGD ascends (dlr needs >= 3 classes)", ("ce", "dlr")),
     "restarts": RESTARTS,
     **_APGD_STEP,
@@ -174,7 +174,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     Example:
         >>> x_adv = apgd(model, x, y, eps=0.3, loss="dlr")
     """
-    check_inputs(x, y, norm=norm, eps=eps)
+    check_inputs(x, y, norm=norm, eps=eps, attack="apgd", steps=steps, loss=loss,
+                 restarts=restarts, momentum=momentum, rho=rho)
     if loss not in ("ce", "dlr"):
         raise ValueError(f"unknown loss {loss!r}: expected 'ce' or 'dlr'")
     with eval_mode(model):
@@ -194,8 +195,9 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
 
 
 @ATTACKS.register("apgd-t", norms=NORMS, white_box=True, min_classes=4, params={
-    "steps": Hyper(100, int, "iterations per run"),
-    "n_targets": Hyper(9, int, "target classes tried, highest clean logit first (apgd-t)"),
+    "steps": STEPS,
+    "n_targets": Hyper(9, int, "target classes tried, highest clean logit first (apgd-t)",
+                       lo=1),
     "restarts": RESTARTS,
     **_APGD_STEP,
 })
@@ -210,7 +212,8 @@ def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     Example:
         >>> x_adv = apgd_t(model, x, y, eps=0.3, n_targets=9)
     """
-    check_inputs(x, y, norm=norm, eps=eps)
+    check_inputs(x, y, norm=norm, eps=eps, attack="apgd-t", steps=steps, n_targets=n_targets,
+                 restarts=restarts, momentum=momentum, rho=rho)
     with eval_mode(model):
         if not len(x):
             return x.clone()

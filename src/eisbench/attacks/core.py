@@ -24,6 +24,7 @@ import torch
 from eisbench.attacks.projection import NORMS, check_norm
 from eisbench.core.registry import MetaKey, Registry
 from eisbench.core.tensors import check_images
+from eisbench.core.validate import finite, integer
 
 CALL_ARGS = ("eps", "norm", "targeted", "generator")
 """Keyword arguments that are the caller's, not hyper-parameters: the threat model, what the
@@ -33,16 +34,22 @@ labels mean and the randomness."""
 @dataclass(frozen=True)
 class Hyper:
     """A hyper-parameter an attack declares: its default (the function's), the type the
-    command line parses it as, a line of help and the values allowed (empty: any)."""
+    command line parses it as, a line of help, the values allowed (``choices``, empty: any)
+    and, for a number, its range ``lo``..``hi`` (``lo`` excluded if ``lo_open``), which
+    :func:`check_inputs` enforces."""
 
     default: Any
     type: type
     help: str
     choices: tuple[Any, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
 
 
 RESTARTS = Hyper(1, int, "runs in all; each further run starts at random and attacks only the "
-                 "examples not yet fooled")
+                 "examples not yet fooled", lo=1)
+STEPS = Hyper(100, int, "iterations per run", lo=1)
 
 ATTACK_SCHEMA = {
     "params": MetaKey(Mapping, doc="hyper-parameter name -> Hyper, for every keyword-only "
@@ -69,13 +76,31 @@ def declared_hypers() -> dict[str, tuple[Hyper, dict[str, Any]]]:
     return dict(sorted(out.items()))
 
 
-def check_inputs(x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float) -> None:
-    """Raise ValueError with a fix for malformed attack inputs."""
+def check_inputs(x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float,
+                 attack: str | None = None, **hypers: Any) -> None:
+    """Raise ValueError with a fix for malformed attack inputs: images, labels, norm, a finite
+    ``eps`` >= 0, and each of ``hypers`` against what registered ``attack`` declares for it
+    (type, choices, range; None stays legal where the default is None)."""
+    finite("eps", eps, lo=0.0)
+    for key, value in hypers.items():
+        _check_hyper(key, value, ATTACKS.meta(attack)["params"][key] if attack else None)
     check_images(x)
     check_norm(norm)
     if y.dim() != 1 or len(y) != len(x):
         raise ValueError(f"expected labels of shape ({len(x)},), got {tuple(y.shape)}")
     if y.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"expected integer class labels, got dtype {y.dtype}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+
+
+def _check_hyper(key: str, value: Any, h: Hyper | None) -> None:
+    if h is None or (value is None and h.default is None):
+        return
+    if h.choices and value not in h.choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(str, h.choices))}, got {value!r}")
+    if h.type is int:
+        integer(key, value, lo=None if h.lo is None else int(h.lo + h.lo_open),
+                hi=None if h.hi is None else int(h.hi))
+    elif h.type is float:
+        finite(key, value, lo=h.lo, hi=h.hi, lo_open=h.lo_open)
+    elif h.type is bool and not isinstance(value, bool):
+        raise ValueError(f"{key} must be True or False, got {value!r}")

@@ -37,7 +37,7 @@ import math
 import torch
 from torch import nn
 
-from eisbench.attacks.core import ATTACKS, RESTARTS, Hyper, check_inputs
+from eisbench.attacks.core import ATTACKS, RESTARTS, STEPS, check_inputs
 from eisbench.attacks.projection import (
     NORMS,
     assert_within_budget,
@@ -192,7 +192,7 @@ def fmn_min_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: st
 
 
 @ATTACKS.register("fmn", norms=NORMS, white_box=True, params={
-    "steps": Hyper(100, int, "iterations per run"),
+    "steps": STEPS,
     "restarts": RESTARTS,
 })
 def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
@@ -218,7 +218,7 @@ def fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         >>> x_adv = fmn(model, x, y, eps=0.3, norm="linf", steps=100, restarts=2,
         ...             generator=torch.Generator().manual_seed(0))
     """
-    check_inputs(x, y, norm=norm, eps=eps)
+    check_inputs(x, y, norm=norm, eps=eps, attack="fmn", steps=steps, restarts=restarts)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     with eval_mode(model):

@@ -76,8 +76,8 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step
 
 
 @ATTACKS.register("pgd", norms=NORMS, white_box=True, params={
-    "steps": Hyper(40, int, "iterations per run"),
-    "step_size": Hyper(None, float, "step of each iteration; None: 2.5 * eps / steps"),
+    "steps": Hyper(40, int, "iterations per run", lo=1),
+    "step_size": Hyper(None, float, "step of each iteration; None: 2.5 * eps / steps", lo=0.0),
     "restarts": RESTARTS,
     "random_start": Hyper(True, bool, "start the first run at a random point of the eps-ball"),
     "early_exit": Hyper(False, bool, "stop attacking an example once it is fooled"),
@@ -103,7 +103,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     Example:
         >>> x_adv = pgd(model, x, y, eps=0.3, steps=40, restarts=2, early_exit=True)
     """
-    check_inputs(x, y, norm=norm, eps=eps)
+    check_inputs(x, y, norm=norm, eps=eps, attack="pgd", steps=steps, step_size=step_size,
+                 restarts=restarts, random_start=random_start, early_exit=early_exit)
     step = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
     with eval_mode(model):
         out = x.clone()

@@ -199,8 +199,9 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
 
 
 @ATTACKS.register("square", norms=NORMS, white_box=False, params={
-    "n_queries": Hyper(5000, int, "forward passes per example and run (square)"),
-    "p_init": Hyper(0.8, float, "initial fraction of the image changed per proposal (square)"),
+    "n_queries": Hyper(5000, int, "forward passes per example and run (square)", lo=1),
+    "p_init": Hyper(0.8, float, "initial fraction of the image changed per proposal (square)",
+                    lo=0.0, hi=1.0, lo_open=True),
     "restarts": RESTARTS,
 })
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
@@ -226,7 +227,8 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, no
         >>> g = torch.Generator().manual_seed(0)
         >>> x_adv = square(model, x, y, eps=8 / 255, norm="linf", n_queries=1000, generator=g)
     """
-    check_inputs(x, y, norm=norm, eps=eps)
+    check_inputs(x, y, norm=norm, eps=eps, attack="square", n_queries=n_queries, p_init=p_init,
+                 restarts=restarts)
     with eval_mode(model), torch.no_grad():
         out = x.clone()  # (B, C, H, W)
         todo = (model(x).argmax(1) == y).nonzero()[:, 0]  # (T,) correctly classified
