@@ -43,6 +43,7 @@ def test_train_then_attack_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixt
                  "--suite", "fast", "--n", "50", "--n-checks", "30", "--control", str(stem),
                  "--out", str(tmp_path / "res")]) == 0
     res = json.loads((tmp_path / "res" / "attack.json").read_text())
+    assert (res["model"], res["dataset"], res["weights"]) == (str(stem), "digits", None)
     assert res["suite"] == "fast" and [a["name"] for a in res["per_attack"]] == ["apgd", "apgd-t"]
     assert 0 <= res["ci95"][0] <= res["robust_acc"] <= res["ci95"][1] <= 1
     checks = {c["name"]: c for c in res["checks"]}
@@ -77,7 +78,9 @@ def test_attack_byo_model_with_scale(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert main(["attack", "--model", "rawnet:Net", "--weights", str(tmp_path / "w.pt"),
                  "--dataset", "digits", "--scale", "16", "--attack", "fgsm", "--n", "20",
                  "--n-checks", "20"]) == 0
-    assert '"clean_acc"' in capsys.readouterr().out
+    res = json.loads(capsys.readouterr().out)
+    assert "clean_acc" in res and (res["model"], res["weights"], res["scale"]) == (
+        "rawnet:Net", str(tmp_path / "w.pt"), 16.0)  # the imported code is recorded
 
 
 BAD_FORWARDS = {

@@ -77,7 +77,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
                              control=control, surrogate=surrogate)
     res = ev.to_dict()
     k = int(ev.result.robust.sum())
-    res |= {"ci95": list(wilson_ci(k, len(x))), "seconds": time.perf_counter() - t0}
+    res |= {"ci95": list(wilson_ci(k, len(x))), "seconds": time.perf_counter() - t0,
+            "model": str(args.checkpoint or args.model), "weights": args.weights,
+            "model_kwargs": json.loads(args.model_kwargs), "scale": args.scale,
+            "dataset": args.dataset, "seed": args.seed}
     print(json.dumps(res, indent=2))
     for w in ev.warnings:
         print(f"WARNING [{w.name}] {w.detail}. {w.advice}", file=sys.stderr)
