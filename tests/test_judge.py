@@ -20,6 +20,7 @@ from eisbench.trojans.judge import (
     judge_stage,
     quiz_html,
     train_judge,
+    uniformity,
     validate,
 )
 from eisbench.trojans.quiz import png_bytes
@@ -78,7 +79,26 @@ def test_judge_picks_the_trigger_itself_and_is_near_chance_on_noise(
     assert true["accuracy"] - noise["accuracy"] >= 0.4
     assert noise["ci"][0] <= noise["accuracy"] <= noise["ci"][1]
     assert sum(noise["choice_shares"]["bank"]) == pytest.approx(1.0)
+    un = noise["uniformity"]["per_kind"]["bank"]
+    assert un["n"] == 32 and un["largest_share"] == max(noise["choice_shares"]["bank"])
     json.dumps(rep)  # JSON-able for the record
+
+
+def test_uniformity_fails_a_biased_judge_and_passes_a_fair_one() -> None:
+    """The noise check must be able to fail: a judge that always names one trigger (or
+    favours one 3 times in 8) is refused; fair choices pass (at alpha, Bonferroni over kinds);
+    the answer does not depend on the order of the kinds."""
+    gen = torch.Generator().manual_seed(0)
+    fair = {k: torch.bincount(torch.randint(8, (200,), generator=gen), minlength=8).tolist()
+            for k in ("patch", "blend")}
+    assert uniformity(fair)["uniform"]
+    assert not uniformity({**fair, "patch": [200, 0, 0, 0, 0, 0, 0, 0]})["uniform"]
+    favoured = torch.multinomial(torch.tensor([3.0] + [5 / 7] * 7), 400, replacement=True,
+                                 generator=gen)
+    biased = uniformity({**fair, "blend": torch.bincount(favoured, minlength=8).tolist()})
+    assert not biased["uniform"] and biased["per_kind"]["blend"]["largest_share"] > 0.3
+    assert biased["bar"] == pytest.approx(0.005)
+    assert uniformity(dict(reversed(list(fair.items()))))["min_p"] == uniformity(fair)["min_p"]
 
 
 def test_ask_scores_every_option_and_follows_their_order(judge: JudgeEncoder) -> None:

@@ -158,14 +158,18 @@ def decide(metrics: dict[str, Metric], details: dict[str, Any],
     tv, nv = details["judge"]["true_trigger"], details["judge"]["noise"]
     best = max(names, key=lambda n: metrics[f"tool/{n}/success_rate"]["value"])
     b, a = metrics[f"tool/{best}/success_rate"], metrics["tool/all/success_rate"]
-    trusted = bool(tv["meets_target"] and nv["chance_in_ci"])
+    un = nv["uniformity"]
+    trusted = bool(tv["meets_target"] and un["uniform"])
     claims: list[Claim] = [
-        {"claim": "The judge can be trusted: it names the true trigger from its views and is "
-                  "at chance on noise",
-         "rule": "true-trigger accuracy >= 0.95 and 1/8 inside the noise accuracy's Wilson CI",
+        {"claim": "The judge can be trusted: it names the true trigger from its views and "
+                  "favours no trigger on noise",
+         "rule": "true-trigger accuracy >= 0.95 and, on noise questions, no kind's choices "
+                 f"reject uniform (chi-square p >= {un['alpha']:g} / kinds = {un['bar']:.4f}); "
+                 "noise accuracy against a random truth is shown but cannot fail",
          "measured": f"true trigger {tv['accuracy']:.3f} [{tv['ci'][0]:.3f}, {tv['ci'][1]:.3f}]"
-                     f" (n={tv['n']}); noise {nv['accuracy']:.3f} [{nv['ci'][0]:.3f}, "
-                     f"{nv['ci'][1]:.3f}] (n={nv['n']})",
+                     f" (n={tv['n']}); noise: smallest chi-square p {un['min_p']:.2g}, largest "
+                     f"share {max(v['largest_share'] for v in un['per_kind'].values()):.3f} "
+                     f"(uniform 1/8); noise accuracy {nv['accuracy']:.3f} (n={nv['n']})",
          "verdict": verdict(trusted, not trusted)},
         {"claim": "Combining every tool's images beats the best single tool (Casper et al.: "
                   "49% vs 47%)",

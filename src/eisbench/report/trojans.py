@@ -189,7 +189,10 @@ def write_report(rec: Record, out: Path) -> Path:
     jv = d["judge"]
     fav = "; ".join(f"{k}: {v['option']} ({v['share']:.0%})"
                     for k, v in jv["noise"]["favourite"].items())
-    judge_rows = [[k, f"{v:.3f}"] for k, v in jv["true_trigger"]["per_kind"].items()]
+    un = jv["noise"]["uniformity"]
+    judge_rows = [[k, f"{v:.3f}", f"{un['per_kind'][k]['chi2']:.1f}",
+                   f"{un['per_kind'][k]['p']:.2g}", f"{un['per_kind'][k]['largest_share']:.3f}"]
+                  for k, v in jv["true_trigger"]["per_kind"].items()]
     zoo_rows = [[z["name"], z["kind"], "all" if z["universal"] else z["source"], z["target"],
                  f"{z['clean_acc']:.4f}", f"{100 * z['drop']:+.2f}", f"{z['asr']:.3f}",
                  "met" if z["meets_target"] else "MISSED"] for z in d["zoo"]]
@@ -200,8 +203,13 @@ def write_report(rec: Record, out: Path) -> Path:
         + f"True-trigger accuracy {_ci(m['judge/true_trigger_acc'])} (target >= 0.95); "
         + f"noise {_ci(m['judge/noise_acc'])} (chance 1/8). Noise's favourite options: "
         + esc(fav) + ". A tool that shows nothing is 'right' on those options' trojans: the "
-        + "noise row of the heatmap shows where.</p>"
-        + table(["kind", "true-trigger accuracy"], judge_rows)
+        + "noise row of the heatmap shows where. Noise accuracy against a random truth is 1/8 "
+        + "for any judge, a constant one included; the check that can fail is the chi-square "
+        + f"test of the noise choices against uniform (biased when p < {un['bar']:.4f}, "
+        + f"i.e. {un['alpha']:g} over the kinds): "
+        + ("passed" if un["uniform"] else "FAILED, the judge favours some triggers") + ".</p>"
+        + table(["kind", "true-trigger accuracy", "noise chi-square", "p", "largest share"],
+                judge_rows)
         + "<h2>Success of each method</h2>" + _success_bars(rec) + _heatmap(rec)
         + "<p>Rows: tools; all tools together; the best pair (chosen on these trojans, so "
         + "optimistic: the leave-one-trojan-out figure is "

@@ -20,7 +20,8 @@ scores option k by the *mean over the tool's images* of the cosine similarity: a
 judged on its images as a whole, and a single lucky image among noise moves the answer only
 as much as it deserves. :func:`validate` checks the judge before it is trusted: accuracy on
 fresh views of the true trigger (target >= 0.95), on noise images (about 1/8, with a Wilson
-interval and the share of each option chosen), and on the trigger's own image (must be 1).
+interval, the share of each option chosen and a chi-square test that those shares are uniform,
+the check of the noise questions that can fail), and on the trigger's own image (must be 1).
 
 Example:
     >>> banks = {k: trigger_bank(k, dataset="mnist", shape=(1, 28, 28)) for k in TRIGGER_KINDS}
@@ -55,7 +56,7 @@ from eisbench.trojans.views import BACKGROUND, ViewConfig, layers, render
 from eisbench.trojans.zoo import trigger_digest
 
 __all__ = ["ACCURACY_TARGET", "Answer", "JudgeConfig", "JudgeEncoder", "Question", "ask",
-           "bank_digests", "judge_stage", "quiz_html", "train_judge", "validate"]
+           "bank_digests", "judge_stage", "quiz_html", "train_judge", "uniformity", "validate"]
 
 ACCURACY_TARGET = 0.95  # on views of the true trigger (issue #5)
 
@@ -269,6 +270,42 @@ def _rate(correct: int, n: int) -> dict[str, Any]:
     return {"accuracy": correct / n, "ci": [lo, hi], "n": n}
 
 
+UNIFORMITY_ALPHA = 0.01
+"""The noise questions' choices fail the uniformity test when the chi-square test of any kind's
+counts against uniform has p < ``UNIFORMITY_ALPHA`` / (number of kinds) (Bonferroni)."""
+
+
+def uniformity(counts: Mapping[str, Sequence[float]], *, alpha: float = UNIFORMITY_ALPHA
+               ) -> dict[str, Any]:
+    """Is a judge unbiased on noise? ``counts``: kind -> how often each option was chosen on
+    noise questions (options shuffled per question, so a judge that favours a *position* is
+    uniform here and fails on true triggers instead; one that favours a *trigger* is not).
+
+    Per kind: the chi-square statistic against uniform, its p-value and the largest share;
+    ``uniform`` is False when any kind's p-value is below ``alpha`` / (number of kinds). A
+    constant judge (always one trigger) fails it; a fair coin passes it but for ``alpha`` of
+    the time.
+
+    Example:
+        >>> uniformity({"patch": [40, 0, 0, 0, 0, 0, 0, 0]})["uniform"]
+        False
+        >>> uniformity({"patch": [5, 6, 4, 5, 5, 6, 4, 5]})["uniform"]
+        True
+    """
+    from scipy.stats import chisquare
+
+    per_kind: dict[str, dict[str, float]] = {}
+    for kind, c in counts.items():
+        n = float(sum(c))
+        stat, p = chisquare(list(c)) if n > 0 else (0.0, 1.0)
+        per_kind[kind] = {"chi2": float(stat), "p": float(p),
+                          "largest_share": max(c) / n if n else 0.0, "n": n}
+    bar = alpha / max(len(counts), 1)
+    return {"per_kind": per_kind, "alpha": alpha, "bar": bar,
+            "min_p": min((v["p"] for v in per_kind.values()), default=1.0),
+            "uniform": all(v["p"] >= bar for v in per_kind.values())}
+
+
 def validate(encoder: JudgeEncoder, *, bank: Banks | Sequence[Trigger],
              shape: tuple[int, int, int], n_trials: int, generator: torch.Generator,
              data: torch.Tensor | None = None, n_images: int = 10,
@@ -285,7 +322,10 @@ def validate(encoder: JudgeEncoder, *, bank: Banks | Sequence[Trigger],
       share of each option chosen and the most chosen one (``favourite``): an embedding judge
       sends uninformative images to the option nearest its idea of "no trigger", so its
       accuracy is 1/K on average but a tool that shows nothing is "right" on the trojans of
-      that option. Benchmarks should report that option's questions separately.
+      that option. Accuracy against a random "truth" is ~1/K for ANY judge, a constant one
+      included, so it cannot fail; what can is ``uniformity`` (:func:`uniformity`): a
+      chi-square test of the choices against uniform, which a judge biased towards some
+      trigger fails.
     - exact: per trigger, one question whose one image is ``Trigger.image`` itself: must be 1.
 
     Returns a JSON-able dict with accuracies, Wilson intervals and counts.
@@ -301,6 +341,7 @@ def validate(encoder: JudgeEncoder, *, bank: Banks | Sequence[Trigger],
     per_kind: dict[str, float] = {}
     per_trigger: dict[str, float] = {}
     shares: dict[str, list[float]] = {}
+    chosen_counts: dict[str, list[float]] = {}
     favourite: dict[str, dict[str, Any]] = {}
     for kind, triggers in banks.items():
         k = len(triggers)
@@ -335,6 +376,7 @@ def validate(encoder: JudgeEncoder, *, bank: Banks | Sequence[Trigger],
             noise_ok += chosen == truth
         n_noise += n_trials * k
         shares[kind] = (counts / counts.sum().clamp_min(1)).tolist()
+        chosen_counts[kind] = counts.tolist()
         top = int(counts.argmax())
         favourite[kind] = {"option": triggers[top].name, "share": shares[kind][top]}
     if n_true == 0:
@@ -344,7 +386,8 @@ def validate(encoder: JudgeEncoder, *, bank: Banks | Sequence[Trigger],
     true["meets_target"] = true["accuracy"] >= ACCURACY_TARGET
     chance = sum(1 / len(v) for v in banks.values()) / len(banks)
     noise = _rate(noise_ok, n_noise) | {"chance": chance, "choice_shares": shares,
-                                        "favourite": favourite}
+                                        "favourite": favourite,
+                                        "uniformity": uniformity(chosen_counts)}
     noise["chance_in_ci"] = noise["ci"][0] <= chance <= noise["ci"][1]
     return {"true_trigger": true, "noise": noise, "exact": _rate(exact_ok, n_exact),
             "n_images": n_images, "n_trials": n_trials}
