@@ -114,7 +114,8 @@ def test_tiny_zoo_on_digits_trains_caches_and_reports(tmp_path: Path) -> None:
     assert all(e["cached"] for e in again.log.entries)
     assert [k for _, k in again.models] == [k for _, k in run.models]
     assert [m.to_dict() for m in again.metrics] == [m.to_dict() for m in run.metrics]
-    assert (tmp_path / "cache" / "implant" / run.models[0][1] / "trigger.safetensors").exists()
+    assert (store.folder("implant", run.models[0][1])
+            / "trigger.safetensors").exists()
     table = format_table(run.metrics)
     assert table.count("\n") == 4 and pick[0].name in table
     assert len(missed(run.metrics)) == sum(not m.meets_target for m in run.metrics)
