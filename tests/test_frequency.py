@@ -117,8 +117,9 @@ def test_frequency_end_to_end_on_digits(tmp_path: Path) -> None:
     store = Store(tmp_path / "cache")
     rec = exp.run(cfg, out=tmp_path / "out", store=store)
     record.validate(dict(rec))
-    assert [c["exhibit"] for c in rec["claims"]] == ["H"] * 4
-    assert [c["if_reproduced"] for c in rec["claims"]] == ["features"] + ["inconclusive"] * 3
+    assert [c["exhibit"] for c in rec["claims"]] == ["H"] * 5
+    assert [(c["if_reproduced"], c["if_not"]) for c in rec["claims"]] == [
+        ("features", "bugs"), ("features", "inconclusive")] + [("inconclusive",) * 2] * 3
     runs = rec["details"]["per_seed"]
     assert [r["seed"] for r in runs] == [0, 1, 2]
     for r in runs:  # a model trained on clean digits beats chance on them

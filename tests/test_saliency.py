@@ -130,9 +130,11 @@ def test_saliency_end_to_end_on_digits(tmp_path: Path) -> None:
         inversion_starts=("other", "noise"), n_shown=4)
     rec = exp.run(cfg, out=tmp_path / "out", store=Store(tmp_path / "cache"))
     record.validate(dict(rec))
-    assert [c["exhibit"] for c in rec["claims"]] == ["A", "A", "A"]
-    assert [c["if_reproduced"] for c in rec["claims"]] == ["inconclusive", "inconclusive",
-                                                           "features"]
+    assert [c["exhibit"] for c in rec["claims"]] == ["A"] * 5
+    assert [c["role"] for c in rec["claims"]] == ["check"] + ["evidence"] * 4
+    assert [(c["if_reproduced"], c["if_not"]) for c in rec["claims"][1:]] == [
+        ("inconclusive", "inconclusive"), ("inconclusive", "inconclusive"),
+        ("features", "inconclusive"), ("inconclusive", "bugs")]
     mt = rec["metrics"]
     assert mt["saliency/fast-at/robust_acc"]["value"] > mt["saliency/standard/robust_acc"]["value"]
     assert mt["saliency/judge/std_acc"]["value"] > 0.8  # the judge knows the task

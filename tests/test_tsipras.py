@@ -96,8 +96,13 @@ def test_verdict_rules(share: tuple[float, float], std: tuple[float, float],
         met[f"tsipras/mnist/train_eps=0.3/{k}"] = _m(b, b - 0.005, b + 0.005)
     claims = decide(met, syn_eps=(0.0, 1.0, 2.0), p=0.9, train_eps=(0.0, 0.3), dataset="mnist",
                    eval_eps=0.1)
-    assert [c["verdict"] for c in claims] == [expect] * 5
-    assert [c["if_reproduced"] for c in claims] == ["features"] + ["inconclusive"] * 4
+    assert [c["verdict"] for c in claims] == [expect] * 6
+    # three theorems on synthetic data and "AT buys robustness" are checks; the image cost at
+    # the largest eps supports bugs when absent, at the mildest eps features when present
+    assert [c["role"] for c in claims] == ["check"] * 4 + ["evidence"] * 2
+    assert [(c["if_reproduced"], c["if_not"]) for c in claims] == [
+        ("inconclusive", "inconclusive")] * 4 + [("inconclusive", "bugs"),
+                                                 ("features", "inconclusive")]
     assert {c["exhibit"] for c in claims} == {"C"}
 
 
@@ -116,7 +121,7 @@ def test_tsipras_end_to_end(tmp_path: Path) -> None:
     cfg = _tiny()
     rec = exp.run(cfg, out=tmp_path / "out", store=Store(tmp_path / "cache"))
     record.validate(dict(rec))
-    assert len(rec["claims"]) == 5 and {c["exhibit"] for c in rec["claims"]} == {"C"}
+    assert len(rec["claims"]) == 6 and {c["exhibit"] for c in rec["claims"]} == {"C"}
     for s in rec["details"]["per_seed"]["synthetic"]:
         rows = s["rows"]
         for r in rows:

@@ -54,7 +54,7 @@ from eisbench.experiments.ilyas import (
     source_models,
 )
 from eisbench.models import ModelSpec
-from eisbench.runs.claims import fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.claims import decide_metric, fmt, make_claim, metric_over_seeds, provided
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, train_stage
@@ -303,17 +303,28 @@ def _metrics(per_seed: list[dict[str, Any]], sev: dict[str, tuple[float, ...]]
 
 
 def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
-    """Verdicts by rules fixed in advance, on 95% CIs over seeds (K classes, margin 0.02):
+    """Verdicts by rules fixed in advance, on 95% CIs over seeds, each of the form of
+    :func:`~eisbench.runs.claims.decide_against` (reproduced: the CI lies past the bar; not
+    reproduced: its far end stays short of bar + margin); K classes, MARGIN = 0.02.
 
-    - High-pass generalisation: the model trained on high-pass filtered images, tested on
-      high-pass filtered test images: reproduced if accuracy CI lower > 2/K (twice chance),
-      not reproduced if CI upper <= 2/K. Reproduced supports "features": the data carries
-      useful, generalising features that humans barely see. Not reproduced is inconclusive
-      (a cheap model may simply fail to use them).
+    - High-pass generalisation: the model trained and tested on high-pass filtered images:
+      reproduced if accuracy CI lower > 2/K (twice chance); not reproduced if its CI upper
+      < 2/K + 0.05 (margin 0.05: Yin et al. report ~50% top-1 on ImageNet, hundreds of times
+      chance) while the same architecture trained on clean images learns (its CI lower > 2/K;
+      otherwise the architecture, not the band, failed: inconclusive). Reproduced supports
+      "features": the data carries useful, generalising features that humans barely see. Not
+      reproduced supports "bugs": the imperceptible band carries no usable signal, so
+      perturbations living there exploit directions irrelevant for classification (World 1).
+    - A clean-trained model reads high-pass images: the model trained on clean images, tested
+      on high-pass filtered ones: same bar and margin. Reproduced supports "features": a
+      normally trained model uses the generalising high-frequency features (the bug world's
+      reply to such features, "existing does not mean used", fails). Not reproduced is
+      inconclusive: the grey high-pass images are far off the clean distribution, and a
+      model can fail on them in either world.
     - AT gain under Gaussian noise (robust minus standard accuracy, mean over severities):
-      reproduced if CI lower > +0.02, not reproduced if CI upper <= +0.02.
+      reproduced if CI lower > +MARGIN, not reproduced if CI upper < +2 MARGIN (margin MARGIN).
     - AT gain under fog, and under contrast: reproduced (AT lowers accuracy) if CI upper
-      < -0.02, not reproduced if CI lower >= -0.02.
+      < -MARGIN, not reproduced if CI lower > -2 MARGIN (margin MARGIN).
     The three adversarial-training claims are inconclusive for the features-or-bugs question
     whatever their outcome: they show whether adversarial training *moves* sensitivity between
     frequency bands rather than removing it, which both views predict (a model that loses its
@@ -323,30 +334,44 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     distribution shift among many, not on whether the Lp vulnerability was useful features.
     """
     chance2 = 2.0 / num_classes
-    hp = "frequency/filtered/train_high/test_high/acc"
-    lo, hi = metrics[hp]["ci95"]
-    claims = [make_claim(
-        claim="A model trained and tested only on high-pass filtered images generalises well "
-              "above chance", rule=f"accuracy CI lower > {chance2:.2f} (twice chance)",
-        measured=f"{fmt(metrics, hp)}; "
-                 f"{fmt(metrics, 'frequency/filtered/train_clean/test_clean/acc')} (clean)",
-        verdict=verdict(lo > chance2, hi <= chance2), exhibit="H", if_reproduced="features",
-        if_not="inconclusive", literature=LITERATURE["high_pass"])]
+    clean = "frequency/filtered/train_clean/test_clean/acc"
+    learns = decide_metric(metrics, clean, bar=chance2, margin=0.0)
+    claims: list[Claim] = []
+    for train, what, if_not, lit in (
+            ("high", "A model trained and tested only on high-pass filtered images generalises "
+                     "well above chance", "bugs", LITERATURE["high_pass"]),
+            ("clean", "A model trained on clean images classifies high-pass filtered test "
+                      "images well above chance (it uses the high-frequency features)",
+             "inconclusive", "no published figure; Yin et al. 2019 (Fourier heat maps): "
+                             "naturally trained models are sensitive to high frequencies")):
+        key = f"frequency/filtered/train_{train}/test_high/acc"
+        claims.append(make_claim(
+            claim=what, rule=f"accuracy CI lower > {chance2:.2f} = 2/K (reproduced: features); "
+                             f"CI upper < {chance2 + 0.05:.2f}, margin 0.05, while the clean "
+                             f"model's CI lower > {chance2:.2f} (not reproduced: {if_not})",
+            measured=f"{fmt(metrics, key)}; {fmt(metrics, clean)} (clean)",
+            verdict=provided(decide_metric(metrics, key, bar=chance2, margin=0.05), learns),
+            exhibit="H", if_reproduced="features", if_not=if_not, literature=lit))
     g = "frequency/at_gain/gaussian_noise"
-    lo, hi = metrics[g]["ci95"]
     claims.append(make_claim(
         claim="Adversarial training improves accuracy under high-frequency corruption "
               "(Gaussian noise)",
-        rule=f"AT gain (robust - standard, mean over severities) CI lower > +{MARGIN}",
-        measured=fmt(metrics, g), verdict=verdict(lo > MARGIN, hi <= MARGIN), exhibit="H",
-        if_reproduced="inconclusive", if_not="inconclusive", literature=LITERATURE["noise"]))
+        rule=f"AT gain (robust - standard, mean over severities) CI lower > +{MARGIN} "
+             f"(reproduced); CI upper < +{2 * MARGIN}, margin {MARGIN} (not reproduced); "
+             "inconclusive for the worlds either way",
+        measured=fmt(metrics, g), verdict=decide_metric(metrics, g, bar=MARGIN, margin=MARGIN),
+        exhibit="H", if_reproduced="inconclusive", if_not="inconclusive",
+        literature=LITERATURE["noise"]))
     for name in ("fog", "contrast"):
         g = f"frequency/at_gain/{name}"
-        lo, hi = metrics[g]["ci95"]
         claims.append(make_claim(
             claim=f"Adversarial training lowers accuracy under low-frequency corruption ({name})",
-            rule=f"AT gain (robust - standard, mean over severities) CI upper < -{MARGIN}",
-            measured=fmt(metrics, g), verdict=verdict(hi < -MARGIN, lo >= -MARGIN),
+            rule=f"AT gain (robust - standard, mean over severities) CI upper < -{MARGIN} "
+                 f"(reproduced); CI lower > -{2 * MARGIN}, margin {MARGIN} (not reproduced); "
+                 "inconclusive for the worlds either way",
+            measured=fmt(metrics, g),
+            verdict=decide_metric(metrics, g, bar=-MARGIN, margin=MARGIN,
+                                  higher_means_reproduced=False),
             exhibit="H", if_reproduced="inconclusive", if_not="inconclusive",
             literature=LITERATURE["low_freq"]))
     return claims

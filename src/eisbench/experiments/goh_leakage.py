@@ -36,7 +36,7 @@ from eisbench.experiments.ilyas import (
     wrong_label_sets,
 )
 from eisbench.models.core import features
-from eisbench.runs.claims import fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.claims import decide_metric, fmt, make_claim, metric_over_seeds
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.store import Store
@@ -116,34 +116,41 @@ def measure(cfg: GohLeakageConfig, *, out: Path, store: Store) -> Result:
 
 
 def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
-    """Verdicts by rules fixed in advance, on 95% CIs over seeds (chance = 1/K):
+    """Verdicts by rules fixed in advance, on 95% CIs over seeds, of the form of
+    :func:`~eisbench.runs.claims.decide_against` (chance = 1/K, bar = chance + 0.05, margin
+    0.02: about a quarter of Goh's D_rand leakage past the bar, 23.5% vs 15%):
 
-    - D_rand leaks robust features: reproduced if its probe accuracy CI lower > chance + 0.05;
-      not reproduced if its CI upper <= chance + 0.05.
-    - D_det does not: reproduced if its probe accuracy CI upper <= chance + 0.05; not
-      reproduced if its CI lower > chance + 0.05.
+    - D_rand leaks robust features: reproduced if its probe accuracy CI lower > bar; not
+      reproduced if its CI upper < bar + 0.02. Reproduced is inconclusive (leakage is another
+      explanation of D_rand's accuracy: it weakens the feature reading without supporting
+      bugs); not reproduced supports features (D_rand learnt without robust cues).
+    - D_det does not: reproduced if its probe accuracy CI upper < bar; not reproduced if its
+      CI lower > bar - 0.02. Reproduced supports features (D_det learnt without robust cues
+      can only come from non-robust features); not reproduced is inconclusive (leakage would
+      explain D_det's accuracy instead).
     """
-    margin = 1.0 / num_classes + 0.05
+    bar = 1.0 / num_classes + 0.05
 
     def shown(k: str) -> str:
         return fmt(metrics, f"goh_leakage/{k}/probe_acc", label=f"{k} probe acc")
 
-    rand, det = (metrics[f"goh_leakage/{k}/probe_acc"]["ci95"] for k in ("D_rand", "D_det"))
     return [
         make_claim(
             claim="D_rand leaks robust features (a robust-feature probe learns the true class)",
-            rule=f"probe acc CI lower > {margin:.2f} (chance + 0.05)", measured=shown("D_rand"),
-            verdict=verdict(rand[0] > margin, rand[1] <= margin), exhibit="D",
-            # leakage is another explanation of D_rand's accuracy: it weakens, not refutes
-            if_reproduced="inconclusive", if_not="features",
+            rule=f"probe acc CI lower > {bar:.2f} = chance + 0.05 (reproduced: inconclusive); "
+                 f"CI upper < {bar + 0.02:.2f}, margin 0.02 (not reproduced: features)",
+            measured=shown("D_rand"),
+            verdict=decide_metric(metrics, "goh_leakage/D_rand/probe_acc", bar=bar, margin=0.02),
+            exhibit="D", if_reproduced="inconclusive", if_not="features",
             literature=f"CIFAR-10: {LITERATURE['D_rand']:.1%}"),
         make_claim(
             claim="D_det shows little or no robust-feature leakage",
-            rule=f"probe acc CI upper <= {margin:.2f} (chance + 0.05)",
+            rule=f"probe acc CI upper < {bar:.2f} = chance + 0.05 (reproduced: features); CI "
+                 f"lower > {bar - 0.02:.2f}, margin 0.02 (not reproduced: inconclusive)",
             measured=f"{shown('D_det')}; {shown('D_det_shifted')} (against y+1)",
-            verdict=verdict(det[1] <= margin, det[0] > margin), exhibit="D",
-            # D_det learnt without robust cues can only come from non-robust features
-            if_reproduced="features", if_not="inconclusive",
+            verdict=decide_metric(metrics, "goh_leakage/D_det/probe_acc", bar=bar, margin=0.02,
+                                  higher_means_reproduced=False),
+            exhibit="D", if_reproduced="features", if_not="inconclusive",
             literature=f"CIFAR-10: {LITERATURE['D_det']:.1%}"),
     ]
 

@@ -26,7 +26,15 @@ from eisbench.core.tensors import predict
 from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.models import ModelSpec
-from eisbench.runs.claims import ci, make_claim, metric_over_seeds, verdict
+from eisbench.runs.claims import (
+    conjunction,
+    decide_against,
+    decide_metric,
+    gap,
+    make_claim,
+    metric_over_seeds,
+    needed,
+)
 from eisbench.runs.claims import fmt as claims_fmt
 from eisbench.runs.record import (
     Claim,
@@ -266,46 +274,63 @@ def _aggregate(per_seed: dict[str, list[dict[str, Any]]],
 
 
 def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
-    """Verdict per claim of Ilyas et al., by rules fixed in advance (on 95% CIs over seeds).
+    """Verdict per claim of Ilyas et al., by rules fixed in advance, each of the form of
+    :func:`~eisbench.runs.claims.decide_against` (reproduced: the 95% CI over seeds lies past
+    the bar; not reproduced: its far end stays short of bar + margin). Margins are about a
+    quarter of the published effect past the bar (CIFAR-10), so a refutation means "at most a
+    quarter of what the paper found"; K classes.
 
-    - D_NR: reproduced if std acc >= 0.80 (mean) and robust acc CI upper <= 0.10; not reproduced
-      if std acc CI upper < 0.80 or robust acc CI lower > 0.10.
-    - D_R: reproduced if robust acc CI lower > 0.10 and > the standard model's robust acc CI
-      upper + 0.05; not reproduced if its CI upper <= the standard model's CI upper + 0.05.
-    - D_rand, D_det: reproduced if std acc CI lower > 2/K (twice chance); not reproduced if its
-      CI upper <= 2/K.
+    - D_NR (features / bugs): reproduced if std acc CI lower > 0.80 and robust acc CI upper
+      < 0.10; not reproduced if std acc CI upper < 2/K (margin 2/K - 0.80): D_NR-trained
+      models do not generalise, so the standard model's non-robust features carry no usable
+      signal, which is the bug world's prediction (seed: exhibit D). A robust accuracy above
+      0.10 alone is inconclusive (robust cues leaked into D_NR; Goh's leakage).
+    - D_R (features / bugs): robust gain = D_R model's robust acc minus the standard model's
+      (interval of the difference). Reproduced if the gain's CI lower > 0.05 and D_R's robust
+      acc CI lower > 0.10; not reproduced if the gain's CI upper < 0.10 (margin 0.05: a
+      quarter of the published 21.9 points): robustness did not come with the robust data, so
+      the vulnerability is not a property of the data's features (seed 002: "the
+      hallucinations would be caused by the training process, not the data").
+    - D_rand, D_det (features / bugs): reproduced if std acc CI lower > 2/K (twice chance);
+      not reproduced if its CI upper < 2/K + 0.05 (a quarter of D_det's published 23.7
+      points past 2/K): mislabelled adversarial examples teach nothing that generalises.
     Anything in between is inconclusive.
     """
     def fmt(name: str) -> str:
         return claims_fmt(metrics, name)
 
     claims: list[Claim] = []
-    s, s_lo, s_hi = ci(metrics, "train_on_D_NR/std_acc")
-    r, r_lo, r_hi = ci(metrics, "train_on_D_NR/robust_acc")
-    ok, bad = s >= 0.80 and r_hi <= 0.10, s_hi < 0.80 or r_lo > 0.10
+    chance2 = 2.0 / num_classes
+    std_v = decide_metric(metrics, "train_on_D_NR/std_acc", bar=0.80, margin=chance2 - 0.80)
+    rob_v = decide_metric(metrics, "train_on_D_NR/robust_acc", bar=0.10, margin=0.0,
+                          higher_means_reproduced=False)
     claims.append(make_claim(
         claim="D_NR: high standard accuracy, near-zero robust accuracy",
-        rule="std mean >= 0.80 and robust CI upper <= 0.10",
+        rule=f"std CI lower > 0.80 and robust CI upper < 0.10 (reproduced); std CI upper < "
+             f"{chance2:.2f} = 2/K, i.e. D_NR does not generalise (not reproduced: bugs); a "
+             "high robust accuracy alone is inconclusive",
         measured=f"{fmt('train_on_D_NR/std_acc')}; {fmt('train_on_D_NR/robust_acc')}",
-        verdict=verdict(ok, bad), exhibit="D", if_reproduced="features",
-        literature="CIFAR-10: 87.7% std, 0.0% robust (Ilyas et al. 2019)"))
-    base_hi = ci(metrics, "train_on_D/robust_acc")[2]
-    r, r_lo, r_hi = ci(metrics, "train_on_D_R/robust_acc")
-    ok, bad = r_lo > 0.10 and r_lo > base_hi + 0.05, r_hi <= base_hi + 0.05
+        verdict=conjunction(std_v, needed(rob_v)), exhibit="D", if_reproduced="features",
+        if_not="bugs", literature="CIFAR-10: 87.7% std, 0.0% robust (Ilyas et al. 2019)"))
+    g = gap(metrics, "train_on_D_R/robust_acc", "train_on_D/robust_acc")
     claims.append(make_claim(
         claim="D_R: clearly non-zero robust accuracy without adversarial training",
-        rule="robust CI lower > 0.10 and > standard model's robust CI upper + 0.05",
+        rule="robust gain over the standard model: CI lower > 0.05 and D_R robust CI lower > "
+             "0.10 (reproduced); gain CI upper < 0.10, margin 0.05 = a quarter of the "
+             "published 21.9 points (not reproduced: bugs, robustness is not in the data)",
         measured=f"{fmt('train_on_D_R/robust_acc')}; {fmt('train_on_D/robust_acc')}",
-        verdict=verdict(ok, bad), exhibit="D", if_reproduced="features",
+        verdict=conjunction(decide_against(*g, bar=0.05, margin=0.05), needed(
+            decide_metric(metrics, "train_on_D_R/robust_acc", bar=0.10, margin=0.0))),
+        exhibit="D", if_reproduced="features", if_not="bugs",
         literature="CIFAR-10: 85.4% std, 21.9% robust (L2 eps 0.25)"))
-    chance2 = 2.0 / num_classes
     for name, lit in (("D_rand", "63.3%"), ("D_det", "43.7%")):
         key = f"train_on_{name}/std_acc"
-        _, lo, hi = ci(metrics, key)
         claims.append(make_claim(
             claim=f"{name}: well above chance on the original test set",
-            rule=f"std acc CI lower > {chance2:.2f} (twice chance)", measured=fmt(key),
-            verdict=verdict(lo > chance2, hi <= chance2), exhibit="D",
+            rule=f"std acc CI lower > {chance2:.2f} = 2/K (reproduced); CI upper < "
+                 f"{chance2 + 0.05:.2f}, margin 0.05 = a quarter of D_det's published 23.7 "
+                 "points past 2/K (not reproduced: bugs)", measured=fmt(key),
+            verdict=decide_metric(metrics, key, bar=chance2, margin=0.05), exhibit="D",
             if_reproduced="features", if_not="bugs", literature=f"CIFAR-10: {lit}"))
     return claims
 

@@ -9,7 +9,8 @@ literature's figure. An experiment that fails is reported with its error and the
 run; an interrupted suite resumes from the stage cache.
 
 Each claim says which world it supports if reproduced and if not (``if_reproduced``,
-``if_not``). An exhibit's own verdict follows a rule fixed here (:func:`exhibit_world`).
+``if_not``). An exhibit's own verdict follows a rule fixed here (:func:`exhibit_world` over its
+evidence, gated by its checks: :func:`judge_exhibit`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from eisbench.data import DATASETS, DataError
 from eisbench.experiments.core import EXPERIMENTS, Experiment, register, report_from
 from eisbench.runs import overrides
 from eisbench.runs.claims import world
-from eisbench.runs.record import EXHIBITS, Metric, Record
+from eisbench.runs.record import EXHIBITS, Claim, Metric, Record
 from eisbench.runs.result import Result
 from eisbench.runs.store import Store
 from eisbench.runs.validation import check_config as check_fields
@@ -80,6 +81,32 @@ def exhibit_world(worlds: list[str]) -> str:
     if f and b:
         return "mixed"
     return "features" if f else "bugs" if b else "inconclusive"
+
+
+def judge_exhibit(claims: Sequence[Claim]) -> dict[str, Any]:
+    """An exhibit's verdict from its judged claims: checks (role ``check``: identities, sanity
+    checks) are listed apart and never counted; the evidence's worlds give the exhibit's world
+    by :func:`exhibit_world`, unless a check FAILED (verdict ``not reproduced``): then every
+    evidence claim counts as inconclusive and ``reason`` says which check failed.
+
+    Returns ``{"world", "claims" (evidence), "counts", "checks": [{"claim", "verdict"}]}``
+    plus ``"reason"`` when a check failed.
+
+    Example:
+        >>> judge_exhibit([])["world"]
+        'inconclusive'
+    """
+    evidence = [c for c in claims if c.get("role", "evidence") != "check"]
+    checks = [c for c in claims if c.get("role", "evidence") == "check"]
+    failed = [c["claim"] for c in checks if c["verdict"] == "not reproduced"]
+    worlds = ["inconclusive" if failed else world(c) for c in evidence]
+    out: dict[str, Any] = {
+        "world": exhibit_world(worlds), "claims": len(evidence),
+        "counts": {w: worlds.count(w) for w in ("features", "bugs", "inconclusive")},
+        "checks": [{"claim": c["claim"], "verdict": c["verdict"]} for c in checks]}
+    if failed:
+        out["reason"] = "check failed: " + "; ".join(failed)
+    return out
 
 
 def _sub_config(exp: Experiment, cfg: EvidenceConfig) -> Any:
@@ -142,22 +169,21 @@ def run_one(exp: Experiment, sub: Any, *, out: Path, store: Store, tag: str
 def table(records: list[tuple[str, Record]], missing: Sequence[str] = ()
           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The verdict table's rows (one per claim, sorted by exhibit, experiment order kept within
-    an exhibit) and each exhibit's world by :func:`exhibit_world`; an exhibit one of whose
-    experiments is in ``missing`` (failed or skipped) lists them under ``incomplete``."""
+    an exhibit; ``role`` tells evidence from checks) and each exhibit's verdict by
+    :func:`judge_exhibit`; an exhibit one of whose experiments is in ``missing`` (failed or
+    skipped) lists them under ``incomplete``."""
     rows = [{"experiment": name, "exhibit": c.get("exhibit", "D"), "claim": c["claim"],
              "rule": c["rule"], "measured": c["measured"], "verdict": c["verdict"],
-             "world": world(c), "literature": c.get("literature", "")}
+             "world": world(c), "role": c.get("role", "evidence"),
+             "literature": c.get("literature", "")}
             for name, rec in records for c in rec["claims"]]
     rows.sort(key=lambda r: r["exhibit"])
     exhibits = {}
     for key, title in EXHIBITS.items():
-        worlds = [r["world"] for r in rows if r["exhibit"] == key]
+        mine = [c for _, rec in records for c in rec["claims"] if c.get("exhibit", "D") == key]
         lost = [m for m in missing if EXHIBIT_OF.get(m) == key]
-        if worlds or lost:
-            exhibits[key] = {"title": title, "world": exhibit_world(worlds),
-                             "claims": len(worlds),
-                             "counts": {w: worlds.count(w)
-                                        for w in ("features", "bugs", "inconclusive")},
+        if mine or lost:
+            exhibits[key] = {"title": title, **judge_exhibit(mine),
                              "seed_verdict": SEED_VERDICTS[key]}
             if lost:
                 exhibits[key]["incomplete"] = lost

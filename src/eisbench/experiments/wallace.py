@@ -33,7 +33,7 @@ from eisbench.experiments.ilyas import (
     setting,
     source_models,
 )
-from eisbench.runs.claims import fmt, make_claim, metric_over_seeds, verdict
+from eisbench.runs.claims import decide_metric, fmt, make_claim, metric_over_seeds
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, train_stage
@@ -142,8 +142,13 @@ def measure(cfg: WallaceConfig, *, out: Path, store: Store) -> Result:
 
 
 def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
-    """Rules fixed in advance, on 95% CIs over seeds: each claim is reproduced if the fresh
-    model's test accuracy CI lower > 2/K (twice chance), not reproduced if its CI upper <= 2/K.
+    """Rules fixed in advance, on 95% CIs over seeds, of the form of
+    :func:`~eisbench.runs.claims.decide_against`: each claim is reproduced if the fresh
+    model's test accuracy CI lower > 2/K (twice chance), not reproduced if its CI upper
+    < 2/K + 0.05 (margin 0.05, as for D_rand and D_det; Wallace's own figures, 91% and 49.7%,
+    are far above). Both outcomes are inconclusive for the worlds (Wallace: learning from
+    wrong labels is distillation, which explains D_rand and D_det without deciding what the
+    features are; and a failed distillation here says nothing about adversarial examples).
     """
     bar = 2.0 / num_classes
     claims: list[Claim] = []
@@ -152,12 +157,11 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
                         ("weak_errors", "A model trained only on a weak model's errors (with its "
                                         "wrong labels) is well above chance")):
         key = f"wallace/{name}/std_acc"
-        lo, hi = metrics[key]["ci95"]
         claims.append(make_claim(
-            claim=claim, rule=f"test accuracy CI lower > {bar:.2f} (twice chance)",
-            measured=fmt(metrics, key), verdict=verdict(lo > bar, hi <= bar),
-            # Wallace: learning from wrong labels is distillation, so it explains
-            # D_rand/D_det without deciding what the features are
+            claim=claim, rule=f"test accuracy CI lower > {bar:.2f} = 2/K (reproduced); CI "
+                              f"upper < {bar + 0.05:.2f}, margin 0.05 (not reproduced); "
+                              "inconclusive for the worlds either way (distillation)",
+            measured=fmt(metrics, key), verdict=decide_metric(metrics, key, bar=bar, margin=0.05),
             exhibit="D", if_reproduced="inconclusive", if_not="inconclusive",
             literature=f"{LITERATURE[name]:.1%} ({LIT_WHERE[name]})"))
     return claims

@@ -160,10 +160,11 @@ high-pass band; clamping to [0, 1] changed the low-pass images by
 {d['clamp_change']['low']:.2%} and the high-pass ones by {d['clamp_change']['high']:.2%}
 (relative L2). Chance is {chance:.0%}.</p>
 <h2>Verdicts</h2>{verdict_table(rec['claims'])}
-<p>For the features-or-bugs question, only the high-pass claim counts (useful features humans
-barely see, if reproduced); whether adversarial training moves vulnerability between frequency
-bands is predicted by both views, so those claims are inconclusive for it whatever their
-verdict.</p>
+<p>For the features-or-bugs question, only the high-pass claims count: useful features humans
+barely see (features, if reproduced), or a band with no usable signal (bugs, if the model
+trained on high-pass images does not generalise while the clean one does); whether adversarial
+training moves vulnerability between frequency bands is predicted by both views, so those
+claims are inconclusive for it whatever their verdict.</p>
 <h2>Measured values and the literature</h2>{_literature_table(rec)}
 <p>Sources: {esc(d['literature_source'])}.</p>
 <h2>Training and testing on filtered images</h2>{_filtered_table(rec)}

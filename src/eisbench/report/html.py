@@ -49,9 +49,13 @@ def page(title: str, body: str) -> str:
 
 
 def verdict_table(claims: Sequence[Mapping[str, Any]]) -> str:
-    """The claims of a record, one row each, coloured by verdict."""
-    return table(["claim", "rule (fixed in advance)", "measured", "verdict"],
-                 [[c["claim"], c["rule"], c["measured"], c["verdict"]] for c in claims],
+    """The claims of a record, one row each, coloured by verdict; when some are checks
+    (identities, sanity checks: never evidence), a ``role`` column says which."""
+    roles = any(c.get("role") == "check" for c in claims)
+    return table(["claim", "rule (fixed in advance)", "measured", "verdict"]
+                 + (["role"] if roles else []),
+                 [[c["claim"], c["rule"], c["measured"], c["verdict"]]
+                  + ([c.get("role", "evidence")] if roles else []) for c in claims],
                  [c["verdict"].replace(" ", "-") for c in claims])
 
 

@@ -18,7 +18,8 @@ Schema version 1::
                               "higher_is_better": bool}},
       "claims": [{"claim", "rule", "measured", "verdict",     # verdict: reproduced |
                                                                # not reproduced | inconclusive
-                  "exhibit", "if_reproduced", "if_not", "literature"}],  # optional: see Claim
+                  "exhibit", "if_reproduced", "if_not", "literature",
+                  "role"}],                                    # optional: see Claim
       "details": {...}                                         # per-seed values, attack specs
     }
 
@@ -41,6 +42,7 @@ from eisbench.core.paths import atomic_write_bytes
 SCHEMA_VERSION = 1
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 WORLDS = ("features", "bugs", "inconclusive")
+ROLES = ("evidence", "check")  # a check (an identity, a sanity check) is never evidence
 EXHIBITS = {  # the exhibits of "features or bugs?" (EIS IX) plus the Distill responses
     "A": "Robustness <-> interpretability",
     "B": "Adversarial transferability",
@@ -70,12 +72,15 @@ class _ClaimCore(TypedDict):
 class Claim(_ClaimCore, total=False):
     """A claim judged by a rule fixed in advance. ``exhibit`` (a key of :data:`EXHIBITS`) and
     the world each outcome supports (``if_reproduced``, ``if_not``: one of :data:`WORLDS`)
-    place it in the features-vs-bugs verdict table; ``literature`` is the published figure."""
+    place it in the features-vs-bugs verdict table; ``literature`` is the published figure.
+    ``role`` (one of :data:`ROLES`, ``evidence`` when absent): a ``check`` (an identity or a
+    sanity check) supports no world, and when it fails it gates its exhibit's evidence."""
 
     exhibit: str
     if_reproduced: str
     if_not: str
     literature: str
+    role: str
 
 
 class Record(TypedDict):
@@ -152,6 +157,8 @@ def validate(rec: dict[str, Any]) -> None:
         for k in ("if_reproduced", "if_not"):
             if k in c and c[k] not in WORLDS:
                 problems.append(f"claim {c.get('claim')!r} has {k} {c[k]!r}")
+        if "role" in c and c["role"] not in ROLES:
+            problems.append(f"claim {c.get('claim')!r} has role {c['role']!r}")
     if problems:
         raise ValueError("invalid record: " + "; ".join(problems))
 
