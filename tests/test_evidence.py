@@ -108,3 +108,16 @@ def test_each_experiment_is_filed_under_the_exhibit_its_claims_name() -> None:
         src = (root / f"{name.replace('-', '_')}.py").read_text()
         declared = set(re.findall(r'exhibit"?\s*[=:]\s*"([A-H])"', src))
         assert declared == {exhibit}, (name, declared)
+
+
+def test_the_printed_summary_names_a_failed_check_and_a_lost_experiment() -> None:
+    from eisbench.api import RunRecord
+
+    ex = {"title": "The superposition perspective", "world": "inconclusive",
+          "counts": {"features": 1}, "reason": "check failed: rescaling is an identity",
+          "incomplete": ["ntk"]}
+    text = RunRecord({"experiment": "features-vs-bugs", "claims": [], "metrics": {},
+                      "details": {"exhibits": {"F": ex}}}, out=Path("o"),
+                     report=Path("o/report.html")).summary()
+    assert ("exhibit F (The superposition perspective): inconclusive {'features': 1} (check "
+            "failed: rescaling is an identity) INCOMPLETE: ntk did not finish") in text

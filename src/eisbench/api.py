@@ -62,6 +62,7 @@ class RunRecord(dict[str, Any]):
     def _exhibits(self) -> list[str]:
         """The evidence suite's verdict table, one line per exhibit."""
         return [f"  exhibit {key} ({ex['title']}): {ex['world']} {ex['counts']}"
+                + (f" ({ex['reason']})" if ex.get("reason") else "")
                 + (f" INCOMPLETE: {', '.join(ex['incomplete'])} did not finish"
                    if ex.get("incomplete") else "")
                 for key, ex in self.get("details", {}).get("exhibits", {}).items()]
