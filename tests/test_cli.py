@@ -317,3 +317,25 @@ def test_a_full_disk_is_reported_as_such(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(os, "statvfs", real)
     assert main(["list"]) == 2
     assert "is full" not in capsys.readouterr().err  # a raw error on a disk with room: as is
+
+
+def test_attack_records_a_budget_violation_and_exits_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from eisbench.attacks import ATTACKS
+
+    def leaky(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+              norm: str = "linf", generator: torch.Generator | None = None) -> torch.Tensor:
+        return (x + 3 * eps).clamp(0, 1)
+
+    monkeypatch.setitem(ATTACKS._items, "leaky", leaky)
+    monkeypatch.setitem(ATTACKS._meta, "leaky", {**ATTACKS.meta("fgsm")})
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "1",
+                 "--out", str(tmp_path / "m")]) == 0
+    assert main(["attack", "--checkpoint", str(tmp_path / "m"), "--dataset", "digits",
+                 "--attack", "leaky", "--eps", "0.1", "--n", "30", "--n-checks", "10",
+                 "--out", str(tmp_path / "res")]) == 1
+    assert "broke the threat model" in capsys.readouterr().err
+    res = json.loads((tmp_path / "res" / "attack.json").read_text())
+    check = next(c for c in res["checks"] if c["name"] == "within-budget")
+    assert check["passed"] is False and "leaky" in check["detail"]

@@ -236,3 +236,30 @@ def test_suite_worst_case_is_never_weaker_than_any_of_its_attacks(
         assert not (res.robust & ~survives).any()
     assert sum(a["n_broken"] for a in res.per_attack) == int((res.clean & ~res.robust).sum())
     assert 0 < res.robust_acc < res.clean_acc
+
+
+def test_an_attack_that_leaves_the_ball_is_recorded_by_the_check_then_raised(
+        robust_digits: nn.Module, test_set: Data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken attack inside a suite: its successes are not counted, the within-budget check
+    records which attack and which examples, and the evaluation is raised with the check
+    attached (the check could never fail while the suite asserted first)."""
+    from eisbench.attacks.projection import project
+    from eisbench.evaluation import EvaluationBudgetViolation
+
+    def leaky(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+              norm: str = "linf", generator: torch.Generator | None = None) -> torch.Tensor:
+        return (project(x, x + eps, norm=norm, eps=eps) + eps).clamp(0, 1)  # 2 eps away
+
+    monkeypatch.setitem(ATTACKS._items, "leaky", leaky)
+    monkeypatch.setitem(ATTACKS._meta, "leaky", {**ATTACKS.meta("fgsm")})
+    x, y = test_set
+    with pytest.raises(EvaluationBudgetViolation, match="broke the threat model") as info:
+        evaluate_robustness(robust_digits, x[:40], y[:40], eps=EPS, n_checks=20,
+                            steps=(("leaky", {}), ("fgsm", {})))
+    ev = info.value.evaluation
+    check = next(c for c in ev.checks if c.name == "within-budget")
+    assert check.passed is False and "leaky: examples" in check.detail
+    leaky_row, fgsm_row = ev.result.per_attack
+    assert leaky_row["n_broken"] == 0 and leaky_row["budget_violations"]
+    assert fgsm_row["n_in"] == int(ev.result.clean.sum())  # nothing was taken as broken
+    assert "budget_violations" not in fgsm_row

@@ -48,7 +48,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from eisbench.attacks.evaluate import evaluation_hyper
     from eisbench.core.config import resolve_device
     from eisbench.core.stats import wilson_ci
-    from eisbench.evaluation import SUITES, evaluate_robustness
+    from eisbench.evaluation import SUITES, EvaluationBudgetViolation, evaluate_robustness
     from eisbench.models import load_checkpoint
     from eisbench.models.contract import check_model
 
@@ -72,9 +72,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
     control, surrogate = (load_checkpoint(p).to(device) if p else None
                           for p in (args.control, args.surrogate))
     t0 = time.perf_counter()
-    ev = evaluate_robustness(model, x, y, eps=args.eps, norm=args.norm, suite=args.suite,
-                             steps=steps, n_checks=args.n_checks, seed=args.seed, device=device,
-                             control=control, surrogate=surrogate)
+    try:
+        ev = evaluate_robustness(model, x, y, eps=args.eps, norm=args.norm, suite=args.suite,
+                                 steps=steps, n_checks=args.n_checks, seed=args.seed,
+                                 device=device, control=control, surrogate=surrogate)
+        broken = None
+    except EvaluationBudgetViolation as e:  # recorded below with its failed check, exit 1
+        ev, broken = e.evaluation, e
     res = ev.to_dict()
     k = int(ev.result.robust.sum())
     res |= {"ci95": list(wilson_ci(k, len(x))), "seconds": time.perf_counter() - t0,
@@ -92,6 +96,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         with output_folder(args.out, force=args.force) as work:
             (work / "attack.json").write_text(json.dumps(res, indent=2))
         print(f"result: {args.out / 'attack.json'}", file=sys.stderr)
+    if broken is not None:
+        print(f"eisbench: error: {broken}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from eisbench.evaluation.checks import CHECKS, CheckResult, Evaluation, evaluate_robustness
+from eisbench.evaluation.checks import (
+    CHECKS,
+    CheckResult,
+    Evaluation,
+    EvaluationBudgetViolation,
+    evaluate_robustness,
+)
 from eisbench.evaluation.suite import SUITES, SuiteResult, describe_suite, run_suite
 
-__all__ = ["CHECKS", "SUITES", "CheckResult", "Evaluation", "SuiteResult", "describe_suite",
-           "evaluate_robustness", "run_suite"]
+__all__ = ["CHECKS", "SUITES", "CheckResult", "Evaluation", "EvaluationBudgetViolation",
+           "SuiteResult", "describe_suite", "evaluate_robustness", "run_suite"]

@@ -164,10 +164,18 @@ def eval_mode_check(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("within-budget")
 def within_budget(c: CheckInputs) -> CheckResult:
+    """Fails on an attack whose output left the threat model (the suite records it and
+    counts none of its examples as broken) or on a returned example outside it."""
+    bad = [f"{a['name']}: {v}" for a in c.result.per_attack
+           for v in a.get("budget_violations", [])]
     try:
         assert_within_budget(c.x, c.result.x_adv, norm=c.norm, eps=c.eps)
     except BudgetViolation as e:
-        return CheckResult("within-budget", False, str(e), "an attack broke the threat model")
+        bad.append(f"returned examples: {e}")
+    if bad:
+        return CheckResult("within-budget", False, "; ".join(bad)[:500],
+                           "an attack broke the threat model: its successes were not counted; "
+                           "fix the attack before trusting any number from it")
     return CheckResult("within-budget", True, f"all {len(c.x)} adversarial examples within "
                        f"{c.norm} eps={c.eps:g} and in [0,1]")
 
@@ -312,5 +320,19 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
                          n_checks=min(n_checks, len(x)), seed=seed, device=dev,
                          control=control, surrogate=surrogate, skipped=tuple(skipped))
     checks = [CHECKS.get(name)(inputs) for name in CHECKS.names()]
-    return Evaluation(result=result, checks=checks)
+    ev = Evaluation(result=result, checks=checks)
+    budget = next(ch for ch in checks if ch.name == "within-budget")
+    if not budget.passed:  # recorded by the check, then raised: no number from a broken attack
+        raise EvaluationBudgetViolation(ev, budget.detail)
+    return ev
+
+
+class EvaluationBudgetViolation(BudgetViolation):
+    """An attack of the suite left the threat model; ``evaluation`` holds the whole
+    evaluation with its failed within-budget check, for the record."""
+
+    def __init__(self, evaluation: Evaluation, detail: str) -> None:
+        super().__init__(f"an attack broke the threat model ({detail}); the evaluation, with "
+                         "its failed within-budget check, is attached as .evaluation")
+        self.evaluation = evaluation
 

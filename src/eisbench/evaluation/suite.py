@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from eisbench.attacks import ATTACKS, assert_within_budget, check_inputs
+from eisbench.attacks.projection import BudgetViolation
 from eisbench.core.progress import progress
 from eisbench.core.registry import Registry
 from eisbench.core.stats import wilson_ci
@@ -147,11 +148,16 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 1000 + j)
         n_broken = 0
+        violations: list[str] = []
         for i in progress(range(0, len(todo), batch_size), desc=f"{suite}: {name}"):
             idx = todo[i:i + batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            xa = fn(model, xb, yb, eps=eps, norm=norm, generator=gen, **hyper)
-            assert_within_budget(xb, xa, norm=norm, eps=eps)
+            try:
+                xa = fn(model, xb, yb, eps=eps, norm=norm, generator=gen, **hyper)
+                assert_within_budget(xb, xa, norm=norm, eps=eps)
+            except BudgetViolation as e:  # recorded for the within-budget check, never counted
+                violations.append(f"examples {idx[0]}..{idx[-1]}: {e}")
+                continue
             with eval_mode(model), torch.no_grad():
                 ok = (model(xa).argmax(1) == yb).cpu()
             hit = idx[~ok]
@@ -161,7 +167,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                 broken_by[k] = name
             n_broken += len(hit)
         per_attack.append({"name": name, "hyper": dict(hyper), "n_in": len(todo),
-                           "n_broken": n_broken, "seconds": time.perf_counter() - t0})
+                           "n_broken": n_broken, "seconds": time.perf_counter() - t0}
+                          | ({"budget_violations": violations} if violations else {}))
     return SuiteResult(suite=suite if steps is None else "custom", norm=norm, eps=eps,
                        clean=clean, robust=robust, x_adv=x_adv, broken_by=broken_by,
                        per_attack=per_attack)
