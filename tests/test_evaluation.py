@@ -175,6 +175,16 @@ def test_black_box_catches_quantised_input_by_transfer(robust_digits: nn.Module,
     assert ch.passed is False and "transfer" in ch.detail
 
 
+def test_black_box_check_does_not_pass_when_it_cannot_run(robust_digits: nn.Module,
+                                                          test_set: Data) -> None:
+    """White-box attacks only and no surrogate: nothing could beat them, so the check says it
+    could not run instead of passing; the fast suite's Square lets it run."""
+    ctx = _check_inputs(Quantised(robust_digits), test_set, steps=(("apgd", {"steps": 5}),))
+    ch = CHECKS.get("black-box-not-stronger")(ctx)
+    assert ch.passed is None and "cannot run" in ch.detail
+    assert any(not ATTACKS.meta(n)["white_box"] for n, _ in SUITES.get("fast"))
+
+
 def test_no_autograd_in_forward(robust_digits: nn.Module, test_set: Data) -> None:
     ch = CHECKS.get("no-autograd-in-forward")(_check_inputs(Purifier(robust_digits), test_set,
                                                        steps=()))

@@ -228,6 +228,13 @@ def more_steps(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("black-box-not-stronger")
 def black_box_not_stronger(c: CheckInputs) -> CheckResult:
+    """Not run (None) when the suite has no gradient-free attack and no surrogate is given:
+    then nothing could beat the white-box attacks and a pass would mean nothing."""
+    if c.surrogate is None and all(ATTACKS.meta(a["name"])["white_box"]
+                                   for a in c.result.per_attack):
+        return CheckResult("black-box-not-stronger", None,
+                           "no gradient-free attack in the suite and no surrogate given: "
+                           "cannot run")
     by_black = sum(1 for b in c.result.broken_by if b and not ATTACKS.meta(b)["white_box"])
     detail = f"gradient-free attacks break {by_black} examples the white-box attacks missed"
     if c.surrogate is not None:

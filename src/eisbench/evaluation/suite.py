@@ -37,6 +37,8 @@ SUITES.register("standard")((
 SUITES.register("fast")((  # a cheaper screen for inner loops; not for reported numbers
     ("apgd", {"loss": "ce", "steps": 50}),
     ("apgd-t", {"n_targets": 3, "steps": 50}),
+    # a short gradient-free attack, so that the black-box-not-stronger check can fail here too
+    ("square", {"n_queries": 100}),
 ))
 
 
@@ -105,7 +107,8 @@ def steps_of(suite: str) -> tuple[Step, ...]:
 
 
 def describe_suite(suite: str, norm: str, eps: float) -> str:
-    """E.g. ``suite fast (apgd loss=ce steps=50; apgd-t n_targets=3 steps=50) linf eps=0.15``."""
+    """E.g. ``suite fast (apgd loss=ce steps=50; apgd-t n_targets=3 steps=50; square
+    n_queries=100) linf eps=0.15``."""
     parts = "; ".join(" ".join([name, *(f"{k}={v}" for k, v in hyper.items())])
                       for name, hyper in steps_of(suite))
     return f"suite {suite} ({parts}) {norm} eps={eps:g}"

@@ -19,6 +19,7 @@ from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
 from eisbench.construct import CONSTRUCTIONS
 from eisbench.core.tensors import predict
 from eisbench.evaluation import describe_suite, evaluate_robustness
+from eisbench.evaluation.suite import steps_of
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
@@ -129,7 +130,7 @@ def evaluate_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tens
 
     params: dict[str, Any] = {"attack": attack, "n_robust": n_robust, "seed": seed, "std": std}
     if suite is not None:
-        params |= {"suite": suite, "n_checks": n_checks}
+        params |= {"suite": suite, "n_checks": n_checks, "plan": steps_of(suite)}
     inputs = (model_key, test.key) + ((control[1],) if suite is not None and control else ())
     out, _ = ctx.store.run("evaluate", params,
                            inputs=inputs, compute=compute, save=save, load=load,
