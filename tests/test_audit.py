@@ -93,6 +93,9 @@ def test_audit_end_to_end_names_the_trojan(trojaned_digits: tuple[nn.Module, Any
     assert m["clean_acc"]["value"] > 0.8 and m["clean_acc"]["n"] == 360
     assert 0 <= m["robust_acc/eps=0.1"]["value"] <= m["clean_acc"]["value"] + 0.05
     assert rec["details"]["scan"]["suspect"] == 0 and rec["details"]["tools"]["class"] == 0
+    bb = next(c for c in rec["details"]["robust"]["0.1"]["checks"]
+              if c["name"] == "black-box-not-stronger")
+    assert "transfer from the surrogate" in bb["detail"]  # the audit passes a surrogate
     assert {"transfer/mlp", "transfer/mlp/noise", "replace/tree/agreement"} <= set(m)
     # adversarial examples transfer more than noise of the same norm
     assert m["transfer/mlp"]["value"] > m["transfer/mlp/noise"]["value"]

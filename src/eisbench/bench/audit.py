@@ -163,17 +163,19 @@ def references(a: Audit) -> None:
 
 def robust_accuracy(a: Audit) -> None:
     """Robust accuracy at each eps under the attack suite, with every sanity check (the
-    cnn-small reference, else the first one, is the undefended control)."""
+    cnn-small reference, else the first one, is the undefended control; another reference,
+    else the control, is the surrogate of the transfer part of the black-box check)."""
     from eisbench.evaluation import evaluate_robustness
 
     cfg = a.cfg
     x_r, y_r = a.ds.x_test[:cfg.n_robust], a.ds.y_test[:cfg.n_robust]
     a.details["robust"] = {}
     control = a.refs.get("cnn-small", next(iter(a.refs.values()), None))
+    surrogate = next((m for m in a.refs.values() if m is not control), control)
     for eps in cfg.eps:
         say(f"audit: robust accuracy at eps {eps:g} ({cfg.suite} suite, with checks)")
         ev = evaluate_robustness(a.model, x_r, y_r, eps=eps, suite=cfg.suite, control=control,
-                                 seed=cfg.seed, device=a.device)
+                                 surrogate=surrogate, seed=cfg.seed, device=a.device)
         k = int(ev.result.robust.sum())
         a.metrics[f"robust_acc/eps={eps:g}"] = _rate_metric(k, len(x_r))
         a.details["robust"][f"{eps:g}"] = ev.to_dict() | {
