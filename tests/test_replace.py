@@ -197,3 +197,17 @@ def test_sweep_measures_agreement_on_every_split(images: torch.Tensor,
     for p in pts:
         assert all(0 <= v <= 1 for v in (p.agree_fit, p.agree_val, p.agree_test))
         assert p.agree_ood is not None and not math.isnan(p.agree_ood)
+
+
+def test_one_seed_interval_is_wilson_of_the_exact_count_and_rejects_non_rates() -> None:
+    from eisbench.bench.replace_parts import over_seeds
+    from eisbench.core.stats import wilson_ci
+
+    agree = agreement(torch.tensor([1, 2, 3, 4, 5, 6, 7]), torch.tensor([1, 2, 3, 0, 0, 0, 7]))
+    m = over_seeds([agree], n_items=7)
+    assert m["value"] == pytest.approx(4 / 7) and m["n"] == 7
+    assert m["ci95"] == pytest.approx(list(wilson_ci(4, 7)))
+    with pytest.raises(ValueError, match="not a rate over 7"):
+        over_seeds([0.5], n_items=7)  # 3.5 of 7: a mean, not a count over these images
+    two = over_seeds([0.5, 0.7], n_items=7)  # several seeds: a t-interval over seeds
+    assert two["n"] == 2 and two["ci95"][0] < 0.6 < two["ci95"][1]

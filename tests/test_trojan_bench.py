@@ -7,19 +7,23 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from eisbench.bench import trojan_control as control
 from eisbench.bench import trojan_scores as scores
 from eisbench.bench.registry import BENCHMARKS
 from eisbench.bench.trojans import TrojanBenchConfig
 from eisbench.cli import main
-from eisbench.runs.record import validate
+from eisbench.core.stats import wilson_ci
+from eisbench.runs.record import Claim, validate
 from eisbench.runs.store import Store
 from eisbench.trojans.judge import JudgeEncoder, ask
 from eisbench.trojans.stamp import Trigger
+from eisbench.trojans.zoo import TrojanMetrics, meets_target
 
 
 def test_combine_equals_asking_on_the_pooled_images() -> None:
@@ -75,6 +79,95 @@ def test_detection_auroc_matches_sklearn_and_brackets() -> None:
         scores.detection_auroc([1.0], [0.0, 1.0], generator=torch.Generator())
 
 
+def test_success_interval_is_over_trojans_clustered_by_model() -> None:
+    # a tool's success per trojan, each a fraction over 3 seeds: the value shown is their mean
+    rates = [1 / 3, 2 / 3, 1.0, 0.0, 1 / 3, 2 / 3]
+    m = scores.mean_metric(rates, [f"m{i}" for i in range(6)])
+    assert m["value"] == pytest.approx(0.5) and m["n"] == 6
+    assert 0.0 < m["ci95"][0] < 0.5 < m["ci95"][1] < 1.0
+    # two trojans per model: three units, not six; the interval is wider
+    shared = scores.mean_metric(rates, ["a", "b", "c", "a", "b", "c"])
+    assert shared["n"] == 3 and shared["value"] == m["value"]
+    assert shared["ci95"][1] - shared["ci95"][0] > m["ci95"][1] - m["ci95"][0]
+    # no spread between trojans, none in the interval (Wilson at round(v * t) would give one)
+    flat = scores.mean_metric([1 / 3] * 12, list(range(12)))
+    assert flat["ci95"] == pytest.approx([1 / 3, 1 / 3])
+    # too few units: the whole range
+    assert scores.mean_metric([0.2, 0.4], ["a", "b"], lower=-1.0)["ci95"] == [-1.0, 1.0]
+    # exactly k of n independent successes (one seed, a trojan per model): Wilson's interval
+    # for k of n, not a percentile bootstrap (1 of 12 would give [0, 0.25])
+    one = scores.mean_metric([1.0] + [0.0] * 11, list(range(12)))
+    assert one["ci95"] == pytest.approx(list(wilson_ci(1, 12))) and one["n"] == 12
+
+
+def _judge_details() -> dict[str, Any]:
+    un = {"alpha": 0.05, "bar": 0.0167, "min_p": 0.5, "uniform": True,
+          "per_kind": {"patch": {"largest_share": 0.2}}}
+    return {"true_trigger": {"meets_target": True, "accuracy": 0.97, "ci": [0.95, 0.99],
+                             "n": 100},
+            "noise": {"uniformity": un, "accuracy": 0.12, "n": 100}}
+
+
+def _claims(n_graded: int) -> list[Claim]:
+    metric = scores.ci_metric
+    metrics = {"tool/a/success_rate": metric(0.2, 0.1, 0.3, n_graded),
+               "tool/b/success_rate": metric(0.3, 0.2, 0.4, n_graded),
+               "tool/all/success_rate": metric(0.8, 0.7, 0.9, n_graded),
+               "detection/nc/auroc": metric(0.9, 0.8, 1.0, n_graded + 8)}
+    details = {"judge": _judge_details(), "detection": {"nc": {}, "tabor": {"skipped": "x"}},
+               "graded": {"n": n_graded, "of": 12}}
+    return scores.decide(metrics, details, ["a", "b"])
+
+
+def test_claims_need_enough_trojans_that_meet_the_implant_targets() -> None:
+    ok = _claims(5)
+    assert [c["verdict"] for c in ok] == ["reproduced", "reproduced", "reproduced",
+                                          "inconclusive"]
+    assert "graded on 5 of 12 implanted trojans (7 missed" in ok[1]["measured"]
+    few = _claims(scores.MIN_GRADED - 1)
+    assert few[0]["verdict"] == "reproduced"  # the judge does not rest on the zoo
+    assert [c["verdict"] for c in few[1:]] == ["inconclusive"] * 3
+    assert all("fewer than 3, so inconclusive" in c["measured"] for c in few[1:])
+
+
+def _zoo_metric(name: str, target: int, asr: float, drop: float) -> TrojanMetrics:
+    return TrojanMetrics(name=name, kind="patch", universal=True, target=target, source=None,
+                         clean_acc=0.9, clean_ref_acc=0.9 + drop, drop=drop, asr=asr, n_asr=100,
+                         nonsource_flip=None, meets_target=meets_target(asr, drop))
+
+
+def test_graded_trojans_and_why_the_others_are_excluded() -> None:
+    zm = [_zoo_metric("a", 1, 0.95, 0.0), _zoo_metric("b", 2, 0.5, 0.0),
+          _zoo_metric("c", 3, 0.99, 0.03), _zoo_metric("d", 4, 0.9, 0.01)]
+    assert control.graded_indices(zm) == [0, 3]
+    ex = control.excluded(zm)
+    assert [x["name"] for x in ex] == ["b", "c"]
+    assert ex[0]["why"] == "ASR 0.500" and "drop 3.00 points" in ex[1]["why"]
+    g = control.graded_details(zm, [0, 3])
+    assert (g["n"], g["of"], g["trojans"]) == (2, 4, ["a", "d"])
+
+
+def test_clean_control_models_clusters_and_lift() -> None:
+    # one clean model per distinct target, round robin; a repeated target shares its model
+    assert control.control_models([4, 5, 4, 1, 7], n_clean=3) == [0, 1, 0, 2, 0]
+    assert control.linked_clusters([("t0", "c0"), ("t1", "c1"), ("t2", "c0"), ("t3", "c2")]) \
+        == [0, 1, 0, 2]
+    assert control.linked_clusters([("t0", "c0"), ("t1", "c1"), ("t1", "c0")]) == [0, 0, 0]
+    # 4 trojans, 2 seeds: success on the trojans and on the clean control
+    trojan = {"a": [[True, True], [True, False], [False, False], [True, True]]}
+    clean = {"a": [[False, False], [True, False], [False, True], [False, False]]}
+    m = control.control_metrics(trojan, clean, trojan_keys=["t0", "t1", "t2", "t3"],
+                                clean_keys=["c0", "c1", "c2", "c3"])
+    assert m["tool/a/clean_success_rate"]["value"] == pytest.approx(0.25)
+    # per trojan 1 - 0, 0.5 - 0.5, 0 - 0.5, 1 - 0 (trojan minus clean, not the reverse)
+    assert m["tool/a/lift"]["value"] == pytest.approx(0.375)
+    assert m["tool/a/lift"]["n"] == 4 and m["tool/a/lift"]["ci95"][0] < 0.375
+    shared = control.control_metrics(trojan, clean, trojan_keys=["t0", "t1", "t2", "t3"],
+                                     clean_keys=["c0", "c1", "c0", "c1"])
+    assert shared["tool/a/clean_success_rate"]["n"] == 2
+    assert shared["tool/a/lift"]["n"] == 2
+
+
 TINY = TrojanBenchConfig(dataset="digits", epochs=12, n_clean=2,
                          tools=("neural-cleanse", "fv-class-fourier"), tool_steps=0.2,
                          n_images=4, n_data=128, judge_steps=300, judge_trials=2, n_attr=8,
@@ -108,24 +201,49 @@ def test_bench_end_to_end_on_digits_caches_every_stage(tmp_path: Path,
                  "attribution/occlusion/correlation", "attribution/blank/correlation",
                  "detection/auroc", "detection/neural-cleanse/target_found"):
         assert name in m, name
-    assert m["tool/all/success_rate"]["n"] == 12 and len(rec["details"]["zoo"]) == 12
+    d = rec["details"]
+    # only the trojans that meet the implant targets grade anything; this zoo has both kinds
+    met = [z["name"] for z in d["zoo"] if z["meets_target"]]
+    k = len(met)
+    assert 3 <= k < 12 and len(d["zoo"]) == 12
+    assert d["graded"]["n"] == k and d["graded"]["of"] == 12 and d["trojans"] == met
+    assert {x["name"] for x in d["graded"]["excluded"]} == {z["name"] for z in d["zoo"]} - set(met)
+    assert all(len(g) == k for g in d["grid"].values())
+    assert all(len(g) == k for g in d["control"]["grid"].values())
+    assert m["tool/all/success_rate"]["n"] == k  # one model per trojan: n = trojans graded
+    assert f"graded on {k} of 12 implanted trojans" in printed
+    assert all(f"graded on {k} of 12" in c["measured"] for c in rec["claims"][1:])
     assert m["attribution/blank/correlation"]["value"] == 0.0
-    assert m["detection/auroc"]["n"] == 14
+    assert m["detection/auroc"]["n"] == k + 2
+    assert [x["trojan"] for x in d["detection"]["neural-cleanse"]["trojaned"]] == met
+    # the clean-model control: same questions about clean models' images; lift = difference
+    for r in (*TINY.tools, "all"):
+        s, c, lift = (m[f"tool/{r}/{x}"] for x in ("success_rate", "clean_success_rate", "lift"))
+        assert lift["value"] == pytest.approx(s["value"] - c["value"])
+        assert lift["ci95"][0] <= lift["value"] <= lift["ci95"][1]
+    targets = [z["target"] for z in d["zoo"] if z["meets_target"]]
+    assert len(d["control"]["clean_models"]) == k
+    assert set(d["units"]) >= {"tool/*/success_rate", "tool/*/lift", "attribution/*/correlation"}
     key = json.loads((out / "quiz.key.json").read_text())
-    assert len(key) == 12 * 2 and all(0 <= v < 8 for v in key.values())
-    assert (out / "quiz.html").read_text().count("<fieldset") == 24
+    assert len(key) == k * 2 and all(0 <= v < 8 for v in key.values())
+    assert (out / "quiz.html").read_text().count("<fieldset") == 2 * k
     html = (out / "report.html").read_text()
-    assert "Trojan rediscovery benchmark" in html and html.count("<img") >= 12 + 4
-    assert {s["name"] for s in rec["stages"]} >= {"implant", "train", "judge", "tool-images",
-                                                  "scan"}
-    assert not any(s["cached"] for s in rec["stages"])
+    assert "Trojan rediscovery benchmark" in html and html.count("<img") >= k + 4
+    assert html.count("MISSED: excluded") == 12 - k and "clean-model success" in html
+    stages = rec["stages"]
+    assert {s["name"] for s in stages} >= {"implant", "train", "judge", "tool-images", "scan"}
+    assert not any(s["cached"] for s in stages)
+    # tool images: per tool, one per graded trojan and one per distinct target on clean models
+    n_images = k + len(set(targets))
+    assert sum(s["name"] == "tool-images" for s in stages) == 2 * n_images
+    assert sum(s["name"] == "scan" for s in stages) == k + 2  # no scan of an excluded trojan
 
     # adding a tool computes its images and nothing else
     store = Store(tmp_path / "home" / "cache")
     more = dataclasses.replace(TINY, tools=(*TINY.tools, "snafue"))
     rec2 = BENCHMARKS.get("trojans").run(more, out=tmp_path / "out2", store=store)
     fresh = [s for s in rec2["stages"] if not s["cached"]]
-    assert {s["name"] for s in fresh} == {"tool-images"} and len(fresh) == 12
+    assert {s["name"] for s in fresh} == {"tool-images"} and len(fresh) == n_images
     assert rec2["details"]["grid"]["neural-cleanse"] == rec["details"]["grid"]["neural-cleanse"]
 
 

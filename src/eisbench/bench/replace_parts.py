@@ -57,16 +57,27 @@ def _metric(value: float, lo: float, hi: float, n: int, *, higher: bool = True) 
             "higher_is_better": higher}
 
 
+def rate_count(v: float, n_items: int) -> int:
+    """The number of the ``n_items`` images behind the rate ``v`` (a fraction k / n_items);
+    a value that is not such a fraction fails here rather than get the interval of a
+    neighbouring count (a mean over seeds or subsets, a rate over another denominator)."""
+    k = v * n_items
+    if n_items < 1 or abs(k - round(k)) > 0.05:
+        raise ValueError(f"{v} is not a rate over {n_items} items (k = {k:.3f})")
+    return round(k)
+
+
 def over_seeds(values: list[float], *, n_items: int, higher: bool = True,
                binomial: bool = True) -> Metric:
     """Mean over seeds with a t-interval (n = seeds); one seed: Wilson's interval over the
-    ``n_items`` images of a rate (``binomial``), else a zero-width interval."""
+    ``n_items`` images of a rate (``binomial``; the value is exactly k / n_items, checked by
+    :func:`rate_count`), else a zero-width interval."""
     if len(values) > 1:
         m, lo, hi = mean_ci(values)
         return _metric(m, lo, hi, len(values), higher=higher)
     v = values[0]
     if binomial:
-        lo, hi = wilson_ci(round(v * n_items), n_items)
+        lo, hi = wilson_ci(rate_count(v, n_items), n_items)
         return _metric(v, lo, hi, n_items, higher=higher)
     return _metric(v, v, v, 1, higher=higher)
 

@@ -1,18 +1,21 @@
-"""The trojan benchmark's other two families of tools (:mod:`eisbench.bench.trojans`, parts 5
-and 6): attribution methods scored on poisoned images of the patch trojans, and detection of
-trojaned models by trigger-reconstruction scans.
+"""The trojan benchmark's other two families of tools (:mod:`eisbench.bench.trojans`, parts 6
+and 7), on the trojans that meet the implant targets (``graded``): attribution methods scored
+on poisoned images of the patch trojans, and detection of trojaned models by
+trigger-reconstruction scans.
 
 - Attribution: the captum methods and two baselines
   (:func:`~eisbench.tools.attribution.score_methods`) on up to ``n`` source test images
   stamped with the trigger that the model sends to the target; score: correlation with the
-  trigger's footprint.
-- Detection: a scan of every class of every trojaned and clean model (cached); a model's
-  score is the anomaly index of its smallest-trigger class (:func:`suspicion`); AUROC with a
-  bootstrap CI (:func:`~eisbench.bench.trojan_scores.detection_auroc`).
+  trigger's footprint, averaged over the images pooled from every graded patch trojan, with a
+  bootstrap interval over those trojans (the images of one model move together).
+- Detection: a scan of every class of every graded trojaned and every clean model (cached); a
+  model's score is the anomaly index of its smallest-trigger class (:func:`suspicion`); AUROC
+  with a bootstrap CI (:func:`~eisbench.bench.trojan_scores.detection_auroc`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,6 @@ import torch
 from torch import nn
 
 from eisbench.bench import trojan_scores as scores
-from eisbench.core.stats import mean_ci
 from eisbench.core.tensors import predict
 from eisbench.runs.record import Metric
 from eisbench.runs.stages import Tensors
@@ -42,18 +44,20 @@ def poisoned_images(model: nn.Module, trojan: Trojan, test: Tensors, *, n: int,
     return xs[hit][:n], foot[hit][:n]
 
 
-def attribution(zoo: ZooRun, test: Tensors, *, n: int, device: torch.device
-                ) -> tuple[dict[str, Metric], dict[str, Any]]:
-    """Every attribution method on the patch trojans: metrics
-    ``attribution/{method}/correlation`` (t-interval over images) and the details
+def attribution(zoo: ZooRun, test: Tensors, *, graded: Sequence[int], n: int,
+                device: torch.device) -> tuple[dict[str, Metric], dict[str, Any]]:
+    """Every attribution method on the graded patch trojans: metrics
+    ``attribution/{method}/correlation`` (the mean over the pooled images, with a bootstrap
+    interval over trojans: images of one model are not independent) and the details
     ``attribution`` (per trojan), ``attribution_images`` (per image), ``attribution_skipped``."""
     rows: dict[str, list[float]] = {}
+    models: dict[str, list[str]] = {}  # per method, the model of each image
     per_trojan: dict[str, dict[str, float | None]] = {}
     skipped: dict[str, str] = {}
-    for i, trojan in enumerate(zoo.trojans):
+    for i in graded:
+        trojan, (model, key) = zoo.trojans[i], zoo.models[i]
         if trojan.trigger.kind != "patch":
             continue
-        model = zoo.models[i][0]
         x, foot = poisoned_images(model, trojan, test, n=n, device=device)
         res = score_methods(model, x.to(device), trojan.target, foot.to(device),
                             generator=torch.Generator().manual_seed(i))
@@ -62,7 +66,9 @@ def attribution(zoo: ZooRun, test: Tensors, *, n: int, device: torch.device
             if m.skipped:
                 skipped[m.name] = m.skipped
             rows.setdefault(m.name, []).extend(m.per_image)
-    metrics = {f"attribution/{name}/correlation": scores.ci_metric(*mean_ci(vals), len(vals))
+            models.setdefault(m.name, []).extend([key] * len(m.per_image))
+    metrics = {f"attribution/{name}/correlation":
+               scores.mean_metric(vals, models[name], lower=-1.0, upper=1.0)
                for name, vals in rows.items() if vals}
     return metrics, {"attribution": per_trojan, "attribution_images": rows,
                      "attribution_skipped": skipped}
@@ -89,13 +95,13 @@ def suspicion(res: ScanResult) -> float:
     return res.anomaly_index[min(range(len(res.l1)), key=lambda k: res.l1[k])]
 
 
-def detect(zoo: ZooRun, res_t: list[ScanResult], res_c: list[ScanResult], method: str
-           ) -> tuple[dict[str, Metric], dict[str, Any]]:
+def detect(trojans: list[Trojan], res_t: list[ScanResult], res_c: list[ScanResult],
+           method: str) -> tuple[dict[str, Metric], dict[str, Any]]:
     """One scan method's metrics (AUROC, target found, false alarms) and details from the
-    scans of the trojaned (``res_t``) and clean (``res_c``) models."""
+    scans of the trojaned (``res_t``, aligned with ``trojans``) and clean (``res_c``) models."""
     st, sc = [suspicion(r) for r in res_t], [suspicion(r) for r in res_c]
     det = scores.detection_auroc(st, sc, generator=torch.Generator().manual_seed(2))
-    hits = [r.suspect == t.target for r, t in zip(res_t, zoo.trojans, strict=True)]
+    hits = [r.suspect == t.target for r, t in zip(res_t, trojans, strict=True)]
     fp = [r.suspect is not None for r in res_c]
     metrics = {
         f"detection/{method}/auroc": scores.ci_metric(det.auroc, *det.ci95,
@@ -105,25 +111,30 @@ def detect(zoo: ZooRun, res_t: list[ScanResult], res_c: list[ScanResult], method
     details = det.to_dict() | {
         "trojaned": [{"trojan": t.name, "score": s_, "suspect": r.suspect, "target": t.target,
                       "bbox": list(r.trigger.bbox) if r.trigger else None}
-                     for t, r, s_ in zip(zoo.trojans, res_t, st, strict=True)],
+                     for t, r, s_ in zip(trojans, res_t, st, strict=True)],
         "clean": [{"score": s_, "suspect": r.suspect} for r, s_ in zip(res_c, sc, strict=True)]}
     return metrics, details
 
 
-def detection(store: Store, zoo: ZooRun, data: Tensors, *, methods: tuple[str, ...],
-              steps: int, device: torch.device, log: StageLog
+def detection(store: Store, zoo: ZooRun, data: Tensors, *, graded: Sequence[int],
+              methods: tuple[str, ...], steps: int, device: torch.device, log: StageLog
               ) -> tuple[dict[str, Metric], dict[str, Any]]:
-    """Scan every trojaned and clean model with each method (cached): the metrics
-    ``detection/{method}/...`` and ``detection/auroc`` (the first method's), and the details
-    per method."""
+    """Scan every graded trojaned and every clean model with each method (cached): the
+    metrics ``detection/{method}/...`` and ``detection/auroc`` (the first method's), and the
+    details per method. With fewer than 2 graded trojans no AUROC can be computed: nothing is
+    scanned and each method's details say why (``skipped``)."""
+    if len(graded) < 2:
+        why = f"{len(graded)} trojan(s) meet the implant targets; AUROC needs 2"
+        return {}, {method: {"skipped": why} for method in methods}
     metrics: dict[str, Metric] = {}
     details: dict[str, Any] = {}
+    trojans = [zoo.trojans[i] for i in graded]
     for method in methods:
         res_t = [scan_stage(store, method=method, model=m, model_key=k, data=data, steps=steps,
-                            device=device, log=log) for m, k in zoo.models]
+                            device=device, log=log) for m, k in (zoo.models[i] for i in graded)]
         res_c = [scan_stage(store, method=method, model=m, model_key=k, data=data, steps=steps,
                             device=device, log=log) for m, k in zoo.clean]
-        m_, details[method] = detect(zoo, res_t, res_c, method)
+        m_, details[method] = detect(trojans, res_t, res_c, method)
         metrics |= m_
     if methods:
         metrics["detection/auroc"] = metrics[f"detection/{methods[0]}/auroc"]

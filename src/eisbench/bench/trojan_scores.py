@@ -10,6 +10,11 @@ Picking the best of 45 pairs on the same 12 trojans it is scored on is optimisti
 :func:`best_pair` also gives the leave-one-trojan-out estimate (the pair chosen on the other
 trojans, scored on the held-out one).
 
+Intervals are over the unit of replication and for exactly the value shown
+(:func:`mean_metric`, :data:`UNITS`): a tool's success is a mean over trojans of a fraction
+over tool seeds, so its interval is a bootstrap over trojans (clustered by model), not a
+binomial interval over questions.
+
 Example:
     >>> sims = {"a": torch.tensor([[0.9, 0.1], [0.2, 0.8]])}  # (trojans, options)
     >>> success_grid(sims, answers=[0, 0])["a"]
@@ -19,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from eisbench.core.stats import wilson_ci
+from eisbench.core.stats import cluster_bootstrap_ci, wilson_ci
 from eisbench.runs.claims import verdict
 from eisbench.runs.record import Claim, Metric
 
@@ -62,13 +67,33 @@ def ci_metric(value: float, lo: float, hi: float, n: int, *, higher: bool = True
             "higher_is_better": higher}
 
 
-def success_metric(rates: Sequence[float]) -> Metric:
-    """Mean success over trojans (each the mean over seeds) with Wilson's interval at that
-    rate, n = trojans (a tool's questions on one trojan are not independent)."""
-    t = len(rates)
-    v = sum(rates) / t
-    lo, hi = wilson_ci(round(v * t), t)
-    return ci_metric(v, lo, hi, t)
+def mean_metric(values: Sequence[float], clusters: Sequence[Hashable], *, lower: float = 0.0,
+                upper: float = 1.0, higher: bool = True, n_boot: int = 2000,
+                min_clusters: int = 3) -> Metric:
+    """The mean of ``values`` (one per unit: a trojan's success over seeds, an image's
+    correlation) with the 95% percentile bootstrap interval of exactly that mean, resampling
+    ``clusters`` (the models the units are nested in; a fixed generator); n = clusters. With
+    fewer than ``min_clusters`` clusters the interval is the whole range [lower, upper]: a
+    bootstrap over 1 or 2 units has 1 or 3 possible outcomes and says nothing. Where the mean
+    is exactly a count k of n independent successes (every value 0 or 1, one unit per
+    cluster), the interval is Wilson's for k of n: a percentile bootstrap of a small count is
+    too narrow (1 of 12: [0, 0.25] against Wilson's [0.015, 0.354]).
+
+    Example:
+        >>> mean_metric([1.0, 0.0, 0.5], ["m0", "m1", "m2"])["n"]
+        3
+    """
+    if not values:
+        raise ValueError("no units to summarise")
+    v = sum(values) / len(values)
+    if len(set(clusters)) < max(2, min_clusters):
+        return ci_metric(v, lower, upper, len(set(clusters)), higher=higher)
+    if set(values) <= {0.0, 1.0} and len(set(clusters)) == len(values):
+        lo, hi = wilson_ci(int(sum(values)), len(values))
+        return ci_metric(v, lo, hi, len(values), higher=higher)
+    lo, hi = cluster_bootstrap_ci(values, clusters, n_boot=n_boot,
+                                  generator=torch.Generator().manual_seed(0))
+    return ci_metric(v, lo, hi, len(set(clusters)), higher=higher)
 
 
 def combine(sims: Sims, tools: Sequence[str], *,
@@ -151,43 +176,111 @@ def detection_auroc(trojaned: Sequence[float], clean: Sequence[float], *,
                      n_trojaned=len(pos), n_clean=len(neg), fpr=fpr.tolist(), tpr=tpr.tolist())
 
 
+UNITS = {
+    "tool/*/success_rate": "n = graded trojans' models (each trojan has its own); the mean "
+                           "over graded trojans of the success fraction over tool seeds; 95% "
+                           "percentile bootstrap over trojans, clustered by model",
+    "tool/*/clean_success_rate": "the same questions about clean models' images; n = clean "
+                                 "models (trojans that share one are resampled together)",
+    "tool/*/lift": "per graded trojan, trojan success - clean success; n = clusters of "
+                   "trojans linked by a shared trojaned or clean model",
+    "attribution/*/correlation": "the mean over images pooled from the graded patch trojans; "
+                                 "n = those trojans' models, the bootstrap's unit",
+    "detection/*/auroc": "n = graded trojaned + clean models; stratified bootstrap over models",
+    "detection/*/target_found": "n = graded trojaned models (Wilson)",
+    "detection/*/false_alarm": "n = clean models (Wilson)",
+    "judge/*": "n = validation questions (Wilson)",
+    "all bootstrap intervals": "fewer than 3 clusters: the metric's whole range (no interval)",
+}
+"""The unit of replication of every metric family of the trojan benchmark (recorded in
+``details["units"]``)."""
+
+
+MIN_GRADED = 3
+"""The fewest trojans that must meet the implant targets (``meets_target``: ASR and
+clean-accuracy drop) for the tool-success and detection claims to be judged: fewer units give
+no usable interval over trojans, and a trojan that was never implanted has nothing for a tool
+to find. Below it those claims are inconclusive, with the reason shown. Fixed before any run
+was graded with it (2026-12)."""
+
+
+def graded_scope(details: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether enough trojans were graded (:data:`MIN_GRADED`), and the sentence that says
+    how many of the implanted trojans were graded."""
+    g = details["graded"]
+    missed = g["of"] - g["n"]
+    text = (f"graded on {g['n']} of {g['of']} implanted trojans"
+            + (f" ({missed} missed the implant targets and are excluded)" if missed else ""))
+    if g["n"] < MIN_GRADED:
+        return False, f"{text}: fewer than {MIN_GRADED}, so inconclusive"
+    return True, text
+
+
+def judge_claim(details: Mapping[str, Any]) -> Claim:
+    """The judge is trusted: true-trigger accuracy on target and no bias on noise."""
+    tv, nv = details["judge"]["true_trigger"], details["judge"]["noise"]
+    un = nv["uniformity"]
+    trusted = bool(tv["meets_target"] and un["uniform"])
+    return {
+        "claim": "The judge can be trusted: it names the true trigger from its views and "
+                 "favours no trigger on noise",
+        "rule": "true-trigger accuracy >= 0.95 and, on noise questions, no kind's choices "
+                f"reject uniform (chi-square p >= {un['alpha']:g} / kinds = {un['bar']:.4f}); "
+                "noise accuracy against a random truth is shown but cannot fail",
+        "measured": f"true trigger {tv['accuracy']:.3f} [{tv['ci'][0]:.3f}, {tv['ci'][1]:.3f}]"
+                    f" (n={tv['n']}); noise: smallest chi-square p {un['min_p']:.2g}, largest "
+                    f"share {max(v['largest_share'] for v in un['per_kind'].values()):.3f} "
+                    f"(uniform 1/8); noise accuracy {nv['accuracy']:.3f} (n={nv['n']})",
+        "verdict": verdict(trusted, not trusted)}
+
+
+def combine_claim(metrics: Mapping[str, Metric], details: Mapping[str, Any],
+                  names: list[str]) -> Claim:
+    """Combining every tool's images beats the best single tool (judged only on enough
+    trojans that meet the implant targets)."""
+    enough, scope = graded_scope(details)
+    claim: Claim = {"claim": "Combining every tool's images beats the best single tool (Casper "
+                             "et al.: 49% vs 47%)",
+                    "rule": "all-tools success > best single tool's; 'reproduced' only if the "
+                            "all-tools CI lower bound exceeds the best tool's rate; judged on "
+                            f"the trojans that meet the implant targets (at least {MIN_GRADED})",
+                    "measured": scope, "verdict": verdict(False, False)}
+    if "tool/all/success_rate" not in metrics:
+        return claim
+    best = max(names, key=lambda n: metrics[f"tool/{n}/success_rate"]["value"])
+    b, a = metrics[f"tool/{best}/success_rate"], metrics["tool/all/success_rate"]
+    claim["measured"] = (f"all {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] vs best "
+                         f"single ({best}) {b['value']:.3f}; {scope}")
+    if enough:
+        claim["verdict"] = verdict(a["ci95"][0] > b["value"], a["value"] <= b["value"])
+    return claim
+
+
+def detection_claims(metrics: Mapping[str, Metric], details: Mapping[str, Any]) -> list[Claim]:
+    """Per scan method: it separates the graded trojaned models from the clean ones."""
+    enough, scope = graded_scope(details)
+    out: list[Claim] = []
+    for method in details["detection"]:
+        m = metrics.get(f"detection/{method}/auroc")
+        claim: Claim = {"claim": f"{method} separates trojaned from clean models",
+                        "rule": "AUROC CI lower bound > 0.5 (reproduced); CI upper bound < 0.5 "
+                                "or AUROC <= 0.5 (not reproduced); trojaned models: those that "
+                                f"meet the implant targets (at least {MIN_GRADED})",
+                        "measured": scope, "verdict": verdict(False, False)}
+        if m is not None:
+            lo = m["ci95"][0]
+            claim["measured"] = (f"AUROC {m['value']:.3f} [{lo:.3f}, {m['ci95'][1]:.3f}] over "
+                                 f"{m['n']} models; {scope}")
+            if enough:
+                claim["verdict"] = verdict(lo > 0.5, m["value"] <= 0.5)
+        out.append(claim)
+    return out
+
+
 def decide(metrics: dict[str, Metric], details: dict[str, Any],
            names: list[str]) -> list[Claim]:
     """Verdicts by rules fixed in advance: the judge is trusted, combining tools helps,
-    each scan detects trojaned models."""
-    tv, nv = details["judge"]["true_trigger"], details["judge"]["noise"]
-    best = max(names, key=lambda n: metrics[f"tool/{n}/success_rate"]["value"])
-    b, a = metrics[f"tool/{best}/success_rate"], metrics["tool/all/success_rate"]
-    un = nv["uniformity"]
-    trusted = bool(tv["meets_target"] and un["uniform"])
-    claims: list[Claim] = [
-        {"claim": "The judge can be trusted: it names the true trigger from its views and "
-                  "favours no trigger on noise",
-         "rule": "true-trigger accuracy >= 0.95 and, on noise questions, no kind's choices "
-                 f"reject uniform (chi-square p >= {un['alpha']:g} / kinds = {un['bar']:.4f}); "
-                 "noise accuracy against a random truth is shown but cannot fail",
-         "measured": f"true trigger {tv['accuracy']:.3f} [{tv['ci'][0]:.3f}, {tv['ci'][1]:.3f}]"
-                     f" (n={tv['n']}); noise: smallest chi-square p {un['min_p']:.2g}, largest "
-                     f"share {max(v['largest_share'] for v in un['per_kind'].values()):.3f} "
-                     f"(uniform 1/8); noise accuracy {nv['accuracy']:.3f} (n={nv['n']})",
-         "verdict": verdict(trusted, not trusted)},
-        {"claim": "Combining every tool's images beats the best single tool (Casper et al.: "
-                  "49% vs 47%)",
-         "rule": "all-tools success > best single tool's; 'reproduced' only if the all-tools "
-                 "CI lower bound exceeds the best tool's rate",
-         "measured": f"all {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] vs best "
-                     f"single ({best}) {b['value']:.3f}",
-         "verdict": verdict(a["ci95"][0] > b["value"], a["value"] <= b["value"])},
-    ]
-    for key, m in metrics.items():
-        if key.startswith("detection/") and key.endswith("/auroc") and key != "detection/auroc":
-            method = key.split("/")[1]
-            lo = m["ci95"][0]
-            claims.append({
-                "claim": f"{method} separates trojaned from clean models",
-                "rule": "AUROC CI lower bound > 0.5 (reproduced); CI upper bound < 0.5 or "
-                        "AUROC <= 0.5 (not reproduced)",
-                "measured": f"AUROC {m['value']:.3f} [{lo:.3f}, {m['ci95'][1]:.3f}] over "
-                            f"{m['n']} models",
-                "verdict": verdict(lo > 0.5, m["value"] <= 0.5)})
-    return claims
+    each scan detects trojaned models. The last two are judged only on the trojans that met
+    the implant targets, and only when at least :data:`MIN_GRADED` did."""
+    return [judge_claim(details), combine_claim(metrics, details, names),
+            *detection_claims(metrics, details)]

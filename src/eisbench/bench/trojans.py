@@ -1,25 +1,33 @@
 """``eisbench bench trojans``: the trojan-rediscovery benchmark (Casper et al. 2023) end to end.
 
 1. The trojan zoo (:mod:`eisbench.trojans.zoo`): 12 trojaned and ``n_clean`` clean
-   models, cached.
+   models, cached. Only the trojans that meet the implant targets (ASR, clean-accuracy drop)
+   grade the tools, attribution and detection; the others are reported apart, and with fewer
+   than :data:`~eisbench.bench.trojan_scores.MIN_GRADED` graded the tool-success and
+   detection claims are inconclusive (:mod:`eisbench.bench.trojan_control`).
 2. The judge (:mod:`eisbench.trojans.judge`), trained on trigger views only (never on a model
    under test) and validated before it is trusted: accuracy on views of the true trigger
-   (target >= 0.95) and on noise (about 1/8).
-3. Every tool of :data:`~eisbench.tools.TOOLS` makes ``n_images`` images per trojan and seed
-   from clean test images (cached per tool, trojan and seed: adding a tool runs only it).
+   (target >= 0.95) and no favourite option on noise.
+3. Every tool of :data:`~eisbench.tools.TOOLS` makes ``n_images`` images per graded trojan and
+   seed from clean test images (cached per tool, model, target and seed: adding a tool runs
+   only it).
 4. 8-way questions: the judge compares the tool's images with the 8 triggers of the trojan's
    kind (the true one and 7 distractors). Success per tool, for all tools together and the
    best pair (:mod:`eisbench.bench.trojan_scores`), with two reference rows: noise images (a
    tool that shows nothing) and views of the true trigger (a tool that shows it).
-5. The 16 captum attribution methods and two baselines on poisoned images of the patch
+5. The clean-model control: every tool on a clean zoo model with each graded trojan's target,
+   asked the same question; its success there is the tool's chance rate, and the lift is the
+   trojan success minus it.
+6. The 16 captum attribution methods and two baselines on poisoned images of the graded patch
    trojans, scored by correlation with the trigger's footprint
    (:mod:`eisbench.bench.trojan_probes`).
-6. Detection: Neural Cleanse and TABOR scans of every trojaned and clean model; AUROC of the
-   anomaly index of the smallest-trigger class, with a bootstrap CI.
+7. Detection: Neural Cleanse and TABOR scans of every graded trojaned and every clean model;
+   AUROC of the anomaly index of the smallest-trigger class, with a bootstrap CI.
 
-Success rates: the mean over all questions (trojans x seeds); the 95% interval is Wilson's at
-that rate with n = the number of trojans (a tool's questions on one trojan are not
-independent, so the trojans are the sample).
+Success rates: the mean over graded trojans of each trojan's success over tool seeds; the 95%
+interval is a percentile bootstrap over trojans, clustered by model (a tool's questions on one
+trojan are not independent, so the trojans are the sample); ``details["units"]`` states the
+unit of every metric.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eisbench import data as datasets
+from eisbench.bench import trojan_control as control
 from eisbench.bench import trojan_scores as scores
+from eisbench.bench.trojan_control import Grid
 from eisbench.bench.trojan_probes import attribution, detection
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import progress, say
@@ -54,6 +64,7 @@ from eisbench.trojans.zoo import ZooRun, bench_zoo
 CASPER = {"best_single": 0.47, "all": 0.49}  # human success, Casper et al. (2023), ImageNet
 REFERENCES = ("noise", "trigger-views")  # rows that are not tools
 Banks = dict[str, list[Trigger]]  # trigger kind -> its 8 options
+Sims = dict[str, dict[int, torch.Tensor]]  # row -> seed -> (graded trojans, 8) similarities
 
 
 @dataclass(frozen=True)
@@ -84,8 +95,9 @@ FULL = TrojanBenchConfig()
 QUICK = TrojanBenchConfig(n_train=20000, epochs=4, tool_steps=0.5, judge_trials=5, n_attr=16,
                           scan_methods=("neural-cleanse",), scan_steps=100, n_scan=128,
                           seeds=(0,))
-"""Quick: a cheaper zoo (some random-position patch trojans then miss the ASR target: the
-record and report say which), half the tool steps, one tool seed, Neural Cleanse scans only.
+"""Quick: a cheaper zoo (some random-position patch trojans then miss the ASR target: they
+grade nothing, and the record and report say which), half the tool steps, one tool seed,
+Neural Cleanse scans only.
 The judge is the full one (1000 steps left patch views at 0.48 accuracy); it is cached and
 shared with full mode."""
 
@@ -166,18 +178,20 @@ def write_quiz(shown: dict[str, torch.Tensor], trojans: list[Trojan], tools: lis
 
 @dataclass(frozen=True)
 class Setting:
-    """What every phase shares: the zoo, the data each part may use, the judge's options."""
+    """What every phase shares: the zoo, which of its trojans are graded, the data each part
+    may use, the judge's options."""
 
     device: torch.device
     names: list[str]  # the tools benchmarked
     zoo: ZooRun
+    graded: list[int]  # indices of the zoo's trojans that meet the implant targets
     ds: datasets.ImageData
     tool_data: Tensors  # the first n_data test images
     scan_data: Tensors  # the first n_scan test images
     test: Tensors
     train: Tensors
     banks: Banks
-    answers: list[int]  # per trojan, the true option's index in its kind's bank
+    answers: list[int]  # per graded trojan, the true option's index in its kind's bank
 
     @property
     def log(self) -> StageLog:
@@ -187,9 +201,20 @@ class Setting:
     def rows(self) -> list[str]:
         return [*self.names, *REFERENCES]
 
+    @property
+    def trojans(self) -> list[Trojan]:
+        """The graded trojans."""
+        return [self.zoo.trojans[i] for i in self.graded]
+
+    @property
+    def models(self) -> list[tuple[nn.Module, str]]:
+        """The graded trojans' models and their cache keys."""
+        return [self.zoo.models[i] for i in self.graded]
+
 
 def setting(cfg: TrojanBenchConfig, store: Store) -> Setting:
-    """Check the config, load the zoo (cached), slice the data and build the trigger banks."""
+    """Check the config, load the zoo (cached), pick the trojans that meet the implant targets,
+    slice the data and build the trigger banks."""
     device = resolve_device(cfg.device)
     names = tool_names(cfg)
     if not cfg.seeds or cfg.n_clean < 2:
@@ -197,18 +222,22 @@ def setting(cfg: TrojanBenchConfig, store: Store) -> Setting:
     zoo, ds = bench_zoo(store, dataset=cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
                         natural_root=cfg.natural_root, n_train=cfg.n_train,
                         n_clean=cfg.n_clean, device=cfg.device)
+    graded = control.graded_indices(zoo.metrics)
+    say(f"grading on {len(graded)} of {len(zoo.trojans)} implanted trojans (the others miss "
+        "the implant targets)")
     key = f"{ds.name}:{ds.sha256}"
     banks = {k: trigger_bank(k, dataset=cfg.dataset, shape=ds.shape, data_root=cfg.natural_root)
              for k in KINDS}
     return Setting(
-        device=device, names=names, zoo=zoo, ds=ds,
+        device=device, names=names, zoo=zoo, graded=graded, ds=ds,
         tool_data=Tensors(ds.x_test[:cfg.n_data], ds.y_test[:cfg.n_data],
                           f"{key}:test:{cfg.n_data}"),
         scan_data=Tensors(ds.x_test[:cfg.n_scan], ds.y_test[:cfg.n_scan],
                           f"{key}:test:{cfg.n_scan}"),
         test=Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}"),
         train=Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}"),
-        banks=banks, answers=[answer_index(banks[t.trigger.kind], t) for t in zoo.trojans])
+        banks=banks, answers=[answer_index(banks[zoo.trojans[i].trigger.kind], zoo.trojans[i])
+                              for i in graded])
 
 
 def train_judge(st: Setting, cfg: TrojanBenchConfig,
@@ -223,64 +252,93 @@ def train_judge(st: Setting, cfg: TrojanBenchConfig,
     return enc, val
 
 
-def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder
-              ) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, torch.Tensor]]:
-    """Every row's images for every trojan and seed (tools cached), asked of the judge:
-    ``sims[row][seed]`` (trojans, 8) and the images of the first seed (``shown``, with each
-    kind's options)."""
+def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder, *,
+               models: list[tuple[nn.Module, str]], rows: list[str], desc: str
+               ) -> tuple[Sims, dict[str, torch.Tensor]]:
+    """Each row's images of ``models[j]`` (aligned with the graded trojans; tools cached) for
+    graded trojan j's target, asked of the judge with that trojan's options: ``sims[row][seed]``
+    (graded trojans, 8), and the images of the first seed (``shown``)."""
     lays = {k: {"layers": layers(st.banks[k], st.ds.shape)} for k in KINDS}
-    sims = {r: {s: torch.zeros(len(st.zoo.trojans), 8) for s in cfg.seeds} for r in st.rows}
+    sims = {r: {s: torch.zeros(len(st.graded), 8) for s in cfg.seeds} for r in rows}
     shown: dict[str, torch.Tensor] = {}
-    jobs = [(i, s, r) for i in range(len(st.zoo.trojans)) for s in cfg.seeds for r in st.rows]
-    for i, s, r in progress(jobs, desc="tools"):
-        trojan, (model, mkey) = st.zoo.trojans[i], st.zoo.models[i]
+    jobs = [(j, s, r) for j in range(len(st.graded)) for s in cfg.seeds for r in rows]
+    for j, s, r in progress(jobs, desc=desc):
+        i, trojan, (model, mkey) = st.graded[j], st.zoo.trojans[st.graded[j]], models[j]
         if r in REFERENCES:
-            imgs = reference_images(r, i, lay=lays[trojan.trigger.kind], answer=st.answers[i],
+            imgs = reference_images(r, i, lay=lays[trojan.trigger.kind], answer=st.answers[j],
                                     data=st.tool_data.x, n=cfg.n_images, seed=s)
         else:
             imgs = trojan_tool_stage(store, name=r, model=model, model_key=mkey, trojan=trojan,
                                      data=st.tool_data, cfg=cfg, seed=s, device=st.device,
                                      log=st.log)
         opts = st.banks[trojan.trigger.kind]
-        sims[r][s][i] = ask(enc, images=imgs, options=opts, shape=st.ds.shape).similarities
+        sims[r][s][j] = ask(enc, images=imgs, options=opts, shape=st.ds.shape).similarities
         if s == cfg.seeds[0]:
             shown[f"{trojan.name}/{r}"] = imgs.contiguous()
+    return sims, shown
+
+
+def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder
+              ) -> tuple[Sims, dict[str, torch.Tensor]]:
+    """Every row's images for every graded trojan and seed, from its trojaned model, asked of
+    the judge (:func:`ask_models`); ``shown`` also holds each kind's options."""
+    sims, shown = ask_models(st, cfg, store, enc, models=st.models, rows=st.rows, desc="tools")
     for k in KINDS:
         shown[f"options/{k}"] = torch.stack([t.image(st.ds.shape)
                                              for t in st.banks[k]]).contiguous()
     return sims, shown
 
 
-def success(st: Setting, cfg: TrojanBenchConfig, sims: dict[str, dict[int, torch.Tensor]]
-            ) -> tuple[dict[str, Metric], dict[str, Any]]:
-    """Success per row, for all tools together and the best pair (with its leave-one-trojan-out
-    estimate): metrics ``tool/.../success_rate`` and the details behind them."""
-    answers, names = st.answers, st.names
-    grid = {r: [[scores.success_grid({r: sims[r][s]}, answers=answers)[r][i]
-                 for s in cfg.seeds] for i in range(len(answers))] for r in st.rows}
-    metrics = {f"tool/{r}/success_rate": scores.success_metric([sum(g) / len(g)
-                                                                for g in grid[r]])
-               for r in st.rows}
-    all_ok, pair_ok, pair_cv, pairs = [], [], [], []
-    for s in cfg.seeds:
-        per_seed = {r: sims[r][s] for r in names}
-        all_ok.append(scores.success_grid({"all": scores.combine(per_seed, names)},
-                                          answers=answers)["all"])
-        if len(names) >= 2:
-            bp = scores.best_pair(per_seed, answers=answers)
-            pair_ok.append(bp.correct)
-            pair_cv.append(bp.cv_correct)
-            pairs.append(bp.pair)
+def grids(st: Setting, cfg: TrojanBenchConfig, sims: Sims, rows: list[str], *,
+          with_pairs: bool = True) -> tuple[dict[str, Grid], list[list[str]]]:
+    """Per row, for all tools together (``all``) and (``with_pairs``) the best pair with its
+    leave-one-trojan-out estimate (``best_pair_cv``): whether the judge picks the true option,
+    per graded trojan and seed; and the best pair of each seed."""
+    def per_seed(row_sims: dict[int, torch.Tensor]) -> list[list[bool]]:  # (seeds, trojans)
+        return [scores.success_grid({"r": row_sims[s]}, answers=st.answers)["r"]
+                for s in cfg.seeds]
 
-    def over_seeds(rows_: list[list[bool]]) -> list[float]:
-        return [sum(r[i] for r in rows_) / len(rows_) for i in range(len(answers))]
+    by_seed = {r: per_seed(sims[r]) for r in rows}
+    by_seed["all"] = per_seed({s: scores.combine({n: sims[n][s] for n in st.names}, st.names)
+                               for s in cfg.seeds})
+    pairs = []
+    if with_pairs and len(st.names) >= 2 and st.graded:
+        bps = [scores.best_pair({n: sims[n][s] for n in st.names}, answers=st.answers)
+               for s in cfg.seeds]
+        by_seed["best_pair"] = [bp.correct for bp in bps]
+        by_seed["best_pair_cv"] = [bp.cv_correct for bp in bps]
+        pairs = [list(bp.pair) for bp in bps]
+    return {r: [list(t) for t in zip(*g, strict=True)] for r, g in by_seed.items()}, pairs
 
-    metrics["tool/all/success_rate"] = scores.success_metric(over_seeds(all_ok))
-    if pair_ok:
-        metrics["tool/best_pair/success_rate"] = scores.success_metric(over_seeds(pair_ok))
-        metrics["tool/best_pair_cv/success_rate"] = scores.success_metric(over_seeds(pair_cv))
-    return metrics, {"grid": grid, "all": all_ok, "best_pairs": [list(p) for p in pairs],
-                     "best_pair_correct": pair_ok, "best_pair_cv": pair_cv}
+
+def success(st: Setting, grid: dict[str, Grid]) -> dict[str, Metric]:
+    """``tool/{row}/success_rate`` for every row of ``grid``: the mean over graded trojans of
+    the success fraction over seeds, with a bootstrap interval over trojans clustered by model
+    (none when no trojan is graded)."""
+    if not st.graded:
+        return {}
+    keys = [k for _, k in st.models]
+    return {f"tool/{r}/success_rate": scores.mean_metric(control.rates(g), keys)
+            for r, g in grid.items()}
+
+
+def clean_control(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder,
+                  grid: dict[str, Grid]) -> tuple[dict[str, Metric], dict[str, Any]]:
+    """Every tool on the zoo's clean models, asked each graded trojan's question
+    (:mod:`~eisbench.bench.trojan_control`): ``tool/{tool|all}/clean_success_rate`` and
+    ``.../lift``, and the details ``control``."""
+    which = control.control_models([t.target for t in st.trojans], n_clean=len(st.zoo.clean))
+    models = [st.zoo.clean[k] for k in which]
+    sims, _ = ask_models(st, cfg, store, enc, models=models, rows=st.names,
+                         desc="clean control")
+    cgrid, _ = grids(st, cfg, sims, st.names, with_pairs=False)
+    details = {"clean_models": which, "grid": cgrid,
+               "choices": {r: {str(s): sims[r][s].argmax(1).tolist() for s in cfg.seeds}
+                           for r in st.names}}
+    if not st.graded:
+        return {}, details
+    return control.control_metrics(grid, cgrid, trojan_keys=[k for _, k in st.models],
+                                   clean_keys=[k for _, k in models]), details
 
 
 def judge_metrics(val: dict[str, Any]) -> dict[str, Metric]:
@@ -293,30 +351,36 @@ def judge_metrics(val: dict[str, Any]) -> dict[str, Metric]:
 
 
 def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
-    """Load the zoo, train the judge, ask it about every tool's images, score attribution and
-    detection, judge the claims; the images go to ``tool_images.safetensors`` and the
-    questions to ``quiz.html`` (answers in ``quiz.key.json``)."""
+    """Load the zoo, train the judge, ask it about every tool's images on the graded trojans
+    and on the clean control, score attribution and detection, judge the claims; the images
+    go to ``tool_images.safetensors`` and the questions to ``quiz.html`` (answers in
+    ``quiz.key.json``)."""
     st = setting(cfg, store)
     enc, val = train_judge(st, cfg, store)
     sims, shown = ask_tools(st, cfg, store, enc)
     out.mkdir(parents=True, exist_ok=True)
-    quiz_page, _ = write_quiz(shown, st.zoo.trojans, st.names, banks=st.banks,
+    quiz_page, _ = write_quiz(shown, st.trojans, st.names, banks=st.banks,
                               answers=st.answers, out=out / "quiz.html")
-    metrics, scored = success(st, cfg, sims)
-    metrics |= judge_metrics(val)
-    attr_metrics, attr = attribution(st.zoo, st.test, n=cfg.n_attr, device=st.device)
-    det_metrics, det = detection(store, st.zoo, st.scan_data, methods=cfg.scan_methods,
-                                 steps=cfg.scan_steps, device=st.device, log=st.log)
-    metrics |= attr_metrics | det_metrics
+    grid, pairs = grids(st, cfg, sims, st.rows)
+    metrics = success(st, grid) | judge_metrics(val)
+    ctl_metrics, ctl = clean_control(st, cfg, store, enc, grid)
+    attr_metrics, attr = attribution(st.zoo, st.test, graded=st.graded, n=cfg.n_attr,
+                                     device=st.device)
+    det_metrics, det = detection(store, st.zoo, st.scan_data, graded=st.graded,
+                                 methods=cfg.scan_methods, steps=cfg.scan_steps,
+                                 device=st.device, log=st.log)
+    metrics |= ctl_metrics | attr_metrics | det_metrics
     details = {
         "zoo": [m.to_dict() for m in st.zoo.metrics],
-        "trojans": [t.name for t in st.zoo.trojans],
-        "kinds": [t.trigger.kind for t in st.zoo.trojans], "answers": st.answers,
+        "graded": control.graded_details(st.zoo.metrics, st.graded),
+        "trojans": [t.name for t in st.trojans],
+        "kinds": [t.trigger.kind for t in st.trojans], "answers": st.answers,
         "options": {k: [t.name for t in st.banks[k]] for k in KINDS}, "tools": st.names,
-        "references": list(REFERENCES), **scored,
+        "references": list(REFERENCES), "grid": grid, "best_pairs": pairs,
         "choices": {r: {str(s): sims[r][s].argmax(1).tolist() for s in cfg.seeds}
                     for r in st.rows},
-        "judge": val, **attr, "detection": det, "casper": CASPER, "quiz": quiz_page.name,
+        "control": ctl, "units": scores.UNITS, "judge": val, **attr, "detection": det,
+        "casper": CASPER, "quiz": quiz_page.name,
     }
     return Result(metrics=metrics, claims=scores.decide(metrics, details, st.names),
                   details=details, artifacts={"tool_images.safetensors": shown},

@@ -1,7 +1,8 @@
-"""The ``eisbench bench trojans`` report: verdicts, the judge's validation, the methods x
-trojans success heatmap (like Casper et al.'s figure), success rates with CIs beside the
-published human figures, the tools' images per trojan, attribution boxplots, ROC curves and
-the zoo table."""
+"""The ``eisbench bench trojans`` report: verdicts, the judge's validation, how many trojans were
+graded, the methods x graded trojans success heatmap (like Casper et al.'s figure), success
+rates with CIs beside the published human figures and beside each tool's clean-model chance
+rate (the lift), the tools' images per trojan, attribution boxplots, ROC curves and the zoo
+table (the excluded trojans marked)."""
 
 from __future__ import annotations
 
@@ -25,30 +26,20 @@ def _ci(m: Mapping[str, Any]) -> str:
 
 def _rows(rec: Record) -> list[str]:
     d = rec["details"]
-    return [*d["tools"], "all", *(["best_pair"] if d["best_pair_correct"] else []),
+    return [*d["tools"], "all", *(["best_pair"] if "best_pair" in d["grid"] else []),
             *d["references"]]
 
 
 def _grid_values(rec: Record) -> np.ndarray:
-    """(rows, trojans) success fraction over seeds."""
-    d = rec["details"]
-
-    def frac(per_seed: list[list[bool]]) -> list[float]:
-        return [sum(r[i] for r in per_seed) / len(per_seed) for i in range(len(d["trojans"]))]
-
-    out = []
-    for r in _rows(rec):
-        if r == "all":
-            out.append(frac(d["all"]))
-        elif r == "best_pair":
-            out.append(frac(d["best_pair_correct"]))
-        else:
-            out.append([sum(g) / len(g) for g in d["grid"][r]])
-    return np.array(out)
+    """(rows, graded trojans) success fraction over seeds."""
+    grid = rec["details"]["grid"]
+    return np.array([[sum(g) / len(g) for g in grid[r]] for r in _rows(rec)])
 
 
 def _heatmap(rec: Record) -> str:
     d = rec["details"]
+    if not d["trojans"]:
+        return "<p class='warn'>(no trojan meets the implant targets: nothing to grade)</p>"
     v = _grid_values(rec)
     rows = _rows(rec)
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * v.shape[1], 0.8 + 0.32 * len(rows)))
@@ -64,14 +55,16 @@ def _heatmap(rec: Record) -> str:
                   rotation=60, ha="right")
     ax.axhline(len(d["tools"]) - 0.5, color="white", lw=2)
     ax.axhline(len(rows) - len(d["references"]) - 0.5, color="white", lw=2)
-    ax.set_title("Judge's 8-way success per method and trojan (fraction over tool seeds)",
-                 fontsize=9)
+    ax.set_title("Judge's 8-way success per method and graded trojan (fraction over tool "
+                 "seeds)", fontsize=9)
     return figure(fig)
 
 
 def _success_bars(rec: Record) -> str:
     m = rec["metrics"]
     rows = [r for r in _rows(rec) if f"tool/{r}/success_rate" in m]
+    if not rows:
+        return ""
     vals = [m[f"tool/{r}/success_rate"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 3))
     y = [v["value"] for v in vals]
@@ -159,10 +152,41 @@ def _attribution(rec: Record) -> str:
     return figure(fig) + note
 
 
+def _control(rec: Record) -> str:
+    """Per tool (and all tools): success on the trojans, on the clean control, and the lift."""
+    m, d = rec["metrics"], rec["details"]
+    if not d["trojans"]:
+        return ""
+    rows = [[r, *(_ci(m[f"tool/{r}/{k}"]) if f"tool/{r}/{k}" in m else "n/a"
+                  for k in ("success_rate", "clean_success_rate", "lift"))]
+            for r in [*d["tools"], "all"]]
+    return ("<p>The clean-model control: each tool also ran on a clean zoo model with each "
+            "graded trojan's target, and the judge was asked the trojan's question (the same 8 "
+            "options and answer). A clean model has no trigger to show, so the success there "
+            "is the tool's chance rate on these questions; the lift is the trojan success "
+            "minus it, per trojan, with an interval over trojans (clustered by the models "
+            "they share).</p>"
+            + table(["method", "trojan success", "clean-model success (chance)", "lift"], rows))
+
+
+def _graded(rec: Record) -> str:
+    """How many trojans were graded of how many implanted, and why the others were not."""
+    g = rec["details"]["graded"]
+    why = "".join(f"<li>{esc(x['name'])}: {esc(x['why'])}</li>" for x in g["excluded"])
+    warn = (f"<p class='warn'>Fewer than {g['min']} trojans meet the implant targets: the "
+            "tool-success and detection claims are inconclusive.</p>" if g["n"] < g["min"]
+            else "")
+    return ("<p>" + esc(f"Graded on {g['n']} of {g['of']} implanted trojans: a trojan that "
+                        "misses the implant targets (ASR >= 0.9, clean-accuracy drop <= 1 "
+                        "point) grades no tool, attribution method or scan.")
+            + (f" Excluded:</p><ul>{why}</ul>" if why else "</p>") + warn)
+
+
 def _roc(rec: Record) -> str:
-    det = rec["details"]["detection"]
+    det = {k: v for k, v in rec["details"]["detection"].items() if "skipped" not in v}
     if not det:
-        return "<p>(no detection run)</p>"
+        why = "; ".join(f"{k}: {v['skipped']}" for k, v in rec["details"]["detection"].items())
+        return f"<p>(no detection run{': ' + esc(why) if why else ''})</p>"
     fig, ax = plt.subplots(figsize=(4, 4))
     for method, r in det.items():
         ax.plot(r["fpr"], r["tpr"], drawstyle="steps-post",
@@ -195,7 +219,7 @@ def write_report(rec: Record, out: Path) -> Path:
                   for k, v in jv["true_trigger"]["per_kind"].items()]
     zoo_rows = [[z["name"], z["kind"], "all" if z["universal"] else z["source"], z["target"],
                  f"{z['clean_acc']:.4f}", f"{100 * z['drop']:+.2f}", f"{z['asr']:.3f}",
-                 "met" if z["meets_target"] else "MISSED"] for z in d["zoo"]]
+                 "met" if z["meets_target"] else "MISSED: excluded"] for z in d["zoo"]]
     metric_rows = [[k, _ci(v)] for k, v in m.items()]
     body = (
         header(rec) + "<h2>Verdicts</h2>" + verdict_table(rec["claims"])
@@ -210,7 +234,8 @@ def write_report(rec: Record, out: Path) -> Path:
         + ("passed" if un["uniform"] else "FAILED, the judge favours some triggers") + ".</p>"
         + table(["kind", "true-trigger accuracy", "noise chi-square", "p", "largest share"],
                 judge_rows)
-        + "<h2>Success of each method</h2>" + _success_bars(rec) + _heatmap(rec)
+        + "<h2>Success of each method</h2>" + _graded(rec) + _success_bars(rec)
+        + _control(rec) + _heatmap(rec)
         + "<p>Rows: tools; all tools together; the best pair (chosen on these trojans, so "
         + "optimistic: the leave-one-trojan-out figure is "
         + (_ci(m["tool/best_pair_cv/success_rate"]) if "tool/best_pair_cv/success_rate" in m
