@@ -56,7 +56,7 @@ def time_bench(name: str, *, doc: str | None, headline: Sequence[str], rest: str
         warm = float("nan")
         if not args.no_warm:
             t1 = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([*cmd, "--force"], env=env, check=True, stdout=subprocess.DEVNULL)
             warm = time.perf_counter() - t1
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
     per_kind: dict[str, float] = defaultdict(float)
