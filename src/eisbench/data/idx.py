@@ -96,10 +96,10 @@ def read_idx_stream(stream: Readable, *, source: str = "<stream>") -> np.ndarray
         )
     body = _read_exact(stream, nbytes)
     if len(body) < nbytes or stream.read(1):
-        what = "truncated" if len(body) < nbytes else "has trailing bytes"
+        what = "is truncated" if len(body) < nbytes else "has trailing bytes"
         got = f"{header + len(body)} bytes" if len(body) < nbytes else "more bytes"
         raise DataError(
-            f"{source} is {what}: header says shape {dims} ({header + nbytes} bytes), file has "
+            f"{source} {what}: header says shape {dims} ({header + nbytes} bytes), file has "
             f"{got}; download the file again"
         )
     arr = np.frombuffer(body, dtype).reshape(dims)  # writable: body is a fresh bytearray
