@@ -135,7 +135,7 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         >>> rec  # doctest: +ELLIPSIS
         goh-linear: 3 claims (2 reproduced, 1 not reproduced), 11 metrics, ... s
           [    reproduced] The data has useful, non-robust linear directions
-                           singular/frac_useful_nonrobust = 0.308 [0.308, 0.308]
+                           singular/frac_useful_nonrobust = 0.302 [0.233, 0.442]
         ...
           metrics: value [95% CI] (n)
           goh_linear/logreg/usefulness: ...

@@ -1,5 +1,6 @@
 """The goh-linear report: usefulness vs robust usefulness of linear features (scatter), the
-contamination curve, and the verdicts."""
+contamination curve, and the verdicts. Every figure is its value on the full training set
+with a 95% percentile bootstrap interval over resamples of the training images."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import numpy as np
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
-from eisbench.runs.record import Record
+from eisbench.runs.record import Metric, Record
 
 
 def _scatter(rec: Record) -> str:
-    r = rec["details"]["per_seed"][0]
+    r = rec["details"]["full"]
     sv = np.array(r["singular"])  # (rank, 2)
     fig, ax = plt.subplots(figsize=(6, 4))
     order = np.arange(len(sv))
@@ -30,39 +31,55 @@ def _scatter(rec: Record) -> str:
     ax.set_xlabel("usefulness E[y f(x)]")
     ax.set_ylabel("robust usefulness (symlog)")
     ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(f"Linear features, seed {rec['seeds'][0]}: useful is not robust", fontsize=9)
+    ax.set_title("Linear features of the full training set: useful is not robust", fontsize=9)
     return figure(fig)
 
 
 def _contamination(rec: Record) -> str:
     alphas = rec["config"]["contamination"]
     fig, ax = plt.subplots(figsize=(6, 3))
-    for j, label in enumerate(("usefulness", "robust usefulness")):
-        vals = np.array([[r["contamination"][i][j] for i in range(len(alphas))]
-                         for r in rec["details"]["per_seed"]])  # (seeds, alphas)
-        ax.errorbar(alphas, vals.mean(0), yerr=vals.std(0), marker="o", capsize=2, label=label)
+    for kind, label in (("usefulness", "usefulness"), ("robust_usefulness", "robust usefulness")):
+        ms = [rec["metrics"][f"goh_linear/contaminated_{a:g}/{kind}"] for a in alphas]
+        v = np.array([m["value"] for m in ms])
+        lo, hi = (np.array([m["ci95"][i] for m in ms]) for i in (0, 1))
+        ax.errorbar(alphas, v, yerr=[v - lo, hi - v], marker="o", capsize=2, label=label)
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.set_xlabel("weight of the non-robust (ensemble) direction added to the robust feature")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.legend(fontsize=7)
-    ax.set_title("Contamination (mean and sd over bootstrap resamples)", fontsize=9)
+    ax.set_title("Contamination (full training set, 95% percentile bootstrap intervals)",
+                 fontsize=9)
     return figure(fig)
+
+
+def _widened(m: Metric, replicates: list[float]) -> str:
+    """"yes" when the value lies outside the replicates' 2.5-97.5 percentiles (so the interval
+    was widened to include it)."""
+    lo, hi = np.percentile(replicates, [2.5, 97.5])
+    return "yes" if not lo <= m["value"] <= hi else ""
 
 
 def write_report(rec: Record, out: Path) -> Path:
     """Write ``out/report.html`` for a goh-linear record; returns its path."""
-    rows = [[k, f"{m['value']:.3f}", f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"]
-            for k, m in rec["metrics"].items()]
-    cfg = rec["config"]
+    reps = rec["details"]["replicates"]
+    rows = [[k, f"{m['value']:.3f}", f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", m["n"],
+             _widened(m, reps[k])] for k, m in rec["metrics"].items()]
+    cfg, d = rec["config"], rec["details"]
     body = f"""{header(rec)}
 <p>Data: {esc(rec['data'])}, classes {esc(cfg['classes'])} as -1/+1. Threat model:
-{esc(cfg['norm'])} eps={esc(cfg['eps'])} in pixel space. Seeds are bootstrap resamples of the
-training set: {esc(rec['seeds'])}. Usefulness and robust usefulness are closed-form for linear
-features and measured on the test set.</p>
+{esc(cfg['norm'])} eps={esc(cfg['eps'])} in pixel space. Usefulness and robust usefulness are
+closed-form for linear features and measured on the test set.</p>
+<p>Each value is the statistic of the full training set (n = {esc(d['n_train'])} training
+images, {esc(d['n_pixels'])} pixels that vary). Its 95% interval is the percentile bootstrap
+over B = {esc(d['n_bootstrap'])} resamples of the training images (n of n, with replacement;
+the unit of replication), each analysed from scratch, drawn by a generator seeded with the
+seeds {esc(rec['seeds'])} together; the test set is fixed. Where the value falls outside the
+2.5-97.5 percentiles of the resamples, the interval is widened to include it ("widened").</p>
 <h2>Verdicts</h2>{verdict_table(rec['claims'])}
 {_scatter(rec)}
 {_contamination(rec)}
-<h2>Every metric</h2>{table(["metric", "mean", "95% CI"], rows)}
+<h2>Every metric</h2>{table(["metric", "value (full set)", "95% CI (percentile bootstrap)",
+                            "n (training images)", "widened"], rows)}
 {footer(rec)}"""
     path = out / "report.html"
     atomic_write_bytes(path, page("eisbench: useful non-robust linear features (Goh 2019)",
