@@ -135,7 +135,8 @@ def test_run_prints_the_summary_of_the_python_api(tmp_path: Path,
                  "--set", "contamination=0,0.1", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     rec = json.loads((tmp_path / "record.json").read_text())
-    assert printed.startswith("goh-linear: 3 claims (") and "(n=2)" in printed
+    n = rec["metrics"]["goh_linear/logreg/usefulness"]["n"]  # training images resampled
+    assert printed.startswith("goh-linear: 3 claims (") and f"(n={n})" in printed
     assert all(c["measured"] in printed for c in rec["claims"])
     assert f"report: {tmp_path / 'report.html'}" in printed
     cfg = configure(EXPERIMENTS.get("goh-linear"), dataset="digits", seeds=2,
