@@ -20,9 +20,8 @@ from eisbench.trojans.judge import (
     judge_stage,
     quiz_html,
     train_judge,
-    uniformity,
-    validate,
 )
+from eisbench.trojans.judge_checks import uniformity, validate
 from eisbench.trojans.quiz import png_bytes
 from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import BACKGROUND, ViewConfig, layers, render

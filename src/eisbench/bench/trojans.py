@@ -54,7 +54,8 @@ from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
 from eisbench.tools import TOOLS
 from eisbench.trojans.bank import trigger_bank
-from eisbench.trojans.judge import JudgeConfig, JudgeEncoder, ask, judge_stage, validate
+from eisbench.trojans.judge import JudgeConfig, JudgeEncoder, ask, judge_stage
+from eisbench.trojans.judge_checks import validate
 from eisbench.trojans.quiz import Question, quiz_html
 from eisbench.trojans.stamp import TRIGGER_KINDS as KINDS
 from eisbench.trojans.stamp import Trigger, Trojan

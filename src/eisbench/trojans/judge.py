@@ -18,10 +18,8 @@ content, the clean data and the config.
 :func:`ask` embeds the tool's images and each option's own image (``Trigger.image``) and
 scores option k by the *mean over the tool's images* of the cosine similarity: a tool is
 judged on its images as a whole, and a single lucky image among noise moves the answer only
-as much as it deserves. :func:`validate` checks the judge before it is trusted: accuracy on
-fresh views of the true trigger (target >= 0.95), on noise images (about 1/8, with a Wilson
-interval, the share of each option chosen and a chi-square test that those shares are uniform,
-the check of the noise questions that can fail), and on the trigger's own image (must be 1).
+as much as it deserves. :mod:`eisbench.trojans.judge_checks` validates a judge before it is
+trusted (true-trigger views, noise uniformity, held-out view families).
 
 Example:
     >>> banks = {k: trigger_bank(k, dataset="mnist", shape=(1, 28, 28)) for k in TRIGGER_KINDS}
@@ -32,13 +30,11 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +42,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eisbench.core.progress import progress
-from eisbench.core.stats import wilson_ci
 from eisbench.core.tensors import eval_mode
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
@@ -55,10 +50,8 @@ from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import BACKGROUND, ViewConfig, layers, render
 from eisbench.trojans.zoo import trigger_digest
 
-__all__ = ["ACCURACY_TARGET", "Answer", "JudgeConfig", "JudgeEncoder", "Question", "ask",
-           "bank_digests", "judge_stage", "quiz_html", "train_judge", "uniformity", "validate"]
-
-ACCURACY_TARGET = 0.95  # on views of the true trigger (issue #5)
+__all__ = ["Answer", "JudgeConfig", "JudgeEncoder", "Question", "ask", "bank_digests",
+           "judge_stage", "quiz_html", "train_judge"]
 
 Banks = Mapping[str, Sequence[Trigger]]
 
@@ -257,138 +250,3 @@ def ask(encoder: JudgeEncoder, *, images: torch.Tensor, options: Sequence[Trigge
         p = encoder.embed(opts.to(dev))  # (K, D)
         sim = (z @ p.T).mean(0)  # (K,)
     return Answer(choice=int(sim.argmax()), similarities=sim.cpu())
-
-
-def _as_banks(bank: Banks | Sequence[Trigger]) -> dict[str, list[Trigger]]:
-    if isinstance(bank, Mapping):
-        return {k: list(v) for k, v in sorted(bank.items())}
-    return {"bank": list(bank)}
-
-
-def _rate(correct: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson_ci(correct, n)
-    return {"accuracy": correct / n, "ci": [lo, hi], "n": n}
-
-
-UNIFORMITY_ALPHA = 0.01
-"""The noise questions' choices fail the uniformity test when the chi-square test of any kind's
-counts against uniform has p < ``UNIFORMITY_ALPHA`` / (number of kinds) (Bonferroni)."""
-
-
-def uniformity(counts: Mapping[str, Sequence[float]], *, alpha: float = UNIFORMITY_ALPHA
-               ) -> dict[str, Any]:
-    """Is a judge unbiased on noise? ``counts``: kind -> how often each option was chosen on
-    noise questions (options shuffled per question, so a judge that favours a *position* is
-    uniform here and fails on true triggers instead; one that favours a *trigger* is not).
-
-    Per kind: the chi-square statistic against uniform, its p-value and the largest share;
-    ``uniform`` is False when any kind's p-value is below ``alpha`` / (number of kinds). A
-    constant judge (always one trigger) fails it; a fair coin passes it but for ``alpha`` of
-    the time.
-
-    Example:
-        >>> uniformity({"patch": [40, 0, 0, 0, 0, 0, 0, 0]})["uniform"]
-        False
-        >>> uniformity({"patch": [5, 6, 4, 5, 5, 6, 4, 5]})["uniform"]
-        True
-    """
-    from scipy.stats import chisquare
-
-    per_kind: dict[str, dict[str, float]] = {}
-    for kind, c in counts.items():
-        n = float(sum(c))
-        stat, p = chisquare(list(c)) if n > 0 else (0.0, 1.0)
-        per_kind[kind] = {"chi2": float(stat), "p": float(p),
-                          "largest_share": max(c) / n if n else 0.0, "n": n}
-    bar = alpha / max(len(counts), 1)
-    return {"per_kind": per_kind, "alpha": alpha, "bar": bar,
-            "min_p": min((v["p"] for v in per_kind.values()), default=1.0),
-            "uniform": all(v["p"] >= bar for v in per_kind.values())}
-
-
-def validate(encoder: JudgeEncoder, *, bank: Banks | Sequence[Trigger],
-             shape: tuple[int, int, int], n_trials: int, generator: torch.Generator,
-             data: torch.Tensor | None = None, n_images: int = 10,
-             views: ViewConfig | None = None) -> dict[str, Any]:
-    """Check the judge on questions whose right answer is known.
-
-    ``bank``: the options, kind -> 8 triggers (or one list). Every question shuffles them.
-
-    - true_trigger: per trigger, ``n_trials`` questions whose ``n_images`` images are fresh
-      views of it (the training distribution without its exact-image views, on ``data``, the
-      clean *test* images (N, C, H, W), if given). Target: accuracy >= 0.95.
-    - noise: ``n_trials`` x (options) questions per kind whose images are uniform or Gaussian
-      noise and whose "true" option is drawn at random: accuracy should be ~1/K. Also the
-      share of each option chosen and the most chosen one (``favourite``): an embedding judge
-      sends uninformative images to the option nearest its idea of "no trigger", so its
-      accuracy is 1/K on average but a tool that shows nothing is "right" on the trojans of
-      that option. Accuracy against a random "truth" is ~1/K for ANY judge, a constant one
-      included, so it cannot fail; what can is ``uniformity`` (:func:`uniformity`): a
-      chi-square test of the choices against uniform, which a judge biased towards some
-      trigger fails.
-    - exact: per trigger, one question whose one image is ``Trigger.image`` itself: must be 1.
-
-    Returns a JSON-able dict with accuracies, Wilson intervals and counts.
-    """
-    banks = _as_banks(bank)
-    g = generator
-
-    def question(images: torch.Tensor, options: list[Trigger]) -> Answer:
-        return ask(encoder, images=images, options=options, shape=shape)
-
-    vcfg = dataclasses.replace(views or ViewConfig(), p_exact=0.0)
-    true_ok = exact_ok = noise_ok = n_true = n_exact = n_noise = 0
-    per_kind: dict[str, float] = {}
-    per_trigger: dict[str, float] = {}
-    shares: dict[str, list[float]] = {}
-    chosen_counts: dict[str, list[float]] = {}
-    favourite: dict[str, dict[str, Any]] = {}
-    for kind, triggers in banks.items():
-        k = len(triggers)
-        lay = layers(triggers, shape)
-        kind_ok = 0
-        for t, trig in enumerate(triggers):
-            ok_t = 0
-            for _ in range(n_trials):
-                imgs = render(lay, torch.full((n_images,), t), data=data, generator=g, cfg=vcfg)
-                perm = torch.randperm(k, generator=g)
-                ans = question(imgs, [triggers[i] for i in perm])
-                ok_t += int(perm[ans.choice]) == t
-            per_trigger[trig.name] = ok_t / max(n_trials, 1)
-            kind_ok += ok_t
-            perm = torch.randperm(k, generator=g)
-            ans = question(trig.image(shape)[None], [triggers[i] for i in perm])
-            exact_ok += int(perm[ans.choice]) == t
-        per_kind[kind] = kind_ok / max(k * n_trials, 1)
-        true_ok, n_true, n_exact = true_ok + kind_ok, n_true + k * n_trials, n_exact + k
-        counts = torch.zeros(k)
-        for trial in range(n_trials * k):
-            size = (n_images, *shape)
-            if trial % 2 == 0:
-                imgs = torch.rand(size, generator=g)
-            else:
-                imgs = (0.5 + 0.25 * torch.randn(size, generator=g)).clamp(0, 1)
-            truth = int(torch.randint(k, (1,), generator=g))
-            perm = torch.randperm(k, generator=g)
-            ans = question(imgs, [triggers[i] for i in perm])
-            chosen = int(perm[ans.choice])
-            counts[chosen] += 1
-            noise_ok += chosen == truth
-        n_noise += n_trials * k
-        shares[kind] = (counts / counts.sum().clamp_min(1)).tolist()
-        chosen_counts[kind] = counts.tolist()
-        top = int(counts.argmax())
-        favourite[kind] = {"option": triggers[top].name, "share": shares[kind][top]}
-    if n_true == 0:
-        raise ValueError("validate needs n_trials >= 1 and at least one trigger")
-    true = _rate(true_ok, n_true) | {"target": ACCURACY_TARGET, "per_kind": per_kind,
-                                     "per_trigger": per_trigger}
-    true["meets_target"] = true["accuracy"] >= ACCURACY_TARGET
-    chance = sum(1 / len(v) for v in banks.values()) / len(banks)
-    noise = _rate(noise_ok, n_noise) | {"chance": chance, "choice_shares": shares,
-                                        "favourite": favourite,
-                                        "uniformity": uniformity(chosen_counts)}
-    noise["chance_in_ci"] = noise["ci"][0] <= chance <= noise["ci"][1]
-    return {"true_trigger": true, "noise": noise, "exact": _rate(exact_ok, n_exact),
-            "n_images": n_images, "n_trials": n_trials}
-

@@ -1,0 +1,181 @@
+"""Checks of a trojan-benchmark judge on questions whose right answer is known, so that a judge
+that would mislead the benchmark fails them before it grades any tool.
+
+- :func:`validate`: accuracy on fresh views of the true trigger (target
+  :data:`ACCURACY_TARGET`), on noise images with a chi-square test that no option is favoured
+  (:func:`uniformity`: noise accuracy against a random "truth" is about 1/K for ANY judge, a
+  constant one included, so it cannot fail; uniformity can), and on each trigger's own image.
+- Views of a family the judge never saw in training: :mod:`eisbench.trojans.views_held_out`.
+
+Every check takes a judge as an *answer function* ``answer(images, options) -> index``, so the
+learned encoder (:func:`encoder_answer`) and a second judge of another representation are
+checked by the same code.
+
+Example:
+    >>> rep = validate(encoder_answer(enc, shape=(1, 28, 28)), bank=banks, shape=(1, 28, 28),
+    ...                n_trials=5, generator=torch.Generator().manual_seed(1))
+    >>> rep["true_trigger"]["meets_target"], rep["noise"]["uniformity"]["uniform"]
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from eisbench.core.stats import wilson_ci
+from eisbench.trojans.judge import JudgeEncoder, ask
+from eisbench.trojans.stamp import Trigger
+from eisbench.trojans.views import ViewConfig, layers, render
+
+__all__ = ["ACCURACY_TARGET", "UNIFORMITY_ALPHA", "AnswerFn", "encoder_answer", "uniformity",
+           "validate"]
+
+ACCURACY_TARGET = 0.95
+"""A judge is trusted only if it names the true trigger from fresh views of it this often."""
+
+UNIFORMITY_ALPHA = 0.01
+"""The noise questions' choices fail the uniformity test when the chi-square test of any kind's
+counts against uniform has p < ``UNIFORMITY_ALPHA`` / (number of kinds) (Bonferroni)."""
+
+AnswerFn = Callable[[torch.Tensor, list[Trigger]], int]
+"""A judge: images (n, C, H, W) in [0,1] and the options -> the index of the option chosen."""
+
+Banks = Mapping[str, Sequence[Trigger]]
+
+
+def encoder_answer(encoder: JudgeEncoder, *, shape: tuple[int, int, int]) -> AnswerFn:
+    """The learned judge as an answer function (:func:`~eisbench.trojans.judge.ask`)."""
+    def answer(images: torch.Tensor, options: list[Trigger]) -> int:
+        return ask(encoder, images=images, options=options, shape=shape).choice
+    return answer
+
+
+def as_banks(bank: Banks | Sequence[Trigger]) -> dict[str, list[Trigger]]:
+    """``bank`` as kind -> triggers (one list becomes the kind "bank")."""
+    if isinstance(bank, Mapping):
+        return {k: list(v) for k, v in sorted(bank.items())}
+    return {"bank": list(bank)}
+
+
+def rate(correct: int, n: int) -> dict[str, Any]:
+    """``correct`` of ``n`` as an accuracy with its Wilson 95% interval."""
+    lo, hi = wilson_ci(correct, n)
+    return {"accuracy": correct / n, "ci": [lo, hi], "n": n}
+
+
+def uniformity(counts: Mapping[str, Sequence[float]], *, alpha: float = UNIFORMITY_ALPHA
+               ) -> dict[str, Any]:
+    """Is a judge unbiased on noise? ``counts``: kind -> how often each option was chosen on
+    noise questions (options shuffled per question, so a judge that favours a *position* is
+    uniform here and fails on true triggers instead; one that favours a *trigger* is not).
+
+    Per kind: the chi-square statistic against uniform, its p-value and the largest share;
+    ``uniform`` is False when any kind's p-value is below ``alpha`` / (number of kinds). A
+    constant judge (always one trigger) fails it; a fair coin passes it but for ``alpha`` of
+    the time.
+
+    Example:
+        >>> uniformity({"patch": [40, 0, 0, 0, 0, 0, 0, 0]})["uniform"]
+        False
+        >>> uniformity({"patch": [5, 6, 4, 5, 5, 6, 4, 5]})["uniform"]
+        True
+    """
+    from scipy.stats import chisquare
+
+    per_kind: dict[str, dict[str, float]] = {}
+    for kind, c in counts.items():
+        n = float(sum(c))
+        stat, p = chisquare(list(c)) if n > 0 else (0.0, 1.0)
+        per_kind[kind] = {"chi2": float(stat), "p": float(p),
+                          "largest_share": max(c) / n if n else 0.0, "n": n}
+    bar = alpha / max(len(counts), 1)
+    return {"per_kind": per_kind, "alpha": alpha, "bar": bar,
+            "min_p": min((v["p"] for v in per_kind.values()), default=1.0),
+            "uniform": all(v["p"] >= bar for v in per_kind.values())}
+
+
+def _asked(answer: AnswerFn, images: torch.Tensor, triggers: Sequence[Trigger],
+           g: torch.Generator) -> int:
+    """Ask with the options shuffled; returns the index (in ``triggers``) of the choice."""
+    perm = torch.randperm(len(triggers), generator=g)
+    return int(perm[answer(images, [triggers[i] for i in perm])])
+
+
+def _noise_images(trial: int, size: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    if trial % 2 == 0:
+        return torch.rand(size, generator=g)
+    return (0.5 + 0.25 * torch.randn(size, generator=g)).clamp(0, 1)
+
+
+def validate(judge: AnswerFn | JudgeEncoder, *, bank: Banks | Sequence[Trigger],
+             shape: tuple[int, int, int], n_trials: int, generator: torch.Generator,
+             data: torch.Tensor | None = None, n_images: int = 10,
+             views: ViewConfig | None = None) -> dict[str, Any]:
+    """Check a judge (an answer function or a :class:`JudgeEncoder`) on questions whose right
+    answer is known.
+
+    ``bank``: the options, kind -> 8 triggers (or one list). Every question shuffles them.
+
+    - true_trigger: per trigger, ``n_trials`` questions whose ``n_images`` images are fresh
+      views of it (the training distribution without its exact-image views, on ``data``, the
+      clean *test* images (N, C, H, W), if given). Target: accuracy >= :data:`ACCURACY_TARGET`.
+    - noise: ``n_trials`` x (options) questions per kind whose images are uniform or Gaussian
+      noise. The share of each option chosen, the most chosen one (``favourite``: a tool that
+      shows nothing is "right" on the trojans of that option) and :func:`uniformity`, the part
+      that can fail. Accuracy against a random "truth" is shown but is ~1/K for any judge.
+    - exact: per trigger, one question whose one image is ``Trigger.image`` itself: must be 1.
+
+    Returns a JSON-able dict with accuracies, Wilson intervals and counts.
+    """
+    answer = encoder_answer(judge, shape=shape) if isinstance(judge, JudgeEncoder) else judge
+    banks = as_banks(bank)
+    g = generator
+    vcfg = dataclasses.replace(views or ViewConfig(), p_exact=0.0)
+    true_ok = exact_ok = noise_ok = n_true = n_exact = n_noise = 0
+    per_kind: dict[str, float] = {}
+    per_trigger: dict[str, float] = {}
+    shares: dict[str, list[float]] = {}
+    chosen_counts: dict[str, list[float]] = {}
+    favourite: dict[str, dict[str, Any]] = {}
+    for kind, triggers in banks.items():
+        k = len(triggers)
+        lay = layers(triggers, shape)
+        kind_ok = 0
+        for t, trig in enumerate(triggers):
+            ok_t = 0
+            for _ in range(n_trials):
+                imgs = render(lay, torch.full((n_images,), t), data=data, generator=g, cfg=vcfg)
+                ok_t += _asked(answer, imgs, triggers, g) == t
+            per_trigger[trig.name] = ok_t / max(n_trials, 1)
+            kind_ok += ok_t
+            exact_ok += _asked(answer, trig.image(shape)[None], triggers, g) == t
+        per_kind[kind] = kind_ok / max(k * n_trials, 1)
+        true_ok, n_true, n_exact = true_ok + kind_ok, n_true + k * n_trials, n_exact + k
+        counts = torch.zeros(k)
+        for trial in range(n_trials * k):
+            imgs = _noise_images(trial, (n_images, *shape), g)
+            truth = int(torch.randint(k, (1,), generator=g))
+            chosen = _asked(answer, imgs, triggers, g)
+            counts[chosen] += 1
+            noise_ok += chosen == truth
+        n_noise += n_trials * k
+        shares[kind] = (counts / counts.sum().clamp_min(1)).tolist()
+        chosen_counts[kind] = counts.tolist()
+        top = int(counts.argmax())
+        favourite[kind] = {"option": triggers[top].name, "share": shares[kind][top]}
+    if n_true == 0:
+        raise ValueError("validate needs n_trials >= 1 and at least one trigger")
+    true = rate(true_ok, n_true) | {"target": ACCURACY_TARGET, "per_kind": per_kind,
+                                    "per_trigger": per_trigger}
+    true["meets_target"] = true["accuracy"] >= ACCURACY_TARGET
+    chance = sum(1 / len(v) for v in banks.values()) / len(banks)
+    noise = rate(noise_ok, n_noise) | {"chance": chance, "choice_shares": shares,
+                                       "favourite": favourite,
+                                       "uniformity": uniformity(chosen_counts)}
+    noise["chance_in_ci"] = noise["ci"][0] <= chance <= noise["ci"][1]
+    return {"true_trigger": true, "noise": noise, "exact": rate(exact_ok, n_exact),
+            "n_images": n_images, "n_trials": n_trials}
