@@ -55,6 +55,7 @@ from eisbench.experiments.ilyas import (
 )
 from eisbench.models import ModelSpec
 from eisbench.runs.claims import decide_metric, fmt, make_claim, metric_over_seeds, provided
+from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, train_stage
@@ -69,7 +70,6 @@ LITERATURE = {
     "low_freq": "adversarial training significantly degrades accuracy under fog and contrast "
                 "(Ford et al. 2019; Yin et al. 2019, CIFAR-10-C)",
 }
-MARGIN = 0.02  # accuracy points an effect of adversarial training must clear to count
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,9 @@ def _metrics(per_seed: list[dict[str, Any]], sev: dict[str, tuple[float, ...]]
 def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     """Verdicts by rules fixed in advance, on 95% CIs over seeds, each of the form of
     :func:`~eisbench.runs.claims.decide_against` (reproduced: the CI lies past the bar; not
-    reproduced: its far end stays short of bar + margin); K classes, MARGIN = 0.02.
+    reproduced: its far end stays short of bar + margin); K classes, MARGIN = 0.02 (the bar and
+    margin ``frequency.at_gain.*``; every number is ``frequency.*`` in
+    :data:`~eisbench.runs.preregistered.THRESHOLDS`).
 
     - High-pass generalisation: the model trained and tested on high-pass filtered images:
       reproduced if accuracy CI lower > 2/K (twice chance); not reproduced if its CI upper
@@ -333,9 +335,12 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     stops constraining it). They bear on Gilmer & Hendrycks' point that Lp robustness is one
     distribution shift among many, not on whether the Lp vulnerability was useful features.
     """
-    chance2 = 2.0 / num_classes
+    x, m = (threshold("frequency.filtered.acc.bar_x_chance"),
+            threshold("frequency.filtered.acc.margin"))
+    chance2, at = x / num_classes, bar_margin("frequency.at_gain")
     clean = "frequency/filtered/train_clean/test_clean/acc"
-    learns = decide_metric(metrics, clean, bar=chance2, margin=0.0)
+    learns = decide_metric(metrics, clean, bar=chance2,
+                           margin=threshold("frequency.filtered.clean_learns.margin"))
     claims: list[Claim] = []
     for train, what, if_not, lit in (
             ("high", "A model trained and tested only on high-pass filtered images generalises "
@@ -346,31 +351,31 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
                              "naturally trained models are sensitive to high frequencies")):
         key = f"frequency/filtered/train_{train}/test_high/acc"
         claims.append(make_claim(
-            claim=what, rule=f"accuracy CI lower > {chance2:.2f} = 2/K (reproduced: features); "
-                             f"CI upper < {chance2 + 0.05:.2f}, margin 0.05, while the clean "
+            claim=what, rule=f"accuracy CI lower > {chance2:.2f} = {x:g}/K (reproduced: features)"
+                             f"; CI upper < {chance2 + m:.2f}, margin {m:.2f}, while the clean "
                              f"model's CI lower > {chance2:.2f} (not reproduced: {if_not})",
             measured=f"{fmt(metrics, key)}; {fmt(metrics, clean)} (clean)",
-            verdict=provided(decide_metric(metrics, key, bar=chance2, margin=0.05), learns),
+            verdict=provided(decide_metric(metrics, key, bar=chance2, margin=m), learns),
             exhibit="H", if_reproduced="features", if_not=if_not, literature=lit))
     g = "frequency/at_gain/gaussian_noise"
     claims.append(make_claim(
         claim="Adversarial training improves accuracy under high-frequency corruption "
               "(Gaussian noise)",
-        rule=f"AT gain (robust - standard, mean over severities) CI lower > +{MARGIN} "
-             f"(reproduced); CI upper < +{2 * MARGIN}, margin {MARGIN} (not reproduced); "
-             "inconclusive for the worlds either way",
-        measured=fmt(metrics, g), verdict=decide_metric(metrics, g, bar=MARGIN, margin=MARGIN),
+        rule=f"AT gain (robust - standard, mean over severities) CI lower > +{at['bar']} "
+             f"(reproduced); CI upper < +{at['bar'] + at['margin']}, margin {at['margin']} (not "
+             "reproduced); inconclusive for the worlds either way",
+        measured=fmt(metrics, g), verdict=decide_metric(metrics, g, **at),
         exhibit="H", if_reproduced="inconclusive", if_not="inconclusive",
         literature=LITERATURE["noise"]))
     for name in ("fog", "contrast"):
         g = f"frequency/at_gain/{name}"
         claims.append(make_claim(
             claim=f"Adversarial training lowers accuracy under low-frequency corruption ({name})",
-            rule=f"AT gain (robust - standard, mean over severities) CI upper < -{MARGIN} "
-                 f"(reproduced); CI lower > -{2 * MARGIN}, margin {MARGIN} (not reproduced); "
-                 "inconclusive for the worlds either way",
+            rule=f"AT gain (robust - standard, mean over severities) CI upper < -{at['bar']} "
+                 f"(reproduced); CI lower > -{at['bar'] + at['margin']}, margin {at['margin']} "
+                 "(not reproduced); inconclusive for the worlds either way",
             measured=fmt(metrics, g),
-            verdict=decide_metric(metrics, g, bar=-MARGIN, margin=MARGIN,
+            verdict=decide_metric(metrics, g, bar=-at["bar"], margin=at["margin"],
                                   higher_means_reproduced=False),
             exhibit="H", if_reproduced="inconclusive", if_not="inconclusive",
             literature=LITERATURE["low_freq"]))

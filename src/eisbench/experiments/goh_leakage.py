@@ -37,6 +37,7 @@ from eisbench.experiments.ilyas import (
 )
 from eisbench.models.core import features
 from eisbench.runs.claims import decide_metric, fmt, make_claim, metric_over_seeds
+from eisbench.runs.preregistered import threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.store import Store
@@ -128,8 +129,11 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
       CI lower > bar - 0.02. Reproduced supports features (D_det learnt without robust cues
       can only come from non-robust features); not reproduced is inconclusive (leakage would
       explain D_det's accuracy instead).
+    The numbers are ``goh_leakage.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`.
     """
-    bar = 1.0 / num_classes + 0.05
+    over, m = (threshold("goh_leakage.probe_acc.bar_over_chance"),
+               threshold("goh_leakage.probe_acc.margin"))
+    bar = 1.0 / num_classes + over
 
     def shown(k: str) -> str:
         return fmt(metrics, f"goh_leakage/{k}/probe_acc", label=f"{k} probe acc")
@@ -137,18 +141,19 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     return [
         make_claim(
             claim="D_rand leaks robust features (a robust-feature probe learns the true class)",
-            rule=f"probe acc CI lower > {bar:.2f} = chance + 0.05 (reproduced: inconclusive); "
-                 f"CI upper < {bar + 0.02:.2f}, margin 0.02 (not reproduced: features)",
+            rule=f"probe acc CI lower > {bar:.2f} = chance + {over:.2f} (reproduced: "
+                 f"inconclusive); CI upper < {bar + m:.2f}, margin {m:.2f} (not reproduced: "
+                 "features)",
             measured=shown("D_rand"),
-            verdict=decide_metric(metrics, "goh_leakage/D_rand/probe_acc", bar=bar, margin=0.02),
+            verdict=decide_metric(metrics, "goh_leakage/D_rand/probe_acc", bar=bar, margin=m),
             exhibit="D", if_reproduced="inconclusive", if_not="features",
             literature=f"CIFAR-10: {LITERATURE['D_rand']:.1%}"),
         make_claim(
             claim="D_det shows little or no robust-feature leakage",
-            rule=f"probe acc CI upper < {bar:.2f} = chance + 0.05 (reproduced: features); CI "
-                 f"lower > {bar - 0.02:.2f}, margin 0.02 (not reproduced: inconclusive)",
+            rule=f"probe acc CI upper < {bar:.2f} = chance + {over:.2f} (reproduced: features); "
+                 f"CI lower > {bar - m:.2f}, margin {m:.2f} (not reproduced: inconclusive)",
             measured=f"{shown('D_det')}; {shown('D_det_shifted')} (against y+1)",
-            verdict=decide_metric(metrics, "goh_leakage/D_det/probe_acc", bar=bar, margin=0.02,
+            verdict=decide_metric(metrics, "goh_leakage/D_det/probe_acc", bar=bar, margin=m,
                                   higher_means_reproduced=False),
             exhibit="D", if_reproduced="features", if_not="inconclusive",
             literature=f"CIFAR-10: {LITERATURE['D_det']:.1%}"),

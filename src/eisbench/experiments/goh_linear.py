@@ -47,6 +47,7 @@ from eisbench.core.stats import percentile_ci
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.weighted_logistic import Logistic, Rows, fit_logistic, warm
 from eisbench.runs.claims import conjunction, decide_metric, fmt, make_claim, needed
+from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.store import Store
@@ -229,7 +230,7 @@ def figures(r: dict[str, Any], cfg: GohLinearConfig) -> dict[str, float]:
             out[f"goh_linear/contaminated_{a:g}/{kind}"] = float(pair[j])
     sv = np.asarray(r["singular"])  # (R, 2)
     out["goh_linear/singular/frac_useful_nonrobust"] = float(
-        np.mean((sv[:, 0] > 0.1) & (sv[:, 1] < 0)))
+        np.mean((sv[:, 0] > threshold("goh_linear.singular.useful_rho")) & (sv[:, 1] < 0)))
     return out
 
 
@@ -304,7 +305,8 @@ def decide(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
       (reproduced), given the base feature's robust usefulness CI lower > 0; usefulness CI
       upper < 0.9 x base or robust usefulness CI lower > 0 (margins 0; not reproduced).
     The two constructions are inconclusive for the worlds either way: they show what the
-    definition of a "non-robust feature" admits, not which world the data lives in.
+    definition of a "non-robust feature" admits, not which world the data lives in. The numbers
+    are ``goh_linear.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`.
     """
     def at(k: str, **kw: Any) -> str:
         return decide_metric(metrics, f"goh_linear/{k}", **kw)
@@ -314,41 +316,51 @@ def decide(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:
 
     a = f"contaminated_{max(cfg.contamination):g}"
     b_rho = metrics["goh_linear/robust_base/usefulness"]["value"]
+    rho_cut, sv = threshold("goh_linear.singular.useful_rho"), bar_margin(
+        "goh_linear.singular.frac_useful_nonrobust")
+    eu, eg = (bar_margin("goh_linear.ensemble.usefulness"),
+              bar_margin("goh_linear.ensemble.robust_usefulness"))
+    x_base, cu = (threshold("goh_linear.contaminated.usefulness.bar_x_base"),
+                  threshold("goh_linear.contaminated.usefulness.margin"))
+    cg, bg = (bar_margin("goh_linear.contaminated.robust_usefulness"),
+              bar_margin("goh_linear.robust_base.robust_usefulness"))
     return [
         make_claim(
             claim="The data has useful, non-robust linear directions",
-            rule="fraction of singular directions with rho > 0.1 and gamma < 0: CI lower > 0 "
-                 "(reproduced: features); CI upper < 0.02, margin 0.02 (not reproduced: bugs)",
+            rule=f"fraction of singular directions with rho > {rho_cut:g} and gamma < 0: CI lower "
+                 f"> {sv['bar']:g} (reproduced: features); CI upper < {sv['bar'] + sv['margin']:g}"
+                 f", margin {sv['margin']:g} (not reproduced: bugs)",
             measured=shown("singular/frac_useful_nonrobust"),
-            verdict=at("singular/frac_useful_nonrobust", bar=0.0, margin=0.02), exhibit="D",
+            verdict=at("singular/frac_useful_nonrobust", **sv), exhibit="D",
             if_reproduced="features", if_not="bugs",
             literature="Goh 2019: CIFAR-10 directions"),
         make_claim(
             claim="Ensemble: directions that are non-robust on their own sum to a very useful, "
                   "non-robust feature",
-            rule="rho CI lower > 0.5 and gamma CI upper < 0 (reproduced); rho CI upper < 0.6 "
-                 "or gamma CI lower > 0 (not reproduced); a construction: inconclusive for "
-                 "the worlds either way",
+            rule=f"rho CI lower > {eu['bar']:g} and gamma CI upper < {eg['bar']:g} (reproduced); "
+                 f"rho CI upper < {eu['bar'] + eu['margin']:g} or gamma CI lower > "
+                 f"{eg['bar'] - eg['margin']:g} (not reproduced); a construction: inconclusive "
+                 "for the worlds either way",
             measured=shown("ensemble/usefulness", "ensemble/robust_usefulness"),
-            verdict=conjunction(at("ensemble/usefulness", bar=0.5, margin=0.1),
-                                at("ensemble/robust_usefulness", bar=0.0, margin=0.0,
+            verdict=conjunction(at("ensemble/usefulness", **eu),
+                                at("ensemble/robust_usefulness", **eg,
                                    higher_means_reproduced=False)),
             exhibit="D", if_reproduced="inconclusive", if_not="inconclusive",
             literature="Goh 2019: constructed"),
         make_claim(
             claim="Contamination: a robust feature plus a little of a non-robust direction "
                   "stays useful and stops being robust",
-            rule="contaminated rho CI lower > 0.9 x base rho and contaminated gamma CI upper "
-                 "< 0, given base gamma CI lower > 0 (reproduced); contaminated rho CI upper "
-                 "< 0.9 x base rho or gamma CI lower > 0 (not reproduced); a construction: "
-                 "inconclusive for the worlds either way",
+            rule=f"contaminated rho CI lower > {x_base:g} x base rho and contaminated gamma CI "
+                 f"upper < {cg['bar']:g}, given base gamma CI lower > {bg['bar']:g} (reproduced); "
+                 f"contaminated rho CI upper < {x_base:g} x base rho or gamma CI lower > "
+                 f"{cg['bar'] - cg['margin']:g} (not reproduced); a construction: inconclusive "
+                 "for the worlds either way",
             measured=shown("robust_base/usefulness", "robust_base/robust_usefulness",
                            f"{a}/usefulness", f"{a}/robust_usefulness"),
-            verdict=conjunction(at(f"{a}/usefulness", bar=0.9 * b_rho, margin=0.0),
-                                at(f"{a}/robust_usefulness", bar=0.0, margin=0.0,
+            verdict=conjunction(at(f"{a}/usefulness", bar=x_base * b_rho, margin=cu),
+                                at(f"{a}/robust_usefulness", **cg,
                                    higher_means_reproduced=False),
-                                needed(at("robust_base/robust_usefulness", bar=0.0,
-                                          margin=0.0))),
+                                needed(at("robust_base/robust_usefulness", **bg))),
             exhibit="D", if_reproduced="inconclusive", if_not="inconclusive",
             literature="Goh 2019: constructed"),
     ]

@@ -33,18 +33,22 @@ from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.core.config import resolve_device
 from eisbench.core.tensors import predict
+from eisbench.evaluation import SUITES
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.nakkiran_attack import non_transferable_stage, transfer_rate
 from eisbench.experiments.nakkiran_squares import SquaresConfig, squares_seed
 from eisbench.models import ModelSpec
 from eisbench.runs.claims import (
+    checks_of,
     conjunction,
     decide_metric,
     fmt,
     make_claim,
+    merge_checks,
     metric_over_seeds,
     needed,
 )
+from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Context, Tensors, construct_stage, train_stage
@@ -55,7 +59,8 @@ LITERATURE = {"pgd/transfer_rate": 0.52, "non_transferable/transfer_rate": 0.008
               "pgd/D_det_std_acc": 0.237, "non_transferable/D_det_std_acc": 0.025}
 LITERATURE_SOURCE = "Nakkiran 2019, Distill: CIFAR-10 (transfer rates; D_det test accuracy)"
 HELD_OUT = 900  # model index of the first held-out copy g (the ensemble uses 1..k)
-BARELY, CLEARLY = 0.05, 0.20  # transfer rates that count as "barely" and "clearly" transferring
+BARELY, CLEARLY = (threshold("nakkiran.transfer_rate.barely"),  # "barely" and "clearly"
+                   threshold("nakkiran.transfer_rate.clearly"))  # transferring rates
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,8 @@ class Copies:
 
 def load(cfg: NakkiranConfig, store: Store) -> Setting:
     """Load D (hash-checked), capped at ``cfg.n_train`` / ``cfg.n_test``."""
+    if cfg.squares.suite is not None:
+        SUITES.get(cfg.squares.suite)  # a typo fails now, not after the MNIST part
     full = datasets.load(cfg.dataset, root=cfg.data_root)
     n_train = len(full.x_train) if cfg.n_train is None else min(cfg.n_train, len(full.x_train))
     n_test = len(full.x_test) if cfg.n_test is None else min(cfg.n_test, len(full.x_test))
@@ -252,6 +259,9 @@ def _aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
             out[f"nakkiran/{key}"] = metric_over_seeds(vals, upper=float("inf"))
         else:
             out[f"nakkiran/{key}"] = metric_over_seeds(vals)
+    if any("squares/checks" in r for r in per_seed):  # the squares were attacked by a suite
+        out["nakkiran/squares/net_robust_acc"]["checks"] = merge_checks(
+            r.get("squares/checks", []) for r in per_seed)
     return out
 
 
@@ -260,8 +270,9 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     :func:`~eisbench.runs.claims.decide_against` (reproduced: the CI lies past the bar; not
     reproduced: its far end stays short of bar + margin). BARELY = 0.05, CLEARLY = 0.20 (a
     pre-registered pair: a transfer claim is refuted only across the gap between them), K
-    classes; for D_det accuracies the margin is 0.05, about a quarter of the published 23.7%
-    past 2/K. (reproduced / not reproduced) supports:
+    classes; for D_det accuracies the margin is 0.05, about a quarter of D_det's published 23.7
+    points past 2/K (Ilyas et al.'s 43.7%). The numbers are ``nakkiran.*`` in
+    :data:`~eisbench.runs.preregistered.THRESHOLDS`. (reproduced / not reproduced) supports:
 
     - Plain targeted PGD transfers: reproduced if its transfer rate CI lower > CLEARLY; not
       reproduced if its CI upper < BARELY (features / bugs: the seed's World 2 expects a
@@ -281,13 +292,17 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
       in a distribution whose every useful feature is robust, the feature account predicts a
       robust model, the bug account a fragile overfit one). Both outcomes need the setup's
       checks: the network fits (clean acc CI lower > 0.9) and the robust classifier's exact
-      robust accuracy CI lower > 0.99; otherwise inconclusive.
+      robust accuracy CI lower > 0.99; otherwise inconclusive. The claim carries the sanity
+      checks of the network's robust accuracy (none unless ``squares.suite`` names a suite):
+      a failed one makes it inconclusive.
     Anything in between is inconclusive.
     """
     def at(k: str, **kw: Any) -> str:
         return decide_metric(metrics, f"nakkiran/{k}", **kw)
 
-    bar = 2.0 / num_classes
+    x, m = (threshold("nakkiran.D_det.std_acc.bar_x_chance"),
+            threshold("nakkiran.D_det.std_acc.margin"))
+    bar, sr = x / num_classes, bar_margin("nakkiran.non_transferable.success_rate")
     return [
         make_claim(claim="Plain targeted PGD examples transfer to an independently trained "
                          "copy",
@@ -298,30 +313,30 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
                    exhibit="E", if_reproduced="features", if_not="bugs",
                    literature="52% transfer (Nakkiran 2019, CIFAR-10)"),
         make_claim(claim="Non-transferable examples reach the target on f but barely transfer",
-                   rule=f"success CI lower > 0.50 and transfer CI upper < {BARELY:.2f} "
+                   rule=f"success CI lower > {sr['bar']:.2f} and transfer CI upper < {BARELY:.2f} "
                         f"(reproduced: bugs); transfer CI lower > {CLEARLY:.2f} (not "
                         "reproduced: features, model-specific examples could not be made)",
                    measured=_shown(metrics, "non_transferable/success_rate",
                                    "non_transferable/transfer_rate"),
                    verdict=conjunction(
-                       needed(at("non_transferable/success_rate", bar=0.5, margin=0.0)),
+                       needed(at("non_transferable/success_rate", **sr)),
                        at("non_transferable/transfer_rate", bar=BARELY,
                           margin=BARELY - CLEARLY, higher_means_reproduced=False)),
                    exhibit="E", if_reproduced="bugs", if_not="features",
                    literature="0.8% transfer (Nakkiran 2019, CIFAR-10)"),
         make_claim(claim="D_det built with plain PGD is well above chance on the test set",
-                   rule=f"std acc CI lower > {bar:.2f} = 2/K (reproduced: features); CI upper "
-                        f"< {bar + 0.05:.2f}, margin 0.05 (not reproduced: bugs)",
+                   rule=f"std acc CI lower > {bar:.2f} = {x:g}/K (reproduced: features); CI "
+                        f"upper < {bar + m:.2f}, margin {m:.2f} (not reproduced: bugs)",
                    measured=_shown(metrics, "pgd/D_det_std_acc"),
-                   verdict=at("pgd/D_det_std_acc", bar=bar, margin=0.05),
+                   verdict=at("pgd/D_det_std_acc", bar=bar, margin=m),
                    exhibit="E", if_reproduced="features", if_not="bugs",
                    literature="23.7% (Nakkiran 2019, CIFAR-10)"),
         make_claim(claim="D_det built with the non-transferable attack is not",
-                   rule=f"std acc CI upper < {bar:.2f} = 2/K (reproduced: bugs); CI lower > "
-                        f"{bar - 0.05:.2f}, margin 0.05 (not reproduced: features)",
+                   rule=f"std acc CI upper < {bar:.2f} = {x:g}/K (reproduced: bugs); CI lower > "
+                        f"{bar - m:.2f}, margin {m:.2f} (not reproduced: features)",
                    measured=_shown(metrics, "non_transferable/D_det_std_acc",
                                    "non_transferable/D_det_shifted_acc") + " (against y+1)",
-                   verdict=at("non_transferable/D_det_std_acc", bar=bar, margin=0.05,
+                   verdict=at("non_transferable/D_det_std_acc", bar=bar, margin=m,
                               higher_means_reproduced=False),
                    exhibit="E", if_reproduced="bugs", if_not="features",
                    literature="2.5% (Nakkiran 2019, CIFAR-10)"),
@@ -336,23 +351,27 @@ def _shown(metrics: dict[str, Metric], *keys: str) -> str:
 
 def _squares_claim(metrics: dict[str, Metric]) -> Claim:
     """The adversarial-squares claim (rule in :func:`decide`)."""
-    setup = conjunction(decide_metric(metrics, "nakkiran/squares/net_std_acc", bar=0.9, margin=0.0),
+    fits, exact, rob = (bar_margin("nakkiran.squares.net_std_acc"),
+                        bar_margin("nakkiran.squares.robust_classifier_robust_acc"),
+                        bar_margin("nakkiran.squares.net_robust_acc"))
+    setup = conjunction(decide_metric(metrics, "nakkiran/squares/net_std_acc", **fits),
                         decide_metric(metrics, "nakkiran/squares/robust_classifier_robust_acc",
-                                      bar=0.99, margin=0.0))
-    fragile = decide_metric(metrics, "nakkiran/squares/net_robust_acc", bar=0.5, margin=-0.4,
+                                      **exact))
+    fragile = decide_metric(metrics, "nakkiran/squares/net_robust_acc", **rob,
                             higher_means_reproduced=False)
     return make_claim(
         claim="Adversarial squares: an overfit network is fragile although every useful "
               "feature is robust",
-        rule="net robust acc CI upper < 0.50 (reproduced: bugs); CI lower > 0.90 (not "
-             "reproduced: features, robust features alone gave a robust network); either "
-             "needs net clean acc CI lower > 0.90 and the robust classifier's exact robust "
-             "acc CI lower > 0.99",
+        rule=f"net robust acc CI upper < {rob['bar']:.2f} (reproduced: bugs); CI lower > "
+             f"{rob['bar'] - rob['margin']:.2f} (not reproduced: features, robust features alone "
+             f"gave a robust network); either needs net clean acc CI lower > {fits['bar']:.2f} "
+             f"and the robust classifier's exact robust acc CI lower > {exact['bar']:.2f}",
         measured=_shown(metrics, "squares/net_std_acc", "squares/net_robust_acc",
                         "squares/robust_classifier_robust_acc"),
         verdict=fragile if setup == "reproduced" else "inconclusive",
         exhibit="E", if_reproduced="bugs", if_not="features",
-        literature="qualitative (Nakkiran 2019)")
+        literature="qualitative (Nakkiran 2019)",
+        checks=checks_of(metrics, "nakkiran/squares/net_robust_acc"))
 
 
 register(Experiment(name="nakkiran",

@@ -12,6 +12,7 @@ classifier's robust accuracy at that eps is computed exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,11 @@ class SquaresConfig:
     train: TrainConfig = TrainConfig(epochs=300, lr=1e-3, schedule="constant")
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(
         name="pgd", norm="linf", eps=0.05, steps=20, restarts=2, early_exit=True))
+    # None: the network's robust accuracy comes from ``attack`` alone, without sanity checks;
+    # a suite name: from that suite at ``attack``'s eps and norm, with every sanity check (on
+    # two classes the suites' targeted attacks cannot run, so "enough-classes" fails)
+    suite: str | None = None
+    n_checks: int = 200  # test images for the costlier sanity checks (with ``suite``)
 
 
 def squares_sample(n: int, *, side: int, low: float, high: float, noise: float,
@@ -63,10 +69,11 @@ def mean_threshold_robust(x: torch.Tensor, y: torch.Tensor, *, eps: float,
     return torch.where(y == 1, down > threshold, up <= threshold)
 
 
-def squares_seed(ctx: Context, sq: SquaresConfig, seed: int) -> tuple[dict[str, float],
+def squares_seed(ctx: Context, sq: SquaresConfig, seed: int) -> tuple[dict[str, Any],
                                                                         dict[str, torch.Tensor]]:
     """Train the overfit network on one draw of the squares; its and the robust classifier's
-    clean and robust accuracy (and a few clean/adversarial test squares)."""
+    clean and robust accuracy (and a few clean/adversarial test squares). With ``sq.suite``,
+    the row's ``checks`` are the sanity checks of the network's robust accuracy."""
     gen = torch.Generator().manual_seed(seed)
     dist = {"side": sq.side, "low": sq.low, "high": sq.high, "noise": sq.noise}
     x_tr, y_tr = squares_sample(sq.n_train, side=sq.side, low=sq.low, high=sq.high,
@@ -80,7 +87,8 @@ def squares_seed(ctx: Context, sq: SquaresConfig, seed: int) -> tuple[dict[str, 
     net, net_key = train_stage(ctx, spec=spec, cfg=sq.train, data=train_d, seed=seed,
                                desc=f"[seed {seed}] network on {sq.n_train} squares")
     ev = evaluate_stage(ctx, model=net, model_key=net_key, test=test_d, n_robust=sq.n_test,
-                        attack=sq.attack, seed=seed, desc=f"[seed {seed}] attack the network")
+                        attack=sq.attack, seed=seed, desc=f"[seed {seed}] attack the network",
+                        suite=sq.suite, n_checks=sq.n_checks)
     with eval_mode(net), torch.no_grad():
         train_loss = float(F.cross_entropy(net(x_tr.to(ctx.device)), y_tr.to(ctx.device)))
     thr = (sq.low + sq.high) / 2
@@ -88,11 +96,13 @@ def squares_seed(ctx: Context, sq: SquaresConfig, seed: int) -> tuple[dict[str, 
     robust = mean_threshold_robust(x_te, y_te, eps=sq.attack.eps, threshold=thr)
     x_adv = pgd(net, x_te[:4].to(ctx.device), y_te[:4].to(ctx.device),
                 generator=torch.Generator().manual_seed(seed), **sq.attack.kwargs()).cpu()
-    row = {"net_std_acc": ev["std_acc"], "net_robust_acc": ev["robust_acc"],
+    row: dict[str, Any] = {"net_std_acc": ev["std_acc"], "net_robust_acc": ev["robust_acc"],
            "net_train_loss": train_loss, "robust_classifier_std_acc": float(clean.float().mean()),
            "robust_classifier_robust_acc": float(robust.float().mean()),
            "mean_margin_min": float((x_te.flatten(1).mean(1) - thr).abs().min()),
            "pixel_margin": (sq.high - sq.low) / 2 - sq.noise}
+    if "checks" in ev:
+        row["checks"] = ev["checks"]
     samples = {"squares_clean": x_te[:4], "squares_adv": x_adv, "squares_labels": y_te[:4],
                "squares_adv_pred": predict(net, x_adv, device=ctx.device)}
     return row, samples

@@ -50,6 +50,7 @@ from eisbench.experiments.ntk_features import (
     scalar_mlp,
 )
 from eisbench.runs.claims import conjunction, decide_metric, fmt, make_claim, metric_over_seeds
+from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.store import StageLog, Store
@@ -339,27 +340,33 @@ def decide(metrics: dict[str, Metric], *, chance: float, n_features: int) -> lis
       non-robust directions are not useful, or its useful ones are robust; either way there
       is no useful non-robust feature, the bug world's reading (World 1: adversarial
       directions are irrelevant for classification).
+    The numbers are ``ntk.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`.
     """
-    useful = decide_metric(metrics, "ntk/high_index/clean_acc", bar=chance, margin=0.05)
-    fragile = decide_metric(metrics, "ntk/high_index/robust_acc", bar=0.10, margin=0.05,
+    over, m = (threshold("ntk.high_index.clean_acc.bar_over_chance"),
+               threshold("ntk.high_index.clean_acc.margin"))
+    rob, sp = bar_margin("ntk.high_index.robust_acc"), bar_margin("ntk.spearman_index_robust")
+    useful = decide_metric(metrics, "ntk/high_index/clean_acc", bar=chance + over, margin=m)
+    fragile = decide_metric(metrics, "ntk/high_index/robust_acc", **rob,
                             higher_means_reproduced=False)
     return [
         make_claim(claim="Robustness of NTK eigen-features falls as the eigen-index grows",
-                   rule=f"Spearman(index 0..{n_features - 1}, robust acc) CI upper < 0 "
-                        "(reproduced: features); CI lower > -0.2, margin 0.2 (not reproduced: "
+                   rule=f"Spearman(index 0..{n_features - 1}, robust acc) CI upper < "
+                        f"{sp['bar']:g} (reproduced: features); CI lower > "
+                        f"{sp['bar'] - sp['margin']:g}, margin {sp['margin']:g} (not reproduced: "
                         "inconclusive)",
                    measured=f"{fmt(metrics, 'ntk/spearman_index_robust')}; "
                             f"{fmt(metrics, 'ntk/spearman_index_clean')}",
-                   verdict=decide_metric(metrics, "ntk/spearman_index_robust", bar=0.0, margin=0.2,
+                   verdict=decide_metric(metrics, "ntk/spearman_index_robust", **sp,
                                          higher_means_reproduced=False),
                    exhibit="G", if_reproduced="features", if_not="inconclusive",
                    literature="robust features sit at the largest eigenvalues (Tsilivis & "
                               "Kempe 2022)"),
         make_claim(claim="High-index eigen-features are useful yet non-robust",
                    rule=f"indices {n_features // 2}..{n_features - 1}: mean clean acc CI lower "
-                        f"> chance ({chance:.3f}) and mean robust acc CI upper < 0.10 "
-                        f"(reproduced: features); clean CI upper < chance + 0.05 or robust CI "
-                        "lower > 0.05, margins 0.05 (not reproduced: bugs)",
+                        f"> chance ({chance:.3f}) and mean robust acc CI upper < {rob['bar']:.2f} "
+                        f"(reproduced: features); clean CI upper < chance + {over + m:.2f} or "
+                        f"robust CI lower > {rob['bar'] - rob['margin']:.2f}, margins {m:.2f} "
+                        "(not reproduced: bugs)",
                    measured=f"{fmt(metrics, 'ntk/high_index/clean_acc')}; "
                             f"{fmt(metrics, 'ntk/high_index/robust_acc')}",
                    verdict=conjunction(useful, fragile),

@@ -51,6 +51,8 @@ from eisbench.experiments.saliency_scores import (
     predict_labels,
 )
 from eisbench.models import ModelSpec
+from eisbench.runs.claims import merge_checks
+from eisbench.runs.record import Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, evaluate_stage, train_stage
 from eisbench.runs.store import Store
@@ -173,6 +175,7 @@ def robustness(st: Setting, cfg: SaliencyConfig, name: str, model: tuple[nn.Modu
                         n_checks=cfg.n_checks if big else cfg.n_checks_input_grad)
     return {"std_acc": ev["std_acc"], "robust_acc": ev["robust_acc"],
             "n_robust": ev["n_robust"], "attack": ev["attack"],
+            "checks": ev.get("checks", []),
             "checks_failed": [c["name"] for c in ev.get("checks", []) if c["passed"] is False],
             "attribution": {}, "inversion": {}}
 
@@ -247,6 +250,30 @@ def one_seed(st: Setting, cfg: SaliencyConfig, p: Probes, seed: int, *,
     return row, models
 
 
+def attach_checks(metrics: dict[str, Metric], per_seed: list[dict[str, Any]]
+                  ) -> dict[str, Metric]:
+    """``metrics`` with the sanity checks of the suite evaluations (merged over seeds) on each
+    model's ``robust_acc`` and, from both models, on each paired ``robust-diff``.
+
+    Example:
+        >>> from eisbench.runs.claims import metric_over_seeds
+        >>> row = {"models": {"standard": {"checks": [{"name": "gradients", "passed": True}]},
+        ...                   "fast-at": {"checks": [{"name": "gradients", "passed": False}]}}}
+        >>> m = {k: metric_over_seeds([0.5]) for k in ("saliency/standard/robust_acc",
+        ...      "saliency/fast-at/robust_acc", "saliency/fast-at-vs-standard/robust-diff")}
+        >>> attach_checks(m, [row])["saliency/fast-at-vs-standard/robust-diff"]["checks"]
+        {'gradients': False}
+    """
+    def of(*names: str) -> dict[str, bool | None]:
+        return merge_checks(r["models"][n].get("checks", []) for r in per_seed for n in names)
+
+    for name in per_seed[0]["models"]:
+        metrics[f"saliency/{name}/robust_acc"]["checks"] = of(name)
+        if name != "standard":
+            metrics[f"saliency/{name}-vs-standard/robust-diff"]["checks"] = of(name, "standard")
+    return metrics
+
+
 def measure(cfg: SaliencyConfig, *, out: Path, store: Store) -> Result:
     """Check the config and load the data; per seed, train and score the three models; then
     the metrics and the claims (the first seed's maps and inversions are the samples)."""
@@ -264,7 +291,7 @@ def measure(cfg: SaliencyConfig, *, out: Path, store: Store) -> Result:
         if hist.exists():
             training[f"seed {seed} fast-at model"] = json.loads(hist.read_text())
         per_seed.append(row)
-    metrics = aggregate(per_seed)
+    metrics = attach_checks(aggregate(per_seed), per_seed)
     return Result(
         metrics=metrics, claims=decide(metrics, num_classes=st.ds.num_classes),
         details={"per_seed": per_seed, "literature": LITERATURE,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from eisbench.runs.claims import decide_metric, fmt, make_claim, provided, unanimous
+from eisbench.runs.claims import checks_of, decide_metric, fmt, make_claim, provided, unanimous
+from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 
 LITERATURE = {
@@ -23,7 +24,9 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     :func:`~eisbench.runs.claims.decide_against` on a paired per-seed difference or a rate
     (reproduced: the CI lies past the bar; not reproduced: its far end stays short of bar +
     margin). The literature is qualitative here, so margins are the smallest effects worth
-    naming: 5 points of robust accuracy or of a judge's rate, 2 points of stroke share.
+    naming: 5 points of robust accuracy or of a judge's rate, 2 points of stroke share. The
+    numbers are ``saliency.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`, which names
+    the pilot they were chosen on (not disjoint from the scored seeds: ``PROTOCOL_NOTE``).
 
     - Check: the fast-AT model is more robust than the standard one (paired robust-accuracy
       difference CI lower > 0; refuted if CI upper < 0.05). Every claim below compares a
@@ -55,35 +58,43 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
       human-legible, so robustness came without the change of features that the feature
       account says it requires ("the non-robust and non-interpretable features are the same
       ones", seed exhibit A), as the regulariser account allows.
+
+    The check and the input-gradient claim read robust accuracies: they carry the attack
+    suite's sanity checks (:func:`~eisbench.runs.claims.checks_of`), and a failed one makes
+    them inconclusive.
     """
     def f(name: str) -> str:
         return fmt(metrics, name)
 
     claims = [_robust_check(metrics)]
     ig, std = "saliency/input-grad/robust_acc", "saliency/standard/robust_acc"
-    diff = "saliency/input-grad-vs-standard/robust-diff"
+    diff, ir = "saliency/input-grad-vs-standard/robust-diff", bar_margin(
+        "saliency.input_grad.robust_diff")
     claims.append(make_claim(
         claim="Input-gradient regularisation buys robustness (robust accuracy above the "
               "standard model's)",
-        rule="paired robust-accuracy difference from the standard model: CI lower > 0 "
-             "(reproduced); CI upper < 0.05, margin 0.05 (not reproduced); inconclusive for "
-             "the worlds either way (both predict it)",
+        rule=f"paired robust-accuracy difference from the standard model: CI lower > "
+             f"{ir['bar']:g} (reproduced); CI upper < {ir['bar'] + ir['margin']:.2f}, margin "
+             f"{ir['margin']:.2f} (not reproduced); inconclusive for the worlds either way (both "
+             "predict it)",
         measured=f"{f(ig)}; {f(std)}; {f(diff)}; clean: "
                  f"{f('saliency/input-grad/std_acc')}",
-        verdict=decide_metric(metrics, diff, bar=0.0, margin=0.05), exhibit="A",
+        verdict=decide_metric(metrics, diff, **ir), exhibit="A",
         if_reproduced="inconclusive", if_not="inconclusive",
-        literature=LITERATURE["robustness"]))
+        literature=LITERATURE["robustness"], checks=checks_of(metrics, ig, std, diff)))
     meths = ("gradient", "smoothgrad")
     keys = [(f"saliency/fast-at/{m}/stroke_share", f"saliency/standard/{m}/stroke_share",
              f"saliency/fast-at-vs-standard/{m}/stroke-share-diff") for m in meths]
+    st = bar_margin("saliency.stroke_share_diff")
     claims.append(make_claim(
         claim="Robust models' saliency maps align better with the digit strokes",
-        rule="paired stroke-share gain of fast-AT over standard (|attribution| mass on pixels "
-             "> stroke_threshold): CI lower > 0 for gradient and smoothgrad (reproduced); CI "
-             "upper < 0.02, margin 0.02, for both (not reproduced); inconclusive for the "
-             "worlds either way (an input-gradient penalty smooths the maps in both)",
+        rule=f"paired stroke-share gain of fast-AT over standard (|attribution| mass on pixels "
+             f"> stroke_threshold): CI lower > {st['bar']:g} for gradient and smoothgrad "
+             f"(reproduced); CI upper < {st['bar'] + st['margin']:.2f}, margin "
+             f"{st['margin']:.2f}, for both (not reproduced); inconclusive for the worlds either "
+             "way (an input-gradient penalty smooths the maps in both)",
         measured="; ".join(f"{f(r)} vs {f(s)}" for r, s, _ in keys),
-        verdict=unanimous(*(decide_metric(metrics, d, bar=0.0, margin=0.02) for _, _, d in keys)),
+        verdict=unanimous(*(decide_metric(metrics, d, **st) for _, _, d in keys)),
         exhibit="A", if_reproduced="inconclusive", if_not="inconclusive",
         literature=LITERATURE["saliency"]))
     claims.extend(_inversion_claims(metrics, num_classes=num_classes))
@@ -92,16 +103,19 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
 
 def _robust_check(metrics: dict[str, Metric]) -> Claim:
     """The check of :func:`decide`: adversarial training made the fast-AT model robust."""
-    d = "saliency/fast-at-vs-standard/robust-diff"
+    d, c = "saliency/fast-at-vs-standard/robust-diff", bar_margin("saliency.check.robust_diff")
     return make_claim(
         claim="Check: the fast-AT model is more robust than the standard model (every claim "
               "of this exhibit compares the two)",
-        rule="paired robust-accuracy difference: CI lower > 0 (passes); CI upper < 0.05, "
-             "margin 0.05 (fails: the exhibit is inconclusive)",
+        rule=f"paired robust-accuracy difference: CI lower > {c['bar']:g} (passes); CI upper < "
+             f"{c['bar'] + c['margin']:.2f}, margin {c['margin']:.2f} (fails: the exhibit is "
+             "inconclusive)",
         measured=f"{fmt(metrics, 'saliency/fast-at/robust_acc')}; "
                  f"{fmt(metrics, 'saliency/standard/robust_acc')}; {fmt(metrics, d)}",
-        verdict=decide_metric(metrics, d, bar=0.0, margin=0.05), exhibit="A",
-        if_reproduced="inconclusive", if_not="inconclusive", role="check")
+        verdict=decide_metric(metrics, d, **c), exhibit="A",
+        if_reproduced="inconclusive", if_not="inconclusive", role="check",
+        checks=checks_of(metrics, "saliency/fast-at/robust_acc", "saliency/standard/robust_acc",
+                         d))
 
 
 def _inversion_claims(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
@@ -110,26 +124,31 @@ def _inversion_claims(metrics: dict[str, Metric], *, num_classes: int) -> list[C
             "saliency/standard/inversion_other/judge_target_rate")
     diff = "saliency/fast-at-vs-standard/inversion_other/judge-target-diff"
     own = "saliency/fast-at/inversion_other/self_target_rate"
-    chance2 = 2.0 / num_classes
+    dg, own_bm = (bar_margin("saliency.inversion.judge_target_diff"),
+                  bar_margin("saliency.inversion.self_target_rate"))
+    x, m = (threshold("saliency.inversion.judge_target_rate.bar_x_chance"),
+            threshold("saliency.inversion.judge_target_rate.margin"))
+    chance2 = x / num_classes
     return [make_claim(
         claim="Robust models' representation inversions are recognised as the target class by "
               "an independent classifier far more often than standard models'",
-        rule="paired gain of the judge's target rate, fast-AT minus standard inversions "
-             "(start: an image of another class): CI lower > 0.10 (reproduced: features); CI "
-             "upper < 0.15, margin 0.05 (not reproduced: inconclusive, a standard model's "
-             "inversion can fool the judge through transferable non-robust features)",
+        rule=f"paired gain of the judge's target rate, fast-AT minus standard inversions "
+             f"(start: an image of another class): CI lower > {dg['bar']:.2f} (reproduced: "
+             f"features); CI upper < {dg['bar'] + dg['margin']:.2f}, margin {dg['margin']:.2f} "
+             "(not reproduced: inconclusive, a standard model's inversion can fool the judge "
+             "through transferable non-robust features)",
         measured=f"{fmt(metrics, r)}; {fmt(metrics, s)}; {fmt(metrics, diff)}",
-        verdict=decide_metric(metrics, diff, bar=0.10, margin=0.05),
+        verdict=decide_metric(metrics, diff, **dg),
         exhibit="A", if_reproduced="features", if_not="inconclusive",
         literature=LITERATURE["inversion"]), make_claim(
         claim="Robust models' representation inversions are recognised as the target class by "
               "an independent classifier (robust features are human-legible)",
-        rule=f"judge's target rate on fast-AT inversions: CI lower > {chance2:.2f} = 2/K "
-             f"(reproduced: inconclusive); CI upper < {chance2 + 0.05:.2f}, margin 0.05, while "
-             "the fast-AT model itself gives its inversions the target (own target rate CI "
-             "lower > 0.5) (not reproduced: bugs, robust yet not legible)",
+        rule=f"judge's target rate on fast-AT inversions: CI lower > {chance2:.2f} = {x:g}/K "
+             f"(reproduced: inconclusive); CI upper < {chance2 + m:.2f}, margin {m:.2f}, while "
+             f"the fast-AT model itself gives its inversions the target (own target rate CI "
+             f"lower > {own_bm['bar']:g}) (not reproduced: bugs, robust yet not legible)",
         measured=f"{fmt(metrics, r)}; {fmt(metrics, own)}",
-        verdict=provided(decide_metric(metrics, r, bar=chance2, margin=0.05),
-                         decide_metric(metrics, own, bar=0.5, margin=0.0)),
+        verdict=provided(decide_metric(metrics, r, bar=chance2, margin=m),
+                         decide_metric(metrics, own, **own_bm)),
         exhibit="A", if_reproduced="inconclusive", if_not="bugs",
         literature=LITERATURE["inversion"])]

@@ -86,7 +86,8 @@ def exhibit_world(worlds: list[str]) -> str:
 def judge_exhibit(claims: Sequence[Claim]) -> dict[str, Any]:
     """An exhibit's verdict from its judged claims: checks (role ``check``: identities, sanity
     checks) are listed apart and never counted; the evidence's worlds give the exhibit's world
-    by :func:`exhibit_world`, unless a check FAILED (verdict ``not reproduced``): then every
+    by :func:`exhibit_world`, unless a check FAILED (verdict ``not reproduced``, or a sanity
+    check of the evaluation behind its numbers failed: ``claim["checks"]``): then every
     evidence claim counts as inconclusive and ``reason`` says which check failed.
 
     Returns ``{"world", "claims" (evidence), "counts", "checks": [{"claim", "verdict"}]}``
@@ -98,7 +99,8 @@ def judge_exhibit(claims: Sequence[Claim]) -> dict[str, Any]:
     """
     evidence = [c for c in claims if c.get("role", "evidence") != "check"]
     checks = [c for c in claims if c.get("role", "evidence") == "check"]
-    failed = [c["claim"] for c in checks if c["verdict"] == "not reproduced"]
+    failed = [c["claim"] for c in checks if c["verdict"] == "not reproduced"
+              or False in c.get("checks", {}).values()]
     worlds = ["inconclusive" if failed else world(c) for c in evidence]
     out: dict[str, Any] = {
         "world": exhibit_world(worlds), "claims": len(evidence),

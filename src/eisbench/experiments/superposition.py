@@ -53,7 +53,15 @@ from eisbench.experiments.superposition_models import (
     scaling_check,
 )
 from eisbench.models import MODELS, ModelSpec
-from eisbench.runs.claims import conjunction, decide_metric, make_claim, metric_over_seeds
+from eisbench.runs.claims import (
+    checks_of,
+    conjunction,
+    decide_metric,
+    make_claim,
+    merge_checks,
+    metric_over_seeds,
+)
+from eisbench.runs.preregistered import threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Context, Tensors, evaluate_stage, train_stage
@@ -98,10 +106,11 @@ class SuperpositionConfig:
     fmn_steps: int = 50
     curve_linf: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15)
     curve_l2: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
-    acc_tolerance: float = 0.01  # |mean clean-accuracy gap| allowed for "equal accuracy"
-    robust_margin: float = 0.02  # robust-accuracy difference that counts (fraction)
-    l2_margin: float = 0.05  # relative median-L2 difference that counts
-    scale_tolerance: float = 1e-4  # relative error allowed by float32 rounding in the check
+    # the rules' numbers default to the pre-registered ones (runs/preregistered.py)
+    acc_tolerance: float = threshold("superposition.clean_gap.tolerance")  # |clean gap| allowed
+    robust_margin: float = threshold("superposition.robust_gap.margin")  # fraction
+    l2_margin: float = threshold("superposition.l2_rel_gap.margin")  # relative median L2
+    scale_tolerance: float = threshold("superposition.scaling.max_rel_error.bar")  # relative
     device: str = "cpu"
 
 
@@ -257,6 +266,7 @@ def _metrics(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
         runs = [r[shape] for r in per_seed]
         for name in ("std_acc", "robust_acc"):
             m[f"superposition/{shape}/{name}"] = metric_over_seeds([r[name] for r in runs])
+        m[f"superposition/{shape}/robust_acc"]["checks"] = merge_checks(r["checks"] for r in runs)
         for name in ("median_l2", "median_linf"):
             m[f"superposition/{shape}/{name}"] = metric_over_seeds([r[name] for r in runs],
                                                                   upper=inf)
@@ -270,6 +280,8 @@ def _metrics(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
                 else r["deep_narrow"][key] - r["shallow_wide"][key] for r in per_seed]
         m[f"superposition/deep_minus_shallow/{name}"] = metric_over_seeds(
             vals, lower=-1.0, upper=inf if relative else 1.0)
+    m["superposition/deep_minus_shallow/robust_gap"]["checks"] = merge_checks(
+        r[s]["checks"] for r in per_seed for s in SHAPES)
     for name in ("max_rel_error", "logit_rel_error", "pred_changed"):
         m[f"superposition/scaling/{name}"] = metric_over_seeds(
             [float(max(row[name] for row in r["scaling"])) for r in per_seed],
@@ -281,7 +293,8 @@ def decide(metrics: dict[str, Metric], *, cfg: SuperpositionConfig) -> list[Clai
     """Rules fixed in advance (95% t-intervals over seeds; differences are deep-narrow minus
     shallow-wide, paired by seed), of the form of :func:`~eisbench.runs.claims.decide_against`
     (reproduced: the CI lies past the bar; not reproduced: its far end stays short of bar +
-    margin).
+    margin). The config's defaults of the numbers below are ``superposition.*`` in
+    :data:`~eisbench.runs.preregistered.THRESHOLDS` (a record holds the config's values).
 
     1. Check (role "check", counts for neither world): "features per dimension fails the
        scaling sanity check". It is an identity of bias-free ReLU networks (relu(c z) =
@@ -300,7 +313,9 @@ def decide(metrics: dict[str, Metric], *, cfg: SuperpositionConfig) -> list[Clai
        causes vulnerability" predicts) if the CI upper < 0 (margin = the bar's distance
        from 0: the CI excludes "deep at least as robust"). Both are inconclusive if the mean
        clean-accuracy gap exceeds ``acc_tolerance`` in absolute value (accuracies not
-       matched). Two measures, two claims: where they disagree the exhibit is mixed.
+       matched). Two measures, two claims: where they disagree the exhibit is mixed. The
+       robust-accuracy gap carries the attack suite's sanity checks of both networks (a failed
+       one makes its claim inconclusive); FMN's minimal norms come without such checks.
     """
     tol = cfg.scale_tolerance
     err, changed = (metrics["superposition/scaling/max_rel_error"],
@@ -317,7 +332,8 @@ def decide(metrics: dict[str, Metric], *, cfg: SuperpositionConfig) -> list[Clai
                  f"relative error = {err['value']:.2e} [{err['ci95'][0]:.2e}, "
                  f"{err['ci95'][1]:.2e}]",
         verdict=conjunction(exact, decide_metric(
-            metrics, "superposition/scaling/max_rel_error", bar=tol, margin=0.0,
+            metrics, "superposition/scaling/max_rel_error", bar=tol,
+            margin=threshold("superposition.scaling.max_rel_error.margin"),
             higher_means_reproduced=False)),
         exhibit="F", if_reproduced="inconclusive", if_not="inconclusive", role="check",
         literature=LITERATURE["scaling"])]
@@ -343,7 +359,8 @@ def decide(metrics: dict[str, Metric], *, cfg: SuperpositionConfig) -> list[Clai
             verdict=(decide_metric(metrics, f"superposition/deep_minus_shallow/{key}", bar=-m,
                                    margin=m) if matched else "inconclusive"),
             exhibit="F", if_reproduced="features", if_not="bugs",
-            literature=LITERATURE["depth"]))
+            literature=LITERATURE["depth"],
+            checks=checks_of(metrics, f"superposition/deep_minus_shallow/{key}")))
     return claims
 
 

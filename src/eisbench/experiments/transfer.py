@@ -63,6 +63,7 @@ from eisbench.runs.claims import (
     metric_over_seeds,
     needed,
 )
+from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, train_stage
@@ -82,7 +83,6 @@ LITERATURE = {
                 "architectures, targeted ones much less reliably; random noise of the same norm "
                 "rarely changes a label (Szegedy et al. 2014)",
 }
-TRANSFER_BAR = 0.10  # excess of transfer over same-norm noise needed to call it "well above"
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,8 @@ def _aggregate(per_seed: list[dict[str, Any]], archs: Sequence[str]) -> dict[str
 def decide(metrics: dict[str, Metric]) -> list[Claim]:
     """Verdicts by rules fixed before any number was seen, on 95% CIs over seeds, each of the
     form of :func:`~eisbench.runs.claims.decide_against` (reproduced: the CI lies past the
-    bar; not reproduced: its far end stays short of bar + margin).
+    bar; not reproduced: its far end stays short of bar + margin). The numbers are
+    ``transfer.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`.
 
     1. Transfer tracks learnability (Ilyas et al., Fig. 3). Per seed, Pearson r across the
        architectures between the targeted transfer rate from the D_det source into each
@@ -310,17 +311,19 @@ def decide(metrics: dict[str, Metric]) -> list[Claim]:
     def shown(*names: str) -> str:
         return "; ".join(fmt(metrics, n) for n in names)
 
-    rho = metrics["transfer/spearman"]
-    r_v = decide_metric(metrics, "transfer/pearson", bar=0.0, margin=0.2)
+    rho, sp = metrics["transfer/spearman"], threshold("transfer.spearman.bar")
+    pr, ex = bar_margin("transfer.pearson"), bar_margin("transfer.excess_over_noise")
+    r_v = decide_metric(metrics, "transfer/pearson", **pr)
     return [
         make_claim(
             claim="Architectures that learn D_det better receive more of its source's "
                   "adversarial examples (positive correlation across architectures)",
-            rule="mean Pearson r CI lower > 0 and mean Spearman > 0 (reproduced); CI upper < "
-                 "0.2, margin 0.2 (not reproduced: inconclusive, a capacity confound can "
+            rule=f"mean Pearson r CI lower > {pr['bar']:g} and mean Spearman > {sp:g} "
+                 f"(reproduced); CI upper < {pr['bar'] + pr['margin']:g}, margin "
+                 f"{pr['margin']:g} (not reproduced: inconclusive, a capacity confound can "
                  "remove the relation in either world)",
             measured=shown("transfer/pearson", "transfer/spearman"),
-            verdict=conjunction(r_v, needed("reproduced" if rho["value"] > 0 else
+            verdict=conjunction(r_v, needed("reproduced" if rho["value"] > sp else
                                             "not reproduced")),
             exhibit="B", if_reproduced="features", if_not="inconclusive",
             literature=LITERATURE["correlation"]),
@@ -328,13 +331,13 @@ def decide(metrics: dict[str, Metric]) -> list[Claim]:
             claim="Adversarial examples transfer between architectures well above the rate of "
                   "random noise of the same norm",
             rule=f"transfer minus noise (targeted, pairs of distinct models) CI lower > "
-                 f"{TRANSFER_BAR:.2f} (reproduced: inconclusive, both worlds explain "
-                 f"transfer); CI upper < {TRANSFER_BAR - 0.05:.2f}, margin -0.05 (not "
-                 "reproduced: bugs, the perturbations are specific to their model)",
+                 f"{ex['bar']:.2f} (reproduced: inconclusive, both worlds explain "
+                 f"transfer); CI upper < {ex['bar'] + ex['margin']:.2f}, margin "
+                 f"{ex['margin']:.2f} (not reproduced: bugs, the perturbations are specific to "
+                 "their model)",
             measured=shown("transfer/cross_excess_over_noise", "transfer/cross_transfer_rate",
                            "transfer/cross_noise_rate"),
-            verdict=decide_metric(metrics, "transfer/cross_excess_over_noise", bar=TRANSFER_BAR,
-                                  margin=-0.05),
+            verdict=decide_metric(metrics, "transfer/cross_excess_over_noise", **ex),
             exhibit="B", if_reproduced="inconclusive", if_not="bugs",
             literature=LITERATURE["transfer"]),
     ]

@@ -50,9 +50,7 @@ from eisbench.experiments.tsipras_linear import (
     train_linear,
 )
 from eisbench.models import ModelSpec
-from eisbench.runs.claims import (
-    metric_over_seeds,
-)
+from eisbench.runs.claims import merge_checks, metric_over_seeds
 from eisbench.runs.record import Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Context, Tensors, evaluate_stage, train_stage
@@ -221,7 +219,7 @@ def image_curve(ctx: Context, cfg: TsiprasConfig
                                control=None if e == 0 else std, n_checks=cfg.n_checks)
             img.append({"seed": seed, "train_eps": e, "std_acc": m["std_acc"],
                         "robust_acc": m["robust_acc"], "n_robust": m["n_robust"],
-                        "n_std": m["n_std"],
+                        "n_std": m["n_std"], "checks": m["checks"],
                         "failed_checks": [c["name"] for c in m["checks"]
                                           if c["passed"] is False]})
     return ds, img
@@ -273,7 +271,8 @@ def synthetic_details(cfg: TsiprasConfig, syn: list[dict[str, Any]]) -> dict[str
 def aggregate(syn: list[dict[str, Any]], img: list[dict[str, Any]], *,
               dataset: str) -> dict[str, Metric]:
     """Metrics over seeds: ``tsipras/synthetic/eps=<k>eta/<what>`` and
-    ``tsipras/<dataset>/train_eps=<e>/{std_acc,robust_acc}``."""
+    ``tsipras/<dataset>/train_eps=<e>/{std_acc,robust_acc}``; each image ``robust_acc``
+    carries the attack suite's sanity checks merged over the seeds."""
     out: dict[str, Metric] = {}
     for i, row in enumerate(syn[0]["rows"]):
         for what in ("std_acc", "robust_acc", "robust_feature_share",
@@ -281,9 +280,13 @@ def aggregate(syn: list[dict[str, Any]], img: list[dict[str, Any]], *,
             out[f"tsipras/synthetic/eps={row['eps_over_eta']:g}eta/{what}"] = metric_over_seeds(
                 [s["rows"][i][what] for s in syn])
     for e in dict.fromkeys(r["train_eps"] for r in img):
+        rows = [r for r in img if r["train_eps"] == e]
         for what in ("std_acc", "robust_acc"):
             out[f"tsipras/{dataset}/train_eps={e:g}/{what}"] = metric_over_seeds(
-                [r[what] for r in img if r["train_eps"] == e])
+                [r[what] for r in rows])
+        if any("checks" in r for r in rows):
+            out[f"tsipras/{dataset}/train_eps={e:g}/robust_acc"]["checks"] = merge_checks(
+                r.get("checks", []) for r in rows)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from eisbench.runs.claims import (
+    checks_of,
     conjunction,
     decide_against,
     decide_metric,
@@ -10,6 +11,7 @@ from eisbench.runs.claims import (
     gap,
     make_claim,
 )
+from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 
 
@@ -43,6 +45,10 @@ def decide(metrics: dict[str, Metric], *, syn_eps: tuple[float, ...], p: float,
        from the first eps on (each useful feature non-robust at that eps is given up), while a
        regulariser at its weakest typically costs nothing; CI upper < 0.02 is inconclusive (a
        mild eps may remove too few features to show in either world).
+    Check 4 and claim 5 (whose "bugs" reading is "robustness at no cost") rest on the image
+    models' robust accuracies: they carry the attack suite's sanity checks of I0 and IK
+    (:func:`~eisbench.runs.claims.checks_of`), and a failed one makes them inconclusive.
+    The numbers are ``tsipras.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`.
     """
     s0, sk = "tsipras/synthetic/eps=0eta", f"tsipras/synthetic/eps={max(syn_eps):g}eta"
     i0 = f"tsipras/{dataset}/train_eps=0"
@@ -59,42 +65,49 @@ def _synthetic_claims(metrics: dict[str, Metric], *, s0: str, sk: str, p: float
                       ) -> list[Claim]:
     """Checks 1-3 of :func:`decide`: S0 and SK name the synthetic models' metrics."""
     claims: list[Claim] = []
+    sh = bar_margin("tsipras.synthetic.robust_feature_share")
     share = conjunction(
-        decide_metric(metrics, f"{sk}/robust_feature_share", bar=0.5, margin=0.0),
-        decide_metric(metrics, f"{s0}/robust_feature_share", bar=0.5, margin=0.0,
+        decide_metric(metrics, f"{sk}/robust_feature_share", **sh),
+        decide_metric(metrics, f"{s0}/robust_feature_share", **sh,
                       higher_means_reproduced=False))
     claims.append(make_claim(
         claim="Synthetic (ground truth): adversarial training moves the linear model's weight "
               "from the non-robust features onto the robust one",
-        rule="share of |w|_1 on x_1: CI lower > 0.5 at the largest eps and CI upper < 0.5 at "
-             f"eps = 0 (passes); either CI on the wrong side of 0.5 (fails); {THEORY}",
+        rule=f"share of |w|_1 on x_1: CI lower > {sh['bar']:g} at the largest eps and CI upper "
+             f"< {sh['bar']:g} at eps = 0 (passes); either CI on the wrong side of {sh['bar']:g} "
+             f"(fails); {THEORY}",
         measured=f"{fmt(metrics, f'{s0}/robust_feature_share')}; "
                  f"{fmt(metrics, f'{sk}/robust_feature_share')}",
         verdict=share, exhibit="C", if_reproduced="inconclusive", if_not="inconclusive",
         role="check",
         literature="Tsipras et al. 2019, Sec. 2: the robust classifier uses x_1 alone (share "
                    "1); the standard one spreads its weight over the d weak features"))
-    fall = gap(metrics, f"{s0}/std_acc", f"{sk}/std_acc")
+    fall, fb = (gap(metrics, f"{s0}/std_acc", f"{sk}/std_acc"),
+                bar_margin("tsipras.synthetic.std_acc_fall"))
     claims.append(make_claim(
         claim="Synthetic: clean accuracy falls as the training eps grows",
-        rule=f"std acc at eps = 0 minus at the largest eps: CI lower > 0 (passes); CI upper < "
-             f"0 (fails); {THEORY}",
+        rule=f"std acc at eps = 0 minus at the largest eps: CI lower > {fb['bar']:g} (passes); "
+             f"CI upper < {fb['bar'] + fb['margin']:g} (fails); {THEORY}",
         measured=f"{fmt(metrics, f'{s0}/std_acc')}; {fmt(metrics, f'{sk}/std_acc')}",
-        verdict=decide_against(*fall, bar=0.0, margin=0.0), exhibit="C",
+        verdict=decide_against(*fall, **fb), exhibit="C",
         if_reproduced="inconclusive", if_not="inconclusive", role="check",
         literature="Tsipras et al. 2019, Thm 2.1: standard accuracy 1 - delta forces robust "
                    "accuracy <= p/(1-p) delta at eps >= 2 eta"))
+    band, band_m = (threshold("tsipras.synthetic.robust_std_acc.band"),
+                    threshold("tsipras.synthetic.robust_std_acc.margin"))
+    over, over_m = (threshold("tsipras.synthetic.standard_std_acc.over_p"),
+                    threshold("tsipras.synthetic.standard_std_acc.margin"))
     at_p = conjunction(
-        decide_metric(metrics, f"{sk}/std_acc", bar=p - 0.05, margin=0.0),
-        decide_metric(metrics, f"{sk}/std_acc", bar=p + 0.05, margin=0.0,
+        decide_metric(metrics, f"{sk}/std_acc", bar=p - band, margin=band_m),
+        decide_metric(metrics, f"{sk}/std_acc", bar=p + band, margin=band_m,
                       higher_means_reproduced=False),
-        decide_metric(metrics, f"{s0}/std_acc", bar=p + 0.02, margin=-0.02))
+        decide_metric(metrics, f"{s0}/std_acc", bar=p + over, margin=over_m))
     claims.append(make_claim(
         claim=f"Synthetic: the robust model's clean accuracy is p = {p:g}, the standard "
               "model's well above it (Tsipras et al.'s prediction)",
-        rule="std acc at the largest eps: CI within p +- 0.05, and at eps = 0: CI lower > "
-             f"p + 0.02 (passes); the first CI outside p +- 0.05 or the second's upper < p "
-             f"(fails); {THEORY}",
+        rule=f"std acc at the largest eps: CI within p +- {band:g}, and at eps = 0: CI lower > "
+             f"p + {over:g} (passes); the first CI outside p +- {band:g} or the second's upper < "
+             f"p (fails); {THEORY}",
         measured=f"{fmt(metrics, f'{sk}/std_acc')}; {fmt(metrics, f'{s0}/std_acc')}",
         verdict=at_p, exhibit="C", if_reproduced="inconclusive", if_not="inconclusive",
         role="check", literature=f"Tsipras et al. 2019, Sec. 2.1: accuracy p = {p:g} for "
@@ -106,17 +119,21 @@ def _image_claims(metrics: dict[str, Metric], *, i0: str, i1: str, ik: str, data
                   eval_eps: float) -> list[Claim]:
     """Check 4 and claims 5-6 of :func:`decide`: I0, I1 and IK name the image models'
     metrics."""
-    gain = gap(metrics, f"{ik}/robust_acc", f"{i0}/robust_acc")
+    gain, gb = (gap(metrics, f"{ik}/robust_acc", f"{i0}/robust_acc"),
+                bar_margin("tsipras.image.robust_gain"))
+    robust = checks_of(metrics, f"{ik}/robust_acc", f"{i0}/robust_acc")
     claims = [make_claim(
         claim=f"Check: on {dataset}, adversarial training buys robust accuracy at "
               f"eps={eval_eps:g} (the other side of the trade-off)",
-        rule="robust acc at the largest training eps minus at eps = 0: CI lower > 0.1 "
-             "(passes); CI upper < 0.1 (fails: the image claims say nothing)",
+        rule=f"robust acc at the largest training eps minus at eps = 0: CI lower > "
+             f"{gb['bar']:g} (passes); CI upper < {gb['bar'] + gb['margin']:g} (fails: the image "
+             "claims say nothing)",
         measured=f"{fmt(metrics, f'{i0}/robust_acc')}; {fmt(metrics, f'{ik}/robust_acc')}",
-        verdict=decide_against(*gain, bar=0.1, margin=0.0), exhibit="C",
+        verdict=decide_against(*gain, **gb), exhibit="C",
         if_reproduced="inconclusive", if_not="inconclusive", role="check",
         literature="Madry et al.'s MNIST model (eps=0.3): 89.62% under 100-step PGD with 50 "
-                   "restarts")]
+                   "restarts", checks=robust)]
+    cb = bar_margin("tsipras.image.std_acc_cost")
     for top, mild in ((ik, False), (i1, True)):
         cost = gap(metrics, f"{i0}/std_acc", f"{top}/std_acc")
         eps = top.rsplit("=", 1)[1]
@@ -124,17 +141,18 @@ def _image_claims(metrics: dict[str, Metric], *, i0: str, i1: str, ik: str, data
             claim=f"{dataset}: clean accuracy falls "
                   + ("already at the smallest non-zero" if mild else "at the largest")
                   + f" adversarial-training eps ({eps})",
-            rule="std acc at eps = 0 minus at eps = " + eps + ": CI lower > 0 (reproduced: "
+            rule=f"std acc at eps = 0 minus at eps = {eps}: CI lower > {cb['bar']:g} (reproduced: "
                  + ("features, a cost from the mildest eps on is the feature account's "
                     "prediction" if mild else "inconclusive, both worlds explain a cost")
-                 + "); CI upper < 0.02, margin 0.02 = a quarter of CIFAR-10's 7.9 points "
-                 "(not reproduced: "
+                 + f"); CI upper < {cb['bar'] + cb['margin']:g}, margin {cb['margin']:g} = a "
+                 "quarter of CIFAR-10's 7.9 points (not reproduced: "
                  + ("inconclusive" if mild else "bugs, robustness at no cost")
                  + ")",
             measured=f"{fmt(metrics, f'{i0}/std_acc')}; {fmt(metrics, f'{top}/std_acc')}",
-            verdict=decide_against(*cost, bar=0.0, margin=0.02), exhibit="C",
+            verdict=decide_against(*cost, **cb), exhibit="C",
             if_reproduced="features" if mild else "inconclusive",
             if_not="inconclusive" if mild else "bugs",
             literature="Tsipras et al. 2019, Fig. 2: slight fall on MNIST up to eps 0.3; "
-                       "CIFAR-10 95.2% -> 87.3% at 8/255 (Madry et al. 2018)"))
+                       "CIFAR-10 95.2% -> 87.3% at 8/255 (Madry et al. 2018)",
+            checks=None if mild else robust))
     return claims

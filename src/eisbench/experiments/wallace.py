@@ -34,6 +34,7 @@ from eisbench.experiments.ilyas import (
     source_models,
 )
 from eisbench.runs.claims import decide_metric, fmt, make_claim, metric_over_seeds
+from eisbench.runs.preregistered import threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, train_stage
@@ -149,8 +150,10 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     are far above). Both outcomes are inconclusive for the worlds (Wallace: learning from
     wrong labels is distillation, which explains D_rand and D_det without deciding what the
     features are; and a failed distillation here says nothing about adversarial examples).
+    The numbers are ``wallace.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`.
     """
-    bar = 2.0 / num_classes
+    x, m = threshold("wallace.std_acc.bar_x_chance"), threshold("wallace.std_acc.margin")
+    bar = x / num_classes
     claims: list[Claim] = []
     for name, claim in (("foreign", "A model trained only on foreign images labelled by a "
                                     "model of D is well above chance on D"),
@@ -158,10 +161,10 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
                                         "wrong labels) is well above chance")):
         key = f"wallace/{name}/std_acc"
         claims.append(make_claim(
-            claim=claim, rule=f"test accuracy CI lower > {bar:.2f} = 2/K (reproduced); CI "
-                              f"upper < {bar + 0.05:.2f}, margin 0.05 (not reproduced); "
+            claim=claim, rule=f"test accuracy CI lower > {bar:.2f} = {x:g}/K (reproduced); CI "
+                              f"upper < {bar + m:.2f}, margin {m:.2f} (not reproduced); "
                               "inconclusive for the worlds either way (distillation)",
-            measured=fmt(metrics, key), verdict=decide_metric(metrics, key, bar=bar, margin=0.05),
+            measured=fmt(metrics, key), verdict=decide_metric(metrics, key, bar=bar, margin=m),
             exhibit="D", if_reproduced="inconclusive", if_not="inconclusive",
             literature=f"{LITERATURE[name]:.1%} ({LIT_WHERE[name]})"))
     return claims

@@ -10,44 +10,53 @@ plus a stated margin (an equivalence bound: "the effect, if any, is smaller than
 With n = 3 seeds a t-interval is wide (t = 4.30), so "refuted only when the whole interval is
 past the bar" is nearly unreachable; a margin taken from the published effect makes a
 refutation possible without moving the bar. Parts of a compound rule are combined by
-:func:`conjunction`, :func:`unanimous`, :func:`needed` and :func:`provided`.
+:func:`conjunction`, :func:`unanimous`, :func:`needed` and :func:`provided`. The bars and
+margins, and :data:`RULES_VERSION` (re-exported here), live in :mod:`eisbench.runs.preregistered`.
+
+Checks gate verdicts. A robust accuracy from an attack suite comes with the suite's sanity
+checks (:mod:`eisbench.evaluation.checks`). :func:`merge_checks` folds the checks of every
+evaluation behind a metric (seeds, models) into ``{check: passed}``: False if the check failed on
+any of them, None if it never ran (no control model given, no gradient-free attack), True
+otherwise; the experiment stores that as the metric's ``checks``. A claim passes
+``checks=checks_of(metrics, ...)`` for the metrics its rule reads; :func:`make_claim` records them
+on the claim, and if any is False the verdict is ``inconclusive`` whatever the rule said, and
+``measured`` names the failed checks. A check that could not run is listed but does not gate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from eisbench.core.stats import mean_ci
+from eisbench.runs.preregistered import RULES_VERSION as RULES_VERSION  # re-exported
 from eisbench.runs.record import EXHIBITS, ROLES, VERDICTS, WORLDS, Claim, Metric
 
 REPRODUCED, REFUTED, UNSURE = VERDICTS
 
-RULES_VERSION = 2
-"""The version of the claims' decision rules, recorded in every record (``versions``'s
-``claim_rules``). A rule changed after results were seen bumps it, and says so here:
-
-- 1: the first rules (refuted only when a whole interval lies past the bar; several claims
-  could only ever support one world).
-- 2 (2026-12): every claim states what each outcome means for each world (``if_not``);
-  identities and sanity checks are checks (``role="check"``), never evidence; rules take the
-  form :func:`decide_against` with a stated margin, so a refutation is reachable; some reproduce
-  rules tightened (D_NR, squares: the interval's lower bound, not the mean) or paired (A1-A3).
-  Chosen after the rule-1 verdicts of the digits and MNIST suites had been seen.
-"""
-
 
 def make_claim(*, claim: str, rule: str, measured: str, verdict: str, exhibit: str,
                if_reproduced: str, if_not: str = "inconclusive", literature: str = "",
-               role: str = "evidence") -> Claim:
+               role: str = "evidence",
+               checks: Mapping[str, bool | None] | None = None) -> Claim:
     """A :class:`~eisbench.runs.record.Claim` for the verdict table (arguments checked: a typo
     fails here). ``role="check"`` marks an identity or a sanity check: it supports no world
     (:func:`world`), and when it fails its exhibit's evidence counts as inconclusive.
+
+    ``checks`` (``{check: passed}``, from :func:`checks_of`): the sanity checks of the
+    evaluations behind the numbers the rule reads, stored on the claim. If any is False the
+    verdict is ``inconclusive`` whatever the rule said, and ``measured`` says which failed;
+    None (could not run) is listed but does not gate.
 
     Example:
         >>> make_claim(claim="x", rule="r", measured="m", verdict="reproduced", exhibit="D",
         ...            if_reproduced="features")["verdict"]
         'reproduced'
+        >>> c = make_claim(claim="x", rule="r", measured="m", verdict="reproduced",
+        ...                exhibit="D", if_reproduced="features",
+        ...                checks={"gradients": False, "control-falls": None})
+        >>> c["verdict"], c["measured"][:53]
+        ('inconclusive', 'm; inconclusive: the sanity check(s) gradients failed')
     """
     if verdict not in VERDICTS or exhibit not in EXHIBITS:
         raise ValueError(f"bad verdict {verdict!r} or exhibit {exhibit!r}")
@@ -55,9 +64,68 @@ def make_claim(*, claim: str, rule: str, measured: str, verdict: str, exhibit: s
         raise ValueError(f"worlds must be among {WORLDS}: {if_reproduced!r}, {if_not!r}")
     if role not in ROLES:
         raise ValueError(f"role must be among {ROLES}, got {role!r}")
-    return {"claim": claim, "rule": rule, "measured": measured, "verdict": verdict,
-            "exhibit": exhibit, "if_reproduced": if_reproduced, "if_not": if_not,
-            "literature": literature, "role": role}
+    out: Claim = {"claim": claim, "rule": rule, "measured": measured, "verdict": verdict,
+                  "exhibit": exhibit, "if_reproduced": if_reproduced, "if_not": if_not,
+                  "literature": literature, "role": role}
+    if checks is None:
+        return out
+    out["checks"] = dict(checks)
+    failed = [name for name, passed in checks.items() if passed is False]
+    if failed:
+        out["verdict"] = UNSURE
+        out["measured"] = (f"{measured}; inconclusive: the sanity check(s) {', '.join(failed)} "
+                           "failed on the evaluation behind these numbers")
+    return out
+
+
+def merge_checks(evaluations: Iterable[Sequence[Mapping[str, object]]]
+                 ) -> dict[str, bool | None]:
+    """``{check: passed}`` over several evaluations (each the ``"checks"`` list of an
+    ``evaluate_stage`` output: ``{"name", "passed", ...}`` per check): False if the check
+    failed on any evaluation, None if it ran on none (``passed`` None or absent everywhere),
+    True otherwise. Names keep their first order.
+
+    Example:
+        >>> merge_checks([[{"name": "gradients", "passed": True},
+        ...                {"name": "control-falls", "passed": None}],
+        ...               [{"name": "gradients", "passed": False}]])
+        {'gradients': False, 'control-falls': None}
+    """
+    out: dict[str, bool | None] = {}
+    for checks in evaluations:
+        for c in checks:
+            name, passed = str(c["name"]), c["passed"]
+            if passed is not None and not isinstance(passed, bool):
+                raise ValueError(f"check {name!r} has passed={passed!r}: True, False or None")
+            out[name] = _merge(out.get(name), passed)
+    return out
+
+
+def checks_of(metrics: Mapping[str, Metric], *names: str) -> dict[str, bool | None]:
+    """The ``checks`` of the metrics ``names`` merged as by :func:`merge_checks` (a metric
+    without ``checks`` adds none): what a claim reading those metrics passes to
+    :func:`make_claim`.
+
+    Example:
+        >>> m = {"a": {**metric_over_seeds([0.5]), "checks": {"gradients": True}},
+        ...      "b": {**metric_over_seeds([0.4]), "checks": {"gradients": False}},
+        ...      "c": metric_over_seeds([0.3])}
+        >>> checks_of(m, "a", "b", "c")
+        {'gradients': False}
+    """
+    out: dict[str, bool | None] = {}
+    for n in names:
+        for name, passed in metrics[n].get("checks", {}).items():
+            out[name] = _merge(out.get(name), passed)
+    return out
+
+
+def _merge(a: bool | None, b: bool | None) -> bool | None:
+    """One check's outcome over two sets of evaluations: a failure anywhere wins, then a pass;
+    None only if it never ran."""
+    if a is False or b is False:
+        return False
+    return True if a or b else None
 
 
 def verdict(reproduced: bool, refuted: bool) -> str:

@@ -15,11 +15,12 @@ Schema version 1::
       "stages": [{"name", "key", "seconds", "cached"}],
       "wall_seconds": 123.4,
       "metrics": {"<name>": {"value": float, "ci95": [lo, hi], "n": int,
-                              "higher_is_better": bool}},
+                              "higher_is_better": bool,
+                              "checks": {"<check>": bool | null}}},  # optional: see Metric
       "claims": [{"claim", "rule", "measured", "verdict",     # verdict: reproduced |
                                                                # not reproduced | inconclusive
                   "exhibit", "if_reproduced", "if_not", "literature",
-                  "role"}],                                    # optional: see Claim
+                  "role", "checks"}],                          # optional: see Claim
       "details": {...}                                         # per-seed values, attack specs
     }
 
@@ -35,7 +36,7 @@ import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from eisbench.core.paths import atomic_write_bytes
 
@@ -56,10 +57,15 @@ EXHIBITS = {  # the exhibits of "features or bugs?" (EIS IX) plus the Distill re
 
 
 class Metric(TypedDict):
+    """A number with its 95% interval over ``n`` units. ``checks`` (optional; on robust
+    accuracies from an attack suite): each sanity check's outcome over every evaluation behind
+    the number: False if it failed on any of them, None if it never ran, else True."""
+
     value: float
     ci95: list[float]
     n: int
     higher_is_better: bool
+    checks: NotRequired[dict[str, bool | None]]
 
 
 class _ClaimCore(TypedDict):
@@ -74,13 +80,16 @@ class Claim(_ClaimCore, total=False):
     the world each outcome supports (``if_reproduced``, ``if_not``: one of :data:`WORLDS`)
     place it in the features-vs-bugs verdict table; ``literature`` is the published figure.
     ``role`` (one of :data:`ROLES`, ``evidence`` when absent): a ``check`` (an identity or a
-    sanity check) supports no world, and when it fails it gates its exhibit's evidence."""
+    sanity check) supports no world, and when it fails it gates its exhibit's evidence.
+    ``checks``: the sanity checks of the evaluations behind the claim's numbers (as in
+    :class:`Metric`); a failed one made the verdict inconclusive."""
 
     exhibit: str
     if_reproduced: str
     if_not: str
     literature: str
     role: str
+    checks: dict[str, bool | None]
 
 
 class Record(TypedDict):
@@ -137,9 +146,12 @@ def validate(rec: dict[str, Any]) -> None:
     if rec.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"schema_version must be {SCHEMA_VERSION}")
     for name, m in rec.get("metrics", {}).items():
-        if set(m) != {"value", "ci95", "n", "higher_is_better"}:
+        if set(m) - {"checks"} != {"value", "ci95", "n", "higher_is_better"}:
             problems.append(f"metric {name!r} has fields {sorted(m)}")
             continue
+        if "checks" in m and not _checks_ok(m["checks"]):
+            problems.append(f"metric {name!r} checks {m['checks']!r} are not a mapping of "
+                            "check name to true, false or null")
         v, ci = m["value"], m["ci95"]
         if not (isinstance(v, (int, float)) and math.isfinite(v)):
             problems.append(f"metric {name!r} value {v!r} is not a finite number")
@@ -159,8 +171,17 @@ def validate(rec: dict[str, Any]) -> None:
                 problems.append(f"claim {c.get('claim')!r} has {k} {c[k]!r}")
         if "role" in c and c["role"] not in ROLES:
             problems.append(f"claim {c.get('claim')!r} has role {c['role']!r}")
+        if "checks" in c and not _checks_ok(c["checks"]):
+            problems.append(f"claim {c.get('claim')!r} has checks {c['checks']!r}, not a mapping "
+                            "of check name to true, false or null")
     if problems:
         raise ValueError("invalid record: " + "; ".join(problems))
+
+
+def _checks_ok(checks: Any) -> bool:
+    """Whether ``checks`` maps check names (str) to True, False or None."""
+    return isinstance(checks, dict) and all(
+        isinstance(k, str) and (v is None or isinstance(v, bool)) for k, v in checks.items())
 
 
 def write(rec: Record, path: Path) -> None:

@@ -19,7 +19,7 @@ from safetensors.torch import save
 
 from eisbench.core.config import to_plain
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.runs.claims import RULES_VERSION
+from eisbench.runs.preregistered import RULES_VERSION, digest
 from eisbench.runs.record import (
     SCHEMA_VERSION,
     Claim,
@@ -61,7 +61,8 @@ def to_record(name: str, config: Any, result: Result, *, seconds: float) -> Reco
     return {
         "schema_version": SCHEMA_VERSION, "experiment": name, "created": now(),
         "config": to_plain(config), "seeds": [int(s) for s in seeds], "git": git_state(),
-        "versions": {**library_versions(), "claim_rules": str(RULES_VERSION)},
+        "versions": {**library_versions(), "claim_rules": str(RULES_VERSION),
+                     "thresholds": digest()[:16]},
         "device": device, "data": dict(result.data),
         "stages": list(result.stages), "wall_seconds": seconds, "metrics": result.metrics,
         "claims": result.claims, "details": result.details,
