@@ -130,6 +130,26 @@ def test_claims_need_enough_trojans_that_meet_the_implant_targets() -> None:
     assert all("fewer than 3, so inconclusive" in c["measured"] for c in few[1:])
 
 
+def test_a_judge_that_fails_held_out_views_grades_nothing() -> None:
+    """The judge is trusted only if it also names triggers from views unlike its training; the
+    claim that combining tools helps rests on its answers, so it is inconclusive then."""
+    metric = scores.ci_metric
+    metrics = {"tool/a/success_rate": metric(0.2, 0.1, 0.3, 5),
+               "tool/b/success_rate": metric(0.3, 0.2, 0.4, 5),
+               "tool/all/success_rate": metric(0.8, 0.7, 0.9, 5)}
+    held = {"overall": {"accuracy": 0.5, "ci": [0.45, 0.55], "n": 400}, "target": 0.8,
+            "worst": {"family": "heavy-blur", "accuracy": 0.2}, "meets_target": False}
+    for ok in (True, False):
+        judge = _judge_details() | {"held_out": held | {"meets_target": ok}}
+        details = {"judge": judge, "detection": {}, "graded": {"n": 5, "of": 12}}
+        judged, combined = scores.decide(metrics, details, ["a", "b"])
+        assert judged["verdict"] == ("reproduced" if ok else "not reproduced")
+        assert "held-out view families 0.500" in judged["measured"] and "heavy-blur" in \
+            judged["measured"]
+        assert combined["verdict"] == ("reproduced" if ok else "inconclusive")
+        assert ok or "the judge failed its validation" in combined["measured"]
+
+
 def _zoo_metric(name: str, target: int, asr: float, drop: float) -> TrojanMetrics:
     return TrojanMetrics(name=name, kind="patch", universal=True, target=target, source=None,
                          clean_acc=0.9, clean_ref_acc=0.9 + drop, drop=drop, asr=asr, n_asr=100,
@@ -216,6 +236,22 @@ def test_bench_end_to_end_on_digits_caches_every_stage(tmp_path: Path,
     assert m["attribution/blank/correlation"]["value"] == 0.0
     assert m["detection/auroc"]["n"] == k + 2
     assert [x["trojan"] for x in d["detection"]["neural-cleanse"]["trojaned"]] == met
+    # both judges validated, also on held-out view families; the second judge's answers, the
+    # agreement and the combination rule chosen on the other trojans
+    assert d["judge"]["held_out"]["families"] and d["judge"]["second"]["held_out"]["overall"]
+    for name in ("judge/held_out_acc", "judge/ncc/true_trigger_acc", "judge/ncc/held_out_acc",
+                 "judge/kappa", "tool/combined-held-out/success_rate",
+                 *(f"tool/{t}/success_rate_ncc" for t in TINY.tools)):
+        assert name in m, name
+    kappa = m["judge/kappa"]
+    assert -1 <= kappa["ci95"][0] <= kappa["value"] <= kappa["ci95"][1] <= 1
+    assert kappa["n"] == k * len(TINY.tools)  # tools x graded trojans x one seed
+    comb = d["combination"]
+    assert len(comb["chosen"]) == k and set(comb["chosen"]) <= set(comb["rules"])
+    assert m["tool/combined-held-out/success_rate"]["value"] == pytest.approx(
+        comb["held_out_success"])
+    assert set(d["second_judge"]["success"]) == set(TINY.tools)
+    assert "Views the judge never saw" in (out / "report.html").read_text()
     # the clean-model control: same questions about clean models' images; lift = difference
     for r in (*TINY.tools, "all"):
         s, c, lift = (m[f"tool/{r}/{x}"] for x in ("success_rate", "clean_success_rate", "lift"))

@@ -45,6 +45,7 @@ from eisbench.edit import ablation as abl
 from eisbench.edit import metrics as em
 from eisbench.edit.lat import LatConfig, LatentBound
 from eisbench.edit.unlearn import FinetuneConfig
+from eisbench.runs.preregistered import choice, threshold
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
@@ -72,8 +73,8 @@ class EditBenchConfig:
     n_patches: int = 5  # patches per patch tool
     finetune: FinetuneConfig = FinetuneConfig(steps=100)
     prune_max_drop: float = 0.04
-    lat_layer: str = "body.1"
-    lat_eps: float = 0.5
+    lat_layer: str = choice("edit.lat.layer")  # chosen on a pilot: runs/preregistered.py
+    lat_eps: float = threshold("edit.lat.eps")
     lat_steps: int = 3
     robust_eps: float = 0.1  # PGD Linf
     robust_eps_l2: float = 1.5  # PGD L2

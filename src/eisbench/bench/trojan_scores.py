@@ -34,6 +34,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from eisbench.core.stats import cluster_bootstrap_ci, wilson_ci
 from eisbench.runs.claims import verdict
+from eisbench.runs.preregistered import threshold
 from eisbench.runs.record import Claim, Metric
 
 Sims = Mapping[str, torch.Tensor]  # tool -> (T, K) judge similarities per trojan and option
@@ -189,6 +190,13 @@ UNITS = {
     "detection/*/auroc": "n = graded trojaned + clean models; stratified bootstrap over models",
     "detection/*/target_found": "n = graded trojaned models (Wilson)",
     "detection/*/false_alarm": "n = clean models (Wilson)",
+    "tool/combined-held-out/success_rate": "per graded trojan, the combination rule chosen on "
+                                           "the other graded trojans, scored on it; unit as "
+                                           "tool/*/success_rate",
+    "tool/*/success_rate_ncc": "the same questions answered by the second judge (template "
+                               "matching); unit as tool/*/success_rate",
+    "judge/kappa": "Cohen's kappa of the two judges' choices; n = tool questions (tools x "
+                   "graded trojans x seeds); 95% bootstrap over graded trojans",
     "judge/*": "n = validation questions (Wilson)",
     "all bootstrap intervals": "fewer than 3 clusters: the metric's whole range (no interval)",
 }
@@ -196,7 +204,7 @@ UNITS = {
 ``details["units"]``)."""
 
 
-MIN_GRADED = 3
+MIN_GRADED = int(threshold("trojans.min_graded"))
 """The fewest trojans that must meet the implant targets (``meets_target``: ASR and
 clean-accuracy drop) for the tool-success and detection claims to be judged: fewer units give
 no usable interval over trojans, and a trojan that was never implanted has nothing for a tool
@@ -216,22 +224,39 @@ def graded_scope(details: Mapping[str, Any]) -> tuple[bool, str]:
     return True, text
 
 
+def judge_trusted(details: Mapping[str, Any]) -> bool:
+    """The judge's validation passed (:func:`judge_claim`'s rule): claims that rest on its
+    answers are inconclusive otherwise."""
+    j = details["judge"]
+    held = j.get("held_out")
+    return bool(j["true_trigger"]["meets_target"] and j["noise"]["uniformity"]["uniform"]
+                and (held is None or held["meets_target"]))
+
+
 def judge_claim(details: Mapping[str, Any]) -> Claim:
-    """The judge is trusted: true-trigger accuracy on target and no bias on noise."""
+    """The judge is trusted: true-trigger accuracy on target, no bias on noise, and (where
+    measured) held-out view families on their target."""
     tv, nv = details["judge"]["true_trigger"], details["judge"]["noise"]
+    held = details["judge"].get("held_out")
     un = nv["uniformity"]
-    trusted = bool(tv["meets_target"] and un["uniform"])
-    return {
-        "claim": "The judge can be trusted: it names the true trigger from its views and "
-                 "favours no trigger on noise",
-        "rule": "true-trigger accuracy >= 0.95 and, on noise questions, no kind's choices "
-                f"reject uniform (chi-square p >= {un['alpha']:g} / kinds = {un['bar']:.4f}); "
-                "noise accuracy against a random truth is shown but cannot fail",
-        "measured": f"true trigger {tv['accuracy']:.3f} [{tv['ci'][0]:.3f}, {tv['ci'][1]:.3f}]"
-                    f" (n={tv['n']}); noise: smallest chi-square p {un['min_p']:.2g}, largest "
-                    f"share {max(v['largest_share'] for v in un['per_kind'].values()):.3f} "
-                    f"(uniform 1/8); noise accuracy {nv['accuracy']:.3f} (n={nv['n']})",
-        "verdict": verdict(trusted, not trusted)}
+    trusted = judge_trusted(details)
+    measured = (f"true trigger {tv['accuracy']:.3f} [{tv['ci'][0]:.3f}, {tv['ci'][1]:.3f}]"
+                f" (n={tv['n']}); noise: smallest chi-square p {un['min_p']:.2g}, largest "
+                f"share {max(v['largest_share'] for v in un['per_kind'].values()):.3f} "
+                f"(uniform 1/8); noise accuracy {nv['accuracy']:.3f} (n={nv['n']})")
+    rule = ("true-trigger accuracy >= 0.95 and, on noise questions, no kind's choices "
+            f"reject uniform (chi-square p >= {un['alpha']:g} / kinds = {un['bar']:.4f}); "
+            "noise accuracy against a random truth is shown but cannot fail")
+    if held is not None:
+        o, w = held["overall"], held["worst"]
+        measured += (f"; held-out view families {o['accuracy']:.3f} [{o['ci'][0]:.3f}, "
+                     f"{o['ci'][1]:.3f}] (n={o['n']}; worst {w['family']} "
+                     f"{w['accuracy']:.3f})")
+        rule += (f"; true-trigger accuracy on view families never seen in training, pooled, "
+                 f">= {held['target']:.2f}")
+    return {"claim": "The judge can be trusted: it names the true trigger from its views, also "
+                     "from views unlike its training, and favours no trigger on noise",
+            "rule": rule, "measured": measured, "verdict": verdict(trusted, not trusted)}
 
 
 def combine_claim(metrics: Mapping[str, Metric], details: Mapping[str, Any],
@@ -243,7 +268,8 @@ def combine_claim(metrics: Mapping[str, Metric], details: Mapping[str, Any],
                              "et al.: 49% vs 47%)",
                     "rule": "all-tools success > best single tool's; 'reproduced' only if the "
                             "all-tools CI lower bound exceeds the best tool's rate; judged on "
-                            f"the trojans that meet the implant targets (at least {MIN_GRADED})",
+                            f"the trojans that meet the implant targets (at least {MIN_GRADED}), "
+                            "only by a judge that passed its validation",
                     "measured": scope, "verdict": verdict(False, False)}
     if "tool/all/success_rate" not in metrics:
         return claim
@@ -251,7 +277,9 @@ def combine_claim(metrics: Mapping[str, Metric], details: Mapping[str, Any],
     b, a = metrics[f"tool/{best}/success_rate"], metrics["tool/all/success_rate"]
     claim["measured"] = (f"all {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] vs best "
                          f"single ({best}) {b['value']:.3f}; {scope}")
-    if enough:
+    if not judge_trusted(details):
+        claim["measured"] += "; the judge failed its validation, so inconclusive"
+    elif enough:
         claim["verdict"] = verdict(a["ci95"][0] > b["value"], a["value"] <= b["value"])
     return claim
 

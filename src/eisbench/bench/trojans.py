@@ -45,6 +45,7 @@ from eisbench import data as datasets
 from eisbench.bench import trojan_control as control
 from eisbench.bench import trojan_scores as scores
 from eisbench.bench.trojan_control import Grid
+from eisbench.bench.trojan_judges import check_judges, combination, judge_metrics, second_opinion
 from eisbench.bench.trojan_probes import attribution, detection
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import progress, say
@@ -55,7 +56,7 @@ from eisbench.runs.store import StageLog, Store
 from eisbench.tools import TOOLS
 from eisbench.trojans.bank import trigger_bank
 from eisbench.trojans.judge import JudgeConfig, JudgeEncoder, ask, judge_stage
-from eisbench.trojans.judge_checks import validate
+from eisbench.trojans.matcher import ncc_ask
 from eisbench.trojans.quiz import Question, quiz_html
 from eisbench.trojans.stamp import TRIGGER_KINDS as KINDS
 from eisbench.trojans.stamp import Trigger, Trojan
@@ -243,24 +244,27 @@ def setting(cfg: TrojanBenchConfig, store: Store) -> Setting:
 
 def train_judge(st: Setting, cfg: TrojanBenchConfig,
                 store: Store) -> tuple[JudgeEncoder, dict[str, Any]]:
-    """The judge, trained on trigger views and clean training images only (cached), and its
-    validation on questions whose answer is known."""
+    """The judge, trained on trigger views and clean training images only (cached), and the
+    validation of it and of the second judge (:func:`~eisbench.bench.trojan_judges.check_judges`)
+    on questions whose answer is known, on clean test images the tools never see."""
     say("judge: training on trigger views")
     enc, _ = judge_stage(store, banks=st.banks, shape=st.ds.shape, data=st.train,
                          cfg=JudgeConfig(steps=cfg.judge_steps), device=st.device, log=st.log)
-    val = validate(enc, bank=st.banks, shape=st.ds.shape, n_trials=cfg.judge_trials,
-                   generator=torch.Generator().manual_seed(1), data=st.ds.x_test[-2000:])
-    return enc, val
+    say("judges: validating (true-trigger views, noise, held-out view families)")
+    return enc, check_judges(enc, banks=st.banks, shape=st.ds.shape, n_trials=cfg.judge_trials,
+                             data=st.ds.x_test[-2000:])
 
 
 def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder, *,
                models: list[tuple[nn.Module, str]], rows: list[str], desc: str
-               ) -> tuple[Sims, dict[str, torch.Tensor]]:
+               ) -> tuple[Sims, Sims, dict[str, torch.Tensor]]:
     """Each row's images of ``models[j]`` (aligned with the graded trojans; tools cached) for
-    graded trojan j's target, asked of the judge with that trojan's options: ``sims[row][seed]``
-    (graded trojans, 8), and the images of the first seed (``shown``)."""
+    graded trojan j's target, asked of the judge and of the second judge with that trojan's
+    options: ``sims[row][seed]`` and ``sims2[row][seed]`` (graded trojans, 8), and the images
+    of the first seed (``shown``)."""
     lays = {k: {"layers": layers(st.banks[k], st.ds.shape)} for k in KINDS}
     sims = {r: {s: torch.zeros(len(st.graded), 8) for s in cfg.seeds} for r in rows}
+    sims2 = {r: {s: torch.zeros(len(st.graded), 8) for s in cfg.seeds} for r in rows}
     shown: dict[str, torch.Tensor] = {}
     jobs = [(j, s, r) for j in range(len(st.graded)) for s in cfg.seeds for r in rows]
     for j, s, r in progress(jobs, desc=desc):
@@ -274,20 +278,22 @@ def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEnco
                                      log=st.log)
         opts = st.banks[trojan.trigger.kind]
         sims[r][s][j] = ask(enc, images=imgs, options=opts, shape=st.ds.shape).similarities
+        sims2[r][s][j] = ncc_ask(images=imgs, options=opts, shape=st.ds.shape).similarities
         if s == cfg.seeds[0]:
             shown[f"{trojan.name}/{r}"] = imgs.contiguous()
-    return sims, shown
+    return sims, sims2, shown
 
 
 def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder
-              ) -> tuple[Sims, dict[str, torch.Tensor]]:
+              ) -> tuple[Sims, Sims, dict[str, torch.Tensor]]:
     """Every row's images for every graded trojan and seed, from its trojaned model, asked of
-    the judge (:func:`ask_models`); ``shown`` also holds each kind's options."""
-    sims, shown = ask_models(st, cfg, store, enc, models=st.models, rows=st.rows, desc="tools")
+    both judges (:func:`ask_models`); ``shown`` also holds each kind's options."""
+    sims, sims2, shown = ask_models(st, cfg, store, enc, models=st.models, rows=st.rows,
+                                    desc="tools")
     for k in KINDS:
         shown[f"options/{k}"] = torch.stack([t.image(st.ds.shape)
                                              for t in st.banks[k]]).contiguous()
-    return sims, shown
+    return sims, sims2, shown
 
 
 def grids(st: Setting, cfg: TrojanBenchConfig, sims: Sims, rows: list[str], *,
@@ -330,8 +336,8 @@ def clean_control(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeE
     ``.../lift``, and the details ``control``."""
     which = control.control_models([t.target for t in st.trojans], n_clean=len(st.zoo.clean))
     models = [st.zoo.clean[k] for k in which]
-    sims, _ = ask_models(st, cfg, store, enc, models=models, rows=st.names,
-                         desc="clean control")
+    sims, _, _ = ask_models(st, cfg, store, enc, models=models, rows=st.names,
+                            desc="clean control")
     cgrid, _ = grids(st, cfg, sims, st.names, with_pairs=False)
     details = {"clean_models": which, "grid": cgrid,
                "choices": {r: {str(s): sims[r][s].argmax(1).tolist() for s in cfg.seeds}
@@ -342,15 +348,6 @@ def clean_control(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeE
                                    clean_keys=[k for _, k in models]), details
 
 
-def judge_metrics(val: dict[str, Any]) -> dict[str, Metric]:
-    """The judge's validation accuracies on true-trigger views and on noise."""
-    tv, nv = val["true_trigger"], val["noise"]
-    return {"judge/true_trigger_acc": scores.ci_metric(tv["accuracy"], tv["ci"][0],
-                                                       tv["ci"][1], tv["n"]),
-            "judge/noise_acc": scores.ci_metric(nv["accuracy"], nv["ci"][0], nv["ci"][1],
-                                                nv["n"], higher=False)}
-
-
 def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
     """Load the zoo, train the judge, ask it about every tool's images on the graded trojans
     and on the clean control, score attribution and detection, judge the claims; the images
@@ -358,12 +355,17 @@ def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
     ``quiz.key.json``)."""
     st = setting(cfg, store)
     enc, val = train_judge(st, cfg, store)
-    sims, shown = ask_tools(st, cfg, store, enc)
+    sims, sims2, shown = ask_tools(st, cfg, store, enc)
     out.mkdir(parents=True, exist_ok=True)
     quiz_page, _ = write_quiz(shown, st.trojans, st.names, banks=st.banks,
                               answers=st.answers, out=out / "quiz.html")
     grid, pairs = grids(st, cfg, sims, st.rows)
-    metrics = success(st, grid) | judge_metrics(val)
+    keys = [k for _, k in st.models]
+    second_metrics, second = second_opinion(sims, sims2, rows=st.names, seeds=cfg.seeds,
+                                            answers=st.answers, keys=keys)
+    comb_metrics, comb = combination(sims, tools=st.names, seeds=cfg.seeds, answers=st.answers,
+                                     keys=keys)
+    metrics = success(st, grid) | judge_metrics(val) | second_metrics | comb_metrics
     ctl_metrics, ctl = clean_control(st, cfg, store, enc, grid)
     attr_metrics, attr = attribution(st.zoo, st.test, graded=st.graded, n=cfg.n_attr,
                                      device=st.device)
@@ -380,7 +382,8 @@ def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
         "references": list(REFERENCES), "grid": grid, "best_pairs": pairs,
         "choices": {r: {str(s): sims[r][s].argmax(1).tolist() for s in cfg.seeds}
                     for r in st.rows},
-        "control": ctl, "units": scores.UNITS, "judge": val, **attr, "detection": det,
+        "control": ctl, "units": scores.UNITS, "judge": val, "second_judge": second,
+        "combination": comb, **attr, "detection": det,
         "casper": CASPER, "quiz": quiz_page.name,
     }
     return Result(metrics=metrics, claims=scores.decide(metrics, details, st.names),

@@ -208,6 +208,49 @@ def _roc(rec: Record) -> str:
                                 "trigger bbox"], rows)
 
 
+def _second_opinions(rec: Record) -> str:
+    """Held-out view families for both judges, the second judge's agreement and rank changes,
+    and the combination rules chosen held-out."""
+    m, d = rec["metrics"], rec["details"]
+    jv, parts = d["judge"], []
+    if "held_out" in jv:
+        second = jv.get("second", {}).get("held_out", {}).get("families", {})
+        rows = [[f, f"{v['range'][1]:g}-{v['range'][2]:g} ({v['range'][0]})",
+                 f"{v['accuracy']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]",
+                 f"{second[f]['accuracy']:.3f}" if f in second else "-"]
+                for f, v in jv["held_out"]["families"].items()]
+        o = jv["held_out"]["overall"]
+        parts.append(
+            "<h3>Views the judge never saw</h3><p>True-trigger accuracy on view families "
+            "outside the training transforms (target, pooled: "
+            f">= {jv['held_out']['target']:.2f}; measured {o['accuracy']:.3f}, n={o['n']}: "
+            + ("met" if jv["held_out"]["meets_target"] else "MISSED") + ").</p>"
+            + table(["family", "range", "judge accuracy [95% CI]", "second judge (NCC)"], rows))
+    sj = d.get("second_judge", {})
+    if "agreement" in sj:
+        a = sj["agreement"]
+        changes = "; ".join(f"{c['tool']}: rank {c['rank_a']} -> {c['rank_b']}"
+                            for c in sj["rank_changes"]) or "none"
+        rows = [[t, f"{v['first']:.3f}", f"{v['second']:.3f}"] for t, v in sj["success"].items()]
+        parts.append(
+            "<h3>A second judge</h3><p>Normalised cross-correlation with each option's template "
+            "(nothing learned) answers the same questions about the same images. Agreement on "
+            f"the option chosen: Cohen's kappa {_ci(m['judge/kappa'])} (raw agreement "
+            f"{a['agreement']:.3f}; interval over trojans). Tools whose rank changes: "
+            f"{esc(changes)}.</p>"
+            + table(["tool", "success (judge)", "success (NCC)"], rows))
+    comb = d.get("combination", {})
+    if "in_sample" in comb:
+        rows = [[r, f"{v:.3f}"] for r, v in comb["in_sample"].items()]
+        parts.append(
+            "<h3>Combining tools</h3><p>Each trojan is scored by the rule chosen on the other "
+            "trojans: held-out success "
+            + _ci(m["tool/combined-held-out/success_rate"])
+            + f" (rule chosen on all: {esc(comb['chosen_overall'])}; in-sample rates below "
+            "are optimistic).</p>" + table(["rule", "in-sample success"], rows))
+    return "".join(parts)
+
+
 def write_report(rec: Record, out: Path) -> Path:
     m, d = rec["metrics"], rec["details"]
     jv = d["judge"]
@@ -234,6 +277,7 @@ def write_report(rec: Record, out: Path) -> Path:
         + ("passed" if un["uniform"] else "FAILED, the judge favours some triggers") + ".</p>"
         + table(["kind", "true-trigger accuracy", "noise chi-square", "p", "largest share"],
                 judge_rows)
+        + _second_opinions(rec)
         + "<h2>Success of each method</h2>" + _graded(rec) + _success_bars(rec)
         + _control(rec) + _heatmap(rec)
         + "<p>Rows: tools; all tools together; the best pair (chosen on these trojans, so "

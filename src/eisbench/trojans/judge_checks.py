@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from eisbench.core.stats import wilson_ci
+from eisbench.runs.preregistered import threshold
 from eisbench.trojans.judge import JudgeEncoder, ask
 from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import ViewConfig, layers, render
@@ -34,10 +35,10 @@ from eisbench.trojans.views import ViewConfig, layers, render
 __all__ = ["ACCURACY_TARGET", "UNIFORMITY_ALPHA", "AnswerFn", "encoder_answer", "uniformity",
            "validate"]
 
-ACCURACY_TARGET = 0.95
+ACCURACY_TARGET = threshold("trojans.judge.accuracy_target")
 """A judge is trusted only if it names the true trigger from fresh views of it this often."""
 
-UNIFORMITY_ALPHA = 0.01
+UNIFORMITY_ALPHA = threshold("trojans.judge.uniformity_alpha")
 """The noise questions' choices fail the uniformity test when the chi-square test of any kind's
 counts against uniform has p < ``UNIFORMITY_ALPHA`` / (number of kinds) (Bonferroni)."""
 

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from eisbench.core.stats import cluster_bootstrap_ci, wilson_ci
+from eisbench.runs.preregistered import threshold
 from eisbench.trojans import views as _views  # its internals: _warp, _occlude, _u
 from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import CANVASES, Layers, ViewConfig, canvases, layers
@@ -75,7 +76,7 @@ HELD_OUT_RANGES: dict[str, tuple[str, float, float]] = {
 HELD_OUT_FAMILIES: tuple[str, ...] = tuple(HELD_OUT_RANGES)
 NEUTRAL = {"angle": 0.0, "scale": 1.0, "blur_sigma": 0.0, "contrast": 1.0, "occlude": 0.0,
            "outside": 0.0}  # the value of each quantity that leaves a view untouched
-HELD_OUT_TARGET = 0.8
+HELD_OUT_TARGET = threshold("trojans.judge.held_out_target")
 """Pooled true-trigger accuracy over the families that a judge must reach (``meets_target``).
 Fixed, with every range above, before any judge was measured on these families; lower than the
 in-distribution 0.95 because occlusion and edge-crop hide up to half of a trigger."""

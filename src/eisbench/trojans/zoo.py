@@ -39,6 +39,7 @@ from eisbench.core.config import resolve_device
 from eisbench.core.progress import say
 from eisbench.core.tensors import predict
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
+from eisbench.runs.preregistered import threshold
 from eisbench.runs.stages import Context, Tensors, train_stage
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
@@ -52,8 +53,8 @@ from eisbench.trojans.stamp import (
     stamp,
 )
 
-ASR_TARGET = 0.90
-MAX_DROP = 0.01  # one accuracy point
+ASR_TARGET = threshold("trojans.zoo.asr_target")
+MAX_DROP = threshold("trojans.zoo.max_drop")  # one accuracy point
 POISON_RATE = 0.1  # universal trojans: fraction of the whole training set poisoned
 CLASS_POISON_RATE = 0.5  # class-universal: fraction of the source class poisoned
 DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
