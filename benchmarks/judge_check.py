@@ -19,14 +19,13 @@ import time
 def main() -> int:
 
     from eisbench import data as datasets
-    from eisbench.bench.trojan_judges import check_judge
+    from eisbench.bench.trojan_judges import check_judge, judge_scorers
     from eisbench.core.paths import cache_dir
     from eisbench.runs.stages import Tensors
     from eisbench.runs.store import Store
     from eisbench.trojans.bank import trigger_bank
     from eisbench.trojans.judge import JudgeConfig, judge_stage
-    from eisbench.trojans.judge_checks import encoder_answer
-    from eisbench.trojans.matcher import ncc_answer
+    from eisbench.trojans.judge_checks import scorer_answer
     from eisbench.trojans.stamp import TRIGGER_KINDS
 
     p = argparse.ArgumentParser(description=__doc__)
@@ -43,8 +42,8 @@ def main() -> int:
                          data=Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}"),
                          cfg=JudgeConfig(steps=a.steps))
     t_train = time.perf_counter() - t0
-    judges = {"judge (CNN)": encoder_answer(enc, shape=ds.shape),
-              "second (NCC)": ncc_answer(shape=ds.shape)}
+    sc = judge_scorers(enc, shape=ds.shape)
+    judges = {"judge (CNN)": scorer_answer(sc["cnn"]), "second (NCC)": scorer_answer(sc["ncc"])}
     reps, secs = {}, {}
     for name, answer in judges.items():
         t = time.perf_counter()

@@ -69,7 +69,7 @@ def test_run_end_to_end_on_digits(tmp_path: Path) -> None:
     n = m["n"]  # the training images the bootstrap resamples, not the seeds
     assert n > 100 and m["ci95"][0] < m["ci95"][1]
     assert (f"goh_linear/logreg/usefulness: {m['value']:.3f} [{m['ci95'][0]:.3f}, "
-            f"{m['ci95'][1]:.3f}] (n={n})") in text
+            f"{m['ci95'][1]:.3f}] (n={n} training images)") in text
     assert repr(rec) == text and "more metrics in record.json" in text
     assert str(tmp_path / "run" / "report.html") in text
 

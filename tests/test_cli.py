@@ -136,7 +136,7 @@ def test_run_prints_the_summary_of_the_python_api(tmp_path: Path,
     printed = capsys.readouterr().out
     rec = json.loads((tmp_path / "record.json").read_text())
     n = rec["metrics"]["goh_linear/logreg/usefulness"]["n"]  # training images resampled
-    assert printed.startswith("goh-linear: 3 claims (") and f"(n={n})" in printed
+    assert printed.startswith("goh-linear: 3 claims (") and f"(n={n} training images)" in printed
     assert all(c["measured"] in printed for c in rec["claims"])
     assert f"report: {tmp_path / 'report.html'}" in printed
     cfg = configure(EXPERIMENTS.get("goh-linear"), dataset="digits", seeds=2,

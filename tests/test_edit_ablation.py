@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from eisbench.core.stats import mean_ci
+from eisbench.edit import metrics as em
 from eisbench.edit.ablation import (
     UNIT_SELECTORS,
     ablation_effects,
@@ -102,3 +104,82 @@ def test_helpers_reject_bad_input() -> None:
         UNIT_SELECTORS.get("conductance")(TwoUnitsPerClass(), "penultimate",
                                           *_data(12, 0)[:1], torch.zeros(12, dtype=torch.long),
                                           num_classes=K, generator=torch.Generator())
+
+
+Effects = list[dict[str, dict[str, list[float]]]]  # per model: part -> effect -> per class
+
+
+def _effects(per_model: list[list[float]], *, shift: float = 0.0) -> Effects:
+    """Ablation results of several models (one dict per model, as the bench stores them) whose
+    per-class selectivity is ``per_model[j]`` (+ ``shift``)."""
+    out = []
+    for sel in per_model:
+        e = {"selectivity": [v + shift for v in sel], "class_drop": [v + shift for v in sel],
+             "other_drop": [0.0] * len(sel)}
+        out.append({"test": e, "ood": e})
+    return out
+
+
+def _model(level: float, j: int) -> list[float]:
+    """Ten classes of one model: ``level`` plus a small spread within the model."""
+    return [level + 0.01 * ((c * 7 + j) % 5 - 2) for c in range(10)]
+
+
+def test_ablation_intervals_are_over_models_not_model_class_pairs() -> None:
+    """One model's classes all high, another's all low: the pairs of a model are not
+    independent, so the interval over models is wider than a t-interval over the pairs."""
+    levels = [0.9, 0.1, 0.6, 0.4]
+    ab = _effects([_model(v, j) for j, v in enumerate(levels)])
+    m = em.ablation_metrics({"penultimate": {"random": ab}}, selectors=["random"])
+    sel = m["ablation/random/selectivity"]
+    pairs = [v for r in ab for v in r["test"]["selectivity"]]
+    _, lo, hi = mean_ci(pairs)
+    assert sel["n"] == 4 and sel["value"] == pytest.approx(sum(pairs) / len(pairs))
+    assert sel["ci95"][1] - sel["ci95"][0] > 1.5 * (hi - lo)
+    assert sel["unit"] == "clean models (95% cluster bootstrap)"
+    # a class absent from one model's data (NaN) drops that pair, not the model
+    ab[0]["test"]["selectivity"][3] = float("nan")
+    again = em.ablation_metrics({"penultimate": {"random": ab}}, selectors=["random"])
+    assert again["ablation/random/selectivity"]["n"] == 4
+
+
+def test_ablation_comparison_with_random_stays_paired_and_clustered() -> None:
+    levels = [0.9, 0.1, 0.6, 0.4]
+    rnd = _effects([_model(v, j) for j, v in enumerate(levels)])
+    # the same models' classes, each 0.2 more selective: a model's shift cancels in the pairs
+    tool = _effects([_model(v, j) for j, v in enumerate(levels)], shift=0.2)
+    m = em.ablation_metrics({"penultimate": {"tool": tool, "random": rnd}},
+                            selectors=["tool", "random"])
+    d = m["ablation/tool/vs_random"]
+    assert d["value"] == pytest.approx(0.2) and d["n"] == 4
+    assert d["ci95"][0] > 0.15 and d["ci95"][1] < 0.25  # unpaired would span the models
+    assert em.verdict(d) == "reproduced"
+    # differences that differ by model: significant over pairs, not over models
+    diffs = [0.6, -0.1, 0.5, 0.0]
+    tool2 = _effects([[v + dv for v in _model(lv, j)] for j, (lv, dv)
+                      in enumerate(zip(levels, diffs, strict=True))])
+    m2 = em.ablation_metrics({"penultimate": {"tool": tool2, "random": rnd}},
+                             selectors=["tool", "random"])
+    d2 = m2["ablation/tool/vs_random"]
+    pair_diffs = [a - b for t, r in zip(tool2, rnd, strict=True)
+                  for a, b in zip(t["test"]["selectivity"],
+                                  r["test"]["selectivity"], strict=True)]
+    assert em.verdict(em.metric(pair_diffs)) == "reproduced"  # pairs as if independent
+    assert d2["ci95"][0] <= 0 < d2["value"] and em.verdict(d2) == "inconclusive"
+
+
+def test_fewer_than_three_models_give_the_whole_range() -> None:
+    ab = {"random": _effects([_model(0.2, 0), _model(0.3, 1)]),
+          "tool": _effects([_model(0.8, 0), _model(0.9, 1)])}
+    m = em.ablation_metrics({"penultimate": ab, "last-conv": ab}, selectors=["tool", "random"])
+    for prefix in ("ablation", "ablation-conv"):
+        for suffix in ("", "_ood"):
+            assert m[f"{prefix}/tool/selectivity{suffix}"]["ci95"] == [-2.0, 2.0]
+            assert m[f"{prefix}/tool/class_drop{suffix}"]["ci95"] == [-1.0, 1.0]
+            assert m[f"{prefix}/random/other_drop{suffix}"]["ci95"] == [-1.0, 1.0]
+            d = m[f"{prefix}/tool/vs_random{suffix}"]
+            assert d["ci95"] == [-4.0, 4.0] and d["n"] == 2
+            assert d["unit"] == "clean models (fewer than 3: the whole range)"
+    claims = em.edit_claims(m, tools=[], selectors=["tool"])
+    assert [c["verdict"] for c in claims] == ["inconclusive", "inconclusive"]
+    assert all("cluster bootstrap interval over models" in c["rule"] for c in claims)

@@ -46,7 +46,11 @@ def test_bench_edit_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Mon
                  "ablation/activation-difference/vs_random",
                  "ablation-conv/activation-difference/selectivity"):
         assert name in m, name
-    assert m["ablation/random/selectivity"]["n"] == 10  # 1 model x 10 classes
+    sel = m["ablation/random/selectivity"]  # 1 model x 10 classes: the unit is the model
+    assert sel["n"] == 1 and sel["ci95"] == [-2.0, 2.0]  # fewer than 3 models: no interval
+    assert sel["unit"] == "clean models (fewer than 3: the whole range)"
+    assert m["edit/lat/der"]["unit"] == "trojans' models (95% t-interval)"
+    assert all(v.get("unit") for v in m.values())
     assert m["edit/before/asr"]["value"] >= 0.5  # the zoo's digits trojans mostly work
     verdicts = {c["claim"]: c["verdict"] for c in rec["claims"]}
     assert any("true trigger removes" in c for c in verdicts)

@@ -5,6 +5,7 @@ cache (adding a tool computes only that tool)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def _judge_details() -> dict[str, Any]:
 
 
 def _claims(n_graded: int) -> list[Claim]:
-    metric = scores.ci_metric
+    metric = functools.partial(scores.ci_metric, unit="graded trojans' models (test)")
     metrics = {"tool/a/success_rate": metric(0.2, 0.1, 0.3, n_graded),
                "tool/b/success_rate": metric(0.3, 0.2, 0.4, n_graded),
                "tool/all/success_rate": metric(0.8, 0.7, 0.9, n_graded),
@@ -133,7 +134,7 @@ def test_claims_need_enough_trojans_that_meet_the_implant_targets() -> None:
 def test_a_judge_that_fails_held_out_views_grades_nothing() -> None:
     """The judge is trusted only if it also names triggers from views unlike its training; the
     claim that combining tools helps rests on its answers, so it is inconclusive then."""
-    metric = scores.ci_metric
+    metric = functools.partial(scores.ci_metric, unit="graded trojans' models (test)")
     metrics = {"tool/a/success_rate": metric(0.2, 0.1, 0.3, 5),
                "tool/b/success_rate": metric(0.3, 0.2, 0.4, 5),
                "tool/all/success_rate": metric(0.8, 0.7, 0.9, 5)}
@@ -231,6 +232,9 @@ def test_bench_end_to_end_on_digits_caches_every_stage(tmp_path: Path,
     assert all(len(g) == k for g in d["grid"].values())
     assert all(len(g) == k for g in d["control"]["grid"].values())
     assert m["tool/all/success_rate"]["n"] == k  # one model per trojan: n = trojans graded
+    assert m["tool/all/success_rate"]["unit"].startswith(scores.GRADED + " (")
+    assert m["detection/auroc"]["unit"].startswith("graded trojaned + clean models")
+    assert all(v.get("unit") for v in m.values())
     assert f"graded on {k} of 12 implanted trojans" in printed
     assert all(f"graded on {k} of 12" in c["measured"] for c in rec["claims"][1:])
     assert m["attribution/blank/correlation"]["value"] == 0.0

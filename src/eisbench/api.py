@@ -21,6 +21,7 @@ from torch import nn
 from eisbench.core.paths import cache_dir, home, output_folder
 from eisbench.core.registry import UnknownNameError
 from eisbench.runs import presets
+from eisbench.runs.claims import n_label
 from eisbench.runs.experiment import Experiment
 from eisbench.runs.store import Store
 from eisbench.tools import TOOLS, Tool
@@ -71,7 +72,7 @@ class RunRecord(dict[str, Any]):
         metrics = self.get("metrics", {})
         shown = list(metrics)[:max_metrics]
         lines = [f"  {name}: {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
-                 f"(n={m['n']})" for name, m in ((k, metrics[k]) for k in shown)]
+                 f"({n_label(m, how=False)})" for name, m in ((k, metrics[k]) for k in shown)]
         if len(shown) < len(metrics):
             lines.append(f"  ... {len(metrics) - len(shown)} more metrics in record.json")
         return (["  metrics: value [95% CI] (n)"] if lines else []) + lines

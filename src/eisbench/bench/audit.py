@@ -83,9 +83,11 @@ QUICK = AuditConfig(eps=(0.3,), n_robust=100, scan_steps=60, n_scan=64, referenc
 """A smoke test of the audit (about a minute on MNIST), not an audit."""
 
 
-def _rate_metric(k: int, n: int, *, higher: bool = True) -> Metric:
+def _rate_metric(k: int, n: int, *, unit: str, higher: bool = True) -> Metric:
+    """k of n with its Wilson interval; ``unit`` names the n items."""
     lo, hi = wilson_ci(k, n)
-    return {"value": k / n, "ci95": [lo, hi], "n": n, "higher_is_better": higher}
+    return {"value": k / n, "ci95": [lo, hi], "n": n, "higher_is_better": higher,
+            "unit": f"{unit} (Wilson)"}
 
 
 def transfer_rates(model: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -107,8 +109,11 @@ def transfer_rates(model: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.T
     noise = (xs + eps * sign).clamp(0, 1)
     fooled_noise = predict(model, noise, device=device) != ys
     k, n = int((fooled & fooled_ref).sum()), int(fooled_ref.sum())
-    return {"transfer": _rate_metric(k, max(n, 1), higher=False), "n_source": n,
-            "noise": _rate_metric(int(fooled_noise.sum()), len(xs), higher=False),
+    return {"transfer": _rate_metric(k, max(n, 1), higher=False,
+                                     unit="test images whose attack fooled the reference"),
+            "n_source": n,
+            "noise": _rate_metric(int(fooled_noise.sum()), len(xs), higher=False,
+                                  unit="test images both models classify correctly"),
             "white_box_on_reference": float(fooled_ref.float().mean())}
 
 
@@ -147,7 +152,7 @@ def clean_accuracy(a: Audit) -> None:
     """Accuracy on the whole test set, with its Wilson interval."""
     say("audit: clean accuracy")
     hits = int((predict(a.model, a.ds.x_test, device=a.device) == a.ds.y_test).sum())
-    a.metrics["clean_acc"] = _rate_metric(hits, len(a.ds.y_test))
+    a.metrics["clean_acc"] = _rate_metric(hits, len(a.ds.y_test), unit="test images")
 
 
 def references(a: Audit) -> None:
@@ -177,7 +182,7 @@ def robust_accuracy(a: Audit) -> None:
         ev = evaluate_robustness(a.model, x_r, y_r, eps=eps, suite=cfg.suite, control=control,
                                  surrogate=surrogate, seed=cfg.seed, device=a.device)
         k = int(ev.result.robust.sum())
-        a.metrics[f"robust_acc/eps={eps:g}"] = _rate_metric(k, len(x_r))
+        a.metrics[f"robust_acc/eps={eps:g}"] = _rate_metric(k, len(x_r), unit="test images")
         a.details["robust"][f"{eps:g}"] = ev.to_dict() | {
             "failed_checks": [w.name for w in ev.warnings]}
 
@@ -197,7 +202,8 @@ def trojan_scan(a: Audit) -> None:
     index = min(float(res.anomaly_index[a.worst]), 1e6)  # a zero MAD gives inf
     a.details["scan"] = res.to_dict()
     a.metrics["scan/anomaly_index"] = {"value": index, "ci95": [index, index], "n": 1,
-                                       "higher_is_better": False}
+                                       "higher_is_better": False,
+                                       "unit": "the audited model (one scan: no interval)"}
 
 
 def transfer(a: Audit) -> None:
@@ -230,7 +236,7 @@ def replacements(a: Audit) -> None:
     a.details["replace"] = rep
     for dname, p in rep["chosen"].items():
         a.metrics[f"replace/{dname}/agreement"] = _rate_metric(
-            round(p["agree_test"] * len(ds.x_test)), len(ds.x_test))
+            round(p["agree_test"] * len(ds.x_test)), len(ds.x_test), unit="test images")
 
 
 def tool_images(a: Audit) -> None:

@@ -21,8 +21,15 @@
    selectivity on the test set and on scikit-learn's digits drawn like MNIST
    (:func:`eisbench.data.ood.digits_like`).
 
-Intervals: t-intervals over trojans (each the mean over seeds; n = 12) for removal and LAT,
-over (model, class) pairs for ablation; comparisons are paired (same trojan, same seeds).
+Intervals are over the unit of replication (:mod:`eisbench.edit.metrics`; every metric's
+``unit`` says which). Removal and LAT: t-intervals over trojans, each trojan its own model and
+its value the mean over seeds (n = 12); comparisons are paired (same trojan, same seeds).
+Ablation: the (model, class) values are nested in ``n_ablate`` clean models, so the interval is
+a 95% cluster bootstrap over models (n = models) and the comparison with random units
+bootstraps each model's (model, class) differences together; with fewer than 3 models it is
+the metric's whole range (the quick preset's 2 models give no interval), and with 4 (the full
+preset) a percentile bootstrap is too narrow (about 0.80 coverage,
+:func:`~eisbench.core.stats.cluster_bootstrap_ci`): read it as a lower bound on the width.
 LAT's layer and bound (``lat_layer`` = cnn-small's first conv block, ``lat_eps``) were chosen
 on a pilot of 3 zoo trojans with seed 0.
 """

@@ -52,9 +52,10 @@ class Setting:
         return f"{self.ds.name}:{self.ds.sha256}"
 
 
-def _metric(value: float, lo: float, hi: float, n: int, *, higher: bool = True) -> Metric:
+def _metric(value: float, lo: float, hi: float, n: int, *, unit: str,
+            higher: bool = True) -> Metric:
     return {"value": float(value), "ci95": [min(lo, value), max(hi, value)], "n": int(n),
-            "higher_is_better": higher}
+            "higher_is_better": higher, "unit": unit}
 
 
 def rate_count(v: float, n_items: int) -> int:
@@ -68,18 +69,18 @@ def rate_count(v: float, n_items: int) -> int:
 
 
 def over_seeds(values: list[float], *, n_items: int, higher: bool = True,
-               binomial: bool = True) -> Metric:
+               binomial: bool = True, items: str = "test images") -> Metric:
     """Mean over seeds with a t-interval (n = seeds); one seed: Wilson's interval over the
-    ``n_items`` images of a rate (``binomial``; the value is exactly k / n_items, checked by
-    :func:`rate_count`), else a zero-width interval."""
+    ``n_items`` images (``items`` names them) of a rate (``binomial``; the value is exactly
+    k / n_items, checked by :func:`rate_count`), else a zero-width interval."""
     if len(values) > 1:
         m, lo, hi = mean_ci(values)
-        return _metric(m, lo, hi, len(values), higher=higher)
+        return _metric(m, lo, hi, len(values), higher=higher, unit="seeds (95% t-interval)")
     v = values[0]
     if binomial:
         lo, hi = wilson_ci(rate_count(v, n_items), n_items)
-        return _metric(v, lo, hi, n_items, higher=higher)
-    return _metric(v, v, v, 1, higher=higher)
+        return _metric(v, lo, hi, n_items, higher=higher, unit=f"{items} (Wilson)")
+    return _metric(v, v, v, 1, higher=higher, unit="seeds (one seed: no interval)")
 
 
 def grids(cfg: ReplaceBenchConfig, *, many: bool = False) -> dict[str, tuple[Any, ...]]:
@@ -93,16 +94,18 @@ def hyper(cfg: ReplaceBenchConfig, **program: Any) -> dict[str, dict[str, Any]]:
 
 
 def subject_metrics(subject: str, chosen: list[dict[str, Point]], n_test: int,
-                    n_ood: int | None) -> dict[str, Metric]:
-    """Per distiller: agreement on test and OOD and size of the chosen replacement."""
+                    n_ood: int | None, *, items: str = "test images") -> dict[str, Metric]:
+    """Per distiller: agreement on test (``items`` names them) and OOD and size of the chosen
+    replacement."""
     metrics: dict[str, Metric] = {}
     for name in chosen[0]:
         pts = [c[name] for c in chosen]
         metrics[f"replace/{subject}/{name}/agreement_test"] = over_seeds(
-            [p.agree_test for p in pts], n_items=n_test)
+            [p.agree_test for p in pts], n_items=n_test, items=items)
         if n_ood is not None and all(p.agree_ood is not None for p in pts):
             metrics[f"replace/{subject}/{name}/agreement_ood"] = over_seeds(
-                [float(p.agree_ood or 0.0) for p in pts], n_items=n_ood)
+                [float(p.agree_ood or 0.0) for p in pts], n_items=n_ood,
+                items="out-of-distribution images")
         metrics[f"replace/{subject}/{name}/size"] = over_seeds(
             [float(p.size) for p in pts], n_items=1, higher=False, binomial=False)
     return metrics
@@ -264,11 +267,12 @@ def challenge_2(st: Setting, cfg: ReplaceBenchConfig) -> Part:
         challenge2_seed(st, cfg, s, sets, runs, images)
     images["c2/train_mask"] = torch.zeros(challenge2.P ** 2, dtype=torch.long).index_fill(
         0, tr, 1).view(challenge2.P, challenge2.P)
-    metrics = subject_metrics("challenge2", runs["chosen"], len(te), None)
+    metrics = subject_metrics("challenge2", runs["chosen"], len(te), None,
+                              items="held-out pairs")
     metrics["replace/challenge2/fidelity"] = over_seeds(
-        [b["agree_test"] for b in runs["best"]], n_items=len(te))
+        [b["agree_test"] for b in runs["best"]], n_items=len(te), items="held-out pairs")
     metrics["replace/challenge2/network_acc"] = over_seeds(runs["network_acc"],
-                                                           n_items=len(te))
+                                                           n_items=len(te), items="held-out pairs")
     details = {
         "label_fn": "ours: 1 if sin(2pi(1.3u^2 + 1.1v)) + cos(2pi(1.2u - 0.9v^2 + 0.3uv)) "
                     "- 0.15 > 0, u = a/112, v = b/112",

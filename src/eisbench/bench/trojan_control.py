@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eisbench.bench.trojan_scores import MIN_GRADED, mean_metric
+from eisbench.bench.trojan_scores import CLEAN, MIN_GRADED, mean_metric
 from eisbench.runs.record import Metric
 from eisbench.trojans.zoo import MAX_DROP, TrojanMetrics
 
@@ -95,7 +95,9 @@ def control_metrics(trojan: Mapping[str, Grid], clean: Mapping[str, Grid], *,
     out: dict[str, Metric] = {}
     for row, grid in clean.items():
         c, t = rates(grid), rates(trojan[row])
-        out[f"tool/{row}/clean_success_rate"] = mean_metric(c, list(clean_keys), higher=False)
-        out[f"tool/{row}/lift"] = mean_metric([a - b for a, b in zip(t, c, strict=True)], both,
-                                              lower=-1.0, upper=1.0)
+        out[f"tool/{row}/clean_success_rate"] = mean_metric(c, list(clean_keys), higher=False,
+                                                            unit=CLEAN)
+        out[f"tool/{row}/lift"] = mean_metric(
+            [a - b for a, b in zip(t, c, strict=True)], both, lower=-1.0, upper=1.0,
+            unit="groups of graded trojans linked by a shared trojaned or clean model")
     return out

@@ -16,8 +16,14 @@
   answers (pooled similarity, a confidence-weighted vote, max-margin, majority) is chosen on the
   trojans other than the one it is scored on, and that held-out success is reported.
 
+Calibrating both judges on clean data images (subtracting each option's mean score on 256
+clean training images) was tried after the MNIST validation showed the learned judge sending
+97.5% of noise questions to one option: it sent all of them to one option, for both judges,
+and was dropped (``benchmarks/judge_check.py`` measures the judges as they are).
+
 Example:
-    >>> val = check_judges(enc, banks=banks, shape=(1, 28, 28), n_trials=5, data=x_test)
+    >>> judges = judge_scorers(enc, shape=(1, 28, 28))
+    >>> val = check_judges(judges, banks=banks, shape=(1, 28, 28), n_trials=5, data=x_test)
     >>> val["cnn"]["held_out"]["overall"]["accuracy"], val["ncc"]["true_trigger"]["accuracy"]
 """
 
@@ -30,18 +36,32 @@ import torch
 
 from eisbench.bench import trojan_combine
 from eisbench.bench.trojan_control import rates
-from eisbench.bench.trojan_scores import ci_metric, mean_metric
+from eisbench.bench.trojan_scores import GRADED, ci_metric, mean_metric
 from eisbench.runs.record import Metric
-from eisbench.trojans.judge import JudgeEncoder
-from eisbench.trojans.judge_checks import AnswerFn, encoder_answer, validate
-from eisbench.trojans.matcher import agreement, agreement_on_correct, ncc_answer, rank_changes
+from eisbench.trojans.judge import JudgeEncoder, ask
+from eisbench.trojans.judge_checks import AnswerFn, Scorer, scorer_answer, validate
+from eisbench.trojans.matcher import agreement, agreement_on_correct, ncc_ask, rank_changes
 from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views_held_out import validate_held_out
 
+FIRST_JUDGE = "cnn"  # the learned encoder
 SECOND_JUDGE = "ncc"  # the second judge's name in the record
 
 Shape = tuple[int, int, int]
+Judges = Mapping[str, Scorer]  # FIRST_JUDGE and SECOND_JUDGE -> scorer
 Sims = dict[str, dict[int, torch.Tensor]]  # row -> seed -> (graded trojans, 8) similarities
+
+
+def judge_scorers(encoder: JudgeEncoder, *, shape: Shape) -> Judges:
+    """Both judges as scorers: the learned encoder (:func:`~eisbench.trojans.judge.ask`) and
+    the template matcher (:func:`ncc_ask`, with its noise baseline)."""
+    def cnn(x: torch.Tensor, o: Sequence[Trigger]) -> torch.Tensor:
+        return ask(encoder, images=x, options=o, shape=shape).similarities
+
+    def ncc(x: torch.Tensor, o: Sequence[Trigger]) -> torch.Tensor:
+        return ncc_ask(images=x, options=o, shape=shape).similarities
+
+    return {FIRST_JUDGE: cnn, SECOND_JUDGE: ncc}
 
 
 def check_judge(answer: AnswerFn, *, banks: Mapping[str, Sequence[Trigger]], shape: Shape,
@@ -55,15 +75,15 @@ def check_judge(answer: AnswerFn, *, banks: Mapping[str, Sequence[Trigger]], sha
     return val
 
 
-def check_judges(encoder: JudgeEncoder, *, banks: Mapping[str, Sequence[Trigger]],
-                 shape: Shape, n_trials: int, data: torch.Tensor | None) -> dict[str, Any]:
-    """The learned judge's validation (the keys of
+def check_judges(judges: Judges, *, banks: Mapping[str, Sequence[Trigger]], shape: Shape,
+                 n_trials: int, data: torch.Tensor | None) -> dict[str, Any]:
+    """The first judge's validation (the keys of
     :func:`~eisbench.trojans.judge_checks.validate` plus ``held_out``), with the second
     judge's under ``second``. ``data``: clean *test* images (N, C, H, W) held apart from the
     tools' images."""
-    val = check_judge(encoder_answer(encoder, shape=shape), banks=banks, shape=shape,
+    val = check_judge(scorer_answer(judges[FIRST_JUDGE]), banks=banks, shape=shape,
                       n_trials=n_trials, data=data)
-    val["second"] = check_judge(ncc_answer(shape=shape), banks=banks, shape=shape,
+    val["second"] = check_judge(scorer_answer(judges[SECOND_JUDGE]), banks=banks, shape=shape,
                                 n_trials=n_trials, data=data) | {"judge": SECOND_JUDGE}
     return val
 
@@ -81,7 +101,8 @@ def judge_metrics(val: Mapping[str, Any]) -> dict[str, Metric]:
             parts["held_out_acc"] = (v["held_out"]["overall"], True)
         for name, (r, higher) in parts.items():
             out[f"{prefix}/{name}"] = ci_metric(r["accuracy"], r["ci"][0], r["ci"][1], r["n"],
-                                                higher=higher)
+                                                higher=higher,
+                                                unit="validation questions (Wilson)")
     return out
 
 
@@ -127,13 +148,16 @@ def second_opinion(first: Sims, second: Sims, *, rows: Sequence[str], seeds: Seq
     values = {}
     for i, row in enumerate(rows):
         ok_a, ok_b = (a[i] == truth[i]).float().mean(0), (b[i] == truth[i]).float().mean(0)
-        m = mean_metric(ok_b.tolist(), list(keys))  # per trojan: success over seeds
+        m = mean_metric(ok_b.tolist(), list(keys), unit=GRADED)  # per trojan: over seeds
         metrics[f"tool/{row}/success_rate_{SECOND_JUDGE}"] = m
         values[row] = (float(ok_a.mean()), m["value"])
     lo, hi = kappa_interval(a, b)
     k = kappa["kappa"]
-    metrics["judge/kappa"] = {"value": k, "ci95": [min(lo, k), max(hi, k)], "n": kappa["n"],
-                              "higher_is_better": True}
+    how = ("95% bootstrap over graded trojans" if a.shape[-1] >= 3
+           else "fewer than 3 graded trojans: the whole range")
+    metrics["judge/kappa"] = ci_metric(k, lo, hi, kappa["n"],
+                                       unit=f"tool questions (tools x graded trojans x seeds; "
+                                            f"{how})")
     changes = rank_changes({r: v[0] for r, v in values.items()},
                            {r: v[1] for r, v in values.items()})
     return metrics, {"judge": SECOND_JUDGE, "agreement": kappa, "agreement_on_correct": on_correct,
@@ -153,5 +177,5 @@ def combination(sims: Sims, *, tools: Sequence[str], seeds: Sequence[int],
     res = trojan_combine.held_out_choice([{n: sims[n][s] for n in tools} for s in seeds],
                                          answers=answers, tools=tools)
     metrics = {"tool/combined-held-out/success_rate":
-               mean_metric(rates(res["held_out_correct"]), list(keys))}
+               mean_metric(rates(res["held_out_correct"]), list(keys), unit=GRADED)}
     return metrics, res

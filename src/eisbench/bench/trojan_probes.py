@@ -68,7 +68,8 @@ def attribution(zoo: ZooRun, test: Tensors, *, graded: Sequence[int], n: int,
             rows.setdefault(m.name, []).extend(m.per_image)
             models.setdefault(m.name, []).extend([key] * len(m.per_image))
     metrics = {f"attribution/{name}/correlation":
-               scores.mean_metric(vals, models[name], lower=-1.0, upper=1.0)
+               scores.mean_metric(vals, models[name], lower=-1.0, upper=1.0,
+                                  unit="graded patch trojans' models")
                for name, vals in rows.items() if vals}
     return metrics, {"attribution": per_trojan, "attribution_images": rows,
                      "attribution_skipped": skipped}
@@ -104,10 +105,12 @@ def detect(trojans: list[Trojan], res_t: list[ScanResult], res_c: list[ScanResul
     hits = [r.suspect == t.target for r, t in zip(res_t, trojans, strict=True)]
     fp = [r.suspect is not None for r in res_c]
     metrics = {
-        f"detection/{method}/auroc": scores.ci_metric(det.auroc, *det.ci95,
-                                                      det.n_trojaned + det.n_clean),
-        f"detection/{method}/target_found": scores.rate(hits),
-        f"detection/{method}/false_alarm": scores.rate(fp, higher_is_better=False)}
+        f"detection/{method}/auroc": scores.ci_metric(
+            det.auroc, *det.ci95, det.n_trojaned + det.n_clean,
+            unit="graded trojaned + clean models (95% stratified bootstrap)"),
+        f"detection/{method}/target_found": scores.rate(hits, unit="graded trojaned models"),
+        f"detection/{method}/false_alarm": scores.rate(fp, higher_is_better=False,
+                                                       unit=scores.CLEAN)}
     details = det.to_dict() | {
         "trojaned": [{"trojan": t.name, "score": s_, "suspect": r.suspect, "target": t.target,
                       "bbox": list(r.trigger.bbox) if r.trigger else None}

@@ -11,9 +11,10 @@ Picking the best of 45 pairs on the same 12 trojans it is scored on is optimisti
 trojans, scored on the held-out one).
 
 Intervals are over the unit of replication and for exactly the value shown
-(:func:`mean_metric`, :data:`UNITS`): a tool's success is a mean over trojans of a fraction
-over tool seeds, so its interval is a bootstrap over trojans (clustered by model), not a
-binomial interval over questions.
+(:func:`~eisbench.runs.claims.mean_metric`, :data:`UNITS`): a tool's success is a mean over
+trojans of a fraction over tool seeds, so its interval is a bootstrap over trojans (clustered by
+model), not a binomial interval over questions. Every metric's ``unit`` says so in the record
+(:data:`GRADED`, ...).
 
 Example:
     >>> sims = {"a": torch.tensor([[0.9, 0.1], [0.2, 0.8]])}  # (trojans, options)
@@ -24,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +33,20 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from eisbench.core.stats import cluster_bootstrap_ci, wilson_ci
+from eisbench.runs.claims import ci_metric as ci_metric  # re-exported: the bench's helpers
+from eisbench.runs.claims import mean_metric as mean_metric
+from eisbench.runs.claims import rate as rate
 from eisbench.runs.claims import verdict
 from eisbench.runs.preregistered import threshold
 from eisbench.runs.record import Claim, Metric
 
 Sims = Mapping[str, torch.Tensor]  # tool -> (T, K) judge similarities per trojan and option
+
+GRADED = "graded trojans' models"
+"""What ``n`` counts for a mean over graded trojans (each trojan has its own model): the
+``unit=`` of :func:`mean_metric` there."""
+CLEAN = "clean models"
+"""What ``n`` counts for a mean or rate over the zoo's clean models."""
 
 
 def success_grid(sims: Sims, *, answers: Sequence[int]) -> dict[str, list[bool]]:
@@ -50,51 +59,6 @@ def success_grid(sims: Sims, *, answers: Sequence[int]) -> dict[str, list[bool]]
                              f"got {tuple(s.shape)}")
         out[tool] = [int(s[t].argmax()) == a for t, a in enumerate(answers)]
     return out
-
-
-def rate(correct: Sequence[bool], *, higher_is_better: bool = True) -> Metric:
-    """The rate of True in ``correct`` with its Wilson 95% interval, as a record metric."""
-    n = len(correct)
-    if n == 0:
-        raise ValueError("no questions to score")
-    k = int(sum(correct))
-    lo, hi = wilson_ci(k, n)
-    return {"value": k / n, "ci95": [lo, hi], "n": n, "higher_is_better": higher_is_better}
-
-
-def ci_metric(value: float, lo: float, hi: float, n: int, *, higher: bool = True) -> Metric:
-    """A record metric whose interval [lo, hi] is widened to contain ``value``."""
-    return {"value": value, "ci95": [min(lo, value), max(hi, value)], "n": n,
-            "higher_is_better": higher}
-
-
-def mean_metric(values: Sequence[float], clusters: Sequence[Hashable], *, lower: float = 0.0,
-                upper: float = 1.0, higher: bool = True, n_boot: int = 2000,
-                min_clusters: int = 3) -> Metric:
-    """The mean of ``values`` (one per unit: a trojan's success over seeds, an image's
-    correlation) with the 95% percentile bootstrap interval of exactly that mean, resampling
-    ``clusters`` (the models the units are nested in; a fixed generator); n = clusters. With
-    fewer than ``min_clusters`` clusters the interval is the whole range [lower, upper]: a
-    bootstrap over 1 or 2 units has 1 or 3 possible outcomes and says nothing. Where the mean
-    is exactly a count k of n independent successes (every value 0 or 1, one unit per
-    cluster), the interval is Wilson's for k of n: a percentile bootstrap of a small count is
-    too narrow (1 of 12: [0, 0.25] against Wilson's [0.015, 0.354]).
-
-    Example:
-        >>> mean_metric([1.0, 0.0, 0.5], ["m0", "m1", "m2"])["n"]
-        3
-    """
-    if not values:
-        raise ValueError("no units to summarise")
-    v = sum(values) / len(values)
-    if len(set(clusters)) < max(2, min_clusters):
-        return ci_metric(v, lower, upper, len(set(clusters)), higher=higher)
-    if set(values) <= {0.0, 1.0} and len(set(clusters)) == len(values):
-        lo, hi = wilson_ci(int(sum(values)), len(values))
-        return ci_metric(v, lo, hi, len(values), higher=higher)
-    lo, hi = cluster_bootstrap_ci(values, clusters, n_boot=n_boot,
-                                  generator=torch.Generator().manual_seed(0))
-    return ci_metric(v, lo, hi, len(set(clusters)), higher=higher)
 
 
 def combine(sims: Sims, tools: Sequence[str], *,

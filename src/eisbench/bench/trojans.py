@@ -45,7 +45,16 @@ from eisbench import data as datasets
 from eisbench.bench import trojan_control as control
 from eisbench.bench import trojan_scores as scores
 from eisbench.bench.trojan_control import Grid
-from eisbench.bench.trojan_judges import check_judges, combination, judge_metrics, second_opinion
+from eisbench.bench.trojan_judges import (
+    FIRST_JUDGE,
+    SECOND_JUDGE,
+    Judges,
+    check_judges,
+    combination,
+    judge_metrics,
+    judge_scorers,
+    second_opinion,
+)
 from eisbench.bench.trojan_probes import attribution, detection
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import progress, say
@@ -55,8 +64,7 @@ from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
 from eisbench.tools import TOOLS
 from eisbench.trojans.bank import trigger_bank
-from eisbench.trojans.judge import JudgeConfig, JudgeEncoder, ask, judge_stage
-from eisbench.trojans.matcher import ncc_ask
+from eisbench.trojans.judge import JudgeConfig, judge_stage
 from eisbench.trojans.quiz import Question, quiz_html
 from eisbench.trojans.stamp import TRIGGER_KINDS as KINDS
 from eisbench.trojans.stamp import Trigger, Trojan
@@ -243,7 +251,7 @@ def setting(cfg: TrojanBenchConfig, store: Store) -> Setting:
 
 
 def train_judge(st: Setting, cfg: TrojanBenchConfig,
-                store: Store) -> tuple[JudgeEncoder, dict[str, Any]]:
+                store: Store) -> tuple[Judges, dict[str, Any]]:
     """The judge, trained on trigger views and clean training images only (cached), and the
     validation of it and of the second judge (:func:`~eisbench.bench.trojan_judges.check_judges`)
     on questions whose answer is known, on clean test images the tools never see."""
@@ -251,11 +259,12 @@ def train_judge(st: Setting, cfg: TrojanBenchConfig,
     enc, _ = judge_stage(store, banks=st.banks, shape=st.ds.shape, data=st.train,
                          cfg=JudgeConfig(steps=cfg.judge_steps), device=st.device, log=st.log)
     say("judges: validating (true-trigger views, noise, held-out view families)")
-    return enc, check_judges(enc, banks=st.banks, shape=st.ds.shape, n_trials=cfg.judge_trials,
-                             data=st.ds.x_test[-2000:])
+    judges = judge_scorers(enc, shape=st.ds.shape)
+    return judges, check_judges(judges, banks=st.banks, shape=st.ds.shape,
+                                n_trials=cfg.judge_trials, data=st.ds.x_test[-2000:])
 
 
-def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder, *,
+def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: Judges, *,
                models: list[tuple[nn.Module, str]], rows: list[str], desc: str
                ) -> tuple[Sims, Sims, dict[str, torch.Tensor]]:
     """Each row's images of ``models[j]`` (aligned with the graded trojans; tools cached) for
@@ -277,18 +286,18 @@ def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEnco
                                      data=st.tool_data, cfg=cfg, seed=s, device=st.device,
                                      log=st.log)
         opts = st.banks[trojan.trigger.kind]
-        sims[r][s][j] = ask(enc, images=imgs, options=opts, shape=st.ds.shape).similarities
-        sims2[r][s][j] = ncc_ask(images=imgs, options=opts, shape=st.ds.shape).similarities
+        sims[r][s][j] = judges[FIRST_JUDGE](imgs, opts)
+        sims2[r][s][j] = judges[SECOND_JUDGE](imgs, opts)
         if s == cfg.seeds[0]:
             shown[f"{trojan.name}/{r}"] = imgs.contiguous()
     return sims, sims2, shown
 
 
-def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder
+def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: Judges
               ) -> tuple[Sims, Sims, dict[str, torch.Tensor]]:
     """Every row's images for every graded trojan and seed, from its trojaned model, asked of
     both judges (:func:`ask_models`); ``shown`` also holds each kind's options."""
-    sims, sims2, shown = ask_models(st, cfg, store, enc, models=st.models, rows=st.rows,
+    sims, sims2, shown = ask_models(st, cfg, store, judges, models=st.models, rows=st.rows,
                                     desc="tools")
     for k in KINDS:
         shown[f"options/{k}"] = torch.stack([t.image(st.ds.shape)
@@ -325,18 +334,19 @@ def success(st: Setting, grid: dict[str, Grid]) -> dict[str, Metric]:
     if not st.graded:
         return {}
     keys = [k for _, k in st.models]
-    return {f"tool/{r}/success_rate": scores.mean_metric(control.rates(g), keys)
+    return {f"tool/{r}/success_rate": scores.mean_metric(control.rates(g), keys,
+                                                         unit=scores.GRADED)
             for r, g in grid.items()}
 
 
-def clean_control(st: Setting, cfg: TrojanBenchConfig, store: Store, enc: JudgeEncoder,
+def clean_control(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: Judges,
                   grid: dict[str, Grid]) -> tuple[dict[str, Metric], dict[str, Any]]:
     """Every tool on the zoo's clean models, asked each graded trojan's question
     (:mod:`~eisbench.bench.trojan_control`): ``tool/{tool|all}/clean_success_rate`` and
     ``.../lift``, and the details ``control``."""
     which = control.control_models([t.target for t in st.trojans], n_clean=len(st.zoo.clean))
     models = [st.zoo.clean[k] for k in which]
-    sims, _, _ = ask_models(st, cfg, store, enc, models=models, rows=st.names,
+    sims, _, _ = ask_models(st, cfg, store, judges, models=models, rows=st.names,
                             desc="clean control")
     cgrid, _ = grids(st, cfg, sims, st.names, with_pairs=False)
     details = {"clean_models": which, "grid": cgrid,
@@ -354,8 +364,8 @@ def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
     go to ``tool_images.safetensors`` and the questions to ``quiz.html`` (answers in
     ``quiz.key.json``)."""
     st = setting(cfg, store)
-    enc, val = train_judge(st, cfg, store)
-    sims, sims2, shown = ask_tools(st, cfg, store, enc)
+    judges, val = train_judge(st, cfg, store)
+    sims, sims2, shown = ask_tools(st, cfg, store, judges)
     out.mkdir(parents=True, exist_ok=True)
     quiz_page, _ = write_quiz(shown, st.trojans, st.names, banks=st.banks,
                               answers=st.answers, out=out / "quiz.html")
@@ -366,7 +376,7 @@ def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
     comb_metrics, comb = combination(sims, tools=st.names, seeds=cfg.seeds, answers=st.answers,
                                      keys=keys)
     metrics = success(st, grid) | judge_metrics(val) | second_metrics | comb_metrics
-    ctl_metrics, ctl = clean_control(st, cfg, store, enc, grid)
+    ctl_metrics, ctl = clean_control(st, cfg, store, judges, grid)
     attr_metrics, attr = attribution(st.zoo, st.test, graded=st.graded, n=cfg.n_attr,
                                      device=st.device)
     det_metrics, det = detection(store, st.zoo, st.scan_data, graded=st.graded,

@@ -9,14 +9,21 @@ DER (Wu et al. 2022, BackdoorBench)::
 in [0, 1]: 1 removes the trojan at no cost in clean accuracy, 0.5 changes nothing (or trades
 accuracy for success one for one), 0 loses all accuracy and removes nothing.
 
+Intervals are over the unit of replication. Removal and LAT: one value per trojan (its mean
+over seeds), each trojan its own model, so a t-interval over trojans (:func:`metric`,
+:func:`paired`; unit :data:`TROJANS`). Capability ablation: one value per (model, class), the
+classes nested in a handful of clean models, so a cluster bootstrap over models
+(:func:`ablation_metrics`; n = models, unit :data:`MODELS`; fewer than 3 models: the metric's
+whole range).
+
 Example:
-    >>> der(asr_before=1.0, asr_after=0.1, acc_before=0.99, acc_after=0.98)
+    >>> round(der(asr_before=1.0, asr_after=0.1, acc_before=0.99, acc_after=0.98), 6)
     0.945
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +32,7 @@ from torch import nn
 
 from eisbench.core.stats import mean_ci
 from eisbench.core.tensors import predict
+from eisbench.runs.claims import mean_metric, n_label
 from eisbench.runs.record import Claim, Metric
 from eisbench.trojans.stamp import Trojan, source_mask, stamp
 
@@ -66,18 +74,27 @@ class TrojanEval:
         return {"asr": asr, "acc": acc}
 
 
-def metric(values: Sequence[float], *, higher: bool = True) -> Metric:
-    """Mean and t-interval of independent values (one per trojan or per model)."""
+TROJANS = "trojans' models (95% t-interval)"
+"""The unit of the removal and LAT metrics: one value per trojan, each its own model."""
+MODELS = "clean models"
+"""What ``n`` counts for the ablation metrics (the clusters of their (model, class) values)."""
+RANGES = {"selectivity": (-2.0, 2.0), "class_drop": (-1.0, 1.0), "other_drop": (-1.0, 1.0)}
+"""Each ablation effect's whole range: drops of accuracies, selectivity a difference of drops."""
+
+
+def metric(values: Sequence[float], *, higher: bool = True, unit: str = TROJANS) -> Metric:
+    """Mean and t-interval of independent values (one per trojan, each its own model)."""
     v, lo, hi = mean_ci(list(values))
     return {"value": v, "ci95": [min(lo, v), max(hi, v)], "n": len(values),
-            "higher_is_better": higher}
+            "higher_is_better": higher, "unit": unit}
 
 
-def paired(a: Sequence[float], b: Sequence[float], *, higher: bool = True) -> Metric:
-    """The mean difference a - b over pairs (same trojan or model) with its t-interval."""
+def paired(a: Sequence[float], b: Sequence[float], *, higher: bool = True,
+           unit: str = TROJANS) -> Metric:
+    """The mean difference a - b over pairs (same trojan) with its t-interval."""
     if len(a) != len(b) or not a:
         raise ValueError(f"paired values need equal, non-zero lengths, got {len(a)}, {len(b)}")
-    return metric([x - y for x, y in zip(a, b, strict=True)], higher=higher)
+    return metric([x - y for x, y in zip(a, b, strict=True)], higher=higher, unit=unit)
 
 
 def verdict(m: Metric, *, margin: float = 0.0) -> str:
@@ -92,7 +109,8 @@ def verdict(m: Metric, *, margin: float = 0.0) -> str:
 
 
 def fmt(m: Metric) -> str:
-    return f"{m['value']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] (n={m['n']})"
+    """``"+v [+lo, +hi] (n=... unit)"``."""
+    return f"{m['value']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] ({n_label(m)})"
 
 
 def mean_over(rows: Sequence[Sequence[float]]) -> list[float]:
@@ -100,10 +118,67 @@ def mean_over(rows: Sequence[Sequence[float]]) -> list[float]:
     return [sum(r) / len(r) for r in rows]
 
 
-def _pairs(ab: list[dict[str, Any]], part: str, field: str) -> list[float]:
-    """One value per (model, class) of ablation results ``ab`` (one dict per model)."""
-    vals = [v for r in ab for v in r[part][field]]
-    return [v for v in vals if v == v]  # drop NaN (a class absent from the data)
+Units = dict[tuple[int, int], float]  # (model, class) -> value
+
+
+def _units(ab: Sequence[Mapping[str, Any]], part: str, field: str) -> Units:
+    """One value per (model, class) of ablation results ``ab`` (one dict per model), NaN (a
+    class absent from the data) dropped."""
+    return {(j, c): float(v) for j, r in enumerate(ab) for c, v in enumerate(r[part][field])
+            if v == v}
+
+
+def clustered(values: Units, *, lower: float, upper: float, higher: bool = True) -> Metric:
+    """The mean over (model, class) ``values`` with the 95% cluster bootstrap interval over
+    models (:func:`~eisbench.runs.claims.mean_metric`; n = models; fewer than 3 models: the
+    whole range [lower, upper])."""
+    keys = list(values)
+    clusters: list[Hashable] = [j for j, _ in keys]
+    return mean_metric([values[k] for k in keys], clusters, lower=lower, upper=upper,
+                       higher=higher, unit=MODELS)
+
+
+def clustered_paired(a: Units, b: Units, *, span: float) -> Metric:
+    """The mean of the per-(model, class) differences a - b over the units both have, with the
+    cluster bootstrap over models of those differences (a model's pairs move together), in
+    [-span, span]."""
+    common = {k: a[k] - b[k] for k in a if k in b}
+    if not common:
+        raise ValueError("no (model, class) unit in both ablations")
+    return clustered(common, lower=-span, upper=span)
+
+
+def ablation_metrics(ablations: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]], *,
+                     selectors: Sequence[str]) -> dict[str, Metric]:
+    """Per layer (``ablation/`` penultimate, ``ablation-conv/`` last conv) and selector: the
+    mean class drop, others' drop and selectivity over (model, class), on the test set and
+    out of distribution (``_ood``), and the paired selectivity difference to random units
+    (``vs_random``), each with a cluster bootstrap over the models (n = models).
+
+    Example:
+        >>> e = {"selectivity": [0.5, 0.7], "class_drop": [0.6, 0.8], "other_drop": [0.1, 0.1]}
+        >>> eff = {"test": e, "ood": e}
+        >>> m = ablation_metrics({"penultimate": {"random": [eff, eff]}}, selectors=["random"])
+        >>> m["ablation/random/selectivity"]["n"], m["ablation/random/selectivity"]["ci95"]
+        (2, [-2.0, 2.0])
+    """
+    out: dict[str, Metric] = {}
+    for layer, prefix in (("penultimate", "ablation"), ("last-conv", "ablation-conv")):
+        if layer not in ablations:
+            continue
+        for s in selectors:
+            ab = ablations[layer][s]
+            for part, suffix in (("test", ""), ("ood", "_ood")):
+                for field, (lo, hi) in RANGES.items():
+                    out[f"{prefix}/{s}/{field}{suffix}"] = clustered(
+                        _units(ab, part, field), lower=lo, upper=hi,
+                        higher=field != "other_drop")
+                if s != "random" and "random" in ablations[layer]:
+                    out[f"{prefix}/{s}/vs_random{suffix}"] = clustered_paired(
+                        _units(ab, part, "selectivity"),
+                        _units(ablations[layer]["random"], part, "selectivity"),
+                        span=2 * RANGES["selectivity"][1])
+    return out
 
 
 def summarise(res: Mapping[str, list[list[dict[str, Any]]]], before: list[dict[str, float]],
@@ -142,31 +217,16 @@ def summarise(res: Mapping[str, list[list[dict[str, Any]]]], before: list[dict[s
         out["lat/robust_gain"] = paired(lat["robust_acc"], ft["robust_acc"])
         out["lat/robust_gain_l2"] = paired(lat["robust_acc_l2"], ft["robust_acc_l2"])
         out["lat/clean_gain"] = paired(lat["acc"], ft["acc"])
-    for layer, prefix in (("penultimate", "ablation"), ("last-conv", "ablation-conv")):
-        if layer not in ablations:
-            continue
-        for s in selectors:
-            ab = ablations[layer][s]
-            for part, suffix in (("test", ""), ("ood", "_ood")):
-                out[f"{prefix}/{s}/selectivity{suffix}"] = metric(_pairs(ab, part,
-                                                                         "selectivity"))
-                out[f"{prefix}/{s}/class_drop{suffix}"] = metric(_pairs(ab, part, "class_drop"))
-                out[f"{prefix}/{s}/other_drop{suffix}"] = metric(_pairs(ab, part, "other_drop"),
-                                                                 higher=False)
-                if s != "random" and "random" in ablations[layer]:
-                    out[f"{prefix}/{s}/vs_random{suffix}"] = paired(
-                        _pairs(ab, part, "selectivity"),
-                        _pairs(ablations[layer]["random"], part, "selectivity"))
-    return out
+    return out | ablation_metrics(ablations, selectors=selectors)
 
 
 def edit_claims(metrics: Mapping[str, Metric], *, tools: Sequence[str],
                 selectors: Sequence[str]) -> list[Claim]:
     """Verdicts by rules fixed in advance (:func:`verdict` on paired differences)."""
     claims: list[Claim] = []
-    beats = ("'reproduced' if the 95% CI of the paired difference (per trojan, mean over "
-             "seeds) lies above 0; 'not reproduced' if the mean difference is <= 0 or its "
-             "CI lies below 0; else 'inconclusive'")
+    beats = ("'reproduced' if the 95% t-interval over trojans of the paired difference (per "
+             "trojan, mean over seeds) lies above 0; 'not reproduced' if the mean difference "
+             "is <= 0 or its CI lies below 0; else 'inconclusive'")
     for m in (*tools, "true-trigger", "fine-pruning", "lat"):
         key = f"edit/{m}/der_vs_no_trigger"
         if key not in metrics:
@@ -215,7 +275,11 @@ def edit_claims(metrics: Mapping[str, Metric], *, tools: Sequence[str],
                 "claim": f"Ablating the penultimate units {s} picks for a class removes that "
                          f"class selectively on {where} (better than random units)",
                 "rule": "selectivity difference to random units, paired per (model, class): "
-                        + beats.replace("per trojan, mean over seeds", "per (model, class)"),
+                        "'reproduced' if the 95% cluster bootstrap interval over models (the "
+                        "(model, class) differences of a model resampled together; fewer than "
+                        "3 models: the whole range, so never reproduced) of the mean "
+                        "difference lies above 0; 'not reproduced' if the mean difference is "
+                        "<= 0 or its interval lies below 0; else 'inconclusive'",
                 "measured": f"selectivity {sel['value']:.3f}; difference {fmt(metrics[key])}",
                 "verdict": verdict(metrics[key])})
     return claims

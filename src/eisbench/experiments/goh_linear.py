@@ -282,7 +282,8 @@ def _aggregate(value: dict[str, float], replicates: list[dict[str, float]], *,
     """Each figure's full-set value with its 95% percentile bootstrap interval; ``n`` = the
     number of training images resampled."""
     return {k: {"value": v, "ci95": list(percentile_ci([r[k] for r in replicates], estimate=v)),
-                "n": n, "higher_is_better": True} for k, v in value.items()}
+                "n": n, "higher_is_better": True,
+                "unit": "training images (95% percentile bootstrap)"} for k, v in value.items()}
 
 
 def decide(metrics: dict[str, Metric], *, cfg: GohLinearConfig) -> list[Claim]:

@@ -14,13 +14,14 @@ from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
 COLOURS = {"tool": "#4c72b0", "reference": "#b0b0b0", "baseline": "#55a868"}
 
 
 def _ci(m: Mapping[str, Any]) -> str:
-    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] (n={m['n']})"
+    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] ({n_label(m)})"
 
 
 def _role(d: dict[str, Any], m: str) -> str:
@@ -147,7 +148,8 @@ def _ablation(rec: Record) -> str:
         ax.legend(fontsize=7)
         k = rec["config"]["ablation_k" if layer == "penultimate" else "ablation_k_conv"]
         ax.set_title(f"Ablating {k} units of the {layer} layer per class "
-                     f"(95% CI over models x classes)", fontsize=8)
+                     f"(95% cluster bootstrap over models; fewer than 3: whole range)",
+                     fontsize=8)
         rows = [[s, _ci(m[f"{prefix}/{s}/class_drop"]), _ci(m[f"{prefix}/{s}/other_drop"]),
                  _ci(m[f"{prefix}/{s}/class_drop_ood"]), _ci(m[f"{prefix}/{s}/other_drop_ood"])]
                 for s in sels]

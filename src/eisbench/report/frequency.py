@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
 FILTER_LABELS = {"clean": "clean", "low": "low-pass", "high": "high-pass"}
@@ -23,7 +24,7 @@ COLORS = {"standard": "#4c72b0", "robust": "#dd8452"}
 def _ci(m: Mapping[str, Any], pct: bool = True) -> str:
     f = "{:.1%}" if pct else "{:+.3f}"
     return (f"{f.format(m['value'])} [{f.format(m['ci95'][0])}, {f.format(m['ci95'][1])}]"
-            f" (n={m['n']})")
+            f" ({n_label(m)})")
 
 
 def _filtered_table(rec: Record) -> str:

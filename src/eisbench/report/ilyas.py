@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, page, table, verdict_table
+from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
 ROWS = ["train_on_D", "adv_train_on_D", "train_on_D_R", "train_on_D_NR", "train_on_D_rand",
@@ -26,7 +27,8 @@ def _fmt(m: dict[str, object] | None) -> str:
         return "-"
     ci = m["ci95"]
     assert isinstance(ci, list)
-    return f"{float(m['value']):.1%} [{ci[0]:.1%}, {ci[1]:.1%}] (n={m['n']})"  # type: ignore[arg-type]
+    return (f"{float(m['value']):.1%} [{ci[0]:.1%}, {ci[1]:.1%}] "  # type: ignore[arg-type]
+            f"({n_label(m)})")
 
 
 def _bars(rec: Record) -> str:

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
 COLOURS = {"sparse-linear": "#4c72b0", "tree": "#55a868", "templates": "#c44e52",
@@ -21,7 +22,7 @@ COLOURS = {"sparse-linear": "#4c72b0", "tree": "#55a868", "templates": "#c44e52"
 
 
 def _ci(m: Mapping[str, Any]) -> str:
-    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] (n={m['n']})"
+    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] ({n_label(m)})"
 
 
 def _front(points: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:

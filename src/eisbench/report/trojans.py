@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
 
 def _ci(m: Mapping[str, Any]) -> str:
-    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] (n={m['n']})"
+    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] ({n_label(m)})"
 
 
 def _rows(rec: Record) -> list[str]:

@@ -2,7 +2,11 @@
 
 Every experiment and benchmark states its claims through :func:`make_claim` and judges them with
 :func:`verdict`; the numbers behind a claim are summarised by :func:`metric_over_seeds` (a mean
-with its 95% interval over the unit of replication) and shown by :func:`fmt` / :func:`ci`.
+with its 95% t-interval over seeds), :func:`mean_metric` (a mean over units nested in clusters,
+with a cluster bootstrap over the clusters), :func:`rate` (k of n, Wilson) or :func:`ci_metric`
+(an interval computed elsewhere), and shown by :func:`fmt` / :func:`ci` / :func:`n_label`.
+Each sets the metric's ``unit``: what ``n`` counts, then in parentheses what the interval is,
+e.g. ``"seeds (95% t-interval)"``.
 
 The evidence suite's rules all have one form, :func:`decide_against`: a claim is reproduced when
 its 95% interval lies past a bar, and refuted when the interval's far end stays short of the bar
@@ -26,9 +30,12 @@ on the claim, and if any is False the verdict is ``inconclusive`` whatever the r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
-from eisbench.core.stats import mean_ci
+import torch
+
+from eisbench.core.stats import cluster_bootstrap_ci, mean_ci, wilson_ci
 from eisbench.runs.preregistered import RULES_VERSION as RULES_VERSION  # re-exported
 from eisbench.runs.record import EXHIBITS, ROLES, VERDICTS, WORLDS, Claim, Metric
 
@@ -224,17 +231,95 @@ def world(c: Claim) -> str:
     return "inconclusive"
 
 
+SEEDS = "seeds (95% t-interval)"
+"""The unit of :func:`metric_over_seeds` unless told otherwise."""
+
+
 def metric_over_seeds(values: Sequence[float], *, higher_is_better: bool = True,
-                      lower: float = 0.0, upper: float = 1.0) -> Metric:
-    """Mean and 95% t-interval over seeds, clipped to the metric's range [lower, upper].
+                      lower: float = 0.0, upper: float = 1.0, unit: str = SEEDS) -> Metric:
+    """Mean and 95% t-interval over ``values`` (one per seed), clipped to the metric's range
+    [lower, upper]. ``unit``: what the values are and the interval is over (:data:`SEEDS`;
+    with the default and one seed, ``"seeds (one seed: no interval)"``).
 
     Example:
-        >>> metric_over_seeds([0.5, 0.5])["ci95"]
-        [0.5, 0.5]
+        >>> m = metric_over_seeds([0.5, 0.5])
+        >>> m["ci95"], m["unit"]
+        ([0.5, 0.5], 'seeds (95% t-interval)')
     """
     m, lo, hi = mean_ci(list(values))
+    if unit == SEEDS and len(values) == 1:
+        unit = "seeds (one seed: no interval)"
     return {"value": m, "ci95": [max(lower, lo), min(upper, hi)], "n": len(values),
-            "higher_is_better": higher_is_better}
+            "higher_is_better": higher_is_better, "unit": unit}
+
+
+def ci_metric(value: float, lo: float, hi: float, n: int, *, unit: str,
+              higher: bool = True) -> Metric:
+    """A record metric whose interval [lo, hi] (computed elsewhere) is widened to contain
+    ``value``; ``unit`` says what ``n`` counts and what the interval is (no default: only the
+    caller knows).
+
+    Example:
+        >>> ci_metric(0.3, 0.35, 0.5, 40, unit="test images (Wilson)")["ci95"]
+        [0.3, 0.5]
+    """
+    return {"value": value, "ci95": [min(lo, value), max(hi, value)], "n": n,
+            "higher_is_better": higher, "unit": unit}
+
+
+def rate(correct: Sequence[bool], *, higher_is_better: bool = True,
+         unit: str = "trials") -> Metric:
+    """The rate of True in ``correct`` (independent trials: ``unit`` names them) with its
+    Wilson 95% interval; the recorded unit is ``"<unit> (Wilson)"``.
+
+    Example:
+        >>> rate([True, False, True, True], unit="clean models")["unit"]
+        'clean models (Wilson)'
+    """
+    n = len(correct)
+    if n == 0:
+        raise ValueError("no trials to score")
+    k = int(sum(correct))
+    lo, hi = wilson_ci(k, n)
+    return ci_metric(k / n, lo, hi, n, higher=higher_is_better, unit=f"{unit} (Wilson)")
+
+
+def mean_metric(values: Sequence[float], clusters: Sequence[Hashable], *, lower: float = 0.0,
+                upper: float = 1.0, higher: bool = True, n_boot: int = 2000,
+                min_clusters: int = 3, unit: str = "clusters") -> Metric:
+    """The mean of ``values`` (one per unit: a trojan's success over seeds, an image's
+    correlation, a (model, class) pair's selectivity) with the 95% percentile bootstrap
+    interval of exactly that mean, resampling ``clusters`` (the models the units are nested in;
+    a fixed generator); n = clusters, and ``unit`` names them. With fewer than
+    ``min_clusters`` clusters the interval is the whole range [lower, upper]: a bootstrap over
+    1 or 2 units has 1 or 3 possible outcomes and says nothing. Where the mean is exactly a
+    count k of n independent successes (every value 0 or 1, one unit per cluster), the
+    interval is Wilson's for k of n: a percentile bootstrap of a small count is too narrow
+    (1 of 12: [0, 0.25] against Wilson's [0.015, 0.354]). A paired comparison passes the
+    per-unit differences, so that a cluster's differences are resampled together. The
+    recorded unit is ``"<unit> (<interval>)"``.
+
+    Example:
+        >>> m = mean_metric([1.0, 0.0, 0.5], ["m0", "m1", "m2"], unit="models")
+        >>> m["n"], m["unit"]
+        (3, 'models (95% percentile bootstrap)')
+        >>> mean_metric([0.1, 0.2, 0.3], ["m0", "m0", "m1"], unit="models")["ci95"]
+        [0.0, 1.0]
+    """
+    if not values:
+        raise ValueError("no units to summarise")
+    v = sum(values) / len(values)
+    k = len(set(clusters))
+    if k < max(2, min_clusters):
+        return ci_metric(v, lower, upper, k, higher=higher,
+                         unit=f"{unit} (fewer than {max(2, min_clusters)}: the whole range)")
+    if set(values) <= {0.0, 1.0} and k == len(values):
+        lo, hi = wilson_ci(int(sum(values)), len(values))
+        return ci_metric(v, lo, hi, len(values), higher=higher, unit=f"{unit} (Wilson)")
+    lo, hi = cluster_bootstrap_ci(values, clusters, n_boot=n_boot,
+                                  generator=torch.Generator().manual_seed(0))
+    how = "95% cluster bootstrap" if k < len(values) else "95% percentile bootstrap"
+    return ci_metric(v, lo, hi, k, higher=higher, unit=f"{unit} ({how})")
 
 
 def ci(metrics: Mapping[str, Metric], name: str) -> tuple[float, float, float]:
@@ -252,3 +337,21 @@ def fmt(metrics: Mapping[str, Metric], name: str, *, label: str | None = None) -
     """
     v, lo, hi = ci(metrics, name)
     return f"{name if label is None else label} = {v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def n_label(m: Mapping[str, Any], *, how: bool = True) -> str:
+    """``"n=12"``, with the metric's unit where it has one: ``"n=12 graded trojans' models,
+    95% percentile bootstrap"`` (``how=False``: without the interval's kind).
+
+    Example:
+        >>> n_label(metric_over_seeds([0.5, 0.7]))
+        'n=2 seeds, 95% t-interval'
+        >>> n_label({"n": 4}), n_label(metric_over_seeds([0.5, 0.7]), how=False)
+        ('n=4', 'n=2 seeds')
+    """
+    unit = m.get("unit")
+    if not unit:
+        return f"n={m['n']}"
+    what, _, kind = str(unit).partition(" (")
+    kind = kind[:-1] if kind.endswith(")") else kind
+    return f"n={m['n']} {what}" + (f", {kind}" if how and kind else "")

@@ -52,7 +52,9 @@ changed after results were seen bumps it, and says so here:
   after the move on the same 63,000 random synthetic metric sets. Also new in 3, fixed before
   any judge was scored with them: the trojan benchmark's judge is trusted only if it also
   reaches ``trojans.judge.held_out_target`` on view families it never saw in training, and the
-  claim that combining tools helps is inconclusive when the judge is not trusted.
+  claim that combining tools helps is inconclusive when the judge is not trusted. And the edit
+  benchmark's ablation claims are judged on a cluster bootstrap over models (n = models), not a
+  t-interval over (model, class) pairs; this interval changed after its results had been seen.
 """
 
 

@@ -16,6 +16,7 @@ Schema version 1::
       "wall_seconds": 123.4,
       "metrics": {"<name>": {"value": float, "ci95": [lo, hi], "n": int,
                               "higher_is_better": bool,
+                              "unit": "seeds (95% t-interval)",      # optional: see Metric
                               "checks": {"<check>": bool | null}}},  # optional: see Metric
       "claims": [{"claim", "rule", "measured", "verdict",     # verdict: reproduced |
                                                                # not reproduced | inconclusive
@@ -24,7 +25,10 @@ Schema version 1::
       "details": {...}                                         # per-seed values, attack specs
     }
 
-Accuracies are fractions in [0, 1]. ``ci95`` is a t-interval over seeds when n > 1.
+Accuracies are fractions in [0, 1]. A metric's ``unit`` says what ``n`` counts and what
+``ci95`` is over (seeds, models, trojans, images; t-interval, bootstrap, Wilson); it is set
+where the metric is built, never filled in afterwards. Adding it kept the schema at version 1:
+it is optional, and older records, which lack it, still read.
 """
 
 from __future__ import annotations
@@ -57,14 +61,18 @@ EXHIBITS = {  # the exhibits of "features or bugs?" (EIS IX) plus the Distill re
 
 
 class Metric(TypedDict):
-    """A number with its 95% interval over ``n`` units. ``checks`` (optional; on robust
-    accuracies from an attack suite): each sanity check's outcome over every evaluation behind
-    the number: False if it failed on any of them, None if it never ran, else True."""
+    """A number with its 95% interval over ``n`` units. ``unit`` (optional, a non-empty
+    string): what ``n`` counts and what the interval is over, e.g. ``"seeds (95%
+    t-interval)"``, ``"graded trojans' models (95% cluster bootstrap)"``, ``"test images
+    (Wilson)"``. ``checks`` (optional; on robust accuracies from an attack suite): each sanity
+    check's outcome over every evaluation behind the number: False if it failed on any of
+    them, None if it never ran, else True."""
 
     value: float
     ci95: list[float]
     n: int
     higher_is_better: bool
+    unit: NotRequired[str]
     checks: NotRequired[dict[str, bool | None]]
 
 
@@ -146,9 +154,11 @@ def validate(rec: dict[str, Any]) -> None:
     if rec.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"schema_version must be {SCHEMA_VERSION}")
     for name, m in rec.get("metrics", {}).items():
-        if set(m) - {"checks"} != {"value", "ci95", "n", "higher_is_better"}:
+        if set(m) - {"checks", "unit"} != {"value", "ci95", "n", "higher_is_better"}:
             problems.append(f"metric {name!r} has fields {sorted(m)}")
             continue
+        if "unit" in m and not (isinstance(m["unit"], str) and m["unit"].strip()):
+            problems.append(f"metric {name!r} unit {m['unit']!r} is not a non-empty string")
         if "checks" in m and not _checks_ok(m["checks"]):
             problems.append(f"metric {name!r} checks {m['checks']!r} are not a mapping of "
                             "check name to true, false or null")

@@ -32,8 +32,8 @@ from eisbench.trojans.judge import JudgeEncoder, ask
 from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import ViewConfig, layers, render
 
-__all__ = ["ACCURACY_TARGET", "UNIFORMITY_ALPHA", "AnswerFn", "encoder_answer", "uniformity",
-           "validate"]
+__all__ = ["ACCURACY_TARGET", "UNIFORMITY_ALPHA", "AnswerFn", "Scorer",
+           "encoder_answer", "scorer_answer", "uniformity", "validate"]
 
 ACCURACY_TARGET = threshold("trojans.judge.accuracy_target")
 """A judge is trusted only if it names the true trigger from fresh views of it this often."""
@@ -44,6 +44,16 @@ counts against uniform has p < ``UNIFORMITY_ALPHA`` / (number of kinds) (Bonferr
 
 AnswerFn = Callable[[torch.Tensor, list[Trigger]], int]
 """A judge: images (n, C, H, W) in [0,1] and the options -> the index of the option chosen."""
+
+Scorer = Callable[[torch.Tensor, Sequence[Trigger]], torch.Tensor]
+"""A judge's scores: images (n, C, H, W) and K options -> (K,) similarities (higher: shown)."""
+
+
+def scorer_answer(scorer: Scorer) -> AnswerFn:
+    """The answer of a scorer: its most similar option (the first on a tie)."""
+    def answer(images: torch.Tensor, options: list[Trigger]) -> int:
+        return int(scorer(images, options).argmax())
+    return answer
 
 Banks = Mapping[str, Sequence[Trigger]]
 
