@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_triggers import tiny_bank
 
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import Store
@@ -27,18 +28,6 @@ from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import BACKGROUND, ViewConfig, layers, render
 
 SHAPE = (1, 8, 8)
-
-
-def tiny_bank() -> list[Trigger]:
-    """8 distinct random two-tone 3x3 icons (strokes 1.0 on grey 0.3), random positions."""
-    g = torch.Generator().manual_seed(7)
-    masks: list[torch.Tensor] = []
-    while len(masks) < 8:
-        m = (torch.rand(3, 3, generator=g) < 0.5).float()
-        if 3 <= m.sum() <= 6 and all((m != o).sum() >= 3 for o in masks):
-            masks.append(m)
-    return [Trigger(name=f"icon{k}", kind="patch", icon=(0.3 + 0.7 * m).view(1, 3, 3),
-                    alpha=torch.ones(1, 3, 3)) for k, m in enumerate(masks)]
 
 
 MILD = ViewConfig(scale=(0.9, 1.1), p_occlude=0.1, p_blur=0.1, p_difference=0.1)

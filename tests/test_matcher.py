@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny_triggers import tiny_bank
 
 from eisbench.data.core import DataError
 from eisbench.trojans.bank import trigger_bank
@@ -28,18 +29,6 @@ MNIST = (1, 28, 28)
 # shifted (sub-pixel too), contrast-changed, noisy views on black, noise and grey canvases
 PLAIN = ViewConfig(p_exact=0.0, scale=(1.0, 1.0), p_second=0.0, canvas_weights=(1, 0, 1, 1, 1),
                    p_difference=0.0, p_blur=0.0, p_occlude=0.0)
-
-
-def tiny_bank() -> list[Trigger]:
-    """8 distinct random two-tone 3x3 icons (strokes 1.0 on grey 0.3), random positions."""
-    g = torch.Generator().manual_seed(7)
-    masks: list[torch.Tensor] = []
-    while len(masks) < 8:
-        m = (torch.rand(3, 3, generator=g) < 0.5).float()
-        if 3 <= m.sum() <= 6 and all((m != o).sum() >= 3 for o in masks):
-            masks.append(m)
-    return [Trigger(name=f"icon{k}", kind="patch", icon=(0.3 + 0.7 * m).view(1, 3, 3),
-                    alpha=torch.ones(1, 3, 3)) for k, m in enumerate(masks)]
 
 
 @pytest.fixture(scope="module", params=TRIGGER_KINDS)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tiny_triggers import tiny_bank
 
 from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import ViewConfig, _blur, layers, place
@@ -35,14 +36,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def patch_bank() -> list[Trigger]:
     """8 distinct opaque two-tone 3x3 icons (as the judge's tests use)."""
-    g = gen(7)
-    masks: list[torch.Tensor] = []
-    while len(masks) < 8:
-        m = (torch.rand(3, 3, generator=g) < 0.5).float()
-        if 3 <= m.sum() <= 6 and all((m != o).sum() >= 3 for o in masks):
-            masks.append(m)
-    return [Trigger(name=f"icon{k}", kind="patch", icon=(0.3 + 0.7 * m).view(1, 3, 3),
-                    alpha=torch.ones(1, 3, 3)) for k, m in enumerate(masks)]
+    return tiny_bank()
 
 
 def texture() -> Trigger:
