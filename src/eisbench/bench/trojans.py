@@ -43,18 +43,9 @@ from torch import nn
 
 from eisbench import data as datasets
 from eisbench.bench import trojan_control as control
+from eisbench.bench import trojan_judges as tj
 from eisbench.bench import trojan_scores as scores
 from eisbench.bench.trojan_control import Grid
-from eisbench.bench.trojan_judges import (
-    FIRST_JUDGE,
-    SECOND_JUDGE,
-    Judges,
-    check_judges,
-    combination,
-    judge_metrics,
-    judge_scorers,
-    second_opinion,
-)
 from eisbench.bench.trojan_probes import attribution, detection
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import progress, say
@@ -251,7 +242,7 @@ def setting(cfg: TrojanBenchConfig, store: Store) -> Setting:
 
 
 def train_judge(st: Setting, cfg: TrojanBenchConfig,
-                store: Store) -> tuple[Judges, dict[str, Any]]:
+                store: Store) -> tuple[tj.Judges, dict[str, Any]]:
     """The judge, trained on trigger views and clean training images only (cached), and the
     validation of it and of the second judge (:func:`~eisbench.bench.trojan_judges.check_judges`)
     on questions whose answer is known, on clean test images the tools never see."""
@@ -259,12 +250,12 @@ def train_judge(st: Setting, cfg: TrojanBenchConfig,
     enc, _ = judge_stage(store, banks=st.banks, shape=st.ds.shape, data=st.train,
                          cfg=JudgeConfig(steps=cfg.judge_steps), device=st.device, log=st.log)
     say("judges: validating (true-trigger views, noise, held-out view families)")
-    judges = judge_scorers(enc, shape=st.ds.shape)
-    return judges, check_judges(judges, banks=st.banks, shape=st.ds.shape,
-                                n_trials=cfg.judge_trials, data=st.ds.x_test[-2000:])
+    judges = tj.judge_scorers(enc, shape=st.ds.shape)
+    return judges, tj.check_judges(judges, banks=st.banks, shape=st.ds.shape,
+                                   n_trials=cfg.judge_trials, data=st.ds.x_test[-2000:])
 
 
-def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: Judges, *,
+def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: tj.Judges, *,
                models: list[tuple[nn.Module, str]], rows: list[str], desc: str
                ) -> tuple[Sims, Sims, dict[str, torch.Tensor]]:
     """Each row's images of ``models[j]`` (aligned with the graded trojans; tools cached) for
@@ -286,14 +277,14 @@ def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: Judges
                                      data=st.tool_data, cfg=cfg, seed=s, device=st.device,
                                      log=st.log)
         opts = st.banks[trojan.trigger.kind]
-        sims[r][s][j] = judges[FIRST_JUDGE](imgs, opts)
-        sims2[r][s][j] = judges[SECOND_JUDGE](imgs, opts)
+        sims[r][s][j] = judges[tj.FIRST_JUDGE](imgs, opts)
+        sims2[r][s][j] = judges[tj.SECOND_JUDGE](imgs, opts)
         if s == cfg.seeds[0]:
             shown[f"{trojan.name}/{r}"] = imgs.contiguous()
     return sims, sims2, shown
 
 
-def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: Judges
+def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: tj.Judges
               ) -> tuple[Sims, Sims, dict[str, torch.Tensor]]:
     """Every row's images for every graded trojan and seed, from its trojaned model, asked of
     both judges (:func:`ask_models`); ``shown`` also holds each kind's options."""
@@ -339,7 +330,7 @@ def success(st: Setting, grid: dict[str, Grid]) -> dict[str, Metric]:
             for r, g in grid.items()}
 
 
-def clean_control(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: Judges,
+def clean_control(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: tj.Judges,
                   grid: dict[str, Grid]) -> tuple[dict[str, Metric], dict[str, Any]]:
     """Every tool on the zoo's clean models, asked each graded trojan's question
     (:mod:`~eisbench.bench.trojan_control`): ``tool/{tool|all}/clean_success_rate`` and
@@ -371,11 +362,11 @@ def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
                               answers=st.answers, out=out / "quiz.html")
     grid, pairs = grids(st, cfg, sims, st.rows)
     keys = [k for _, k in st.models]
-    second_metrics, second = second_opinion(sims, sims2, rows=st.names, seeds=cfg.seeds,
-                                            answers=st.answers, keys=keys)
-    comb_metrics, comb = combination(sims, tools=st.names, seeds=cfg.seeds, answers=st.answers,
-                                     keys=keys)
-    metrics = success(st, grid) | judge_metrics(val) | second_metrics | comb_metrics
+    second_metrics, second = tj.second_opinion(sims, sims2, rows=st.names, seeds=cfg.seeds,
+                                               answers=st.answers, keys=keys)
+    comb_metrics, comb = tj.combination(sims, tools=st.names, seeds=cfg.seeds,
+                                        answers=st.answers, keys=keys)
+    metrics = success(st, grid) | tj.judge_metrics(val) | second_metrics | comb_metrics
     ctl_metrics, ctl = clean_control(st, cfg, store, judges, grid)
     attr_metrics, attr = attribution(st.zoo, st.test, graded=st.graded, n=cfg.n_attr,
                                      device=st.device)

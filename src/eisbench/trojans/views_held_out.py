@@ -43,8 +43,7 @@ Example:
     >>> x = held_out_views(lay, torch.tensor([0, 3]), family="rotate", data=None,
     ...                    generator=torch.Generator().manual_seed(0))  # (2, 1, 28, 28)
     >>> rep = validate_held_out(encoder_answer(enc, shape=shape), bank=banks, shape=shape,
-    ...                         n_trials=5, generator=g)  # judge_checks.encoder_answer
-    >>> rep["worst"]["family"], rep["families"]["rotate"]["ci"]
+    ...                         n_trials=5, generator=g)  # rep["worst"]: the weakest family
 """
 
 from __future__ import annotations
