@@ -26,9 +26,9 @@ compared at every circular shift (FFT), rescaled about the centre with reflectio
 :func:`ncc_ask` answers like :func:`eisbench.trojans.judge.ask`: similarity_k = the mean over
 the tool's n images of option k's NCC minus its mean over noise images
 (:func:`noise_baseline`); the answer is the largest (the first on a tie). The plain mean NCC
-(``null=0``) is unfair on noise: the best of many positions is higher for some templates than
-for others, and on the MNIST banks it sent 83-93% of a kind's noise questions to one texture
-or object; less the baseline, 18-25% (judge_checks.validate, 5 trials, seeds 0-2).
+(``null=0``) is unfair on noise: the best of many positions is higher for some templates, and on
+the MNIST banks it sent 83-93% of a kind's noise questions to one texture or object; less the
+baseline, 18-25%: partly by construction, as judge_checks.validate asks on the same noise families.
 
 Example:
     >>> ours = [ncc_ask(images=q.images, options=bank, shape=(1, 28, 28)).choice for q in qs]
