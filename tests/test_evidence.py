@@ -30,41 +30,20 @@ def test_exhibit_world_rule() -> None:
 
 
 def test_claims_name_their_exhibit_and_worlds() -> None:
-    c = claims.make_claim(
-        claim="c",
-        rule="r",
-        measured="m",
-        verdict="not reproduced",
-        exhibit="E",
-        if_reproduced="bugs",
-        if_not="features",
-    )
+    c = claims.make_claim(claim="c", rule="r", measured="m", verdict="not reproduced",
+                          exhibit="E", if_reproduced="bugs", if_not="features")
     assert claims.world(c) == "features"
     assert claims.world({**c, "verdict": "inconclusive"}) == "inconclusive"
     with pytest.raises(ValueError, match="worlds"):
-        claims.make_claim(
-            claim="c",
-            rule="r",
-            measured="m",
-            verdict="reproduced",
-            exhibit="E",
-            if_reproduced="feature",
-        )
+        claims.make_claim(claim="c", rule="r", measured="m", verdict="reproduced",
+                          exhibit="E", if_reproduced="feature")
     with pytest.raises(ValueError, match="exhibit"):
-        claims.make_claim(
-            claim="c",
-            rule="r",
-            measured="m",
-            verdict="reproduced",
-            exhibit="Z",
-            if_reproduced="features",
-        )
+        claims.make_claim(claim="c", rule="r", measured="m", verdict="reproduced",
+                          exhibit="Z", if_reproduced="features")
 
 
-def test_suite_table_overrides_and_failure(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_suite_table_overrides_and_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           ) -> None:
     suite = EXPERIMENTS.get("features-vs-bugs")
     ilyas = EXPERIMENTS.get("ilyas")
 
@@ -76,18 +55,11 @@ def test_suite_table_overrides_and_failure(
 
     broken: Experiment = dataclasses.replace(ilyas, measure=boom)
     monkeypatch.setitem(EXPERIMENTS._items, "ilyas", broken)
-    monkeypatch.setitem(
-        EXPERIMENTS._items,
-        "wallace",
-        dataclasses.replace(EXPERIMENTS.get("wallace"), measure=no_data),
-    )
-    cfg = dataclasses.replace(
-        suite.quick,
-        dataset="digits",
-        seeds=(0, 1),
-        experiments=("ilyas", "goh-linear", "wallace"),
-        overrides=("goh-linear:eps=0.5",),
-    )
+    monkeypatch.setitem(EXPERIMENTS._items, "wallace",
+                        dataclasses.replace(EXPERIMENTS.get("wallace"), measure=no_data))
+    cfg = dataclasses.replace(suite.quick, dataset="digits", seeds=(0, 1),
+                              experiments=("ilyas", "goh-linear", "wallace"),
+                              overrides=("goh-linear:eps=0.5",))
     rec = suite.run(cfg, out=tmp_path / "out", store=Store(tmp_path / "cache"))
     record.validate(dict(rec))
     d = rec["details"]
@@ -106,17 +78,11 @@ def test_suite_table_overrides_and_failure(
     assert "Skipped for missing data" in html
     assert "INCOMPLETE: ilyas, wallace" in html and "(incomplete)" in html
     with pytest.raises(ValueError, match="experiment:key=value"):
-        suite.run(
-            dataclasses.replace(cfg, overrides=("ntk:eps=1",)),
-            out=tmp_path / "x",
-            store=Store(tmp_path / "cache"),
-        )
+        suite.run(dataclasses.replace(cfg, overrides=("ntk:eps=1",)), out=tmp_path / "x",
+                  store=Store(tmp_path / "cache"))
     with pytest.raises(ValueError, match="unknown config field"):
-        suite.run(
-            dataclasses.replace(cfg, overrides=("goh-linear:epz=1",)),
-            out=tmp_path / "x",
-            store=Store(tmp_path / "cache"),
-        )
+        suite.run(dataclasses.replace(cfg, overrides=("goh-linear:epz=1",)), out=tmp_path / "x",
+                  store=Store(tmp_path / "cache"))
 
 
 def test_an_exhibit_whose_only_experiment_failed_is_listed_incomplete() -> None:
@@ -140,10 +106,9 @@ def test_each_experiment_is_filed_under_the_exhibit_its_claims_name() -> None:
     root = Path(pkg.__file__).parent
     for name, exhibit in EXHIBIT_OF.items():
         stem = name.replace("-", "_")
-        # an experiment's claims may live in its own `<name>_claims.py` beside it
-        src = "".join(
-            p.read_text() for p in (root / f"{stem}.py", root / f"{stem}_claims.py") if p.exists()
-        )
+        # an experiment's claims may live in its own `<stem>_claims.py` beside it
+        src = "".join(p.read_text() for p in (root / f"{stem}.py", root / f"{stem}_claims.py")
+                      if p.exists())
         declared = set(re.findall(r'exhibit"?\s*[=:]\s*"([A-H])"', src))
         assert declared == {exhibit}, (name, declared)
 
@@ -151,24 +116,11 @@ def test_each_experiment_is_filed_under_the_exhibit_its_claims_name() -> None:
 def test_the_printed_summary_names_a_failed_check_and_a_lost_experiment() -> None:
     from eisbench.api import RunRecord
 
-    ex = {
-        "title": "The superposition perspective",
-        "world": "inconclusive",
-        "counts": {"features": 1},
-        "reason": "check failed: rescaling is an identity",
-        "incomplete": ["ntk"],
-    }
-    text = RunRecord(
-        {
-            "experiment": "features-vs-bugs",
-            "claims": [],
-            "metrics": {},
-            "details": {"exhibits": {"F": ex}},
-        },
-        out=Path("o"),
-        report=Path("o/report.html"),
-    ).summary()
-    assert (
-        "exhibit F (The superposition perspective): inconclusive {'features': 1} (check "
-        "failed: rescaling is an identity) INCOMPLETE: ntk did not finish"
-    ) in text
+    ex = {"title": "The superposition perspective", "world": "inconclusive",
+          "counts": {"features": 1}, "reason": "check failed: rescaling is an identity",
+          "incomplete": ["ntk"]}
+    text = RunRecord({"experiment": "features-vs-bugs", "claims": [], "metrics": {},
+                      "details": {"exhibits": {"F": ex}}}, out=Path("o"),
+                     report=Path("o/report.html")).summary()
+    assert ("exhibit F (The superposition perspective): inconclusive {'features': 1} (check "
+            "failed: rescaling is an identity) INCOMPLETE: ntk did not finish") in text
