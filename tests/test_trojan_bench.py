@@ -295,3 +295,33 @@ def test_bench_rejects_bad_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_clean"):
         BENCHMARKS.get("trojans").run(dataclasses.replace(TINY, n_clean=1), out=tmp_path,
                                       store=store)
+
+
+def test_second_opinion_compares_the_judges_choices_per_question() -> None:
+    """Kappa is over the options the two judges choose (not over right/wrong), per tool success
+    under the second judge is its own, and only tools whose rank moves are listed."""
+    from eisbench.bench.trojan_judges import second_opinion
+
+    g = torch.Generator().manual_seed(0)
+    first = {t: {0: torch.rand(6, 8, generator=g)} for t in ("a", "b")}
+    answers = [int(first["a"][0][t].argmax()) for t in range(6)]  # tool a always right
+    same, _ = second_opinion(first, first, rows=["a", "b"], seeds=[0], answers=answers,
+                             keys=[f"m{t}" for t in range(6)])
+    assert same["judge/kappa"]["value"] == pytest.approx(1.0)
+    assert same["judge/kappa"]["n"] == 12
+    # a second judge that picks the next option every time: never agrees, a wrong everywhere
+    shifted = {t: {0: first[t][0].roll(1, dims=1)} for t in ("a", "b")}
+    m, d = second_opinion(first, shifted, rows=["a", "b"], seeds=[0], answers=answers,
+                          keys=[f"m{t}" for t in range(6)])
+    assert d["agreement"]["agreement"] == 0.0 and m["judge/kappa"]["value"] < 0
+    assert m["tool/a/success_rate_ncc"]["value"] == 0.0
+    assert d["success"]["a"] == {"first": 1.0, "second": 0.0}
+    lo, hi = m["judge/kappa"]["ci95"]
+    assert lo <= m["judge/kappa"]["value"] <= hi
+    # both judges wrong about b, but choosing different wrong options: agreement on choices is
+    # lost there although agreement on correctness is not (kappa over right/wrong would miss it)
+    b_other = {"a": first["a"], "b": {0: first["b"][0].roll(1, dims=1)}}
+    _, d2 = second_opinion(first, b_other, rows=["a", "b"], seeds=[0], answers=answers,
+                           keys=[f"m{t}" for t in range(6)])
+    assert d2["agreement"]["agreement"] == 0.5
+    assert d2["agreement_on_correct"]["agreement"] > 0.5
