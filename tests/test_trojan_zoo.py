@@ -120,3 +120,17 @@ def test_tiny_zoo_on_digits_trains_caches_and_reports(tmp_path: Path) -> None:
     assert table.count("\n") == 4 and pick[0].name in table
     assert len(missed(run.metrics)) == sum(not m.meets_target for m in run.metrics)
 
+
+
+def test_the_pilot_zoo_shares_no_trigger_with_the_scored_zoo() -> None:
+    """Hyper-parameters tuned on the pilot zoo are scored on the zoo: the two must not share a
+    bank entry (a shared trigger would make the pilot a preview of the scored trojans)."""
+    from eisbench.trojans.zoo import PILOT_TABLE, ZOO_TABLE, zoo
+
+    scored = {(e.kind, e.index) for e in ZOO_TABLE}
+    pilot = [(e.kind, e.index) for e in PILOT_TABLE]
+    assert len(set(pilot)) == len(pilot) == 3 and not scored & set(pilot)
+    assert {k for k, _ in pilot} == {"patch", "style", "natural"}
+    made = zoo("digits", table=PILOT_TABLE)
+    assert [t.target for t in made] == [e.target for e in PILOT_TABLE]
+    assert {t.name for t in made}.isdisjoint({t.name for t in zoo("digits")})
