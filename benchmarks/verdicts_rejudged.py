@@ -47,7 +47,7 @@ for folder in sorted(p for p in run.iterdir() if (p / "record.json").exists()):
                   and not isinstance(v, dict)}
         return dataclasses.replace(base, **simple)
     k = 10  # every dataset of the suite (MNIST, Fashion-MNIST, CIFAR-10, digits) has 10 classes
-    supply = {"num_classes": lambda: k, "chance": lambda: 1.0 / k,
+    supply = {"num_classes": lambda: k, "chance": lambda: rec["details"].get("chance", 1.0 / k),
               "n_features": lambda: cfg["n_features"], "cfg": config,
               "syn_eps": lambda: tuple(cfg["syn_eps"]), "p": lambda: cfg["syn_p"],
               "train_eps": lambda: tuple(cfg["train_eps"]), "dataset": lambda: cfg["dataset"],
@@ -58,6 +58,9 @@ for folder in sorted(p for p in run.iterdir() if (p / "record.json").exists()):
     except Exception as e:
         out["experiments"][name] = {"error": f"{type(e).__name__}: {e}"}
         continue
+    pilot = getattr(mod, "pilot_check", None)  # a check of the seeds scored, outside decide
+    if pilot is not None:
+        claims = [pilot(tuple(cfg["seeds"])), *claims]
     out["experiments"][name] = {"claims": [
         {"claim": c["claim"], "verdict": c["verdict"], "exhibit": c.get("exhibit", "D"),
          "role": c.get("role", "evidence")} for c in claims]}

@@ -1,5 +1,6 @@
 """Confidence intervals for metrics: t-intervals over seeds, Wilson intervals over examples,
-percentile bootstrap intervals (of replicates, or of a mean resampled by cluster)."""
+percentile bootstrap intervals (of replicates, or of a mean resampled by cluster), and the seeds a
+t-interval needs to refute a null effect (:func:`seeds_needed`)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,48 @@ def cluster_bootstrap_ci(values: Sequence[float], clusters: Sequence[Hashable], 
     draw = torch.randint(len(ids), (n_boot, len(ids)), generator=generator)  # (B, C)
     boot = sums[draw].sum(1) / counts[draw].sum(1)  # (B,)
     return percentile_ci(boot.tolist(), estimate=float(x.mean()), level=level)
+
+
+def seeds_needed(sd: float, margin: float, *, power: float = 0.8, alpha: float = 0.05,
+                 max_n: int = 100) -> int | None:
+    """The fewest seeds n >= 2 for which a two-sided (1 - alpha) t-interval over n seeds
+    (:func:`mean_ci`), when the true mean sits exactly at a rule's bar, ends short of
+    bar + ``margin`` (bar - ``margin`` where lower values reproduce: the same by symmetry)
+    with probability at least ``power``: how many seeds a rule of the form of
+    :func:`eisbench.runs.claims.decide_against` needs to refute a null effect. ``sd`` is the
+    between-seed standard deviation of the metric (one value per seed). None if ``max_n``
+    seeds are not enough.
+
+    The probability is exact for normal per-seed values, not the usual approximation
+    (t_{n-1, 1-alpha/2} + z_power) * sd / sqrt(n) <= margin: with Z the standardised mean
+    error and V = s / sd, the interval ends short of bar + margin when
+    Z + t V < margin sqrt(n) / sd, and (margin sqrt(n) / sd - Z) / V is noncentral t with
+    n - 1 degrees of freedom and noncentrality margin sqrt(n) / sd, so the probability is
+    that variable's survival function at t. A margin of 0 or less returns None: with
+    margin 0 the probability is exactly alpha / 2 for every n (Z / V is Student's t), and
+    less with a negative margin, so no number of seeds reaches any useful power. ``sd`` 0
+    gives 2 (a zero-width interval sits on the bar).
+
+    Example:
+        >>> seeds_needed(1.0, 1.0)
+        10
+        >>> seeds_needed(0.05, 0.05, power=0.9), seeds_needed(0.1, 0.02)
+        (13, None)
+        >>> seeds_needed(0.1, 0.0) is None
+        True
+    """
+    if not (math.isfinite(sd) and sd >= 0 and math.isfinite(margin)):
+        raise ValueError(f"need a finite sd >= 0 and a finite margin, got sd={sd}, "
+                         f"margin={margin}")
+    if not (0 < power < 1 and 0 < alpha < 1):
+        raise ValueError(f"power and alpha must lie in (0, 1), got power={power}, "
+                         f"alpha={alpha}")
+    if margin <= 0 or max_n < 2:
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, max_n + 1):
+        t = float(stats.t.ppf(1 - alpha / 2, n - 1))
+        if float(stats.nct.sf(t, n - 1, margin * math.sqrt(n) / sd)) >= power:
+            return n
+    return None
