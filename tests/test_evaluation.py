@@ -3,7 +3,8 @@
 The models are real: a small CNN adversarially trained on the 8x8 digits (the clean robust
 model, which must trip no check), a standard one (the undefended control), and broken versions
 of the robust model: quantised input (masked gradients), softmax output, random noise, left in
-training mode, a forward pass that runs autograd itself.
+training mode, a forward pass that runs autograd itself. Two-class tasks use the linear model
+on a 2-D mixture, whose exact Linf robustness is known: the binary suite must find it exactly.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import train_digits_cnn
+from conftest import LinearBinary, train_digits_cnn
 from torch import nn
 
 from eisbench.attacks import ATTACKS
 from eisbench.evaluation import CHECKS, SUITES, evaluate_robustness, run_suite
 from eisbench.evaluation.checks import CheckInputs
-from eisbench.evaluation.suite import Step
+from eisbench.evaluation.suite import (
+    Step,
+    register_suite,
+    runnable,
+    step_min_classes,
+    suites_for,
+)
 
 EPS = 0.2  # Linf, on 8x8 digits
 N = 120  # test images per evaluation
@@ -273,3 +280,106 @@ def test_an_attack_that_leaves_the_ball_is_recorded_by_the_check_then_raised(
     assert leaky_row["n_broken"] == 0 and leaky_row["budget_violations"]
     assert fgsm_row["n_in"] == int(ev.result.clean.sum())  # nothing was taken as broken
     assert "budget_violations" not in fgsm_row
+
+
+def test_suites_state_the_classes_their_attacks_need() -> None:
+    assert {n: SUITES.meta(n)["min_classes"] for n in ("standard", "fast", "binary")} == {
+        "standard": 4, "fast": 4, "binary": 2}
+    for suite in SUITES.names():
+        assert SUITES.meta(suite)["min_classes"] == max(map(step_min_classes, SUITES.get(suite)))
+    assert step_min_classes(("apgd", {"loss": "dlr"})) == 3  # reads the third-largest logit
+    assert step_min_classes(("apgd", {"loss": "ce"})) == 2
+    with pytest.raises(ValueError, match="need 4 classes"):
+        register_suite("mislabelled", (("apgd", {}), ("apgd-t", {})), min_classes=2)
+    assert "mislabelled" not in SUITES
+    assert "binary" in suites_for(2) and not {"standard", "fast"} & set(suites_for(3))
+    assert {"standard", "fast", "binary"} <= set(suites_for(4))
+
+
+def test_the_binary_suite_is_strong_without_targets() -> None:
+    """Untargeted only; APGD-CE with restarts in place of APGD-T's targets; a gradient-free
+    attack, so that black-box-not-stronger can run."""
+    plan = SUITES.get("binary")
+    assert [name for name, _ in plan] == ["apgd", "fmn", "square"]
+    apgd_ce = dict(plan)["apgd"]
+    assert apgd_ce["loss"] == "ce" and apgd_ce["steps"] >= 100 and apgd_ce["restarts"] > 1
+    assert dict(plan)["square"]["n_queries"] >= 5000
+    assert runnable(plan, 2) == (plan, ())
+
+
+def test_runnable_skips_by_the_step_not_by_the_attack_name() -> None:
+    plan: tuple[Step, ...] = (("apgd", {"loss": "dlr"}), ("apgd", {"loss": "ce"}), ("apgd-t", {}))
+    assert runnable(plan, 2) == ((plan[1],), ("apgd (needs >= 3 classes)",
+                                              "apgd-t (needs >= 4 classes)"))
+    assert runnable(plan, 3) == (plan[:2], ("apgd-t (needs >= 4 classes)",))
+    assert runnable(plan, 4) == (plan, ())
+
+
+LINEAR_EPS = 0.1  # inputs in [0.2, 0.8]: the [0,1] box never binds
+BREAKS_ALL = 0.5  # moves every point of the mixture past the linear boundary
+
+
+@pytest.fixture(scope="module")
+def two_classes() -> tuple[LinearBinary, torch.Tensor, torch.Tensor]:
+    from conftest import gaussian_mixture
+
+    x, y = gaussian_mixture(100)
+    return LinearBinary().eval(), x, y
+
+
+def test_binary_suite_on_two_classes_runs_everything_and_finds_the_exact_robustness(
+        two_classes: tuple[LinearBinary, torch.Tensor, torch.Tensor]) -> None:
+    """On z = w.x + b the worst Linf perturbation lowers the margin |z| by eps ||w||_1: the
+    suite must break exactly the correct points with |z| < eps ||w||_1, run every attack, and
+    trip no check (none may assume 4 or 10 classes)."""
+    model, x, y = two_classes
+    ev = evaluate_robustness(model, x, y, eps=LINEAR_EPS, suite="binary", n_checks=len(x))
+    assert [a["name"] for a in ev.result.per_attack] == ["apgd", "fmn", "square"]
+    assert all(a["n_in"] > 0 for a in ev.result.per_attack)  # each attack had points to try
+    with torch.no_grad():
+        z = model.lin(x.flatten(1))[:, 0]  # (N,)
+        margin = z.abs() - LINEAR_EPS * float(model.lin.weight.abs().sum())
+    exact = ev.result.clean & (margin > 0)
+    clear = margin.abs() > 1e-4  # away from ties
+    assert torch.equal(ev.result.robust[clear], exact[clear])
+    assert 0 < int(exact.sum()) < int(ev.result.clean.sum())  # the eps splits the points
+    checks = {ch.name: ch for ch in ev.checks}
+    assert checks["enough-classes"].passed is True and "skipped" not in checks[
+        "enough-classes"].detail
+    assert {n for n, ch in checks.items() if ch.passed is not True} == {"control-falls"}
+    assert checks["control-falls"].passed is None  # no control given
+
+
+def test_standard_on_two_classes_skips_apgd_t_and_fails_enough_classes(
+        two_classes: tuple[LinearBinary, torch.Tensor, torch.Tensor]) -> None:
+    model, x, y = two_classes
+    ev = evaluate_robustness(model, x, y, eps=BREAKS_ALL, suite="standard", n_checks=40)
+    assert ev.result.suite == "standard" and ev.result.robust_acc == 0.0
+    assert [a["name"] for a in ev.result.per_attack] == ["apgd", "fmn", "square"]
+    check = next(ch for ch in ev.checks if ch.name == "enough-classes")
+    assert check.passed is False and "apgd-t (needs >= 4 classes)" in check.detail
+    assert "binary" in check.advice
+    assert [w.name for w in ev.warnings] == ["enough-classes"]
+
+
+def test_a_dlr_step_is_skipped_on_two_classes_not_crashed_into(
+        two_classes: tuple[LinearBinary, torch.Tensor, torch.Tensor]) -> None:
+    model, x, y = two_classes
+    steps: tuple[Step, ...] = (("apgd", {"loss": "dlr", "steps": 5}), ("fgsm", {}))
+    ev = evaluate_robustness(model, x, y, eps=LINEAR_EPS, steps=steps, n_checks=20)
+    assert [a["name"] for a in ev.result.per_attack] == ["fgsm"]
+    check = next(ch for ch in ev.checks if ch.name == "enough-classes")
+    assert check.passed is False and "apgd (needs >= 3 classes)" in check.detail
+
+
+def test_control_falls_runs_on_two_classes(
+        two_classes: tuple[LinearBinary, torch.Tensor, torch.Tensor]) -> None:
+    """The control is attacked with the fast suite less what two classes cannot run (APGD-T
+    would raise on a 2-class control); it passes where the linear control falls and fails
+    where the budget leaves most of it standing."""
+    model, x, y = two_classes
+    check = CHECKS.get("control-falls")
+    for eps, passed in ((BREAKS_ALL, True), (0.02, False)):
+        ctx = _check_inputs(model, (x, y), steps=(), control=model, num_classes=2, eps=eps)
+        ch = check(ctx)
+        assert ch.passed is passed, ch.detail

@@ -1,6 +1,7 @@
 """nakkiran: the non-transferable attack against plain targeted PGD on a tiny ensemble, the
-exact robustness of the squares' robust classifier, and the experiment end to end on the 8x8
-digits."""
+exact robustness of the squares' robust classifier, the squares network's robust accuracy from
+the binary suite with its sanity checks gating the claim, and the experiment end to end on the
+8x8 digits."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ from torch import nn
 from eisbench import data
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.pgd import pgd
-from eisbench.experiments import EXPERIMENTS
+from eisbench.evaluation import CHECKS
+from eisbench.experiments import EXPERIMENTS, nakkiran
 from eisbench.experiments.nakkiran_attack import non_transferable_pgd
 from eisbench.experiments.nakkiran_squares import (
     SquaresConfig,
     mean_threshold_robust,
     squares_sample,
+    squares_seed,
 )
 from eisbench.runs import record
-from eisbench.runs.store import Store
+from eisbench.runs.stages import Context
+from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig
 
 
@@ -62,6 +66,46 @@ def test_robust_classifier_robustness_is_exact() -> None:
         assert 0 < int(exact.sum()) < len(y)  # the test distinguishes something
 
 
+# 16x16 squares: the overfit network falls to the first attack, so the suite stays cheap (on
+# 8x8 it is robust, and Square's 5000 queries run on every test image); pixel margin 0.15 > eps
+TINY_SQUARES = SquaresConfig(side=16, n_train=16, n_test=200, n_checks=100,
+                             train=TrainConfig(epochs=150, lr=1e-3, schedule="constant"),
+                             attack=AttackConfig(name="pgd", norm="linf", eps=0.1, steps=10))
+
+
+def test_both_presets_attack_the_squares_with_the_binary_suite() -> None:
+    exp = EXPERIMENTS.get("nakkiran")
+    assert SquaresConfig().suite == "binary"
+    assert exp.quick.squares.suite == "binary" and exp.full.squares.suite == "binary"
+
+
+def test_the_squares_claim_is_gated_by_the_checks_of_its_suite(tmp_path: Path) -> None:
+    """One real squares network attacked by two suites (the network is trained once, then
+    cached): "binary" runs everything on two classes and every check passes, so the claim
+    keeps the verdict of its rule; "standard" must skip APGD-T, its "enough-classes" check
+    fails, and the claim reading the robust accuracy turns inconclusive, naming the check."""
+    store = Store(tmp_path / "cache")
+    out: dict[str, tuple[dict[str, bool | None], dict[str, object]]] = {}
+    for suite in ("binary", "standard"):
+        ctx = Context(store=store, log=StageLog(), device=torch.device("cpu"))
+        row, _ = squares_seed(ctx, dataclasses.replace(TINY_SQUARES, suite=suite), 0)
+        checks = {c["name"]: c["passed"] for c in row["checks"]}
+        assert list(checks) == CHECKS.names()  # every registered check ran on two classes
+        # the same draw as two seeds: a zero-width interval, so the rule alone decides
+        per_seed = [{f"squares/{k}": v for k, v in row.items()}] * 2
+        out[suite] = checks, dict(nakkiran._squares_claim(nakkiran._aggregate(per_seed)))
+    checks, claim = out["binary"]
+    assert {n for n, p in checks.items() if p is not True} == {"control-falls"}  # no control
+    assert checks["control-falls"] is None
+    assert claim["verdict"] == "reproduced" and claim["checks"] == checks
+    assert "inconclusive" not in str(claim["measured"])
+    checks, gated = out["standard"]
+    assert {n for n, p in checks.items() if p is False} == {"enough-classes"}
+    assert gated["verdict"] == "inconclusive"
+    assert str(gated["measured"]).startswith(str(claim["measured"]))
+    assert "the sanity check(s) enough-classes failed" in str(gated["measured"])
+
+
 def test_nakkiran_end_to_end_on_digits(tmp_path: Path) -> None:
     exp = EXPERIMENTS.get("nakkiran")
     eps = 1.5
@@ -69,10 +113,7 @@ def test_nakkiran_end_to_end_on_digits(tmp_path: Path) -> None:
         exp.quick, dataset="digits", seeds=(0, 1), n_train=None, n_construct=300, ensemble=2,
         heldout=2, train=TrainConfig(epochs=5, lr=3e-3), fresh_train=TrainConfig(epochs=10,
                                                                                  lr=3e-3),
-        eps=eps, steps=20, step_size=2.5 * eps / 20,
-        squares=SquaresConfig(side=8, n_train=16, n_test=200,
-                              train=TrainConfig(epochs=150, lr=1e-3, schedule="constant"),
-                              attack=AttackConfig(name="pgd", norm="linf", eps=0.05, steps=10)))
+        eps=eps, steps=20, step_size=2.5 * eps / 20, squares=TINY_SQUARES)
     store = Store(tmp_path / "cache")
     rec = exp.run(cfg, out=tmp_path / "out", store=store)
     record.validate(dict(rec))
@@ -87,8 +128,12 @@ def test_nakkiran_end_to_end_on_digits(tmp_path: Path) -> None:
         assert len(r["pgd/transfer_rate_per_heldout"]) == 2
         for a in ("pgd", "non_transferable"):
             assert r[f"{a}/l2_distance"] <= eps + 1e-4
-        assert r["squares/robust_classifier_robust_acc"] == 1.0  # margin 0.15 > eps 0.05
+        assert r["squares/robust_classifier_robust_acc"] == 1.0  # margin 0.15 > eps 0.1
         assert r["squares/net_train_loss"] < 0.05 and r["squares/net_std_acc"] > 0.9
+        assert {c["name"] for c in r["squares/checks"] if c["passed"] is False} == set()
+    squares = rec["claims"][4]  # attacked by the binary suite: its checks ride on the claim
+    assert squares["checks"]["enough-classes"] is True and "control-falls" in squares["checks"]
+    assert rec["details"]["squares_attack"].startswith("suite binary (apgd")
     again = exp.run(cfg, out=tmp_path / "out", store=store)  # every stage is cached
     assert all(s["cached"] for s in again["stages"])
     assert again["metrics"] == rec["metrics"]

@@ -21,7 +21,15 @@ from eisbench.attacks import ATTACKS, apgd, assert_within_budget, fgsm, pgd
 from eisbench.attacks.projection import BudgetViolation
 from eisbench.core.registry import Registry
 from eisbench.core.tensors import eval_mode
-from eisbench.evaluation.suite import Step, SuiteResult, run_suite, steps_of, summary
+from eisbench.evaluation.suite import (
+    Step,
+    SuiteResult,
+    run_suite,
+    runnable,
+    steps_of,
+    suites_for,
+    summary,
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ class CheckInputs:
     device: torch.device
     control: nn.Module | None = None
     surrogate: nn.Module | None = None
-    skipped: tuple[str, ...] = ()  # attacks of the suite that could not run
+    skipped: tuple[str, ...] = ()  # attacks of the suite too few classes ran, each with why
 
     @property
     def sub(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,13 +223,14 @@ def more_steps(c: CheckInputs) -> CheckResult:
     x, y = c.sub
     first = c.result.per_attack[0] if c.result.per_attack else {"hyper": {"steps": 100}}
     steps = 2 * int(first["hyper"].get("steps", 100))
+    restarts = max(2, int(first["hyper"].get("restarts", 1)) + 1)  # more than the suite's
     strong = _robust(c.model, apgd(c.model, x, y, eps=c.eps, norm=c.norm, steps=steps,
-                                   restarts=2, generator=c.gen(99)), y)
+                                   restarts=restarts, generator=c.gen(99)), y)
     extra = int((c.result.robust[:len(x)] & ~strong).sum())
     ok = extra <= _tol(len(x)) * len(x)
     return CheckResult("more-steps-and-restarts", ok,
-                       f"APGD-CE with {steps} steps and 2 restarts breaks {extra} of {len(x)} "
-                       "examples the suite left robust",
+                       f"APGD-CE with {steps} steps and {restarts} restarts breaks {extra} of "
+                       f"{len(x)} examples the suite left robust",
                        "the number has not converged: raise steps and restarts until it stops "
                        "moving")
 
@@ -253,11 +262,14 @@ def black_box_not_stronger(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("control-falls")
 def control_falls(c: CheckInputs) -> CheckResult:
+    """The ``fast`` suite on the control, less the attacks its class count cannot run (on 2
+    classes: APGD-CE and Square)."""
     if c.control is None:
         return CheckResult("control-falls", None, "no undefended control model given")
     x, y = c.sub
-    res = run_suite(c.control, x, y, eps=c.eps, norm=c.norm, steps=steps_of("fast"),
-                    seed=c.seed, device=c.device)
+    plan, _ = runnable(steps_of("fast"), c.num_classes)
+    res = run_suite(c.control, x, y, eps=c.eps, norm=c.norm, steps=plan, seed=c.seed,
+                    device=c.device)
     return CheckResult("control-falls", res.robust_acc <= 0.05,
                        f"undefended control: robust accuracy {res.robust_acc:.3f} "
                        f"(clean {res.clean_acc:.3f})",
@@ -267,11 +279,13 @@ def control_falls(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("enough-classes")
 def enough_classes(c: CheckInputs) -> CheckResult:
+    """Fails when the suite had to skip attacks for want of classes (APGD-T on fewer than 4)."""
+    fit = ", ".join(suites_for(c.num_classes)) or "none"
     return CheckResult("enough-classes", not c.skipped,
-                       f"{c.num_classes} classes" + (f"; skipped {', '.join(c.skipped)} (targeted"
-                                                     " DLR needs >= 4 classes)" if c.skipped
-                                                     else ""),
-                       "with fewer than 4 classes the targeted attacks of the suite cannot run")
+                       f"{c.num_classes} classes"
+                       + (f"; skipped {', '.join(c.skipped)}" if c.skipped else ""),
+                       f"the suite's attacks need more classes than the model has: run a suite "
+                       f"made for {c.num_classes} classes ({fit})")
 
 
 @dataclass
@@ -305,7 +319,9 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     attack plan ``steps``), with every check.
 
     Costly checks use the first ``n_checks`` examples. ``control``: an undefended model of the
-    same task (should fall to ~0%); ``surrogate``: a model for a transfer attack.
+    same task (should fall to ~0%); ``surrogate``: a model for a transfer attack. Attacks that
+    need more classes than the model has are skipped and the ``enough-classes`` check fails:
+    for 2 or 3 classes use ``suite="binary"``.
 
     Example:
         >>> ev = evaluate_robustness(model, x_test[:1000], y_test[:1000], eps=0.3,
@@ -316,16 +332,14 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     was_training = any(m.training for m in model.modules())
     with eval_mode(model), torch.no_grad():
         k = int(model(x[:1].to(dev)).shape[1])
-    plan = steps if steps is not None else steps_of(suite)
-    skipped = [name for name, _ in plan if k < ATTACKS.meta(name)["min_classes"]]
-    plan = tuple(s for s in plan if s[0] not in skipped)
+    plan, skipped = runnable(steps if steps is not None else steps_of(suite), k)
     result = run_suite(model, x, y, eps=eps, norm=norm, steps=plan, batch_size=batch_size,
                        seed=seed, device=dev)
     result.suite = suite if steps is None else "custom"
     inputs = CheckInputs(model=model, x=x, y=y, eps=eps, norm=norm, result=result,
                          was_training=was_training, num_classes=k,
                          n_checks=min(n_checks, len(x)), seed=seed, device=dev,
-                         control=control, surrogate=surrogate, skipped=tuple(skipped))
+                         control=control, surrogate=surrogate, skipped=skipped)
     checks = [CHECKS.get(name)(inputs) for name in CHECKS.names()]
     ev = Evaluation(result=result, checks=checks)
     budget = next(ch for ch in checks if ch.name == "within-budget")

@@ -5,6 +5,14 @@ own implementations: APGD-CE, APGD-T (targeted DLR, 9 target classes), FMN (a mi
 attack in the role of FAB-T) and Square (5000 queries, gradient-free). Robust accuracy is the
 per-example worst case over all attacks.
 
+Every suite states the fewest classes its attacks work with (metadata ``min_classes``, checked
+against its attacks where it is registered). ``standard`` and ``fast`` need 4 (targeted DLR);
+on fewer classes :func:`~eisbench.evaluation.evaluate_robustness` skips the attacks that cannot
+run and the ``enough-classes`` check fails. ``binary`` is the suite for 2- and 3-class tasks:
+only untargeted attacks (for 2 classes a targeted attack is the untargeted one), APGD-CE with
+5 restarts in place of APGD-T's targets, FMN, and Square (gradient-free, so the
+black-box-not-stronger check can run).
+
 A :class:`SuiteResult` prints as a short summary (:func:`summary`): robust accuracy with its
 Wilson 95% interval and n, clean accuracy, and what each attack broke (example: :func:`run_suite`).
 """
@@ -22,24 +30,76 @@ from torch import nn
 from eisbench.attacks import ATTACKS, assert_within_budget, check_inputs
 from eisbench.attacks.projection import BudgetViolation
 from eisbench.core.progress import progress
-from eisbench.core.registry import Registry
+from eisbench.core.registry import MetaKey, Registry
 from eisbench.core.stats import wilson_ci
 from eisbench.core.tensors import eval_mode
 
 Step = tuple[str, dict[str, Any]]  # (registered attack, hyper-parameters)
-SUITES: Registry[tuple[Step, ...]] = Registry("attack suite")
-SUITES.register("standard")((
+SUITE_SCHEMA = {"min_classes": MetaKey(int, doc="the fewest classes every attack of the suite "
+                                       "works with (see step_min_classes)")}
+SUITES: Registry[tuple[Step, ...]] = Registry("attack suite", schema=SUITE_SCHEMA)
+DLR_MIN_CLASSES = 3  # apgd's DLR loss reads the third-largest logit
+
+
+def step_min_classes(step: Step) -> int:
+    """The fewest classes one step of a plan runs on: its attack's ``min_classes`` (APGD-T's
+    targeted DLR: 4), at least 3 for a DLR loss (``("apgd", {"loss": "dlr"})``).
+
+    Example:
+        >>> step_min_classes(("apgd", {"loss": "dlr"})), step_min_classes(("apgd-t", {}))
+        (3, 4)
+    """
+    name, hyper = step
+    need = int(ATTACKS.meta(name)["min_classes"])
+    return max(need, DLR_MIN_CLASSES) if hyper.get("loss") == "dlr" else need
+
+
+def runnable(plan: Sequence[Step], num_classes: int) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """The steps of ``plan`` that run on ``num_classes`` classes, and a note on each skipped
+    one (``"apgd-t (needs >= 4 classes)"``)."""
+    keep = tuple(s for s in plan if step_min_classes(s) <= num_classes)
+    skipped = tuple(f"{s[0]} (needs >= {step_min_classes(s)} classes)" for s in plan
+                    if step_min_classes(s) > num_classes)
+    return keep, skipped
+
+
+def register_suite(name: str, steps: tuple[Step, ...], *, min_classes: int) -> None:
+    """Register ``steps`` as suite ``name``; ``min_classes`` must be the most any step needs
+    (:func:`step_min_classes`), so the stated fact cannot drift from the attacks."""
+    need = max((step_min_classes(s) for s in steps), default=2)
+    if min_classes != need:
+        raise ValueError(f"attack suite {name!r} states min_classes={min_classes}, but its "
+                         f"attacks need {need} classes: state {need}")
+    SUITES.register(name, min_classes=min_classes)(steps)
+
+
+def suites_for(num_classes: int) -> list[str]:
+    """The registered suites whose every attack runs on ``num_classes`` classes.
+
+    Example:
+        >>> "binary" in suites_for(2) and "standard" not in suites_for(2)
+        True
+    """
+    return [n for n in SUITES.names() if SUITES.meta(n)["min_classes"] <= num_classes]
+
+
+register_suite("standard", (
     ("apgd", {"loss": "ce", "steps": 100}),
     ("apgd-t", {"n_targets": 9, "steps": 100}),
     ("fmn", {"steps": 100}),
     ("square", {"n_queries": 5000}),
-))
-SUITES.register("fast")((  # a cheaper screen for inner loops; not for reported numbers
+), min_classes=4)
+register_suite("fast", (  # a cheaper screen for inner loops; not for reported numbers
     ("apgd", {"loss": "ce", "steps": 50}),
     ("apgd-t", {"n_targets": 3, "steps": 50}),
     # a short gradient-free attack, so that the black-box-not-stronger check can fail here too
     ("square", {"n_queries": 100}),
-))
+), min_classes=4)
+register_suite("binary", (  # 2 or 3 classes: untargeted only, restarts in place of targets
+    ("apgd", {"loss": "ce", "steps": 100, "restarts": 5}),
+    ("fmn", {"steps": 100}),
+    ("square", {"n_queries": 5000}),
+), min_classes=2)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from eisbench import data as datasets
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.core.config import resolve_device
 from eisbench.core.tensors import predict
-from eisbench.evaluation import SUITES
+from eisbench.evaluation import SUITES, describe_suite
 from eisbench.experiments.core import Experiment, register, report_from
 from eisbench.experiments.nakkiran_attack import non_transferable_stage, transfer_rate
 from eisbench.experiments.nakkiran_squares import SquaresConfig, squares_seed
@@ -243,7 +243,14 @@ def _details(cfg: NakkiranConfig, st: Setting, per_seed: list[dict[str, Any]],
             "transfer": "of the examples f labels with the target, the fraction a "
                         "held-out copy g (or an ensemble member) also labels with the "
                         "target, averaged over the held-out copies (or the members)",
-            "squares_attack": cfg.squares.attack.describe()}
+            "squares_attack": _squares_attack(cfg.squares)}
+
+
+def _squares_attack(sq: SquaresConfig) -> str:
+    """What produced the squares network's robust accuracy: the suite, else the attack."""
+    if sq.suite is None:
+        return sq.attack.describe()
+    return describe_suite(sq.suite, sq.attack.norm, sq.attack.eps)
 
 
 def _aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Metric]:
@@ -293,8 +300,8 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
       robust model, the bug account a fragile overfit one). Both outcomes need the setup's
       checks: the network fits (clean acc CI lower > 0.9) and the robust classifier's exact
       robust accuracy CI lower > 0.99; otherwise inconclusive. The claim carries the sanity
-      checks of the network's robust accuracy (none unless ``squares.suite`` names a suite):
-      a failed one makes it inconclusive.
+      checks of the network's robust accuracy (from the ``binary`` suite by default; none if
+      ``squares.suite`` is None): a failed one makes it inconclusive.
     Anything in between is inconclusive.
     """
     def at(k: str, **kw: Any) -> str:
