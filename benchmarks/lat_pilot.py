@@ -2,9 +2,10 @@
 trojans the benchmark never scores.
 
 The pilot zoo (``eisbench.trojans.zoo.PILOT_TABLE``): 3 trojans, one per kind, on trigger-bank
-entries the scored zoo never implants, trained with the zoo's recipe and seeds 100-102. Each
-pilot model is fine-tuned with LAT at every (layer, eps) of the grid, with the edit bench's full
-budget (``EditBenchConfig()``: its fine-tuning, LAT steps and defender data), LAT seed 100.
+entries the scored zoo never implants, trained with seeds 100-102 by the zoo recipe of the edit
+bench's ``--preset`` (quick: 20,000 images x 4 epochs; full: the zoo preset). Each pilot model is
+fine-tuned with LAT at every (layer, eps) of the grid with that preset's budget (fine-tuning
+steps, LAT steps, defender data), LAT seed 100.
 
 The rule, fixed before the pilot was run: choose the (layer, eps) with the highest mean DER
 (BackdoorBench's defense effectiveness rating, ``eisbench.edit.metrics.der``: it rewards the fall
@@ -12,8 +13,8 @@ in attack success rate and charges the fall in clean accuracy) over the pilot tr
 config within 0.01 of the best counts as tied, and ties go to the smaller eps, then the earlier
 layer. Plain fine-tuning with the same budget is printed beside it as the reference.
 
-    python benchmarks/lat_pilot.py                 # MNIST, ~10 min on 2 CPU cores
-    python benchmarks/lat_pilot.py --eps 0.5 1.0   # a smaller grid
+    python benchmarks/lat_pilot.py                   # MNIST, the quick bench's recipe
+    python benchmarks/lat_pilot.py --preset full     # the full bench's (a costlier zoo)
 
 The choice is copied by hand into ``eisbench/runs/preregistered.py`` (``edit.lat.layer``,
 ``edit.lat.eps``) with a new rules version; this script prints it, and whether it agrees with
@@ -37,7 +38,7 @@ def main() -> int:
     import torch
 
     from eisbench import data as datasets
-    from eisbench.bench.edit import EditBenchConfig
+    from eisbench.bench.edit import FULL, QUICK
     from eisbench.core.paths import cache_dir
     from eisbench.edit import metrics as em
     from eisbench.edit.baselines import finetune
@@ -50,12 +51,14 @@ def main() -> int:
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--layers", nargs="+", default=list(LAYERS))
     p.add_argument("--eps", nargs="+", type=float, default=list(EPS))
+    p.add_argument("--preset", choices=("quick", "full"), default="quick")
     args = p.parse_args()
     t0 = time.perf_counter()
-    bench = EditBenchConfig(dataset=args.dataset)
+    bench = dataclasses.replace(QUICK if args.preset == "quick" else FULL, dataset=args.dataset)
     ds = datasets.load(args.dataset)
     pilot = zoo(args.dataset, shape=ds.shape, table=PILOT_TABLE, num_classes=ds.num_classes)
-    cfg = zoo_config(args.dataset, seed=PILOT_SEED, n_clean=1)
+    cfg = zoo_config(args.dataset, epochs=bench.epochs, n_train=bench.n_train, seed=PILOT_SEED,
+                     n_clean=1)
     run = run_zoo(cfg, Store(cache_dir()), trojans=pilot)
     print(format_table(run.metrics))
     # the edit bench's defender data: the same fixed subset of the training split
@@ -65,7 +68,8 @@ def main() -> int:
     rows: dict[tuple[str, float], list[float]] = {}
     plain: list[float] = []
     for (model, _), trojan in zip(run.models, run.trojans, strict=True):
-        ev = em.TrojanEval.build(trojan, ds.x_test, ds.y_test)
+        n = len(ds.x_test) if bench.n_test is None else bench.n_test
+        ev = em.TrojanEval.build(trojan, ds.x_test[:n], ds.y_test[:n])
         before = ev.scores(model)
 
         def der(edited: torch.nn.Module, before: dict[str, float] = before,
@@ -103,8 +107,8 @@ def main() -> int:
     print(f"wall {time.perf_counter() - t0:.0f} s")
     print(json.dumps({"zoo": [m.to_dict() for m in run.metrics],
                       "grid": [{"layer": k[0], "eps": k[1], "der": v} for k, v in rows.items()],
-                      "plain": plain, "chosen": list(chosen),
-                      "bench": dataclasses.asdict(bench)["finetune"]}))
+                      "plain": plain, "chosen": list(chosen), "preset": args.preset,
+                      "finetune": dataclasses.asdict(bench)["finetune"]}))
     return 0 if agree else 1
 
 
