@@ -30,9 +30,10 @@ from eisbench.runs.preregistered import (
 )
 from eisbench.runs.result import Result, to_record
 
-DIGEST = "f331e17c23bb4e3ffd68f974399a0cd90ad78771cd3a60948bbc46da89d66201"
+DIGEST = "b77cb320cc3ce1ed24866c5f3e363171ce2e5b841bad575d13bfb93b9261c66e"
 """``digest()`` of the whole table (values, reasons, sources, pilots) under RULES_VERSION."""
-VALUE_PINS = {3: "b12a1d1f0a6ae43f2b8a5869caab26b537fb2389c1910ecc42368cc7d2d543d7"}
+VALUE_PINS = {3: "b12a1d1f0a6ae43f2b8a5869caab26b537fb2389c1910ecc42368cc7d2d543d7",
+              4: "f209bcf974cded23f8638342a54cb9695ba2dbb15b727f19b9277e639791df10"}
 """Per rules version: the fingerprint of the table's names and values alone (no prose)."""
 
 SRC = Path(preregistered.__file__).resolve().parents[1]  # src/eisbench
@@ -102,7 +103,7 @@ class _Cfg:
 
 def test_every_record_holds_the_rules_version_and_the_table_digest() -> None:
     rec = to_record("x", _Cfg(), Result(metrics={}), seconds=0.0)
-    assert rec["versions"]["claim_rules"] == str(RULES_VERSION) == "3"
+    assert rec["versions"]["claim_rules"] == str(RULES_VERSION) == "4"
     assert rec["versions"]["thresholds"] == digest()[:16]
 
 
@@ -178,14 +179,24 @@ def test_entries_awaiting_their_switch_hold_the_values_of_the_code() -> None:
     assert (cfg.lat_layer, cfg.lat_eps) == (choice("edit.lat.layer"), threshold("edit.lat.eps"))
 
 
-def test_known_pilots_are_recorded_and_not_called_disjoint() -> None:
+def test_every_pilot_is_disjoint_from_what_its_choices_score() -> None:
+    """Since rules 4 no pilot shares data with what it scores: the saliency rules' pilot seed is
+    outside every preset's seeds (and a check fails if a run scores it), and LAT's layer and
+    bound come from the pilot zoo, which shares no trigger with the scored zoo."""
+    from eisbench.experiments import saliency, suite
+    from eisbench.trojans.zoo import PILOT_TABLE, ZOO_TABLE
+
+    piloted = {k: t for k, t in THRESHOLDS.items() if t.pilot}
+    assert all(t.disjoint is True for t in piloted.values()), [
+        k for k, t in piloted.items() if not t.disjoint]
     sal = [k for k in THRESHOLDS if k.startswith("saliency.")]
-    assert len(sal) == 12
-    for k in sal:  # PROTOCOL_NOTE: the pilot's seed 0 is also scored
-        assert "seed 0" in THRESHOLDS[k].pilot and THRESHOLDS[k].disjoint is False, k
+    assert len(sal) == 13 and all("seed 0" in THRESHOLDS[k].pilot for k in sal)
+    pilot = int(threshold("saliency.pilot.seed"))
+    for cfg in (saliency.QUICK, saliency.FULL, suite.QUICK, suite.FULL):
+        assert cfg.seeds and pilot not in cfg.seeds, cfg.seeds
     for k in ("edit.lat.layer", "edit.lat.eps"):
-        assert "3 zoo trojans" in THRESHOLDS[k].pilot and THRESHOLDS[k].disjoint is False
-    assert choice("edit.lat.layer") == "body.1" and threshold("edit.lat.eps") == 0.5
+        assert "PILOT_TABLE" in THRESHOLDS[k].pilot and "lat_pilot.py" in THRESHOLDS[k].pilot
+    assert not {(e.kind, e.index) for e in PILOT_TABLE} & {(e.kind, e.index) for e in ZOO_TABLE}
 
 
 def test_threshold_validation_and_lookup_errors() -> None:

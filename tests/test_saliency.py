@@ -20,6 +20,7 @@ from eisbench.experiments.saliency import check_config
 from eisbench.experiments.saliency_scores import alignment, attributions, other_class_starts
 from eisbench.models import build
 from eisbench.runs import record
+from eisbench.runs.record import Metric
 from eisbench.runs.store import Store
 from eisbench.training import TrainConfig, train
 from eisbench.training.loop import InputGradConfig
@@ -119,7 +120,7 @@ def test_config_rejects_a_judge_of_the_inverted_architecture() -> None:
 def test_saliency_end_to_end_on_digits(tmp_path: Path) -> None:
     exp = EXPERIMENTS.get("saliency")
     cfg = dataclasses.replace(
-        exp.quick, dataset="digits", seeds=(0, 1), n_construct=100,
+        exp.quick, dataset="digits", seeds=(1, 2), n_construct=100,
         std_train=TrainConfig(epochs=6, lr=5e-3),
         robust_train=TrainConfig(method="fast-at", epochs=8, lr=1e-2, eps=0.1),
         input_grad_train=InputGradConfig(epochs=6, lr=5e-3, grad_reg=1.0),
@@ -130,9 +131,10 @@ def test_saliency_end_to_end_on_digits(tmp_path: Path) -> None:
         inversion_starts=("other", "noise"), n_shown=4)
     rec = exp.run(cfg, out=tmp_path / "out", store=Store(tmp_path / "cache"))
     record.validate(dict(rec))
-    assert [c["exhibit"] for c in rec["claims"]] == ["A"] * 5
-    assert [c["role"] for c in rec["claims"]] == ["check"] + ["evidence"] * 4
-    assert [(c["if_reproduced"], c["if_not"]) for c in rec["claims"][1:]] == [
+    assert [c["exhibit"] for c in rec["claims"]] == ["A"] * 6
+    assert [c["role"] for c in rec["claims"]] == ["check"] * 2 + ["evidence"] * 4
+    assert rec["claims"][0]["verdict"] == "reproduced"  # seeds 1, 2: not the pilot's
+    assert [(c["if_reproduced"], c["if_not"]) for c in rec["claims"][2:]] == [
         ("inconclusive", "inconclusive"), ("inconclusive", "inconclusive"),
         ("features", "inconclusive"), ("inconclusive", "bugs")]
     mt = rec["metrics"]
@@ -150,3 +152,25 @@ def test_saliency_end_to_end_on_digits(tmp_path: Path) -> None:
             assert m["n_robust"] == 40
     report = exp.report(rec, tmp_path / "out").read_text()
     assert "exhibit A" in report and "Engstrom" in report and report.count("<img") >= 5
+
+
+def test_saliency_claims_on_the_pilots_seed_make_the_exhibit_inconclusive() -> None:
+    """The rules were written after a pilot on seed 0: judged on it, they are not
+    pre-registered, so the pilot check fails and the exhibit's evidence counts for nothing."""
+    from eisbench.experiments.saliency_claims import decide, pilot_check
+    from eisbench.experiments.suite import judge_exhibit
+    from eisbench.runs.claims import metric_over_seeds
+
+    class Strong(dict[str, Metric]):  # every metric: a clear effect over 3 seeds
+        def __missing__(self, key: str) -> Metric:
+            self[key] = metric_over_seeds([0.5, 0.6, 0.55], lower=-1.0)
+            return self[key]
+
+    strong = Strong()
+    clean = judge_exhibit([pilot_check((1, 2, 3)), *decide(strong, num_classes=10)])
+    assert clean["world"] == "features" and "reason" not in clean
+    for seeds in ((0, 1, 2), (0,), (3, 0)):
+        claims = [pilot_check(seeds), *decide(strong, num_classes=10)]
+        assert claims[0]["role"] == "check" and claims[0]["verdict"] == "not reproduced"
+        out = judge_exhibit(claims)
+        assert out["world"] == "inconclusive" and "pilot" in out["reason"]

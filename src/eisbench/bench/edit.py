@@ -31,7 +31,8 @@ the metric's whole range (the quick preset's 2 models give no interval), and wit
 preset) a percentile bootstrap is too narrow (about 0.80 coverage,
 :func:`~eisbench.core.stats.cluster_bootstrap_ci`): read it as a lower bound on the width.
 LAT's layer and bound (``lat_layer`` = cnn-small's first conv block, ``lat_eps``) were chosen
-on a pilot of 3 zoo trojans with seed 0.
+on the pilot zoo (:data:`~eisbench.trojans.zoo.PILOT_TABLE`: 3 trojans that share no trigger
+with the scored zoo) by ``benchmarks/lat_pilot.py``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from eisbench.runs.claims import checks_of, decide_metric, fmt, make_claim, provided, unanimous
 from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
@@ -26,7 +28,8 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
     margin). The literature is qualitative here, so margins are the smallest effects worth
     naming: 5 points of robust accuracy or of a judge's rate, 2 points of stroke share. The
     numbers are ``saliency.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`, which names
-    the pilot they were chosen on (not disjoint from the scored seeds: ``PROTOCOL_NOTE``).
+    the pilot they were chosen on (seed ``saliency.pilot.seed``, 0: ``PROTOCOL_NOTE``), which
+    :func:`pilot_check` keeps out of the scored seeds.
 
     - Check: the fast-AT model is more robust than the standard one (paired robust-accuracy
       difference CI lower > 0; refuted if CI upper < 0.05). Every claim below compares a
@@ -99,6 +102,25 @@ def decide(metrics: dict[str, Metric], *, num_classes: int) -> list[Claim]:
         literature=LITERATURE["saliency"]))
     claims.extend(_inversion_claims(metrics, num_classes=num_classes))
     return claims
+
+
+def pilot_check(seeds: Sequence[int]) -> Claim:
+    """The check that goes before :func:`decide`'s claims: the scored ``seeds`` exclude the
+    pilot's. The rules were written after seeing the pilot's seed, so verdicts on it are not
+    pre-registered: if it is among the seeds, the check fails and the exhibit is inconclusive.
+
+    Example:
+        >>> pilot_check((1, 2, 3))["verdict"], pilot_check((0, 1, 2))["verdict"]
+        ('reproduced', 'not reproduced')
+    """
+    pilot = int(threshold("saliency.pilot.seed"))
+    return make_claim(
+        claim="Check: the rules are judged on seeds their pilot never saw",
+        rule=f"the scored seeds exclude the pilot's seed {pilot} (passes); otherwise fails: the "
+             "rules were written after seeing it, and the exhibit is inconclusive",
+        measured=f"scored seeds {', '.join(map(str, seeds))}",
+        verdict="not reproduced" if pilot in seeds else "reproduced", exhibit="A",
+        if_reproduced="inconclusive", if_not="inconclusive", role="check")
 
 
 def _robust_check(metrics: dict[str, Metric]) -> Claim:

@@ -61,7 +61,7 @@ class EvidenceConfig:
 
     dataset: str = "mnist"
     data_root: str | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (1, 2, 3)  # not 0: the saliency rules' pilot seed
     device: str = "cpu"
     preset: str = "quick"  # quick | full: the preset of every experiment
     experiments: tuple[str, ...] = EXHIBIT_EXPERIMENTS
@@ -70,7 +70,12 @@ class EvidenceConfig:
 
 
 QUICK = EvidenceConfig()
-FULL = dataclasses.replace(QUICK, preset="full")
+FULL = dataclasses.replace(QUICK, preset="full", seeds=tuple(range(1, 17)))
+"""Full: 16 seeds, the count ``benchmarks/power.py`` found gives 80% power to refute at the bar
+for 19 of the 28 seed-interval rules with a margin (between-seed spreads from a 3-seed quick
+MNIST run); the other 9 need more than 20 seeds (or a wider margin), and the report's
+intervals say so. With the quick preset's 3 seeds most of those rules rarely refute, so a
+quick "inconclusive" is often a matter of seeds."""
 
 
 def exhibit_world(worlds: list[str]) -> str:

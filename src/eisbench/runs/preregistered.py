@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypedDict
 
-RULES_VERSION = 3
+RULES_VERSION = 4
 """The version of the claims' decision rules, recorded in every record (``versions``'s
 ``claim_rules``, beside ``thresholds``: the first 16 hex digits of :func:`digest`). A rule
 changed after results were seen bumps it, and says so here:
@@ -55,6 +55,18 @@ changed after results were seen bumps it, and says so here:
   claim that combining tools helps is inconclusive when the judge is not trusted. And the edit
   benchmark's ablation claims are judged on a cluster bootstrap over models (n = models), not a
   t-interval over (model, class) pairs; this interval changed after its results had been seen.
+- 4 (2026-12): every pilot is disjoint from what it scores. The saliency rules (unchanged) were
+  written after a pilot on seed 0, which was also scored: ``saliency.pilot.seed`` records it,
+  the suite and the saliency presets score seeds from 1 up, and a check claim makes exhibit A
+  inconclusive when seed 0 is scored. LAT's layer and bound were re-chosen on a pilot zoo of 3
+  trojans on trigger-bank entries the scored zoo never implants (``trojans/zoo.PILOT_TABLE``,
+  seeds 100-102) by a rule committed before the pilot ran (``benchmarks/lat_pilot.py``:
+  highest mean DER, ties to the smaller bound); the old choice came from 3 of the 12 scored
+  trojans. The pilot chose what was there (first conv block, bound 0.5: mean DER 0.894 against
+  0.858 for the next config, on the quick recipe), so the edit bench's LAT rows stand. Also
+  new, not a threshold: the squares claim reads a robust accuracy from the ``binary`` attack
+  suite and is gated by its sanity checks. Chosen after the rules-3 verdicts
+  of a quick MNIST run had been seen; no bar or margin changed.
 """
 
 
@@ -112,10 +124,12 @@ _SIGN = "a check's sign test (0 separates its outcomes): margin 0"
 _NEEDED = "a precondition: its refutation never counts (needed/provided), so no equivalence margin"
 _TWO_K = "twice chance (2/K): 'well above chance' for a K-way classifier"
 _SALIENCY_PILOT = ("a one-seed pilot on MNIST, seed 0, of the attribution and inversion "
-                  "measurements (experiments/saliency.py, PROTOCOL_NOTE); seed 0 is also scored")
-_LAT_PILOT = ("3 zoo trojans (which 3 is not recorded) with seed 0 (bench/edit.py docstring); the "
-              "edit bench scores all 12 zoo trojans with seeds 0, 1, 2 (quick: 0), the pilot's "
-              "among them")
+                  "measurements (experiments/saliency.py, PROTOCOL_NOTE); scored on seeds 1, 2, 3 "
+                  "since rules 4, and a check makes the exhibit inconclusive on seed 0")
+_LAT_PILOT = ("the pilot zoo (trojans/zoo.PILOT_TABLE: 3 trojans on trigger-bank entries the "
+              "scored zoo never implants, seeds 100-102, the quick bench's zoo recipe and "
+              "budget), grid layer x eps, benchmarks/lat_pilot.py; until rules 4: 3 of the 12 "
+              "scored trojans")
 
 THRESHOLDS: Mapping[str, Threshold] = build([
     # exhibit D: Ilyas et al. 2019
@@ -239,7 +253,9 @@ THRESHOLDS: Mapping[str, Threshold] = build([
     ("superposition.l2_rel_gap.margin", _T(0.05, "non-inferiority bound on the relative median "
                                           "minimal L2 perturbation")),
     # exhibit A: saliency (rules written after the pilot)
-    *((f"saliency.{k}", _T(v, why, pilot=_SALIENCY_PILOT, disjoint=False)) for k, v, why in (
+    ("saliency.pilot.seed", _T(0, "the pilot's seed: the saliency claims are judged only on "
+                               "other seeds", pilot=_SALIENCY_PILOT, disjoint=True)),
+    *((f"saliency.{k}", _T(v, why, pilot=_SALIENCY_PILOT, disjoint=True)) for k, v, why in (
         ("check.robust_diff.bar", 0.0, "adversarial training made the fast-AT model robust"),
         ("check.robust_diff.margin", 0.05, "5 points of robust accuracy: smallest worth naming"),
         ("input_grad.robust_diff.bar", 0.0, "input-gradient regularisation buys robustness"),
@@ -273,8 +289,8 @@ THRESHOLDS: Mapping[str, Threshold] = build([
     ("trojans.zoo.max_drop", _T(0.01, "...with a clean-accuracy drop of at most one point "
                                "(issue #5)")),
     ("edit.lat.layer", _T("body.1", "LAT's latent layer: cnn-small's first conv block",
-                         pilot=_LAT_PILOT, disjoint=False)),
-    ("edit.lat.eps", _T(0.5, "LAT's latent perturbation bound", pilot=_LAT_PILOT, disjoint=False)),
+                         pilot=_LAT_PILOT, disjoint=True)),
+    ("edit.lat.eps", _T(0.5, "LAT's latent perturbation bound", pilot=_LAT_PILOT, disjoint=True)),
 ])
 """Every pre-registered number, by name (see the module docstring)."""
 
