@@ -183,3 +183,30 @@ def test_fewer_than_three_models_give_the_whole_range() -> None:
     claims = em.edit_claims(m, tools=[], selectors=["tool"])
     assert [c["verdict"] for c in claims] == ["inconclusive", "inconclusive"]
     assert all("cluster bootstrap interval over models" in c["rule"] for c in claims)
+
+
+def test_linear_probe_on_two_classes_scores_each_class_by_its_own_units() -> None:
+    """scikit-learn fits one weight row for two classes; copying it to both classes would
+    ablate class 1's units for class 0 as well."""
+    import torch
+    from torch import nn
+
+    from eisbench.edit.ablation import linear_probe
+
+    class Net(nn.Module):  # units 0, 1 fire for class 0 images, units 2, 3 for class 1
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Identity())
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x))
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    x = torch.rand(40, 1, 2, 2, generator=g) * 0.1
+    x.view(40, 4)[y == 0, :2] += 1.0
+    x.view(40, 4)[y == 1, 2:] += 1.0
+    w = linear_probe(Net(), "body.1", x, y, num_classes=2, generator=g)
+    assert set(w[0].topk(2).indices.tolist()) == {0, 1}
+    assert set(w[1].topk(2).indices.tolist()) == {2, 3}

@@ -133,8 +133,11 @@ def linear_probe(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor,
     a = (a - a.mean(0)) / np.maximum(a.std(0), 1e-8)
     seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
     clf = LogisticRegression(max_iter=1000, C=1.0, random_state=seed).fit(a, y.numpy())
+    coef = torch.as_tensor(clf.coef_, dtype=torch.float32)  # (K', U); (1, U) for two classes
+    if len(clf.classes_) == 2:  # scikit-learn's one row scores the second class against the first
+        coef = torch.cat([-coef, coef])
     w = torch.zeros(num_classes, a.shape[1])
-    w[torch.as_tensor(clf.classes_)] = torch.as_tensor(clf.coef_, dtype=torch.float32)
+    w[torch.as_tensor(clf.classes_)] = coef
     return w
 
 
