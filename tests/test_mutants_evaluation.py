@@ -600,3 +600,18 @@ def test_evaluate_robustness_custom_plan(probe: list[dict[str, Any]]) -> None:
     assert str(info.value) == (f"an attack broke the threat model ({budget.detail}); the "
                                "evaluation, with its failed within-budget check, is attached as "
                                ".evaluation")
+
+
+def test_eval_mode_restores_every_submodules_own_mode() -> None:
+    """A model handed over with mixed modes (an eval wrapper around a training-mode child)
+    comes back with the same mix, not with every submodule set to the top module's mode."""
+    from torch import nn
+
+    from eisbench.core.tensors import eval_mode
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    net.eval()
+    net[1].train()
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == [False, False, True]

@@ -78,13 +78,15 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int, *, what: str = "labe
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the duration of an attack; restore its mode afterwards."""
-    was_training = model.training
+    """Put ``model`` in eval mode for the duration of an attack; restore every submodule's mode
+    afterwards (a model handed over with mixed modes comes back with the same mix)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()  # safe: nn.Module.eval (mode switch)
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, was_training in modes:
+            m.training = was_training
 
 
 def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1000,

@@ -219,7 +219,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                 xa = fn(model, xb, yb, eps=eps, norm=norm, generator=gen, **hyper)
                 assert_within_budget(xb, xa, norm=norm, eps=eps)
             except BudgetViolation as e:  # recorded for the within-budget check, never counted
-                violations.append(f"examples {idx[0]}..{idx[-1]}: {e}")
+                violations.append(f"examples {int(idx[0])}..{int(idx[-1])}: {e}")
                 continue
             with eval_mode(model), torch.no_grad():
                 ok = (model(xa).argmax(1) == yb).cpu()
