@@ -60,12 +60,13 @@ TESTS: dict[str, tuple[str, ...]] = {
     "attacks": ("test_attacks", "test_apgd", "test_fmn", "test_square", "test_construct",
                 "test_evaluation", "test_wrong_algorithms", "test_registry"),
     "construct": ("test_construct", "test_wrong_algorithms", "test_registry"),
-    "evaluation": ("test_evaluation", "test_wrong_algorithms", "test_registry", "test_api"),
+    "evaluation": ("test_evaluation", "test_wrong_algorithms", "test_registry", "test_api",
+                   "test_mutants_evaluation"),
     "tools": ("test_tools_contract", "test_attribution", "test_feature_tools",
               "test_trigger_reconstruction", "test_edit", "test_edit_ablation", "test_edit_lat",
-              "test_edit_methods", "test_api"),
+              "test_edit_methods", "test_api", "test_mutants_tools"),
     "edit": ("test_edit", "test_edit_ablation", "test_edit_lat", "test_edit_methods",
-             "test_edit_bench", "test_training", "test_wrong_algorithms"),
+             "test_edit_bench", "test_training", "test_wrong_algorithms", "test_mutants_edit"),
 }
 INSTALL_HINT = "mutmut is missing: .venv/bin/pip install -c constraints.txt -e '.[mutation]'"
 
