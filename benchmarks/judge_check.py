@@ -72,7 +72,7 @@ def main() -> int:
              lambda r: f"{largest(r):.3f}")]
     for fam in reps[names[0]]["held_out"]["families"]:
         rows.append((f"held-out: {fam}",
-                     lambda r, f=fam: acc(r["held_out"]["families"][f])))
+                     lambda r, f=fam: acc(r["held_out"]["families"][f])))  # type: ignore[misc]
     rows.append(("held-out pooled (target >= 0.80)", lambda r: acc(r["held_out"]["overall"])))
     for label, cell in rows:
         print(f"| {label} | " + " | ".join(cell(reps[n]) for n in names) + " |")

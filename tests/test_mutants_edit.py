@@ -113,9 +113,9 @@ def test_der_metric_paired_verdict_fmt_exactly() -> None:
             (0.5, 0.0, 0.8, 0.0, "inconclusive"), (0.0, -0.2, 0.3, 0.0, "not reproduced"),
             (0.1, -0.2, 0.4, 0.0, "inconclusive"), (-0.1, -0.3, 0.2, 0.0, "not reproduced"),
             (0.5, -0.1, 0.0, 0.0, "inconclusive"), (0.5, -0.2, -0.1, 0.0, "not reproduced")):
-        assert em.verdict(m_(val, lo, hi), margin=margin) == want, (val, lo, hi, margin)
-    assert em.verdict(m_(0.5, 0.2, 0.8)) == "reproduced"
-    assert em.fmt(m_(0.25, -0.125, 0.5, n=4)) == (
+        assert em.verdict(m_(val, lo, hi), margin=margin) == want, (val, lo, hi, margin)  # type: ignore[arg-type]
+    assert em.verdict(m_(0.5, 0.2, 0.8)) == "reproduced"  # type: ignore[arg-type]
+    assert em.fmt(m_(0.25, -0.125, 0.5, n=4)) == (  # type: ignore[arg-type]
         "+0.250 [-0.125, +0.500] (n=4 trojans' models, 95% t-interval)")
     assert em.mean_over([[1.0, 2.0], [3.0]]) == [1.5, 3.0]
 
@@ -271,7 +271,7 @@ def test_edit_claims_state_their_rules_word_for_word() -> None:
                 "measured": f"difference {diff} {n5}", "verdict": v}
 
     ood = "out-of-distribution digits"
-    assert em.edit_claims(mt, tools=["absent", "nc"], selectors=["absent", "s1", "s2"]) == [
+    assert em.edit_claims(mt, tools=["absent", "nc"], selectors=["absent", "s1", "s2"]) == [  # type: ignore[arg-type]
         der("Tool-guided unlearning with nc's reconstruction", "0.800", "+0.200 [+0.100, +0.300]",
             "reproduced"),
         der("Unlearning with the true trigger (oracle)", "0.900", "+0.300 [-0.100, +0.700]",
@@ -304,7 +304,7 @@ def test_sanity_and_clean_cost_verdicts_at_their_thresholds(
     mt = {"edit/true-trigger/asr_after": m_(asr[0], 0.0, asr[1]),
           "lat/robust_gain": m_(0.1, 0.0, 0.2), "lat/robust_gain_l2": m_(0.1, 0.0, 0.2),
           "lat/clean_gain": m_(clean[0], clean[1], 0.1)}
-    got = em.edit_claims(mt, tools=[], selectors=[])
+    got = em.edit_claims(mt, tools=[], selectors=[])  # type: ignore[arg-type]
     assert [got[0]["verdict"], got[-1]["verdict"]] == want
 
 
@@ -314,7 +314,7 @@ def test_layer_names_aliases_and_their_errors() -> None:
     net = Channels()
     assert ly.resolve_layer(net, "penultimate") == "body.1"
     assert ly.resolve_layer(net, "last-conv") == "body.0"
-    assert ly.get_layer(net, "last-conv") is net.body[0]
+    assert ly.get_layer(net, "last-conv") is net.body[0]  # type: ignore[index]
     wrapped = Normalized(Normalized(net, mean=[0.0] * 4, std=[1.0] * 4), mean=[0.0], std=[1.0])
     assert ly.resolve_layer(wrapped, "penultimate") == "model.model.body.1"
 
@@ -390,7 +390,7 @@ def test_projection_norms_and_radii_by_hand() -> None:
     rad, acts = lt.radii(net, x, (lt.LatentBound("penultimate", eps=0.7, relative=False),
                                   lt.LatentBound("body.0", eps=0.5, norm="linf")))
     with torch.no_grad():
-        a0 = net.body[0](x)
+        a0 = net.body[0](x)  # type: ignore[index]
     assert rad == {"body.4": 0.7, "body.0": pytest.approx(0.5 * float(a0.pow(2).mean().sqrt()))}
     close(acts["body.0"], a0)
 
@@ -461,7 +461,7 @@ def test_latent_pgd_matches_the_written_out_algorithm() -> None:
 def test_lat_loss_adversary_and_config_lookup() -> None:
     net, x, y = tiny()
     d = 0.5 * torch.randn(24, 6, generator=torch.Generator().manual_seed(1))
-    h = net.body[4].register_forward_hook(lambda m, i, o: o + d)
+    h = net.body[4].register_forward_hook(lambda m, i, o: o + d)  # type: ignore[index]
     adv = F.cross_entropy(net(x), y)
     h.remove()
     clean = F.cross_entropy(net(x), y)
@@ -519,7 +519,7 @@ def test_lat_finetune_and_lat_train_run_the_loop_with_their_budget() -> None:
         assert lt.lat_train(fresh, x, y, lat=lat, **kw) is fresh  # type: ignore[arg-type]
         full = dict(epochs=5, batch_size=128, lr=1e-3, seed=0) | kw
         seed = full.pop("seed")
-        fit(ref, x, y, cfg=lt.LatTrainConfig(schedule="constant", lat=lat, **full), seed=seed)
+        fit(ref, x, y, cfg=lt.LatTrainConfig(schedule="constant", lat=lat, **full), seed=seed)  # type: ignore[arg-type]
         same_params(fresh, ref)
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
         lt.lat_train(net, x, y, lat=lat, epochs=0)
@@ -732,7 +732,7 @@ def test_unit_selectors_by_hand() -> None:
     tnet, tx, ty = tiny(n=12)
     tnet.train()
     with torch.no_grad():
-        acts = tnet.body[0](tx).clamp_min(0)
+        acts = tnet.body[0](tx).clamp_min(0)  # type: ignore[index]
     close(ab.unit_activations(tnet, "body.0", tx, batch=5), acts.flatten(2).mean(2))
     close(ab.unit_activations(tnet, "body.4", tx, batch=5), tnet.body(tx).detach())
     assert tnet.training

@@ -220,7 +220,7 @@ def test_captum_methods_use_the_documented_settings() -> None:
         "gradient-shap": lambda b: ca.GradientShap(net).attribute(x, baselines=b, target=t,
                                                                   n_samples=16),
         "deeplift-shap": lambda b: ca.DeepLiftShap(net).attribute(x, baselines=b, target=t),
-        "guided-gradcam": lambda b: ca.GuidedGradCam(net, net.body[2]).attribute(x, target=t),
+        "guided-gradcam": lambda b: ca.GuidedGradCam(net, net.body[2]).attribute(x, target=t),  # type: ignore[index]
         "occlusion": lambda b: ca.Occlusion(net).attribute(
             x, sliding_window_shapes=(2, 2, 2), strides=(2, 1, 1), baselines=0.0, target=t),
         "lime": lambda b: ca.Lime(net).attribute(x, baselines=0.0, target=t, feature_mask=mask,
@@ -233,7 +233,7 @@ def test_captum_methods_use_the_documented_settings() -> None:
             x, target=t, feature_mask=mask),
         "edge-detector": lambda b: at.sobel(x),
     }
-    assert isinstance(net.body[2], nn.Conv2d) and at.last_conv(net) is net.body[2]
+    assert isinstance(net.body[2], nn.Conv2d) and at.last_conv(net) is net.body[2]  # type: ignore[index]
     for name, fn in ref.items():
         gen = _g(9)
         seed = int(torch.randint(2 ** 31 - 1, (1,), generator=gen))
@@ -677,7 +677,7 @@ def test_fit_patches_is_adam_on_the_mean_cross_entropy_plus_penalty() -> None:
                                      r"\(1, 8, 8\)")]
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            ap.fit_patches(net, lambda: torch.sigmoid(raw), [raw], **({"target": 0, "data": X,
+            ap.fit_patches(net, lambda: torch.sigmoid(raw), [raw], **({"target": 0, "data": X,  # type: ignore[arg-type]
                                                                         "generator": _g()} | kw))
 
 
@@ -701,7 +701,7 @@ def test_adversarial_patch_is_optimised_uniform_starts_sorted_by_success() -> No
                      ({"side": 9}, r"^patch side 9 does not fit images of shape \(1, 8, 8\)$"),
                      ({"side": 0}, "^patch side 0 does not fit")]:
         with pytest.raises(ValueError, match=msg):
-            ap.optimise_patches(net, **({"target": 0, "data": X, "n": 2, "generator": _g()} | bad))
+            ap.optimise_patches(net, **({"target": 0, "data": X, "n": 2, "generator": _g()} | bad))  # type: ignore[arg-type]
 
 
 # --- feature visualisation ------------------------------------------------------------------------
@@ -884,7 +884,7 @@ def test_snafue_search_is_the_documented_pipeline() -> None:
                                                           r"channel\(s\), got \(2, 3, 8, 8\)$")]
     for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            sn.search(net, **({"target": 0, "data": X, "generator": _g()} | bad))
+            sn.search(net, **({"target": 0, "data": X, "generator": _g()} | bad))  # type: ignore[arg-type]
 
 
 # --- feature-level adversaries --------------------------------------------------------------------
@@ -915,7 +915,7 @@ def test_feature_adversaries_are_the_documented_optimisations() -> None:
                      r"not fit images of shape \(1, 8, 8\)$"), ({"data": X[0]}, r"^data must be "
                      r"clean images \(N, C, H, W\), got \(1, 8, 8\)$")]:
         with pytest.raises(ValueError, match=msg):
-            fa.feature_adversary_perturbation(net, **(kw | {"generator": _g()} | bad))
+            fa.feature_adversary_perturbation(net, **(kw | {"generator": _g()} | bad))  # type: ignore[operator]
 
 
 def _feature_adversary_reference(net: nn.Module, ae: dec.Autoencoder, *,

@@ -187,12 +187,12 @@ def test_lat_training_loss_adds_the_adversary_to_the_latent() -> None:
         batch = method.perturb(net, x, y, cfg=cfg, generator=torch.Generator().manual_seed(0))
         (d,) = batch.hidden.values()  # (64, 8)
         loss = method.loss(net, batch, y, cfg=cfg)
-        adv = F.cross_entropy(net.head(net.body(x) + d), y)
+        adv = F.cross_entropy(net.head(net.body(x) + d), y)  # type: ignore[operator]
         clean = F.cross_entropy(net(x), y)
         assert float(adv.detach()) > float(clean.detach()) + 0.05  # the adversary bites
         want = clean_weight * clean + (1 - clean_weight) * adv
         torch.testing.assert_close(loss, want)
-        got_g, want_g = (torch.autograd.grad(v, net.head.weight)[0] for v in (loss, want))
+        got_g, want_g = (torch.autograd.grad(v, net.head.weight)[0] for v in (loss, want))  # type: ignore[arg-type,union-attr]
         torch.testing.assert_close(got_g, want_g)
 
 
