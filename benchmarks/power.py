@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import inspect
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from _common import supplied
 from scipy import stats
 
 from eisbench.core.stats import seeds_needed
@@ -149,31 +149,6 @@ def recording(tape: _Tape) -> Iterator[None]:
                                                                           "gap")):
                     stack.enter_context(mock.patch.object(mod, k, new[k]))
         yield
-
-
-def supplied(decide: Callable[..., Any], mod: Any, rec: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments ``decide`` takes, from the record's config (as
-    ``verdicts_rejudged.py`` supplies them), except ``chance``: the record's own
-    ``details["chance"]`` where it has one (ntk's is the majority-class rate of its binary
-    task, not 1/K)."""
-    cfg, details = rec["config"], rec.get("details", {})
-
-    def config() -> Any:
-        cls = inspect.signature(decide).parameters["cfg"].annotation
-        cls = getattr(mod, cls) if isinstance(cls, str) else cls
-        base = getattr(mod, "QUICK", None) or cls()
-        simple = {f.name: (tuple(v) if isinstance(v, list) else v)
-                  for f in dataclasses.fields(base) if (v := cfg.get(f.name)) is not None
-                  and not isinstance(v, dict)}
-        return dataclasses.replace(base, **simple)
-    k = 10  # every dataset of the suite (MNIST, Fashion-MNIST, CIFAR-10, digits) has 10 classes
-    supply: dict[str, Callable[[], Any]] = {
-        "num_classes": lambda: k, "chance": lambda: float(details.get("chance", 1.0 / k)),
-        "n_features": lambda: cfg["n_features"], "cfg": config,
-        "syn_eps": lambda: tuple(cfg["syn_eps"]), "p": lambda: cfg["syn_p"],
-        "train_eps": lambda: tuple(cfg["train_eps"]), "dataset": lambda: cfg["dataset"],
-        "eval_eps": lambda: cfg["eval_eps"]}
-    return {p: supply[p]() for p in list(inspect.signature(decide).parameters)[1:]}
 
 
 def seed_sd(m: dict[str, Any]) -> tuple[float, bool] | str:

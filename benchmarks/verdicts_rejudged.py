@@ -22,8 +22,11 @@ import sys
 from pathlib import Path
 
 JUDGE = r'''
-import dataclasses, importlib, inspect, json, sys
+import importlib, json, sys
 from pathlib import Path
+
+sys.path.insert(0, sys.argv[2])  # benchmarks/: _common.supplied, the arguments of each decide
+from _common import supplied
 
 run = Path(sys.argv[1])
 from eisbench.experiments import suite as S
@@ -37,30 +40,14 @@ for folder in sorted(p for p in run.iterdir() if (p / "record.json").exists()):
     if decide is None:
         out["experiments"][name] = {"error": "no decide"}
         continue
-    cfg = rec["config"]
-    def config():
-        cls = inspect.signature(decide).parameters["cfg"].annotation
-        cls = getattr(mod, cls) if isinstance(cls, str) else cls
-        base = getattr(mod, "QUICK", None) or cls()
-        simple = {f.name: (tuple(v) if isinstance(v, list) else v)
-                  for f in dataclasses.fields(base) if (v := cfg.get(f.name)) is not None
-                  and not isinstance(v, dict)}
-        return dataclasses.replace(base, **simple)
-    k = 10  # every dataset of the suite (MNIST, Fashion-MNIST, CIFAR-10, digits) has 10 classes
-    supply = {"num_classes": lambda: k, "chance": lambda: rec["details"].get("chance", 1.0 / k),
-              "n_features": lambda: cfg["n_features"], "cfg": config,
-              "syn_eps": lambda: tuple(cfg["syn_eps"]), "p": lambda: cfg["syn_p"],
-              "train_eps": lambda: tuple(cfg["train_eps"]), "dataset": lambda: cfg["dataset"],
-              "eval_eps": lambda: cfg["eval_eps"]}
     try:
-        kw = {p: supply[p]() for p in list(inspect.signature(decide).parameters)[1:]}
-        claims = decide(rec["metrics"], **kw)
+        claims = decide(rec["metrics"], **supplied(decide, mod, rec))
     except Exception as e:
         out["experiments"][name] = {"error": f"{type(e).__name__}: {e}"}
         continue
     pilot = getattr(mod, "pilot_check", None)  # a check of the seeds scored, outside decide
     if pilot is not None:
-        claims = [pilot(tuple(cfg["seeds"])), *claims]
+        claims = [pilot(tuple(rec["config"]["seeds"])), *claims]
     out["experiments"][name] = {"claims": [
         {"claim": c["claim"], "verdict": c["verdict"], "exhibit": c.get("exhibit", "D"),
          "role": c.get("role", "evidence")} for c in claims]}
@@ -74,8 +61,8 @@ print(json.dumps(out))
 
 def judge(tree: Path, run: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree.resolve() / "src"), "EISBENCH_QUIET": "1"}
-    p = subprocess.run([sys.executable, "-c", JUDGE, str(run)], env=env, capture_output=True,
-                       text=True, check=False)
+    p = subprocess.run([sys.executable, "-c", JUDGE, str(run), str(Path(__file__).parent)],
+                       env=env, capture_output=True, text=True, check=False)
     if p.returncode:
         sys.exit(f"judging under {tree} failed:\n{p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
