@@ -43,8 +43,9 @@ def _g(seed: int = 0) -> torch.Generator:
     return G().manual_seed(seed)
 
 
-def _mlp(k: int = 4, seed: int = 0) -> nn.Module:
-    """A 64-6-k ReLU MLP with ``features`` (6 units): cheap, non-linear, deterministic."""
+def _mlp(k: int = 3, seed: int = 4) -> nn.Module:
+    """A 64-6-k ReLU MLP with ``features`` (6 units): cheap, non-linear, deterministic. The
+    default puts 28 of the 40 images of :data:`X` in class 0, 12 in class 1, none in class 2."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build("mlp", in_shape=(1, 8, 8), num_classes=k, width=6, depth=1)
@@ -60,7 +61,8 @@ def _lin(w: torch.Tensor, b: torch.Tensor | None = None) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), lin)
 
 
-X = torch.rand(40, 1, 8, 8, generator=_g(1))
+_gx = _g(1)
+X = torch.rand(40, 1, 8, 8, generator=_gx) * torch.rand(40, 1, 1, 1, generator=_gx)  # 40 images
 
 
 class Counting(nn.Module):
@@ -89,7 +91,8 @@ def _flat(v: Any) -> list[torch.Tensor]:
     if isinstance(v, int | float):
         return [torch.tensor(float(v))]
     if isinstance(v, sc.ScanResult):
-        return _flat([v.reconstructions, v.anomaly_index, v.flagged, v.suspect or -1])
+        return _flat([v.reconstructions, v.anomaly_index, v.flagged, -1 if v.suspect is None
+                      else v.suspect])
     if isinstance(v, tr.Reconstruction):
         return _flat([v.mask, v.pattern, v.l1, v.success, v.bbox, v.target])
     if isinstance(v, nn.Module):
@@ -126,7 +129,7 @@ def test_tool_defaults_are_its_signature(name: str) -> None:
 
 
 def test_loop_defaults_are_their_signatures() -> None:
-    net = _mlp(3)
+    net = _mlp()
     _defaults(tr.reconstruct_triggers, net, targets=[0, 2], data=X[:20])
     _defaults(tr.reconstruct_trigger, net, target=1, data=X[:20], steps=12)
     res = _defaults(sc.scan, net, X[:20], steps=12)
@@ -247,6 +250,12 @@ def test_captum_methods_use_the_documented_settings() -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
     torch.testing.assert_close(at._shap_baselines(x, _g(9)), torch.cat(
         [torch.zeros(1, 2, 8, 8), torch.rand(3, 2, 8, 8, generator=_g(9))]))
+    x28, lin28 = torch.rand(2, 1, 28, 28, generator=_g(5)), _lin(torch.randn(3, 784,
+                                                                         generator=_g()))
+    torch.testing.assert_close(at.ATTRIBUTIONS.get("occlusion")(lin28, x28, 1, generator=_g()),
+                               ca.Occlusion(lin28).attribute(x28, sliding_window_shapes=(1, 4, 4),
+                                                             strides=(1, 2, 2), baselines=0.0,
+                                                             target=1).abs())
     with pytest.raises(at.AttributionUnsupported, match="^FeaturePermutation permutes features "
                                                         "across the batch: it needs at least 2 "
                                                         "images$"):
@@ -288,6 +297,12 @@ def test_lrp_problems_and_errors_name_the_layer() -> None:
     assert at.lrp_problem(nn.Sequential(nn.Flatten(), nn.Linear(64, 3), ruled)) is None
     with pytest.raises(at.AttributionUnsupported, match="^LRP: layer '1' .Sine. has no LRP rule$"):
         at.ATTRIBUTIONS.get("lrp")(nn.Sequential(nn.Flatten(), Sine()), X[:2], 0, generator=_g())
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    own = nn.Sequential(nn.Flatten(), _lin(torch.randn(3, 64, generator=_g()))[1])
+    plain = at.ATTRIBUTIONS.get("lrp")(own, X[:2], 0, generator=_g())
+    vars(own[0])["rule"] = EpsilonRule(epsilon=1e3)  # a rule of the caller's: used
+    assert not torch.allclose(at.ATTRIBUTIONS.get("lrp")(own, X[:2], 0, generator=_g()), plain)
     lin = nn.Linear(64, 64)
     twice = nn.Sequential(nn.Flatten(), lin, nn.ReLU(), lin, nn.ReLU(), nn.Linear(64, 3))
     with pytest.raises(at.AttributionUnsupported, match="^LRP: Module .* more than once"):
@@ -310,21 +325,22 @@ def test_score_attribution_and_methods_by_hand() -> None:
     attr = torch.cat([attr, -attr], 1) / 2  # |.| summed over channels: the same maps
     r = at.score_attribution(attr, foot * 5)  # the last map is constant: no correlation
     assert r.dtype == torch.float32 and torch.allclose(r, torch.tensor([2, -1, 0]) / 5 ** 0.5)
-    near_flat = torch.full((1, 1, 2, 2), 1e6)
+    near_flat = torch.full((1, 1, 2, 2), 1e6, dtype=torch.float64)
     near_flat[0, 0, 0, 0] += 1e-4  # below 1e-9 of the scale: constant
     assert at.score_attribution(near_flat, foot[:1]).item() == 0.0
     assert at.score_attribution(attr[:1], torch.ones(1, 1, 2, 2)).item() == 0.0
+    assert at.score_attribution(attr[:1], near_flat).item() == 0.0  # relative to its scale
     assert at.score_attribution(attr[:1], 0 * foot[:1]).item() == 0.0  # all-zero: no NaN
     assert at.score_attribution(0 * attr[:1], foot[:1]).item() == 0.0
     for a, f in [(attr, foot[:1]), (attr, foot[..., :1]), (attr[0], foot[0]), (attr, foot[0])]:
         with pytest.raises(ValueError, match=r"^expected attr \(N, C, H, W\) and footprint"):
             at.score_attribution(a, f)
-    net, x = _mlp(3), X[:3]
+    net, x = _mlp(), X[:3]
     foot = torch.rand(3, 1, 8, 8, generator=_g(2))
     res = at.score_methods(net, x, 1, foot, generator=_g(3),
-                           methods=["guided-gradcam", "saliency", "edge-detector"])
+                           methods=["guided-gradcam", "gradient-shap", "edge-detector"])
     seeds = torch.randint(2 ** 31 - 1, (3,), generator=_g(3)).tolist()
-    assert [s.name for s in res] == ["guided-gradcam", "saliency", "edge-detector"]
+    assert [s.name for s in res] == ["guided-gradcam", "gradient-shap", "edge-detector"]
     assert res[0].skipped and "GuidedGradCam" in res[0].skipped and res[0].mean is None
     assert res[0].ci is None and res[0].n == 0 and res[0].per_image == () and res[0].seconds >= 0
     for s, seed in zip(res[1:], seeds[1:], strict=True):
@@ -417,6 +433,7 @@ def test_mad_anomaly_strict_threshold_and_small_side() -> None:
     assert flagged == [0]
     assert sc.mad_anomaly([1.0, 2.0, 4.0, 4.0, 9.0], threshold=index[0])[1] == []
     assert sc.mad_anomaly([1.0, 3.0]) == ([1 / 1.4826, 1 / 1.4826], [])
+    assert sc.mad_anomaly([0.1, 0.2, 0.4])[0] == pytest.approx([0.1 / 0.14826, 0, 0.2 / 0.14826])
     assert sc.mad_anomaly([2.0, 2.0, 2.0, 9.0])[0] == [0.0, 0.0, 0.0, math.inf]
     with pytest.raises(ValueError, match="^the anomaly index needs at least two values$"):
         sc.mad_anomaly([1.0])
@@ -459,7 +476,7 @@ def test_scan_result_prints_serialises_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_scan_is_the_mad_rule_on_reconstructions_of_every_class() -> None:
-    net = _mlp(4)
+    net = _mlp(4, seed=5)
     hyper: dict[str, Any] = {"method": "tabor", "steps": 3, "lr": 0.05, "lam": 0.01,
                              "batch_size": 5, "tabor": tr.TaborWeights(0.2, 0.3, 0.4, 0.6)}
     res = sc.scan(net, X[:20], seed=4, threshold=0.5, **hyper)
@@ -523,6 +540,9 @@ def test_success_counts_only_images_not_already_in_the_target() -> None:
     same = tr._success(net, x[2:], pred[2:], mask[:1], torch.zeros(1, 1, 5, 8),
                        torch.tensor([0]), device=torch.device("cpu"))
     assert same.tolist() == [1.0]  # every image already in the target: all of them count
+    both = tr._success(net, x[2:], pred[2:], mask[:2], torch.zeros(2, 1, 5, 8),
+                       torch.tensor([0, 1]), device=torch.device("cpu"))
+    assert both.tolist() == [1.0, 0.0]  # decided per trigger
 
 
 def test_mask_bbox_top_mass_and_trigger_images_order() -> None:
@@ -530,6 +550,9 @@ def test_mask_bbox_top_mass_and_trigger_images_order() -> None:
     soft[0, 1, 2], soft[0, 6, 7], soft[0, 3, 3] = 0.45, 0.4, 0.3  # mass 1.76: its top 2
     assert tr.mask_bbox(soft) == (1, 2, 6, 7) and tr.mask_bbox(soft[0]) == (1, 2, 6, 7)
     assert tr.mask_bbox(torch.zeros(1, 3, 5)) == (0, 0, 2, 4)
+    half = torch.zeros(1, 4, 4)
+    half[0, 1, 1], half[0, 3, 3] = 0.9, 0.5  # 0.5 is not above one half
+    assert tr.mask_bbox(half) == (1, 1, 1, 1)
     recs = _recs([1.0, 5.0, 3.0, 3.0], [0.5, 1.0, 1.0, 0.995])
     with torch.no_grad():
         recs[3].pattern.fill_(1.5)  # mask * pattern above 1 is clamped
@@ -541,7 +564,7 @@ def test_mask_bbox_top_mass_and_trigger_images_order() -> None:
 
 
 def test_reconstruct_triggers_validates_and_honours_its_arguments() -> None:
-    net = Counting(_mlp(3))
+    net = Counting(_mlp())
     cases: Cases = [({"targets": []}, "one clean image and one target"), ({"steps": 0}, "steps,"),
                     ({"batch_size": 0}, "steps,"), ({"check_every": 0}, "steps,")]
     for kw, msg in cases:
@@ -579,7 +602,7 @@ def test_reconstruct_triggers_validates_and_honours_its_arguments() -> None:
 
 
 def test_reconstruction_keeps_the_smallest_successful_mask() -> None:
-    net = _mlp(3)
+    net = _mlp()
 
     def run(steps: int, threshold: float) -> tr.Reconstruction:
         return tr.reconstruct_trigger(net, target=1, data=X, steps=steps, check_every=3,
@@ -649,7 +672,7 @@ def test_patch_success_by_hand() -> None:
 
 
 def test_fit_patches_is_adam_on_the_mean_cross_entropy_plus_penalty() -> None:
-    net = Counting(_mlp(3))
+    net = Counting(_mlp())
     raw0 = torch.randn(2, 1, 3, 3, generator=_g(5))
 
     def penalty(p: torch.Tensor) -> torch.Tensor:
@@ -671,6 +694,8 @@ def test_fit_patches_is_adam_on_the_mean_cross_entropy_plus_penalty() -> None:
         loss.backward()
         opt.step()
     torch.testing.assert_close(got, torch.sigmoid(ref).detach())
+    assert ap.fit_patches(net, lambda: torch.sigmoid(raw), [raw], target=0, data=X, steps=1,
+                          batch_size=1, generator=_g()).shape == (2, 1, 3, 3)
     cases: Cases = [({"steps": 0}, "^steps and batch_size must be >= 1$"),
                     ({"batch_size": 0}, "^steps and batch_size must be >= 1$"),
                     ({"data": X[0]}, r"^data must be clean images \(N, C, H, W\), got "
@@ -682,7 +707,7 @@ def test_fit_patches_is_adam_on_the_mean_cross_entropy_plus_penalty() -> None:
 
 
 def test_adversarial_patch_is_optimised_uniform_starts_sorted_by_success() -> None:
-    net = _mlp(3)
+    net = _mlp()
     kw: dict[str, Any] = {"steps": 2, "lr": 0.3, "batch_size": 3, "side": 4}
     patches, success = ap.optimise_patches(net, target=1, data=X, n=3, generator=_g(2), **kw)
     g = _g(2)
@@ -707,7 +732,7 @@ def test_adversarial_patch_is_optimised_uniform_starts_sorted_by_success() -> No
 # --- feature visualisation ------------------------------------------------------------------------
 
 def test_visualise_validates_lays_out_copies_and_maximises() -> None:
-    net = _mlp(3)
+    net = _mlp()
     base: dict[str, Any] = {"n": 2, "shape": (1, 8, 8), "param": "fourier", "generator": _g()}
     cases: Cases = [({"param": "pixels"}, r"^unknown parameterisation 'pixels': expected one of "
                                           r"\['cppn', 'fourier'\]$"), ({"n": 0}, "^n, steps"),
@@ -742,7 +767,7 @@ def test_visualise_validates_lays_out_copies_and_maximises() -> None:
 
 
 def test_feature_tools_are_visualise_with_their_objectives() -> None:
-    net = _mlp(3)
+    net = _mlp()
     hidden, head = [m for m in net.modules() if isinstance(m, nn.Linear)]
     with torch.no_grad():
         head.weight[1] = torch.tensor([0.0, 0, 0, 0, 2, 1])  # top units of class 1: 4, 5
@@ -769,6 +794,8 @@ def test_feature_tools_are_visualise_with_their_objectives() -> None:
 def test_autoencoder_shapes_init_and_training_by_hand(tmp_path: Path) -> None:
     from eisbench.runs.store import Store
 
+    plain = dec.Autoencoder((1, 8, 8))  # latent 16, width 16
+    assert plain.stem(plain.encode(X[:2])).shape == (2, 32, 2, 2) and plain.width == 16
     ae = dec.Autoencoder((2, 10, 6), latent=5, width=3)
     names = ["encoder.0", "encoder.2", "encoder.5", "stem_fc", "mid_conv", "head_conv"]
     shapes = [(3, 2, 4, 4), (6, 3, 4, 4), (5, 12), (36, 5), (6, 3, 4, 4), (3, 2, 4, 4)]
@@ -840,7 +867,7 @@ def test_natural_patches_and_embedding_by_hand() -> None:
     inked = [c for c in crops if c.max() >= 0.1] + [c for c in crops if c.max() < 0.1]
     assert len(inked) == 12 and inked[5].max() >= 0.1 and inked[-1].max() < 0.1
     _same(bank, torch.stack(inked[:6]))
-    net = _mlp(3)
+    net = _mlp()
     hosts, patches = X[:2], torch.rand(3, 1, 3, 3, generator=_g(3))
     rows, cols = torch.tensor([[0, 5]]), torch.tensor([[2, 1]])
     feats, probs = sn.embed(net, patches, hosts, rows, cols, target=2, chunk=3)
@@ -852,7 +879,7 @@ def test_natural_patches_and_embedding_by_hand() -> None:
 
 
 def test_snafue_search_is_the_documented_pipeline() -> None:
-    net, nat = _mlp(3), torch.rand(3, 1, 10, 10, generator=_g(7))
+    net, nat = _mlp(), torch.rand(3, 1, 10, 10, generator=_g(7))
     kw: dict[str, Any] = {"bank_size": 20, "adversarial": 2, "hosts": 4, "pool": 2, "steps": 2}
     res = sn.search(net, target=1, data=X, n=3, generator=_g(3), natural=nat, lr=0.2,
                     batch_size=3, side=4, **kw)
@@ -898,9 +925,9 @@ def test_feature_adversaries_are_the_documented_optimisations() -> None:
     assert fa._shrink(X, 8) is X
     torch.testing.assert_close(fa._shrink(X, 3), F.interpolate(
         X, size=(3, 3), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1))
-    net, cfg = _mlp(3), dec.AutoencoderConfig(latent=4, width=2, steps=5)
+    net, cfg = _mlp(), dec.AutoencoderConfig(latent=4, width=4, steps=20)
     ae = dec.trained_autoencoder(X, cfg)
-    kw: dict[str, Any] = {"target": 1, "data": X, "n": 2, "steps": 2, "lr": 0.2, "batch_size": 3,
+    kw: dict[str, Any] = {"target": 0, "data": X, "n": 2, "steps": 2, "lr": 0.2, "batch_size": 3,
                           "tv": 0.4, "autoencoder": cfg}
     gen = fa.feature_adversary_generator(net, generator=_g(4), prior=0.2, first_layer=0.3, **kw)
     per = fa.feature_adversary_perturbation(net, generator=_g(4), l2=0.3, **kw)
@@ -942,8 +969,9 @@ def _feature_adversary_reference(net: nn.Module, ae: dec.Autoencoder, *,
         prior = 0.2 * u.pow(2).mean(1).sum() if generator else 0
         return prior + 0.3 * d.pow(2).flatten(1).mean(1).sum() + 0.4 * total_variation(p)
 
-    patches = ap.fit_patches(net, make, [u, d] if generator else [d], target=1, data=X,
+    patches = ap.fit_patches(net, make, [u, d] if generator else [d], target=0, data=X,
                              generator=g, steps=2, lr=0.2, batch_size=3, penalty=penalty)
-    order = torch.argsort(ap.evaluate_patches(net, patches, X, target=1, generator=g),
-                          descending=True, stable=True)
+    success = ap.evaluate_patches(net, patches, X, target=0, generator=g)
+    assert success[0] != success[1]  # (so that the order is seen)
+    order = torch.argsort(success, descending=True, stable=True)
     return ap.centred(patches[order], (1, 8, 8))
