@@ -124,7 +124,8 @@ def _defaults(fn: Callable[..., Any], *args: Any, seeded: bool = True, **kw: Any
 
 @pytest.mark.parametrize("name", TOOLS.names())
 def test_tool_defaults_are_its_signature(name: str) -> None:
-    out = _defaults(TOOLS.get(name), _mlp(), target=1, data=X)
+    small = {"autoencoder": dec.AutoencoderConfig(steps=20)} if "adversary" in name else {}
+    out = _defaults(TOOLS.get(name), _mlp(), target=1, data=X, **small)  # (a quick generator)
     assert out.shape == (10, 1, 8, 8)
 
 
@@ -138,6 +139,12 @@ def test_loop_defaults_are_their_signatures() -> None:
     _defaults(ap.optimise_patches, net, target=2, data=X, n=3)
     _defaults(ap.evaluate_patches, net, torch.rand(3, 1, 3, 3), X, target=1)
     _defaults(fv.visualise, net, lambda x: x.mean((1, 2, 3)), n=2, shape=(1, 8, 8), param="cppn")
+    raw = [torch.zeros(1, 1, 3, 3, requires_grad=True) for _ in range(2)]
+    fit = inspect.signature(ap.fit_patches).parameters
+    _same(*[ap.fit_patches(net, lambda r=r: torch.sigmoid(r), [r], target=1, data=X,
+                           generator=_g(), **kw) for r, kw in zip(raw, [{}, {
+                               k: p.default for k, p in fit.items() if p.default is not p.empty}],
+                                                                  strict=True)])
     _defaults(pz.FourierImage, 2, (1, 8, 8))
     _defaults(pz.CPPNImage, 2, (1, 8, 8))
     _defaults(fv.top_units, net, target=0, data=X, n=2, seeded=False)
@@ -214,7 +221,13 @@ def test_gradient_and_additive_methods_on_a_linear_model_give_x_times_w() -> Non
 def test_captum_methods_use_the_documented_settings() -> None:
     from captum import attr as ca
 
-    net = build("cnn-small", in_shape=(2, 8, 8), num_classes=3).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build("cnn-small", in_shape=(2, 8, 8), num_classes=3).eval()
+    with torch.no_grad():
+        for p in net.get_submodule("head").parameters():
+            p.mul_(30)  # logits that move: LIME's sparse fit keeps some features
+    conv = net.get_submodule("body.2")  # the second and last convolution
     x, t = torch.rand(3, 2, 8, 8, generator=_g(4)), torch.tensor([2, 0, 1])
     mask = at.feature_mask(x)
     ref: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -223,7 +236,7 @@ def test_captum_methods_use_the_documented_settings() -> None:
         "gradient-shap": lambda b: ca.GradientShap(net).attribute(x, baselines=b, target=t,
                                                                   n_samples=16),
         "deeplift-shap": lambda b: ca.DeepLiftShap(net).attribute(x, baselines=b, target=t),
-        "guided-gradcam": lambda b: ca.GuidedGradCam(net, net.body[2]).attribute(x, target=t),  # type: ignore[index]
+        "guided-gradcam": lambda b: ca.GuidedGradCam(net, conv).attribute(x, target=t),
         "occlusion": lambda b: ca.Occlusion(net).attribute(
             x, sliding_window_shapes=(2, 2, 2), strides=(2, 1, 1), baselines=0.0, target=t),
         "lime": lambda b: ca.Lime(net).attribute(x, baselines=0.0, target=t, feature_mask=mask,
@@ -236,7 +249,7 @@ def test_captum_methods_use_the_documented_settings() -> None:
             x, target=t, feature_mask=mask),
         "edge-detector": lambda b: at.sobel(x),
     }
-    assert isinstance(net.body[2], nn.Conv2d) and at.last_conv(net) is net.body[2]  # type: ignore[index]
+    assert isinstance(conv, nn.Conv2d) and at.last_conv(net) is conv
     for name, fn in ref.items():
         gen = _g(9)
         seed = int(torch.randint(2 ** 31 - 1, (1,), generator=gen))
@@ -247,7 +260,8 @@ def test_captum_methods_use_the_documented_settings() -> None:
             np.random.seed(seed)
             want = fn(base).abs().sum(1, keepdim=True)
         got = at.ATTRIBUTIONS.get(name)(net, x, t, generator=_g(9))
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+        assert want.abs().max() > 1e-3, name  # not a vacuous comparison
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
     torch.testing.assert_close(at._shap_baselines(x, _g(9)), torch.cat(
         [torch.zeros(1, 2, 8, 8), torch.rand(3, 2, 8, 8, generator=_g(9))]))
     x28, lin28 = torch.rand(2, 1, 28, 28, generator=_g(5)), _lin(torch.randn(3, 784,
@@ -505,8 +519,8 @@ def test_stamp_total_variation_and_objectives_by_hand() -> None:
     stamped = tr._stamp(x, mask, pat)
     for r in range(2):
         torch.testing.assert_close(stamped[3 * r:3 * r + 3], (1 - mask[r]) * x + mask[r] * pat[r])
-    m = torch.tensor([[0.0, 1, 0], [0, 0, 2]]).view(1, 1, 2, 3)
-    torch.testing.assert_close(tr._total_variation(torch.cat([m, 2 * m])), torch.tensor([7., 14]))
+    m = torch.tensor([[0.0, 1, 0], [0, 0, 2], [1, 1, 1]]).view(1, 1, 3, 3)  # rows 3 + 3, cols 4
+    torch.testing.assert_close(tr._total_variation(torch.cat([m, 2 * m])), torch.tensor([10., 20]))
     net = _lin(torch.randn(3, 40, generator=g))
     t, lam, w = torch.tensor([1, 2]), torch.tensor([0.1, 0.2]), tr.TaborWeights(0.3, 0.7, 0.2, 0.9)
     ce = torch.stack([F.cross_entropy(net(stamped[3 * r:3 * r + 3]), t[r].expand(3))
@@ -574,6 +588,8 @@ def test_reconstruct_triggers_validates_and_honours_its_arguments() -> None:
     with pytest.raises(ValueError, match="^reconstruction needs at least one clean image and one "
                                          "target$"):
         tr.reconstruct_triggers(net, targets=[0], data=X[:0], generator=_g())
+    with pytest.raises(ValueError, match=r"^expected clean images \(data\) in \[0,1\], got max 2"):
+        tr.reconstruct_triggers(net, targets=[0], data=X[:4] / X[:4].max() * 2, generator=_g())
     with pytest.raises(ValueError, match=r"^steps, batch_size and check_every must be >= 1$"):
         tr.reconstruct_triggers(net, targets=[0], data=X[:4], steps=0, generator=_g())
     net.calls.clear()
@@ -700,10 +716,10 @@ def test_fit_patches_is_adam_on_the_mean_cross_entropy_plus_penalty() -> None:
                     ({"batch_size": 0}, "^steps and batch_size must be >= 1$"),
                     ({"data": X[0]}, r"^data must be clean images \(N, C, H, W\), got "
                                      r"\(1, 8, 8\)")]
+    base: dict[str, Any] = {"target": 0, "data": X, "generator": _g()}
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            ap.fit_patches(net, lambda: torch.sigmoid(raw), [raw], **({"target": 0, "data": X,  # type: ignore[arg-type]
-                                                                        "generator": _g()} | kw))
+            ap.fit_patches(net, lambda: torch.sigmoid(raw), [raw], **(base | kw))
 
 
 def test_adversarial_patch_is_optimised_uniform_starts_sorted_by_success() -> None:
@@ -722,11 +738,13 @@ def test_adversarial_patch_is_optimised_uniform_starts_sorted_by_success() -> No
           ap.centred(patches[order], (1, 8, 8)))
     assert ap.optimise_patches(net, target=1, data=X, n=1, generator=_g(), side=1, steps=1
                                )[0].shape == (1, 1, 1, 1)
-    for bad, msg in [({"n": 0}, "^n must be >= 1, got 0$"),
-                     ({"side": 9}, r"^patch side 9 does not fit images of shape \(1, 8, 8\)$"),
-                     ({"side": 0}, "^patch side 0 does not fit")]:
+    base: dict[str, Any] = {"target": 0, "data": X, "n": 2, "generator": _g()}
+    cases: Cases = [({"n": 0}, "^n must be >= 1, got 0$"),
+                    ({"side": 9}, r"^patch side 9 does not fit images of shape \(1, 8, 8\)$"),
+                    ({"side": 0}, "^patch side 0 does not fit")]
+    for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            ap.optimise_patches(net, **({"target": 0, "data": X, "n": 2, "generator": _g()} | bad))  # type: ignore[arg-type]
+            ap.optimise_patches(net, **(base | bad))
 
 
 # --- feature visualisation ------------------------------------------------------------------------
@@ -775,7 +793,7 @@ def test_feature_tools_are_visualise_with_their_objectives() -> None:
         hidden.bias[5] = -100.0  # unit 5 never fires: its image follows the logit
     assert fv.top_units(net, target=1, data=X, n=8).tolist() == [4, 5, 0, 1, 2, 3, 4, 5]
     assert fv._linear_head(net, X[:4]) is head and fv._linear_head(nn.Flatten(), X) is None
-    kw: dict[str, Any] = {"n": 2, "steps": 2, "lr": 0.01, "copies": 3}
+    kw: dict[str, Any] = {"n": 2, "steps": 2, "lr": 0.02, "copies": 3}  # not LR's
 
     def neuron(x: torch.Tensor) -> torch.Tensor:
         out = features(net, x)[:, 4].clone()
@@ -795,7 +813,7 @@ def test_autoencoder_shapes_init_and_training_by_hand(tmp_path: Path) -> None:
     from eisbench.runs.store import Store
 
     plain = dec.Autoencoder((1, 8, 8))  # latent 16, width 16
-    assert plain.stem(plain.encode(X[:2])).shape == (2, 32, 2, 2) and plain.width == 16
+    assert plain.encode(X[:2]).shape == (2, 16) and plain.width == 16
     ae = dec.Autoencoder((2, 10, 6), latent=5, width=3)
     names = ["encoder.0", "encoder.2", "encoder.5", "stem_fc", "mid_conv", "head_conv"]
     shapes = [(3, 2, 4, 4), (6, 3, 4, 4), (5, 12), (36, 5), (6, 3, 4, 4), (3, 2, 4, 4)]
@@ -880,7 +898,7 @@ def test_natural_patches_and_embedding_by_hand() -> None:
 
 def test_snafue_search_is_the_documented_pipeline() -> None:
     net, nat = _mlp(), torch.rand(3, 1, 10, 10, generator=_g(7))
-    kw: dict[str, Any] = {"bank_size": 20, "adversarial": 2, "hosts": 4, "pool": 2, "steps": 2}
+    kw: dict[str, Any] = {"bank_size": 20, "adversarial": 2, "hosts": 4, "pool": 3, "steps": 2}
     res = sn.search(net, target=1, data=X, n=3, generator=_g(3), natural=nat, lr=0.2,
                     batch_size=3, side=4, **kw)
     g = _g(3)
@@ -895,7 +913,7 @@ def test_snafue_search_is_the_documented_pipeline() -> None:
     e_bank, p_bank = sn.embed(net, bank, host, rows, cols, target=1)
     e_adv, _ = sn.embed(net, adv, host, rows, cols, target=1)
     sim = F.cosine_similarity(e_adv[:, None], e_bank[None], dim=2).amax(0)
-    near = torch.argsort(sim, descending=True, stable=True)[:6]
+    near = torch.argsort(sim, descending=True, stable=True)[:9]
     chosen = near[torch.argsort(p_bank[near], descending=True, stable=True)][:3]
     _same(res, sn.SnafueResult(bank, adv, sim, p_bank, chosen))
     _same(TOOLS.get("snafue")(net, target=1, data=X, n=3, generator=_g(3), natural=nat, side=4,
@@ -904,6 +922,7 @@ def test_snafue_search_is_the_documented_pipeline() -> None:
                     ).images((1, 8, 8)))
     few = sn.search(net, target=1, data=X, n=5, generator=_g(), bank_size=2, pool=1, steps=1)
     assert few.chosen.tolist()[2:] == few.chosen.tolist()[:3] and len(few.bank) == 2
+    base: dict[str, Any] = {"target": 0, "data": X, "generator": _g()}
     cases: Cases = [({"data": X[0]}, r"^data must be clean images \(N, C, H, W\)"),
                     ({"pool": 0}, "^n, bank_size, adversarial, hosts and pool must be >= 1$"),
                     ({"hosts": 0}, "^n, bank_size, adversarial, hosts and pool must be >= 1$"),
@@ -911,7 +930,7 @@ def test_snafue_search_is_the_documented_pipeline() -> None:
                                                           r"channel\(s\), got \(2, 3, 8, 8\)$")]
     for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            sn.search(net, **({"target": 0, "data": X, "generator": _g()} | bad))  # type: ignore[arg-type]
+            sn.search(net, **(base | bad))
 
 
 # --- feature-level adversaries --------------------------------------------------------------------
@@ -938,11 +957,12 @@ def test_feature_adversaries_are_the_documented_optimisations() -> None:
     other = fa.feature_adversary_perturbation(net, generator=_g(4), l2=0.3, train_data=X[20:],
                                               **kw)
     assert not torch.equal(other, per)  # the generator is trained on train_data
-    for bad, msg in [({"n": 0}, "^n must be >= 1, got 0$"), ({"side": 9}, "^patch side 9 does "
-                     r"not fit images of shape \(1, 8, 8\)$"), ({"data": X[0]}, r"^data must be "
-                     r"clean images \(N, C, H, W\), got \(1, 8, 8\)$")]:
+    cases: Cases = [({"n": 0}, "^n must be >= 1, got 0$"), ({"side": 9}, "^patch side 9 does "
+                    r"not fit images of shape \(1, 8, 8\)$"), ({"data": X[0]}, r"^data must be "
+                    r"clean images \(N, C, H, W\), got \(1, 8, 8\)$")]
+    for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            fa.feature_adversary_perturbation(net, **(kw | {"generator": _g()} | bad))  # type: ignore[operator]
+            fa.feature_adversary_perturbation(net, **(kw | {"generator": _g()} | bad))
 
 
 def _feature_adversary_reference(net: nn.Module, ae: dec.Autoencoder, *,
