@@ -119,3 +119,17 @@ def test_clean_call_removes_what_a_leaky_method_leaves_and_keeps_global_rngs() -
     assert hook_count(net) == 0 and "scratch" not in vars(head)
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.random.rand() == np_next.rand()
+
+
+def test_clean_call_gives_back_a_layer_attribute_the_body_deleted_or_rebound() -> None:
+    from eisbench.tools.guard import clean_call
+
+    net = build("cnn-small", in_shape=(1, 8, 8), num_classes=10)
+    head = net.get_submodule("head")
+    mine, other = object(), object()
+    attrs = vars(head)  # plain attributes, as captum's LRP sets `rule` (then deletes it)
+    attrs["rule"] = attrs["tag"] = mine  # the caller's own
+    with clean_call(net, "lrp-like", generator=torch.Generator().manual_seed(0)):
+        del attrs["rule"]
+        attrs["tag"] = other
+    assert vars(head)["rule"] is mine and vars(head)["tag"] is mine

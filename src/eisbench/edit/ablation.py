@@ -111,7 +111,9 @@ UNIT_SELECTORS.register("gradient-x-activation")(
 @UNIT_SELECTORS.register("activation-difference")
 def activation_difference(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, *,
                           num_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """(mean activation on class c - mean on the rest) / pooled std, per unit: (K, U)."""
+    """(mean activation on class c - mean on the rest) / the unit's std over all N images (one
+    scale per unit, shared by every class: not Cohen's d, whose pooled std is per class pair),
+    per unit: (K, U)."""
     a = unit_activations(model, layer, x)  # (N, U)
     sd = a.std(0).clamp_min(1e-8)  # (U,)
     rows = []

@@ -35,16 +35,20 @@ def hook_count(model: nn.Module) -> int:
     return sum(len(getattr(m, d)) for m in model.modules() for d in _COUNTED)
 
 
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def clean_call(model: nn.Module, name: str, *, generator: torch.Generator,
                quiet: Sequence[str] = ()) -> Iterator[None]:
     """Run the body with ``model`` in eval mode and the global torch (CPU) and numpy
     generators forked and seeded from ``generator``; warnings matching a regex of ``quiet``
     are silenced. Afterwards every hook and layer attribute added meanwhile is removed, and
-    a RuntimeError names ``name`` if a hook had been left."""
+    a RuntimeError names ``name`` if a hook had been left; a layer attribute the body deleted
+    or rebound (captum's LRP sets and then deletes ``rule``) gets its value back."""
     mods = list(model.modules())
     hooks = [{d: set(getattr(m, d, {})) for d in _HOOK_DICTS} for m in mods]
-    attrs = [(set(vars(m)), m.__dict__.get("_is_full_backward_hook")) for m in mods]
+    attrs = [(dict(vars(m)), m.__dict__.get("_is_full_backward_hook")) for m in mods]
     seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
     np_state = np.random.get_state()
     leaked = 0
@@ -65,6 +69,9 @@ def clean_call(model: nn.Module, name: str, *, generator: torch.Generator,
                         leaked += d in _COUNTED
                 for k in [k for k in vars(m) if k not in keys]:
                     del m.__dict__[k]  # e.g. captum's `rule`, `activations`, `input`, `output`
+                for k, v in keys.items():  # deleted or rebound meanwhile: the caller's value
+                    if k != "training" and m.__dict__.get(k, _MISSING) is not v:
+                        m.__dict__[k] = v
                 m.__dict__["_is_full_backward_hook"] = full
     if leaked:
         raise RuntimeError(f"{name!r} left {leaked} hooks on the model (now removed)")
