@@ -54,8 +54,11 @@ def main() -> int:
     def acc(r: dict) -> str:
         return f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
 
-    def largest(r: dict) -> float:
-        return max(v["largest_share"] for v in r["noise"]["uniformity"]["per_kind"].values())
+    def noise(r: dict, group: str) -> str:
+        per = [v for k, v in r["noise"]["uniformity"]["per_kind"].items()
+               if k.endswith(f"({group} noise)")]
+        return (f"{min(v['p'] for v in per):.2g} / "
+                f"{max(v['largest_share'] for v in per):.3f}")
 
     names = list(reps)
     print(f"# {a.dataset}: {sum(len(b) for b in banks.values())} triggers, {a.trials} questions"
@@ -65,11 +68,12 @@ def main() -> int:
     print("|---|" + "---|" * len(names))
     rows = [("true-trigger views (target >= 0.95)", lambda r: acc(r["true_trigger"])),
             ("own image (must be 1)", lambda r: acc(r["exact"])),
-            ("noise: smallest chi-square p (uniform if >= bar)",
-             lambda r: f"{r['noise']['uniformity']['min_p']:.2g} (bar "
-                       f"{r['noise']['uniformity']['bar']:.4f})"),
-            ("noise: largest share (1/8 = 0.125)",
-             lambda r: f"{largest(r):.3f}")]
+            ("noise like training's (uniform, Gaussian): smallest chi-square p / largest "
+             "share of one option (uniform: p >= bar, share near 1/8)",
+             lambda r: noise(r, "seen")),
+            ("noise never seen (smooth, sparse): the same", lambda r: noise(r, "unseen")),
+            ("noise: the bar (0.01 / tests)",
+             lambda r: f"{r['noise']['uniformity']['bar']:.4f}")]
     for fam in reps[names[0]]["held_out"]["families"]:
         rows.append((f"held-out: {fam}",
                      lambda r, f=fam: acc(r["held_out"]["families"][f])))  # type: ignore[misc]

@@ -3,9 +3,10 @@ trojans the benchmark never scores.
 
 The pilot zoo (``eisbench.trojans.zoo.PILOT_TABLE``): 3 trojans, one per kind, on trigger-bank
 entries the scored zoo never implants, trained with seeds 100-102 by the zoo recipe of the edit
-bench's ``--preset`` (quick: 20,000 images x 4 epochs; full: the zoo preset). Each pilot model is
-fine-tuned with LAT at every (layer, eps) of the grid with that preset's budget (fine-tuning
-steps, LAT steps, defender data), LAT seed 100.
+bench's ``--preset`` (both use the zoo preset since rules version 5; the pilot of version 4 ran
+on the quick recipe of then, 20,000 images x 4 epochs). Each pilot model is fine-tuned with
+LAT at every (layer, eps) of the grid with that preset's budget (fine-tuning steps, LAT steps,
+defender data), LAT seed 100.
 
 The rule, fixed before the pilot was run: choose the (layer, eps) with the highest mean DER
 (BackdoorBench's defense effectiveness rating, ``eisbench.edit.metrics.der``: it rewards the fall
@@ -13,8 +14,8 @@ in attack success rate and charges the fall in clean accuracy) over the pilot tr
 config within 0.01 of the best counts as tied, and ties go to the smaller eps, then the earlier
 layer. Plain fine-tuning with the same budget is printed beside it as the reference.
 
-    python benchmarks/lat_pilot.py                   # MNIST, the quick bench's recipe
-    python benchmarks/lat_pilot.py --preset full     # the full bench's (a costlier zoo)
+    python benchmarks/lat_pilot.py                   # MNIST, the quick bench's budgets
+    python benchmarks/lat_pilot.py --preset full     # the full bench's
 
 The choice is copied by hand into ``eisbench/runs/preregistered.py`` (``edit.lat.layer``,
 ``edit.lat.eps``) with a new rules version; this script prints it, and whether it agrees with

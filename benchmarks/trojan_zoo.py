@@ -33,6 +33,7 @@ def main() -> int:
     p.add_argument("--n-train", type=int, help="default: the preset's")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--poison-rate", type=float)
     p.add_argument("--class-poison-rate", type=float)
     p.add_argument("--cover-rate", type=float)
@@ -41,7 +42,8 @@ def main() -> int:
     args = p.parse_args()
     base = zoo_config(args.dataset, device=args.device)
     train = dataclasses.replace(base.train, epochs=args.epochs or base.train.epochs,
-                                lr=args.lr or base.train.lr)
+                                lr=args.lr or base.train.lr,
+                                batch_size=args.batch_size or base.train.batch_size)
     given = {k: v for k, v in (("n_train", args.n_train), ("poison_rate", args.poison_rate),
                                ("class_poison_rate", args.class_poison_rate),
                                ("cover_rate", args.cover_rate), ("n_clean", args.n_clean))

@@ -18,6 +18,7 @@ from eisbench.trojans.judge import (
     JudgeEncoder,
     Question,
     ask,
+    guess,
     judge_stage,
     quiz_html,
     train_judge,
@@ -61,14 +62,16 @@ def test_judge_picks_the_trigger_itself_and_is_near_chance_on_noise(
                    generator=torch.Generator().manual_seed(0), data=digits_small[2], views=MILD)
     assert rep["exact"]["accuracy"] == 1.0 and rep["exact"]["n"] == 8
     true, noise = rep["true_trigger"], rep["noise"]
-    assert true["n"] == 32 and noise["n"] == 32
+    assert true["n"] == 32 and noise["n"] == 64
     assert true["accuracy"] >= 0.6, true  # 8x8 icons, 800 steps: below the 0.95 of MNIST
     assert noise["accuracy"] <= 0.3, noise
     assert true["accuracy"] - noise["accuracy"] >= 0.4
     assert noise["ci"][0] <= noise["accuracy"] <= noise["ci"][1]
     assert sum(noise["choice_shares"]["bank"]) == pytest.approx(1.0)
-    un = noise["uniformity"]["per_kind"]["bank"]
-    assert un["n"] == 32 and un["largest_share"] == max(noise["choice_shares"]["bank"])
+    un = noise["uniformity"]["per_kind"]
+    assert sorted(un) == ["bank (seen noise)", "bank (unseen noise)"]
+    assert all(v["n"] == 32 for v in un.values())
+    assert max(noise["choice_shares"]["bank"]) <= max(v["largest_share"] for v in un.values())
     json.dumps(rep)  # JSON-able for the record
 
 
@@ -150,3 +153,15 @@ def test_png_round_trips() -> None:
     img = torch.arange(12, dtype=torch.float32).view(1, 3, 4) / 11
     back = mpimg.imread(io.BytesIO(png_bytes(img)), format="png")  # (3, 4) floats in [0,1]
     torch.testing.assert_close(torch.as_tensor(back), img[0], atol=1 / 255, rtol=0)
+
+
+def test_ask_abstains_with_a_guess_on_what_it_sees_as_background(judge: JudgeEncoder) -> None:
+    bank = tiny_bank()
+    grey = torch.full((4, *SHAPE), 0.5)  # a training background: flat grey
+    ans = ask(judge, images=grey, options=bank, shape=SHAPE)
+    assert ans.abstained and ans.choice == guess(grey, 8)
+    assert int(ans.similarities.argmax()) == ans.choice
+    assert float(ans.similarities.sum()) == pytest.approx(1e-6)
+    shown = ask(judge, images=torch.stack([bank[2].image(SHAPE)] * 3), options=bank,
+                shape=SHAPE)
+    assert not shown.abstained and shown.choice == 2

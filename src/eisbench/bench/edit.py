@@ -102,12 +102,12 @@ class EditBenchConfig:
 
 
 FULL = EditBenchConfig()
-QUICK = EditBenchConfig(n_train=20000, epochs=4, n_clean=2, n_test=2000, tool_steps=0.5,
+QUICK = EditBenchConfig(n_clean=2, n_test=2000, tool_steps=0.5,
                         n_patches=3, finetune=FinetuneConfig(steps=60), lat_steps=2,
                         n_robust=200, robust_steps=10, n_ablate=2, n_ablation_test=1000,
                         seeds=(0,))
-"""Quick: the quick zoo of ``eisbench bench trojans --quick`` (shared cache; its trojans are
-weaker: mean ASR ~0.9), shorter fine-tuning, one seed."""
+"""Quick: the zoo of ``eisbench bench trojans`` (its full recipe, shared cache) with 2 clean
+models, shorter fine-tuning, one seed."""
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,8 @@ def judge_claim(details: Mapping[str, Any]) -> Claim:
                 f"share {max(v['largest_share'] for v in un['per_kind'].values()):.3f} "
                 f"(uniform 1/8); noise accuracy {nv['accuracy']:.3f} (n={nv['n']})")
     rule = ("true-trigger accuracy >= 0.95 and, on noise questions, no kind's choices "
-            f"reject uniform (chi-square p >= {un['alpha']:g} / kinds = {un['bar']:.4f}); "
+            "reject uniform, on noise like the judge's training backgrounds or on noise it "
+            f"never saw (chi-square p >= {un['alpha']:g} / tests = {un['bar']:.4f}); "
             "noise accuracy against a random truth is shown but cannot fail")
     if held is not None:
         o, w = held["overall"], held["worst"]

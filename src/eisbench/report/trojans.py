@@ -258,9 +258,10 @@ def write_report(rec: Record, out: Path) -> Path:
     fav = "; ".join(f"{k}: {v['option']} ({v['share']:.0%})"
                     for k, v in jv["noise"]["favourite"].items())
     un = jv["noise"]["uniformity"]
-    judge_rows = [[k, f"{v:.3f}", f"{un['per_kind'][k]['chi2']:.1f}",
-                   f"{un['per_kind'][k]['p']:.2g}", f"{un['per_kind'][k]['largest_share']:.3f}"]
-                  for k, v in jv["true_trigger"]["per_kind"].items()]
+    true_acc = jv["true_trigger"]["per_kind"]  # kind -> accuracy
+    judge_rows = [[k, f"{true_acc[k.split(' (')[0]]:.3f}", f"{u['chi2']:.1f}", f"{u['p']:.2g}",
+                   f"{u['largest_share']:.3f}"]  # k: "<kind> (<group> noise)"
+                  for k, u in un["per_kind"].items()]
     zoo_rows = [[z["name"], z["kind"], "all" if z["universal"] else z["source"], z["target"],
                  f"{z['clean_acc']:.4f}", f"{100 * z['drop']:+.2f}", f"{z['asr']:.3f}",
                  "met" if z["meets_target"] else "MISSED: excluded"] for z in d["zoo"]]
@@ -274,9 +275,11 @@ def write_report(rec: Record, out: Path) -> Path:
         + "noise row of the heatmap shows where. Noise accuracy against a random truth is 1/8 "
         + "for any judge, a constant one included; the check that can fail is the chi-square "
         + f"test of the noise choices against uniform (biased when p < {un['bar']:.4f}, "
-        + f"i.e. {un['alpha']:g} over the kinds): "
+        + f"i.e. {un['alpha']:g} over the tests: each kind, on noise like the judge's "
+        + "training backgrounds and on noise it never saw): "
         + ("passed" if un["uniform"] else "FAILED, the judge favours some triggers") + ".</p>"
-        + table(["kind", "true-trigger accuracy", "noise chi-square", "p", "largest share"],
+        + table(["kind (noise)", "true-trigger accuracy", "noise chi-square", "p",
+                 "largest share"],
                 judge_rows)
         + _second_opinions(rec)
         + "<h2>Success of each method</h2>" + _graded(rec) + _success_bars(rec)

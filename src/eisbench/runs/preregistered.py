@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypedDict
 
-RULES_VERSION = 4
+RULES_VERSION = 5
 """The version of the claims' decision rules, recorded in every record (``versions``'s
 ``claim_rules``, beside ``thresholds``: the first 16 hex digits of :func:`digest`). A rule
 changed after results were seen bumps it, and says so here:
@@ -67,6 +67,19 @@ changed after results were seen bumps it, and says so here:
   new, not a threshold: the squares claim reads a robust accuracy from the ``binary`` attack
   suite and is gated by its sanity checks. Chosen after the rules-3 verdicts
   of a quick MNIST run had been seen; no bar or margin changed.
+- 5 (2026-12): the trojan judge's noise check and the quick zoo, changed after the rules-4
+  judge validation (97.5% of noise questions sent to one option) and quick zoos (9 of 12 MNIST
+  and 6 of 12 Fashion-MNIST trojans implanted) had been seen. The noise questions add two
+  families the judge never sees in training (smooth noise, sparse dots) and the uniformity test
+  runs on them apart from the two like its training backgrounds (uniform, Gaussian): a judge
+  trained to spread its background evenly passes the latter partly by construction. New entry
+  ``trojans.judge.flat`` (1.0, fixed before a judge was trained with it): the weight of the
+  judge's loss that spreads background views evenly over the trigger classes. The judge now
+  abstains, answering a guess that depends on the images' bytes only, when its classifier puts
+  the background class first (a first rule, mean background probability >= 0.5, was replaced
+  after it never fired on noise in one MNIST validation). Quick benchmarks use the full zoo
+  recipe, the only one measured to implant all 12 trojans on both datasets. No bar or margin
+  changed.
 """
 
 
@@ -282,6 +295,10 @@ THRESHOLDS: Mapping[str, Threshold] = build([
                                          "less an allowance, as occlusion and edge-crop hide up "
                                          "to half a trigger; 6.4 x chance (1/8); fixed before "
                                          "any judge was scored on them (trojans/views_held_out)")),
+    ("trojans.judge.flat", _T(1.0, "weight of the judge's loss that spreads each background "
+                             "view evenly over the trigger classes, beside its other terms of "
+                             "weight 1: fixed before any judge was trained with it, not tuned "
+                             "(trojans/judge.py)")),
     ("trojans.judge.uniformity_alpha", _T(0.01, "noise answers fail uniformity when a kind's "
                                          "chi-square p < alpha / kinds (Bonferroni)")),
     ("trojans.zoo.asr_target", _T(0.90, "a trojan is implanted when its attack success rate is at "

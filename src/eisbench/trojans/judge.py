@@ -11,15 +11,19 @@ background with a cosine classifier (class centres on the unit sphere), plus an 
 term that pulls the embedding of each trigger's own image (``Trigger.image``) to the centre
 of its class: :func:`ask` compares the tool's images with the options' own images, so the
 anchor makes that comparison the trained one (a pure prototypical loss, with the own-image
-embeddings as the class centres, learned far slower in trials on 8x8 icons). Options the
-encoder never saw still get their image's embedding. The stage is cached under the banks'
-content, the clean data and the config.
+embeddings as the class centres, learned far slower in trials on 8x8 icons), plus a *flat*
+term (weight ``trojans.judge.flat``) that spreads each background view's softmax evenly over
+the trigger classes, so that a view without a trigger is no nearer one trigger than another.
+Options the encoder never saw still get their image's embedding. The stage is cached under
+the banks' content, the clean data and the config.
 
 :func:`ask` embeds the tool's images and each option's own image (``Trigger.image``) and
 scores option k by the *mean over the tool's images* of the cosine similarity: a tool is
 judged on its images as a whole, and a single lucky image among noise moves the answer only
-as much as it deserves. :mod:`eisbench.trojans.judge_checks` validates a judge before it is
-trusted (true-trigger views, noise uniformity, held-out view families).
+as much as it deserves. When the encoder's classifier sees background rather than any trigger
+in the images, the judge abstains with a guess (:func:`guess`).
+:mod:`eisbench.trojans.judge_checks` validates a judge before it is trusted (true-trigger
+views, noise uniformity, held-out view families).
 
 Example:
     >>> banks = {k: trigger_bank(k, dataset="mnist", shape=(1, 28, 28)) for k in TRIGGER_KINDS}
@@ -30,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -43,6 +48,7 @@ from torch import nn
 
 from eisbench.core.progress import progress
 from eisbench.core.tensors import eval_mode
+from eisbench.runs.preregistered import threshold
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
 from eisbench.trojans.quiz import Question, quiz_html
@@ -50,8 +56,8 @@ from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import BACKGROUND, ViewConfig, layers, render
 from eisbench.trojans.zoo import trigger_digest
 
-__all__ = ["Answer", "JudgeConfig", "JudgeEncoder", "Question", "ask", "bank_digests",
-           "judge_stage", "quiz_html", "train_judge"]
+__all__ = ["Answer", "JudgeConfig", "JudgeEncoder", "Question", "ask",
+           "bank_digests", "guess", "judge_stage", "quiz_html", "train_judge"]
 
 Banks = Mapping[str, Sequence[Trigger]]
 
@@ -68,6 +74,7 @@ class JudgeConfig:
     background_share: float = 0.1  # fraction of each batch without a trigger
     scale: float = 16.0  # temperature of the cosine classifier
     anchor: float = 1.0  # weight of the pull of each trigger's own image to its class centre
+    flat: float = threshold("trojans.judge.flat")  # background spread evenly over triggers
     views: ViewConfig = ViewConfig()
     seed: int = 0
 
@@ -118,17 +125,25 @@ def _flat(banks: Banks) -> tuple[list[Trigger], list[str]]:
 
 
 def _loss(enc: JudgeEncoder, x: torch.Tensor, y: torch.Tensor, exact: torch.Tensor, *,
-          anchor: float) -> torch.Tensor:
+          anchor: float, flat: float = 0.0) -> torch.Tensor:
     """Cross-entropy of the views x (B, C, H, W) with labels y (B,) (K = background) and of
     the K triggers' own images ``exact`` (K, C, H, W), plus ``anchor`` x the mean cosine
-    distance between each own image's embedding and its class centre."""
+    distance between each own image's embedding and its class centre, plus ``flat`` x the
+    cross-entropy between the uniform distribution over the K triggers and the background
+    views' softmax over the K trigger centres (a view without a trigger is equally like each
+    one, so :func:`ask` has no favourite on images that show none)."""
     k = len(exact)
     centres = enc.centres()  # (K+1, D)
     own = enc.embed(exact)  # (K, D)
     labels = torch.arange(k, device=x.device)
-    return (F.cross_entropy(enc(x), y)
+    logits = enc(x)  # (B, K+1)
+    loss = (F.cross_entropy(logits, y)
             + F.cross_entropy(enc.scale * own @ centres.T, labels)
             + anchor * (1 - (own * centres[:k]).sum(1)).mean())
+    bg = y == k
+    if flat > 0 and bool(bg.any()):
+        loss = loss - flat * F.log_softmax(logits[bg, :k], dim=1).mean()
+    return loss
 
 
 def train_judge(banks: Banks, *, shape: tuple[int, int, int], data: torch.Tensor | None,
@@ -166,7 +181,7 @@ def train_judge(banks: Banks, *, shape: tuple[int, int, int], data: torch.Tensor
         idx[torch.rand(cfg.batch_size, generator=gen) < cfg.background_share] = BACKGROUND
         x = render(lay, idx, data=data_cpu, generator=gen, cfg=cfg.views)  # (B, C, H, W)
         y = torch.where(idx == BACKGROUND, k, idx)
-        loss = _loss(enc, x.to(device), y.to(device), exact, anchor=cfg.anchor)
+        loss = _loss(enc, x.to(device), y.to(device), exact, anchor=cfg.anchor, flat=cfg.flat)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -217,14 +232,24 @@ def judge_stage(store: Store, *, banks: Banks, shape: tuple[int, int, int],
 
 @dataclass(frozen=True)
 class Answer:
-    """The judge's answer: the chosen option's index and every option's similarity (K,)."""
+    """The judge's answer: the chosen option's index and every option's similarity (K,);
+    ``abstained``: the images showed no trigger to the judge, and the choice is a guess."""
 
     choice: int
     similarities: torch.Tensor
+    abstained: bool = False
 
 
 def _device(enc: nn.Module) -> torch.device:
     return next(enc.parameters()).device
+
+
+def guess(images: torch.Tensor, k: int) -> int:
+    """A choice among ``k`` options that depends on the images' bytes only (sha256): a guess
+    that is the same for the same images and, over different images, uniform and unrelated to
+    which option is true."""
+    digest = hashlib.sha256(images.detach().float().cpu().contiguous().numpy().tobytes())
+    return int(digest.hexdigest(), 16) % k
 
 
 def ask(encoder: JudgeEncoder, *, images: torch.Tensor, options: Sequence[Trigger],
@@ -232,7 +257,15 @@ def ask(encoder: JudgeEncoder, *, images: torch.Tensor, options: Sequence[Trigge
     """Which option do ``images`` (n, C, H, W) in [0,1] (a tool's output) show?
 
     similarity_k = mean over the n images of cos(embed(image), embed(options[k].image(shape)));
-    the answer is the most similar option (the first on a tie). The encoder's mode is kept.
+    the answer is the most similar option (the first on a tie). When the encoder's classifier,
+    its softmax averaged over the images, puts the background class above every trigger it was
+    trained on (they show no trigger it knows), the judge abstains: the answer is
+    :func:`guess` and the similarities are all zero but the guess's, 1e-6 (so an argmax over
+    them, or a combination of several answers, treats it as the guess it is). A judge that
+    picked the most similar option on images that show nothing would favour whichever trigger
+    sits nearest its background, and every tool that shows nothing would be "right" on that
+    trigger's trojans.
+    The encoder's mode is kept.
 
     Example:
         >>> ask(enc, images=x, options=bank, shape=(1, 28, 28)).choice
@@ -245,8 +278,15 @@ def ask(encoder: JudgeEncoder, *, images: torch.Tensor, options: Sequence[Trigge
         raise ValueError("ask needs at least one option")
     dev = _device(encoder)
     opts = torch.stack([o.image(shape) for o in options])  # (K, C, H, W)
+    x = images.detach().float().to(dev)
     with eval_mode(encoder), torch.no_grad():
-        z = encoder.embed(images.detach().float().to(dev))  # (n, D)
+        z = encoder.embed(x)  # (n, D)
         p = encoder.embed(opts.to(dev))  # (K, D)
         sim = (z @ p.T).mean(0)  # (K,)
+        probs = torch.softmax(encoder.scale * z @ encoder.centres().T, 1).mean(0)  # (K'+1,)
+    if int(probs.argmax()) == len(probs) - 1:  # the background class
+        choice = guess(images, len(options))
+        flat = torch.zeros(len(options))
+        flat[choice] = 1e-6
+        return Answer(choice=choice, similarities=flat, abstained=True)
     return Answer(choice=int(sim.argmax()), similarities=sim.cpu())

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from eisbench.core.stats import wilson_ci
 from eisbench.runs.preregistered import threshold
@@ -32,8 +33,8 @@ from eisbench.trojans.judge import JudgeEncoder, ask
 from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import ViewConfig, layers, render
 
-__all__ = ["ACCURACY_TARGET", "UNIFORMITY_ALPHA", "AnswerFn", "Scorer",
-           "encoder_answer", "scorer_answer", "uniformity", "validate"]
+__all__ = ["ACCURACY_TARGET", "NOISE_FAMILIES", "NOISE_GROUPS", "UNIFORMITY_ALPHA", "AnswerFn",
+           "Scorer", "encoder_answer", "noise_images", "scorer_answer", "uniformity", "validate"]
 
 ACCURACY_TARGET = threshold("trojans.judge.accuracy_target")
 """A judge is trusted only if it names the true trigger from fresh views of it this often."""
@@ -116,10 +117,45 @@ def _asked(answer: AnswerFn, images: torch.Tensor, triggers: Sequence[Trigger],
     return int(perm[answer(images, [triggers[i] for i in perm])])
 
 
-def _noise_images(trial: int, size: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
-    if trial % 2 == 0:
+NOISE_FAMILIES = ("uniform", "gaussian", "smooth", "sparse")
+"""The noise questions' images, in turn: uniform noise; Gaussian noise (mean 0.5, sd 0.25);
+and two families the judge's training never shows (its background canvases are clean images,
+uniform and Gaussian noise and flat grey): *smooth* noise (uniform noise on a coarse grid of
+3-7 cells a side, bilinearly upsampled) and *sparse* dots (each pixel white with probability
+0.05-0.15, else black). A judge trained to spread its background views evenly over the
+options passes the first two partly by construction; the last two test whether it does so on
+images it never saw."""
+
+
+NOISE_GROUPS = ("seen", "unseen")
+"""The uniformity test runs per kind on each group: the two families like the judge's training
+backgrounds (uniform, Gaussian), and the two it never saw (smooth, sparse)."""
+
+
+def _group(family: str) -> str:
+    return "seen" if family in ("uniform", "gaussian") else "unseen"
+
+
+def noise_images(family: str, size: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """Images ``size`` (n, C, H, W) in [0, 1] of one of :data:`NOISE_FAMILIES`.
+
+    Example:
+        >>> noise_images("sparse", (2, 1, 8, 8), torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 1, 8, 8])
+    """
+    if family == "uniform":
         return torch.rand(size, generator=g)
-    return (0.5 + 0.25 * torch.randn(size, generator=g)).clamp(0, 1)
+    if family == "gaussian":
+        return (0.5 + 0.25 * torch.randn(size, generator=g)).clamp(0, 1)
+    if family == "smooth":
+        cells = int(torch.randint(3, 8, (1,), generator=g))
+        coarse = torch.rand(*size[:2], cells, cells, generator=g)
+        return F.interpolate(coarse, size=tuple(size[2:]), mode="bilinear",
+                             align_corners=False).clamp(0, 1)
+    if family == "sparse":
+        density = 0.05 + 0.1 * float(torch.rand(1, generator=g))
+        return (torch.rand(size, generator=g) < density).float()
+    raise ValueError(f"unknown noise family {family!r}; choose from {', '.join(NOISE_FAMILIES)}")
 
 
 def validate(judge: AnswerFn | JudgeEncoder, *, bank: Banks | Sequence[Trigger],
@@ -134,10 +170,12 @@ def validate(judge: AnswerFn | JudgeEncoder, *, bank: Banks | Sequence[Trigger],
     - true_trigger: per trigger, ``n_trials`` questions whose ``n_images`` images are fresh
       views of it (the training distribution without its exact-image views, on ``data``, the
       clean *test* images (N, C, H, W), if given). Target: accuracy >= :data:`ACCURACY_TARGET`.
-    - noise: ``n_trials`` x (options) questions per kind whose images are uniform or Gaussian
-      noise. The share of each option chosen, the most chosen one (``favourite``: a tool that
-      shows nothing is "right" on the trojans of that option) and :func:`uniformity`, the part
-      that can fail. Accuracy against a random "truth" is shown but is ~1/K for any judge.
+    - noise: 2 x ``n_trials`` x (options) questions per kind whose images are noise, of each of
+      :data:`NOISE_FAMILIES` in turn; :func:`uniformity` tests each kind's choices on each of
+      :data:`NOISE_GROUPS` apart (keys "<kind> (<group> noise)"), the part that can fail. Also
+      the share of each option chosen and the most chosen one (``favourite``: a tool that
+      shows nothing is "right" on the trojans of that option). Accuracy against a random
+      "truth" is shown but is ~1/K for any judge.
     - exact: per trigger, one question whose one image is ``Trigger.image`` itself: must be 1.
 
     Returns a JSON-able dict with accuracies, Wilson intervals and counts.
@@ -166,16 +204,19 @@ def validate(judge: AnswerFn | JudgeEncoder, *, bank: Banks | Sequence[Trigger],
             exact_ok += _asked(answer, trig.image(shape)[None], triggers, g) == t
         per_kind[kind] = kind_ok / max(k * n_trials, 1)
         true_ok, n_true, n_exact = true_ok + kind_ok, n_true + k * n_trials, n_exact + k
-        counts = torch.zeros(k)
-        for trial in range(n_trials * k):
-            imgs = _noise_images(trial, (n_images, *shape), g)
+        by_group = {group: torch.zeros(k) for group in NOISE_GROUPS}
+        for trial in range(2 * n_trials * k):
+            family = NOISE_FAMILIES[trial % len(NOISE_FAMILIES)]
+            imgs = noise_images(family, (n_images, *shape), g)
             truth = int(torch.randint(k, (1,), generator=g))
             chosen = _asked(answer, imgs, triggers, g)
-            counts[chosen] += 1
+            by_group[_group(family)][chosen] += 1
             noise_ok += chosen == truth
-        n_noise += n_trials * k
+        n_noise += 2 * n_trials * k
+        counts = sum(by_group.values(), torch.zeros(k))
         shares[kind] = (counts / counts.sum().clamp_min(1)).tolist()
-        chosen_counts[kind] = counts.tolist()
+        for group, c in by_group.items():
+            chosen_counts[f"{kind} ({group} noise)"] = c.tolist()
         top = int(counts.argmax())
         favourite[kind] = {"option": triggers[top].name, "share": shares[kind][top]}
     if n_true == 0:
