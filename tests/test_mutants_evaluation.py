@@ -615,3 +615,14 @@ def test_eval_mode_restores_every_submodules_own_mode() -> None:
     with eval_mode(net):
         assert not any(m.training for m in net.modules())
     assert [m.training for m in net.modules()] == [False, False, True]
+
+
+def test_accuracies_are_exact_at_a_threshold_a_check_compares_with() -> None:
+    """1 robust example in 20 is 5% exactly, which control-falls (robust accuracy <= 0.05)
+    accepts: a float32 mean (0.0500000007) would refuse it."""
+    n = 20
+    res = SuiteResult("s", "linf", 0.3, clean=torch.ones(n, dtype=torch.bool),
+                      robust=torch.arange(n) == 0, x_adv=torch.zeros(n, 1, 1, 1),
+                      broken_by=[""] + ["a"] * (n - 1))
+    assert res.robust_acc == 0.05 and res.robust_acc <= 0.05
+    assert res.clean_acc == 1.0

@@ -205,7 +205,7 @@ def eps_curve(c: CheckInputs) -> CheckResult:
     big = 1.0 if c.norm == "linf" else math.sqrt(x[0].numel())
     grid = [0.5 * c.eps, c.eps, 2 * c.eps, big]
     accs = [float(_robust(c.model, apgd(c.model, x, y, eps=e, norm=c.norm, steps=50,
-                                        generator=c.gen(i)), y).float().mean())
+                                        generator=c.gen(i)), y).double().mean())
             for i, e in enumerate(grid)]
     tol = _tol(len(x))
     monotone = all(b <= a + tol for a, b in zip(accs, accs[1:], strict=False))
