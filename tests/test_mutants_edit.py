@@ -772,3 +772,9 @@ def test_ablation_effects_and_unit_ranking_by_hand() -> None:
     names = ab.selector_names()
     assert names[-1] == "random" and names[:-1] == sorted(names[:-1]) and len(names) > 3
     assert ab.selector_names(["random", "conductance"]) == ["random", "conductance"]
+
+
+def test_selector_names_default_is_sorted_with_random_last() -> None:
+    names = ab.selector_names()
+    assert names[-1] == "random" and names[:-1] == sorted(names[:-1])
+    assert ab.selector_names(["random", "linear-probe"]) == ["random", "linear-probe"]

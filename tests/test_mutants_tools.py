@@ -1002,3 +1002,11 @@ def _feature_adversary_reference(net: nn.Module, ae: dec.Autoencoder, *,
     assert success[0] != success[1]  # (so that the order is seen)
     order = torch.argsort(success, descending=True, stable=True)
     return ap.centred(patches[order], (1, 8, 8))
+
+
+def test_patch_side_must_fit_the_shorter_side_of_non_square_images() -> None:
+    wide = torch.rand(4, 1, 4, 8, generator=_g(2))  # (N, C, H=4, W=8)
+    with pytest.raises(ValueError,
+                       match=r"^patch side 6 does not fit images of shape \(1, 4, 8\)$"):
+        ap.optimise_patches(nn.Sequential(nn.Flatten(), nn.Linear(32, 3)), target=1, data=wide,
+                            n=1, generator=_g(), side=6, steps=1)
