@@ -49,6 +49,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -289,7 +290,7 @@ def run_package(package: str, args: argparse.Namespace,
     alive = [n for n in chosen if verdicts[n]["status"] == "survived"]
     print(f"{package}: re-checking {len(alive)} survivors against every mapped test file",
           flush=True)
-    killed = recheck(package, alive, all_tests=args.all_tests)
+    killed = recheck(package, alive, all_tests=args.all_tests, workers=args.max_children)
     survivors += [(n, verdicts[n] | ({"status": "survived mutmut, killed on re-check"}
                                      if n in killed else {}))
                   for n in chosen if verdicts[n]["status"] not in (*DETECTED, *UNDECIDED)]
@@ -301,7 +302,7 @@ def run_package(package: str, args: argparse.Namespace,
 RECHECK_TIMEOUT_S = 900
 
 
-def recheck(package: str, names: Sequence[str], *, all_tests: bool) -> set[str]:
+def recheck(package: str, names: Sequence[str], *, all_tests: bool, workers: int) -> set[str]:
     """The surviving mutants ``names`` that fail a test when the package's whole test selection
     runs against them (``MUTANT_UNDER_TEST``; a timeout counts as a kill, as in mutmut).
 
@@ -315,19 +316,20 @@ def recheck(package: str, names: Sequence[str], *, all_tests: bool) -> set[str]:
     work = WORK / package / "mutants"
     env = dict(os.environ, PYTHONPATH="src", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                EISBENCH_QUIET="1")
-    killed = set()
-    for name in names:
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-               *test_selection(package, all_tests=all_tests)]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+           *test_selection(package, all_tests=all_tests)]
+
+    def fails(name: str) -> bool:
         try:
             rc = subprocess.run(cmd, cwd=work, env=env | {"MUTANT_UNDER_TEST": name},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 timeout=RECHECK_TIMEOUT_S).returncode
         except subprocess.TimeoutExpired:
-            rc = 1
-        if rc == 1:  # a test failed (2-5: interrupted, internal or usage error, no tests)
-            killed.add(name)
-    return killed
+            return True
+        return rc == 1  # a test failed (2-5: interrupted, internal or usage error, no tests)
+
+    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
+        return {n for n, dead in zip(names, pool.map(fails, names), strict=True) if dead}
 
 
 def _estimate_full_s(row: Row, max_children: int) -> float | None:
