@@ -325,3 +325,17 @@ def test_second_opinion_compares_the_judges_choices_per_question() -> None:
                            keys=[f"m{t}" for t in range(6)])
     assert d2["agreement"]["agreement"] == 0.5
     assert d2["agreement_on_correct"]["agreement"] > 0.5
+
+
+def test_quick_benches_train_the_zoo_preset_that_meets_the_implant_targets() -> None:
+    """Cheaper zoos missed the targets (MNIST 20k x 4: 8 of 12 implanted; Fashion-MNIST 6 of
+    12), so the quick presets keep the dataset's zoo recipe and save on clean models only."""
+    from eisbench.bench.edit import QUICK as EDIT_QUICK
+    from eisbench.bench.trojans import QUICK as TROJAN_QUICK
+    from eisbench.trojans.zoo import PRESETS, zoo_config
+
+    for quick in (TROJAN_QUICK, EDIT_QUICK):
+        for dataset in ("mnist", "fashion-mnist"):
+            cfg = zoo_config(dataset, epochs=quick.epochs, n_train=quick.n_train)
+            assert (cfg.train, cfg.n_train) == (PRESETS[dataset].train, None), (quick, dataset)
+        assert 2 <= quick.n_clean < PRESETS["mnist"].n_clean

@@ -281,12 +281,12 @@ def ask(encoder: JudgeEncoder, *, images: torch.Tensor, options: Sequence[Trigge
     x = images.detach().float().to(dev)
     with eval_mode(encoder), torch.no_grad():
         z = encoder.embed(x)  # (n, D)
+        probs = torch.softmax(encoder.scale * z @ encoder.centres().T, 1).mean(0)  # (K'+1,)
+        if int(probs.argmax()) == len(probs) - 1:  # the background class: no option embedded
+            choice = guess(images, len(options))
+            flat = torch.zeros(len(options))
+            flat[choice] = 1e-6
+            return Answer(choice=choice, similarities=flat, abstained=True)
         p = encoder.embed(opts.to(dev))  # (K, D)
         sim = (z @ p.T).mean(0)  # (K,)
-        probs = torch.softmax(encoder.scale * z @ encoder.centres().T, 1).mean(0)  # (K'+1,)
-    if int(probs.argmax()) == len(probs) - 1:  # the background class
-        choice = guess(images, len(options))
-        flat = torch.zeros(len(options))
-        flat[choice] = 1e-6
-        return Answer(choice=choice, similarities=flat, abstained=True)
     return Answer(choice=int(sim.argmax()), similarities=sim.cpu())

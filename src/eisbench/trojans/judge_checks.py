@@ -33,8 +33,9 @@ from eisbench.trojans.judge import JudgeEncoder, ask
 from eisbench.trojans.stamp import Trigger
 from eisbench.trojans.views import ViewConfig, layers, render
 
-__all__ = ["ACCURACY_TARGET", "NOISE_FAMILIES", "NOISE_GROUPS", "UNIFORMITY_ALPHA", "AnswerFn",
-           "Scorer", "encoder_answer", "noise_images", "scorer_answer", "uniformity", "validate"]
+__all__ = ["ACCURACY_TARGET", "NOISE_FAMILIES", "NOISE_GROUP", "NOISE_GROUPS",
+           "UNIFORMITY_ALPHA", "AnswerFn", "Scorer", "encoder_answer", "noise_images",
+           "scorer_answer", "uniformity", "validate"]
 
 ACCURACY_TARGET = threshold("trojans.judge.accuracy_target")
 """A judge is trusted only if it names the true trigger from fresh views of it this often."""
@@ -117,23 +118,18 @@ def _asked(answer: AnswerFn, images: torch.Tensor, triggers: Sequence[Trigger],
     return int(perm[answer(images, [triggers[i] for i in perm])])
 
 
-NOISE_FAMILIES = ("uniform", "gaussian", "smooth", "sparse")
-"""The noise questions' images, in turn: uniform noise; Gaussian noise (mean 0.5, sd 0.25);
-and two families the judge's training never shows (its background canvases are clean images,
-uniform and Gaussian noise and flat grey): *smooth* noise (uniform noise on a coarse grid of
-3-7 cells a side, bilinearly upsampled) and *sparse* dots (each pixel white with probability
-0.05-0.15, else black). A judge trained to spread its background views evenly over the
-options passes the first two partly by construction; the last two test whether it does so on
-images it never saw."""
+NOISE_GROUP = {"uniform": "seen", "gaussian": "seen", "smooth": "unseen", "sparse": "unseen"}
+"""Each noise family and its group. The noise questions' images, in turn: uniform noise; Gaussian
+noise (mean 0.5, sd 0.25); and two families the judge's training never shows (its background
+canvases are clean images, uniform and Gaussian noise and flat grey): *smooth* noise (uniform
+noise on a coarse grid of 3-7 cells a side, bilinearly upsampled) and *sparse* dots (each pixel
+white with probability 0.05-0.15, else black). A judge trained to spread its background views
+evenly over the options passes the "seen" group partly by construction; the "unseen" group
+tests whether it does so on images it never saw. The uniformity test runs per kind on each
+group apart."""
 
-
-NOISE_GROUPS = ("seen", "unseen")
-"""The uniformity test runs per kind on each group: the two families like the judge's training
-backgrounds (uniform, Gaussian), and the two it never saw (smooth, sparse)."""
-
-
-def _group(family: str) -> str:
-    return "seen" if family in ("uniform", "gaussian") else "unseen"
+NOISE_FAMILIES = tuple(NOISE_GROUP)
+NOISE_GROUPS = tuple(dict.fromkeys(NOISE_GROUP.values()))  # ("seen", "unseen")
 
 
 def noise_images(family: str, size: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
@@ -210,7 +206,7 @@ def validate(judge: AnswerFn | JudgeEncoder, *, bank: Banks | Sequence[Trigger],
             imgs = noise_images(family, (n_images, *shape), g)
             truth = int(torch.randint(k, (1,), generator=g))
             chosen = _asked(answer, imgs, triggers, g)
-            by_group[_group(family)][chosen] += 1
+            by_group[NOISE_GROUP[family]][chosen] += 1
             noise_ok += chosen == truth
         n_noise += 2 * n_trials * k
         counts = sum(by_group.values(), torch.zeros(k))
