@@ -62,6 +62,23 @@ def test_success_grid_best_pair_and_its_leave_one_out_estimate() -> None:
         scores.success_grid(sims, answers=[0, 0])
 
 
+def test_a_failed_cell_is_a_miss_on_a_trojan_a_hit_on_the_control_and_adds_no_images() -> None:
+    nan = float("nan")
+    sims = {"a": torch.tensor([[0.9, 0.1], [nan, nan], [nan, nan]]),
+            "b": torch.tensor([[0.0, 1.0], [0.2, 0.6], [nan, nan]])}
+    # trojan 1's true option is the first (where an argmax of a blank row would land)
+    assert scores.success_grid(sims, answers=[0, 0, 0])["a"] == [True, False, False]
+    assert scores.success_grid(sims, answers=[0, 0, 0], missing=True)["a"] == [True, True, True]
+    both = scores.combine(sims, ["a", "b"])
+    assert torch.allclose(both[0], torch.tensor([0.45, 0.55]))
+    assert torch.allclose(both[1], sims["b"][1])  # b's images alone, not halved by a's none
+    assert torch.isnan(both[2]).all()
+    assert scores.success_grid({"all": both}, answers=[1, 1, 0])["all"] == [True, True, False]
+    partly = torch.tensor([[0.1, nan]])
+    with pytest.raises(ValueError, match="whole row of NaN"):
+        scores.success_grid({"a": partly}, answers=[0])
+
+
 def test_detection_auroc_matches_sklearn_and_brackets() -> None:
     g = torch.Generator().manual_seed(0)
     pos = (torch.randn(10, generator=g) + 1).tolist()
@@ -325,6 +342,24 @@ def test_second_opinion_compares_the_judges_choices_per_question() -> None:
                            keys=[f"m{t}" for t in range(6)])
     assert d2["agreement"]["agreement"] == 0.5
     assert d2["agreement_on_correct"]["agreement"] > 0.5
+
+
+def test_second_opinion_counts_a_failed_cell_as_a_miss_and_asks_it_of_neither_judge() -> None:
+    from eisbench.bench.trojan_judges import NO_CHOICE, choices, second_opinion
+
+    g = torch.Generator().manual_seed(0)
+    first = {t: {0: torch.rand(6, 8, generator=g)} for t in ("a", "b")}
+    answers = [int(first["a"][0][t].argmax()) for t in range(6)]  # tool a always right
+    failed = {t: {0: v[0].clone()} for t, v in first.items()}
+    failed["a"][0][2] = float("nan")  # tool a made no images for trojan 2
+    assert choices(failed["a"][0])[2] == NO_CHOICE
+    m, d = second_opinion(failed, failed, rows=["a", "b"], seeds=[0], answers=answers,
+                          keys=[f"m{t}" for t in range(6)])
+    assert m["judge/kappa"]["n"] == 11  # 2 tools x 6 trojans, less the failed cell
+    assert m["judge/kappa"]["value"] == pytest.approx(1.0)
+    assert m["tool/a/success_rate_ncc"]["value"] == pytest.approx(5 / 6)  # a miss, not dropped
+    assert m["tool/a/success_rate_ncc"]["n"] == 6
+    assert d["success"]["a"] == {"first": pytest.approx(5 / 6), "second": pytest.approx(5 / 6)}
 
 
 def test_quick_benches_train_the_zoo_preset_that_meets_the_implant_targets() -> None:

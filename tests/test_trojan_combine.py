@@ -197,8 +197,11 @@ def test_bad_input_fails_with_a_clear_message() -> None:
         tc.pooled(sims, "ab")
     with pytest.raises(ValueError, match=r"\(trojans, options >= 2\)"):
         tc.pooled({"a": torch.zeros(3)}, ["a"])
-    with pytest.raises(ValueError, match="finite"):
-        tc.pooled({"a": torch.full((2, 3), float("nan"))}, ["a"])
+    partly = torch.zeros(2, 3)
+    partly[0, 1] = float("nan")  # a failed cell is a whole row of NaN, never part of one
+    for bad in (partly, torch.full((2, 3), float("inf"))):
+        with pytest.raises(ValueError, match="finite"):
+            tc.pooled({"a": bad}, ["a"])
     ok = {"a": torch.zeros(3, 8), "b": torch.zeros(3, 8)}
     with pytest.raises(ValueError, match="cover 3 trojans, answers 2"):
         tc.held_out_choice([ok], answers=[0, 1], tools=["a", "b"])
@@ -208,3 +211,28 @@ def test_bad_input_fails_with_a_clear_message() -> None:
         tc.held_out_choice([], answers=[0], tools=["a"])
     with pytest.raises(UnknownNameError, match="did you mean 'pooled'"):
         tc.held_out_choice([ok], answers=[0, 1, 2], tools=["a", "b"], rules=("pooledd",))
+
+
+NAN = float("nan")
+# a, c failed on trojan 1; every tool failed on trojan 2 (rows of NaN: failed cells)
+FAILED = {"a": T([[0.9, 0.1], [NAN, NAN], [NAN, NAN]]),
+          "b": T([[0.0, 0.2], [0.1, 0.9], [NAN, NAN]]),
+          "c": T([[0.8, 0.0], [NAN, NAN], [NAN, NAN]])}
+
+
+@pytest.mark.parametrize("rule", tc.COMBINATION_RULES)
+def test_a_failed_cell_casts_no_vote_and_a_trojan_every_tool_failed_is_wrong(rule: str) -> None:
+    """Trojan 1: only b made images, so every rule gives b's answer (a failed cell read as a
+    row of zeros would give a and c's 'votes' to option 0). Trojan 2: nobody made images, so
+    no rule is right, although option 0 (the first, where ties go) is the true one."""
+    got = tc.RULES.get(rule)(FAILED, ["a", "b", "c"])
+    assert got[:2].argmax(1).tolist() == [0, 1]
+    assert torch.isnan(got[2]).all() and not torch.isnan(got[:2]).any()
+    assert tc.rule_correct(rule, FAILED, tools=["a", "b", "c"], answers=[0, 1, 0]) == \
+        [True, True, False]
+
+
+def test_held_out_choice_scores_a_trojan_every_tool_failed_as_wrong_on_every_seed() -> None:
+    out = tc.held_out_choice([FAILED, FAILED], answers=[0, 1, 0], tools=["a", "b", "c"])
+    assert out["held_out_correct"] == [[True, True], [True, True], [False, False]]
+    assert out["held_out_success"] == pytest.approx(4 / 6)

@@ -15,6 +15,10 @@ answer. The rules, in :data:`COMBINATION_RULES` order (the order settles ties in
   (scores: that tool's similarities; ties: the first tool in sorted name order).
 - ``majority``: one vote per tool for its answer.
 
+A failed cell (a tool that made no images for trojan t: its row is all NaN,
+:data:`~eisbench.bench.trojan_scores.MISSING`) casts no vote and adds nothing to the pool;
+where every tool failed, a rule's row is NaN and :func:`rule_correct` counts it wrong.
+
 Vote totals are compared to 1e-8 (float noise); tied totals go to the option with the higher
 pooled similarity, then to the first option. Every rule sorts the tools first, so its answer
 does not depend on the order in which tools are given.
@@ -43,7 +47,7 @@ from typing import Any
 
 import torch
 
-from eisbench.bench.trojan_scores import combine
+from eisbench.bench.trojan_scores import MISSING, answered, combine, picks
 from eisbench.core.registry import Registry
 
 Sims = Mapping[str, torch.Tensor]  # tool -> (T, K) judge similarities per trojan and option
@@ -72,7 +76,8 @@ _TIE_BONUS = 1e-9  # < VOTE_TOL: the pooled tie-break never overturns distinct v
 
 def _checked(sims: Sims, tools: Sequence[str]) -> tuple[list[str], torch.Tensor]:
     """The tools, sorted, and their similarities stacked (M, T, K) as float64; raise for no
-    tools, a repeated or unknown tool, a non-(T, K) or non-finite tensor, differing shapes."""
+    tools, a repeated or unknown tool, a non-(T, K) tensor, differing shapes, or a row that is
+    neither finite nor a failed cell's (all NaN)."""
     if isinstance(tools, str):
         raise TypeError(f"tools must be a sequence of tool names, got the string {tools!r}")
     names = sorted(tools)
@@ -93,9 +98,14 @@ def _checked(sims: Sims, tools: Sequence[str]) -> tuple[list[str], torch.Tensor]
         if tuple(s.shape) != shape:
             raise ValueError(f"every tool's similarities must have the same shape; "
                              f"{names[0]} has {shape}, {t} has {tuple(s.shape)}")
-        if not torch.isfinite(s).all():
-            raise ValueError(f"{t}: similarities must be finite")
+        answered(s, name=f"{t}: similarities")
     return names, torch.stack([sims[t].double() for t in names])  # (M, T, K)
+
+
+def _blank_unanswered(scores: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+    """``scores`` (T, K) with the rows of the trojans every tool failed set to NaN."""
+    none = ~answered(stacked).any(0)  # (T,)
+    return torch.where(none[:, None], MISSING, scores)
 
 
 def _votes_with_tiebreak(votes: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -108,9 +118,11 @@ def _votes_with_tiebreak(votes: torch.Tensor, pooled: torch.Tensor) -> torch.Ten
 
 
 def _answers(stacked: torch.Tensor) -> torch.Tensor:
-    """Each tool's answer per trojan (M, T), as a one-hot (M, T, K)."""
+    """Each tool's answer per trojan (M, T), as a one-hot (M, T, K); all zeros for a failed
+    cell (no answer)."""
     k = stacked.shape[-1]
-    return torch.nn.functional.one_hot(stacked.argmax(-1), k).double()
+    hot = torch.nn.functional.one_hot(torch.nan_to_num(stacked, nan=0.0).argmax(-1), k)
+    return hot.double() * answered(stacked)[..., None]
 
 
 @RULES.register("pooled")
@@ -131,9 +143,9 @@ def weighted_vote(sims: Sims, tools: Sequence[str]) -> torch.Tensor:
         tensor([1])
     """
     names, stacked = _checked(sims, tools)  # (M, T, K)
-    conf = torch.softmax(VOTE_SCALE * stacked, -1).amax(-1)  # (M, T)
+    conf = torch.softmax(VOTE_SCALE * torch.nan_to_num(stacked, nan=0.0), -1).amax(-1)  # (M, T)
     votes = (conf[..., None] * _answers(stacked)).sum(0)  # (T, K)
-    return _votes_with_tiebreak(votes, pooled(sims, names).double())
+    return _blank_unanswered(_votes_with_tiebreak(votes, pooled(sims, names).double()), stacked)
 
 
 @RULES.register("max-margin")
@@ -147,8 +159,9 @@ def max_margin(sims: Sims, tools: Sequence[str]) -> torch.Tensor:
         tensor([1])
     """
     _, stacked = _checked(sims, tools)  # (M, T, K)
-    top2 = stacked.topk(2, dim=-1).values  # (M, T, 2)
-    best = (top2[..., 0] - top2[..., 1]).argmax(0)  # (T,) index of the tool
+    top2 = torch.nan_to_num(stacked, nan=0.0).topk(2, dim=-1).values  # (M, T, 2)
+    margin = torch.where(answered(stacked), top2[..., 0] - top2[..., 1], -torch.inf)  # (M, T)
+    best = margin.argmax(0)  # (T,) index of the tool; all failed: a NaN row
     return stacked[best, torch.arange(stacked.shape[1])]  # (T, K)
 
 
@@ -157,22 +170,24 @@ def majority(sims: Sims, tools: Sequence[str]) -> torch.Tensor:
     """Per option, the number of tools (T, K) that answer it; ties go to the higher pooled
     similarity."""
     names, stacked = _checked(sims, tools)
-    return _votes_with_tiebreak(_answers(stacked).sum(0), pooled(sims, names).double())
+    votes = _votes_with_tiebreak(_answers(stacked).sum(0), pooled(sims, names).double())
+    return _blank_unanswered(votes, stacked)
 
 
 def rule_correct(rule: str, sims: Sims, *, tools: Sequence[str],
                  answers: Sequence[int]) -> list[bool]:
-    """Per trojan, whether the rule's combined answer is the true option ``answers[t]``.
+    """Per trojan, whether the rule's combined answer is the true option ``answers[t]`` (a
+    trojan every tool failed: False).
 
     Example:
         >>> rule_correct("pooled", {"a": torch.tensor([[0.9, 0.1]])}, tools=["a"], answers=[0])
         [True]
     """
-    got = RULES.get(rule)(sims, tools).argmax(1)  # (T,)
+    got = RULES.get(rule)(sims, tools)  # (T, K)
     if len(got) != len(answers):
         raise ValueError(f"answers must give one true option per trojan ({len(got)}), got "
                          f"{len(answers)}")
-    return [int(g) == a for g, a in zip(got.tolist(), answers, strict=True)]
+    return picks(got, answers, missing=False)
 
 
 def _first_best(totals: Mapping[str, int], rules: Sequence[str]) -> str:

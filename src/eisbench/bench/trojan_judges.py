@@ -36,7 +36,7 @@ import torch
 
 from eisbench.bench import trojan_combine
 from eisbench.bench.trojan_control import rates
-from eisbench.bench.trojan_scores import GRADED, ci_metric, mean_metric
+from eisbench.bench.trojan_scores import GRADED, answered, ci_metric, mean_metric
 from eisbench.runs.record import Metric
 from eisbench.trojans.judge import JudgeEncoder, ask
 from eisbench.trojans.judge_checks import AnswerFn, Scorer, scorer_answer, validate
@@ -106,16 +106,36 @@ def judge_metrics(val: Mapping[str, Any]) -> dict[str, Metric]:
     return out
 
 
+NO_CHOICE = -1
+"""The choice recorded for a failed cell (:mod:`eisbench.bench.trojan_cells`): no images, no
+answer; never equal to a true option."""
+
+
+def choices(s: torch.Tensor) -> torch.Tensor:
+    """The option chosen per row of similarities ``s`` (T, K): (T,) bank indices, with
+    :data:`NO_CHOICE` for a failed cell's row (all NaN)."""
+    ok = answered(s)
+    return torch.where(ok, torch.nan_to_num(s, nan=0.0).argmax(1), NO_CHOICE)
+
+
 def _choices(sims: Sims, rows: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
-    """The option chosen per (row, seed, graded trojan): (R, S, T) bank indices."""
-    return torch.stack([torch.stack([sims[r][s].argmax(1) for s in seeds]) for r in rows])
+    """The option chosen per (row, seed, graded trojan): (R, S, T) bank indices
+    (:func:`choices`)."""
+    return torch.stack([torch.stack([choices(sims[r][s]) for s in seeds]) for r in rows])
+
+
+def _asked(a: torch.Tensor, b: torch.Tensor) -> tuple[list[int], list[int]]:
+    """The paired choices of the questions that were asked (images to judge), flattened."""
+    keep = (a != NO_CHOICE) & (b != NO_CHOICE)
+    return a[keep].tolist(), b[keep].tolist()
 
 
 def kappa_interval(a: torch.Tensor, b: torch.Tensor, *, n_boot: int = 1000,
                    seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of Cohen's kappa between the choices ``a`` and ``b``
     (R, S, T), resampling the T graded trojans (a tool's questions on one trojan are not
-    independent; the trojans are the unit). Fewer than 3 trojans: [-1, 1]."""
+    independent; the trojans are the unit). Failed cells are left out of each resample (and a
+    resample with no question asked). Fewer than 3 trojans: [-1, 1]."""
     t = a.shape[-1]
     if t < 3:
         return -1.0, 1.0
@@ -123,8 +143,11 @@ def kappa_interval(a: torch.Tensor, b: torch.Tensor, *, n_boot: int = 1000,
     vals = []
     for _ in range(n_boot):
         idx = torch.randint(t, (t,), generator=g)
-        vals.append(agreement(a[..., idx].flatten().tolist(), b[..., idx].flatten().tolist())
-                    ["kappa"])
+        xa, xb = _asked(a[..., idx], b[..., idx])
+        if xa:
+            vals.append(agreement(xa, xb)["kappa"])
+    if not vals:
+        return -1.0, 1.0
     q = torch.tensor(vals, dtype=torch.float64).quantile(
         torch.tensor([0.025, 0.975], dtype=torch.float64))
     return float(q[0]), float(q[1])
@@ -136,14 +159,19 @@ def second_opinion(first: Sims, second: Sims, *, rows: Sequence[str], seeds: Seq
     """The two judges on the same tool images: ``judge/kappa`` (Cohen's kappa of their choices
     over every tool x graded trojan x seed question, with a bootstrap interval over trojans),
     per tool its success under the second judge (``tool/{row}/success_rate_{SECOND_JUDGE}``,
-    the unit of the first's), and the tools whose rank changes."""
+    the unit of the first's), and the tools whose rank changes. A failed cell is a miss for
+    both judges and no question for their agreement (no images to judge)."""
     if not answers or not rows:
         return {}, {"judge": SECOND_JUDGE, "note": "no graded trojans"}
     a, b = _choices(first, rows, seeds), _choices(second, rows, seeds)  # (R, S, T)
     truth = torch.tensor(list(answers)).expand_as(a)
-    kappa = agreement(a.flatten().tolist(), b.flatten().tolist())
-    on_correct = agreement_on_correct((a == truth).flatten().tolist(),
-                                      (b == truth).flatten().tolist())
+    xa, xb = _asked(a, b)
+    if not xa:
+        return {}, {"judge": SECOND_JUDGE, "note": "every tool cell failed: no question asked"}
+    kappa = agreement(xa, xb)
+    asked = (a != NO_CHOICE) & (b != NO_CHOICE)
+    on_correct = agreement_on_correct((a == truth)[asked].tolist(),
+                                      (b == truth)[asked].tolist())
     metrics: dict[str, Metric] = {}
     values = {}
     for i, row in enumerate(rows):
@@ -156,8 +184,8 @@ def second_opinion(first: Sims, second: Sims, *, rows: Sequence[str], seeds: Seq
     how = ("95% bootstrap over graded trojans" if a.shape[-1] >= 3
            else "fewer than 3 graded trojans: the whole range")
     metrics["judge/kappa"] = ci_metric(k, lo, hi, kappa["n"],
-                                       unit=f"tool questions (tools x graded trojans x seeds; "
-                                            f"{how})")
+                                       unit=f"tool questions (tools x graded trojans x seeds, "
+                                            f"less failed cells; {how})")
     changes = rank_changes({r: v[0] for r, v in values.items()},
                            {r: v[1] for r, v in values.items()})
     return metrics, {"judge": SECOND_JUDGE, "agreement": kappa, "agreement_on_correct": on_correct,

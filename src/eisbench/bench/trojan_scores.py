@@ -10,6 +10,12 @@ Picking the best of 45 pairs on the same 12 trojans it is scored on is optimisti
 :func:`best_pair` also gives the leave-one-trojan-out estimate (the pair chosen on the other
 trojans, scored on the held-out one).
 
+A failed cell (:mod:`eisbench.bench.trojan_cells`: a tool that raised on one model, target
+and seed) has similarities of :data:`MISSING` (a row of NaN): :func:`success_grid` answers it
+as ``missing`` says (a miss on a trojan), :func:`combine` pools the images that were made (a
+failed tool adds none) and gives a row of NaN where every tool failed. A row that is partly
+NaN, or infinite, is an error, never a failed cell.
+
 Intervals are over the unit of replication and for exactly the value shown
 (:func:`~eisbench.runs.claims.mean_metric`, :data:`UNITS`): a tool's success is a mean over
 trojans of a fraction over tool seeds, so its interval is a bootstrap over trojans (clustered by
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from eisbench.bench.trojan_cells import failure_sentence
 from eisbench.runs.claims import ci_metric as ci_metric  # re-exported: the bench's helpers
 from eisbench.runs.claims import mean_metric as mean_metric
 from eisbench.runs.claims import rate as rate
@@ -49,27 +56,58 @@ CLEAN = "clean models"
 """What ``n`` counts for a mean or rate over the zoo's clean models."""
 
 
-def success_grid(sims: Sims, *, answers: Sequence[int]) -> dict[str, list[bool]]:
+MISSING = float("nan")
+"""The similarity of every option in a failed cell's row: the tool made no images."""
+
+
+def answered(s: torch.Tensor, *, name: str = "similarities") -> torch.Tensor:
+    """Per row of ``s`` (..., K), whether it was answered (every entry finite) rather than a
+    failed cell (every entry :data:`MISSING`), as a bool tensor (...,); raise for a row that
+    is partly NaN or holds an infinity."""
+    nan = torch.isnan(s)
+    partial = nan.any(-1) & ~nan.all(-1)
+    if partial.any() or torch.isinf(s).any():
+        raise ValueError(f"{name} must be finite, or a whole row of NaN for a failed cell")
+    return ~nan.all(-1)
+
+
+def picks(s: torch.Tensor, answers: Sequence[int], *, missing: bool = False) -> list[bool]:
+    """Per row t of scores ``s`` (T, K), whether its largest entry (the first on a tie) is the
+    true option ``answers[t]``; a failed cell's row counts as ``missing``."""
+    ok = answered(s)
+    best = torch.nan_to_num(s, nan=0.0).argmax(1)
+    return [int(b) == a if o else missing
+            for o, b, a in zip(ok.tolist(), best.tolist(), answers, strict=True)]
+
+
+def success_grid(sims: Sims, *, answers: Sequence[int],
+                 missing: bool = False) -> dict[str, list[bool]]:
     """Per tool, whether the judge picks the true option ``answers[t]`` of each trojan t (the
-    most similar option; the first on a tie, as :func:`~eisbench.trojans.judge.ask`)."""
+    most similar option; the first on a tie, as :func:`~eisbench.trojans.judge.ask`). A failed
+    cell (a row of :data:`MISSING`) counts as ``missing``: False (a miss) on a trojan, True
+    on the clean control (the worst case for the tool there)."""
     out = {}
     for tool, s in sims.items():
         if s.dim() != 2 or len(s) != len(answers):
             raise ValueError(f"{tool}: similarities must be (trojans={len(answers)}, options), "
                              f"got {tuple(s.shape)}")
-        out[tool] = [int(s[t].argmax()) == a for t, a in enumerate(answers)]
+        out[tool] = picks(s, answers, missing=missing)
     return out
 
 
 def combine(sims: Sims, tools: Sequence[str], *,
             counts: Mapping[str, int] | None = None) -> torch.Tensor:
     """The judge's similarities (T, K) for the images of ``tools`` shown together: the mean of
-    their similarity vectors weighted by each tool's image count (default: equal)."""
+    their similarity vectors weighted by each tool's image count (default: equal). A failed
+    cell adds no images (weight 0); where every tool failed, the row is :data:`MISSING`."""
     if not tools:
         raise ValueError("combine needs at least one tool")
-    w = torch.tensor([float((counts or {}).get(t, 1)) for t in tools])
     stacked = torch.stack([sims[t].float() for t in tools])  # (M, T, K)
-    return (w[:, None, None] * stacked).sum(0) / w.sum()
+    w = torch.tensor([float((counts or {}).get(t, 1)) for t in tools])[:, None]  # (M, 1)
+    w = w * answered(stacked)  # (M, T): a failed cell weighs 0
+    total = w.sum(0)  # (T,)
+    pooled = (w[..., None] * torch.nan_to_num(stacked, nan=0.0)).sum(0)  # (T, K)
+    return torch.where(total[:, None] > 0, pooled / total.clamp_min(1e-12)[:, None], MISSING)
 
 
 @dataclass(frozen=True)
@@ -143,9 +181,11 @@ def detection_auroc(trojaned: Sequence[float], clean: Sequence[float], *,
 
 UNITS = {
     "tool/*/success_rate": "n = graded trojans' models (each trojan has its own); the mean "
-                           "over graded trojans of the success fraction over tool seeds; 95% "
-                           "percentile bootstrap over trojans, clustered by model",
-    "tool/*/clean_success_rate": "the same questions about clean models' images; n = clean "
+                           "over graded trojans of the success fraction over tool seeds (a "
+                           "failed cell is a miss); 95% percentile bootstrap over trojans, "
+                           "clustered by model",
+    "tool/*/clean_success_rate": "the same questions about clean models' images (a failed "
+                                 "cell is a hit, the worst case for the tool); n = clean "
                                  "models (trojans that share one are resampled together)",
     "tool/*/lift": "per graded trojan, trojan success - clean success; n = clusters of "
                    "trojans linked by a shared trojaned or clean model",
@@ -160,7 +200,10 @@ UNITS = {
     "tool/*/success_rate_ncc": "the same questions answered by the second judge (template "
                                "matching); unit as tool/*/success_rate",
     "judge/kappa": "Cohen's kappa of the two judges' choices; n = tool questions (tools x "
-                   "graded trojans x seeds); 95% bootstrap over graded trojans",
+                   "graded trojans x seeds, less failed cells: no images to judge); 95% "
+                   "bootstrap over graded trojans",
+    "bench/failed_cells": "the count of failed cells (a tool that raised on one model, "
+                          "target and seed); n = tool cells on trojans and clean control",
     "judge/*": "n = validation questions (Wilson)",
     "all bootstrap intervals": "fewer than 3 clusters: the metric's whole range (no interval)",
 }
@@ -236,16 +279,18 @@ def combine_claim(metrics: Mapping[str, Metric], details: Mapping[str, Any],
                             f"the trojans that meet the implant targets (at least {MIN_GRADED}), "
                             "only by a judge that passed its validation",
                     "measured": scope, "verdict": verdict(False, False)}
-    if "tool/all/success_rate" not in metrics:
-        return claim
-    best = max(names, key=lambda n: metrics[f"tool/{n}/success_rate"]["value"])
-    b, a = metrics[f"tool/{best}/success_rate"], metrics["tool/all/success_rate"]
-    claim["measured"] = (f"all {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] vs best "
-                         f"single ({best}) {b['value']:.3f}; {scope}")
-    if not judge_trusted(details):
-        claim["measured"] += "; the judge failed its validation, so inconclusive"
-    elif enough:
-        claim["verdict"] = verdict(a["ci95"][0] > b["value"], a["value"] <= b["value"])
+    failed = failure_sentence(details.get("failures"))
+    if "tool/all/success_rate" in metrics:
+        best = max(names, key=lambda n: metrics[f"tool/{n}/success_rate"]["value"])
+        b, a = metrics[f"tool/{best}/success_rate"], metrics["tool/all/success_rate"]
+        claim["measured"] = (f"all {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
+                             f"vs best single ({best}) {b['value']:.3f}; {scope}")
+        if not judge_trusted(details):
+            claim["measured"] += "; the judge failed its validation, so inconclusive"
+        elif enough:
+            claim["verdict"] = verdict(a["ci95"][0] > b["value"], a["value"] <= b["value"])
+    if failed:
+        claim["measured"] += f"; {failed}"
     return claim
 
 
