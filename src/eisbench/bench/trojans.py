@@ -24,6 +24,11 @@
 7. Detection: Neural Cleanse and TABOR scans of every graded trojaned and every clean model;
    AUROC of the anomaly index of the smallest-trigger class, with a bootstrap CI.
 
+A tool that raises on one cell (one model, target and seed) makes a failed cell, not a lost
+benchmark (:mod:`eisbench.bench.trojan_cells`): it is recorded with its error in
+``details["failed_cells"]``, scored against its tool, counted by ``bench/failed_cells``, and
+retried by the next run (nothing is cached for it).
+
 Success rates: the mean over graded trojans of each trojan's success over tool seeds; the 95%
 interval is a percentile bootstrap over trojans, clustered by model (a tool's questions on one
 trojan are not independent, so the trojans are the sample); ``details["units"]`` states the
@@ -38,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eisbench import data as datasets
+from eisbench.bench import trojan_cells as cells
 from eisbench.bench import trojan_control as control
 from eisbench.bench import trojan_judges as tj
 from eisbench.bench import trojan_scores as scores
@@ -113,36 +118,6 @@ def tool_names(cfg: TrojanBenchConfig) -> list[str]:
     return names
 
 
-def tool_kwargs(name: str, cfg: TrojanBenchConfig) -> dict[str, Any]:
-    """The tool's default ``steps`` scaled by ``cfg.tool_steps`` (at least 1)."""
-    default: int = TOOLS.meta(name)["steps"]
-    return {"steps": max(1, round(default * cfg.tool_steps))}
-
-
-def trojan_tool_stage(store: Store, *, name: str, model: nn.Module, model_key: str,
-                      trojan: Trojan, data: Tensors, cfg: TrojanBenchConfig, seed: int,
-                      device: torch.device, log: StageLog) -> torch.Tensor:
-    """A tool's ``cfg.n_images`` images (n, C, H, W) for the trojan's target (cached)."""
-    kwargs = tool_kwargs(name, cfg)
-
-    def compute(work: Path) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        return TOOLS.get(name)(model, target=trojan.target, data=data.x, n=cfg.n_images,
-                               generator=gen, device=device, **kwargs).detach().cpu()
-
-    def save(x: torch.Tensor, d: Path) -> None:
-        save_file({"images": x.contiguous()}, str(d / "images.safetensors"))
-
-    def load(d: Path) -> torch.Tensor:
-        return load_file(str(d / "images.safetensors"))["images"]
-
-    params = {"tool": name, "kwargs": kwargs, "target": trojan.target, "n": cfg.n_images,
-              "seed": seed, "device": device.type}
-    out, _ = store.run("tool-images", params, inputs=(model_key, data.key), compute=compute,
-                       save=save, load=load, log=log)
-    return out
-
-
 def answer_index(bank: list[Trigger], trojan: Trojan) -> int:
     """The position of the trojan's trigger among its kind's options."""
     names = [t.name for t in bank]
@@ -164,14 +139,17 @@ def reference_images(kind: str, trojan_idx: int, *, lay: dict[str, Any], answer:
 
 def write_quiz(shown: dict[str, torch.Tensor], trojans: list[Trojan], tools: list[str], *,
                banks: Banks, answers: list[int], out: Path) -> tuple[Path, Path]:
-    """The judge's questions (first seed, every tool x trojan) as an HTML quiz for human
-    raters, options shuffled per question; the answers go to a separate key file."""
+    """The judge's questions (first seed, every tool x trojan but the failed cells) as an
+    HTML quiz for human raters, options shuffled per question; the answers go to a separate
+    key file."""
     gen = torch.Generator().manual_seed(0)
     questions = []
     for i, trojan in enumerate(trojans):
         bank = banks[trojan.trigger.kind]
         for tool in tools:
             perm = torch.randperm(len(bank), generator=gen).tolist()
+            if f"{trojan.name}/{tool}" not in shown:  # a failed cell: no images to ask about
+                continue
             questions.append(Question(qid=f"{trojan.name}/{tool}",
                                       images=shown[f"{trojan.name}/{tool}"],
                                       options=[bank[j] for j in perm],
@@ -257,55 +235,74 @@ def train_judge(st: Setting, cfg: TrojanBenchConfig,
                                    n_trials=cfg.judge_trials, data=st.ds.x_test[-2000:])
 
 
+def judged(judge: tj.Scorer, imgs: torch.Tensor | None, opts: list[Trigger]) -> torch.Tensor:
+    """The judge's similarities (8,) of ``imgs`` to the options; a failed cell's (no images)
+    are :data:`~eisbench.bench.trojan_scores.MISSING`. A judge that gives a non-finite
+    similarity about real images is a bug, raised here, never a failed cell."""
+    if imgs is None:
+        return torch.full((len(opts),), scores.MISSING)
+    s = judge(imgs, opts)
+    if not torch.isfinite(s).all():
+        raise ValueError(f"the judge gave non-finite similarities {s.tolist()}")
+    return s
+
+
 def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: tj.Judges, *,
-               models: list[tuple[nn.Module, str]], rows: list[str], desc: str
-               ) -> tuple[Sims, Sims, dict[str, torch.Tensor]]:
+               models: list[tuple[nn.Module, str]], rows: list[str], desc: str,
+               phase: str = "trojan") -> tuple[Sims, Sims, dict[str, torch.Tensor],
+                                              list[dict[str, Any]]]:
     """Each row's images of ``models[j]`` (aligned with the graded trojans; tools cached) for
     graded trojan j's target, asked of the judge and of the second judge with that trojan's
-    options: ``sims[row][seed]`` and ``sims2[row][seed]`` (graded trojans, 8), and the images
-    of the first seed (``shown``)."""
+    options: ``sims[row][seed]`` and ``sims2[row][seed]`` (graded trojans, 8), the images of
+    the first seed (``shown``) and the failed cells (:func:`~eisbench.bench.trojan_cells.
+    tool_cell`: their similarities are rows of NaN, their images absent)."""
     lays = {k: {"layers": layers(st.banks[k], st.ds.shape)} for k in KINDS}
     sims = {r: {s: torch.zeros(len(st.graded), 8) for s in cfg.seeds} for r in rows}
     sims2 = {r: {s: torch.zeros(len(st.graded), 8) for s in cfg.seeds} for r in rows}
     shown: dict[str, torch.Tensor] = {}
+    failures: list[dict[str, Any]] = []
     jobs = [(j, s, r) for j in range(len(st.graded)) for s in cfg.seeds for r in rows]
     for j, s, r in progress(jobs, desc=desc):
         i, trojan, (model, mkey) = st.graded[j], st.zoo.trojans[st.graded[j]], models[j]
+        imgs: torch.Tensor | None
         if r in REFERENCES:
             imgs = reference_images(r, i, lay=lays[trojan.trigger.kind], answer=st.answers[j],
                                     data=st.tool_data.x, n=cfg.n_images, seed=s)
         else:
-            imgs = trojan_tool_stage(store, name=r, model=model, model_key=mkey, trojan=trojan,
-                                     data=st.tool_data, cfg=cfg, seed=s, device=st.device,
-                                     log=st.log)
+            imgs = cells.tool_cell(store, name=r, model=model, model_key=mkey, trojan=trojan,
+                                   data=st.tool_data, cfg=cfg, seed=s, device=st.device,
+                                   log=st.log, phase=phase, failures=failures)
         opts = st.banks[trojan.trigger.kind]
-        sims[r][s][j] = judges[tj.FIRST_JUDGE](imgs, opts)
-        sims2[r][s][j] = judges[tj.SECOND_JUDGE](imgs, opts)
-        if s == cfg.seeds[0]:
+        sims[r][s][j] = judged(judges[tj.FIRST_JUDGE], imgs, opts)
+        sims2[r][s][j] = judged(judges[tj.SECOND_JUDGE], imgs, opts)
+        if s == cfg.seeds[0] and imgs is not None:
             shown[f"{trojan.name}/{r}"] = imgs.contiguous()
-    return sims, sims2, shown
+    return sims, sims2, shown, failures
 
 
 def ask_tools(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: tj.Judges
-              ) -> tuple[Sims, Sims, dict[str, torch.Tensor]]:
+              ) -> tuple[Sims, Sims, dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Every row's images for every graded trojan and seed, from its trojaned model, asked of
     both judges (:func:`ask_models`); ``shown`` also holds each kind's options."""
-    sims, sims2, shown = ask_models(st, cfg, store, judges, models=st.models, rows=st.rows,
-                                    desc="tools")
+    sims, sims2, shown, failures = ask_models(st, cfg, store, judges, models=st.models,
+                                              rows=st.rows, desc="tools")
     for k in KINDS:
         shown[f"options/{k}"] = torch.stack([t.image(st.ds.shape)
                                              for t in st.banks[k]]).contiguous()
-    return sims, sims2, shown
+    return sims, sims2, shown, failures
 
 
 def grids(st: Setting, cfg: TrojanBenchConfig, sims: Sims, rows: list[str], *,
-          with_pairs: bool = True) -> tuple[dict[str, Grid], list[list[str]]]:
+          with_pairs: bool = True, missing: bool = False
+          ) -> tuple[dict[str, Grid], list[list[str]]]:
     """Per row, for all tools together (``all``) and (``with_pairs``) the best pair with its
     leave-one-trojan-out estimate (``best_pair_cv``): whether the judge picks the true option,
-    per graded trojan and seed; and the best pair of each seed."""
+    per graded trojan and seed; and the best pair of each seed. A failed cell (and an ``all``
+    question every tool failed) counts as ``missing``: a miss on the trojans, a hit on the
+    clean control."""
     def per_seed(row_sims: dict[int, torch.Tensor]) -> list[list[bool]]:  # (seeds, trojans)
-        return [scores.success_grid({"r": row_sims[s]}, answers=st.answers)["r"]
-                for s in cfg.seeds]
+        return [scores.success_grid({"r": row_sims[s]}, answers=st.answers,
+                                    missing=missing)["r"] for s in cfg.seeds]
 
     by_seed = {r: per_seed(sims[r]) for r in rows}
     by_seed["all"] = per_seed({s: scores.combine({n: sims[n][s] for n in st.names}, st.names)
@@ -336,14 +333,14 @@ def clean_control(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: tj.
                   grid: dict[str, Grid]) -> tuple[dict[str, Metric], dict[str, Any]]:
     """Every tool on the zoo's clean models, asked each graded trojan's question
     (:mod:`~eisbench.bench.trojan_control`): ``tool/{tool|all}/clean_success_rate`` and
-    ``.../lift``, and the details ``control``."""
+    ``.../lift``, and the details ``control`` (its failed cells under ``failed_cells``)."""
     which = control.control_models([t.target for t in st.trojans], n_clean=len(st.zoo.clean))
     models = [st.zoo.clean[k] for k in which]
-    sims, _, _ = ask_models(st, cfg, store, judges, models=models, rows=st.names,
-                            desc="clean control")
-    cgrid, _ = grids(st, cfg, sims, st.names, with_pairs=False)
-    details = {"clean_models": which, "grid": cgrid,
-               "choices": {r: {str(s): sims[r][s].argmax(1).tolist() for s in cfg.seeds}
+    sims, _, _, failures = ask_models(st, cfg, store, judges, models=models, rows=st.names,
+                                      desc="clean control", phase="clean control")
+    cgrid, _ = grids(st, cfg, sims, st.names, with_pairs=False, missing=True)
+    details = {"clean_models": which, "grid": cgrid, "failed_cells": failures,
+               "choices": {r: {str(s): tj.choices(sims[r][s]).tolist() for s in cfg.seeds}
                            for r in st.names}}
     if not st.graded:
         return {}, details
@@ -355,10 +352,10 @@ def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
     """Load the zoo, train the judge, ask it about every tool's images on the graded trojans
     and on the clean control, score attribution and detection, judge the claims; the images
     go to ``tool_images.safetensors`` and the questions to ``quiz.html`` (answers in
-    ``quiz.key.json``)."""
+    ``quiz.key.json``). A tool's failed cells are recorded and scored, never fatal."""
     st = setting(cfg, store)
     judges, val = train_judge(st, cfg, store)
-    sims, sims2, shown = ask_tools(st, cfg, store, judges)
+    sims, sims2, shown, failed = ask_tools(st, cfg, store, judges)
     out.mkdir(parents=True, exist_ok=True)
     quiz_page, _ = write_quiz(shown, st.trojans, st.names, banks=st.banks,
                               answers=st.answers, out=out / "quiz.html")
@@ -370,12 +367,14 @@ def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
                                         answers=st.answers, keys=keys)
     metrics = success(st, grid) | tj.judge_metrics(val) | second_metrics | comb_metrics
     ctl_metrics, ctl = clean_control(st, cfg, store, judges, grid)
+    fail_metrics, fail = cells.failures(failed + ctl.pop("failed_cells"), tools=st.names,
+                                        cells_per_tool=2 * len(st.graded) * len(cfg.seeds))
     attr_metrics, attr = attribution(st.zoo, st.test, graded=st.graded, n=cfg.n_attr,
                                      device=st.device)
     det_metrics, det = detection(store, st.zoo, st.scan_data, graded=st.graded,
                                  methods=cfg.scan_methods, steps=cfg.scan_steps,
                                  device=st.device, log=st.log)
-    metrics |= ctl_metrics | attr_metrics | det_metrics
+    metrics |= ctl_metrics | fail_metrics | attr_metrics | det_metrics
     details = {
         "zoo": [m.to_dict() for m in st.zoo.metrics],
         "graded": control.graded_details(st.zoo.metrics, st.graded),
@@ -383,10 +382,10 @@ def measure(cfg: TrojanBenchConfig, *, out: Path, store: Store) -> Result:
         "kinds": [t.trigger.kind for t in st.trojans], "answers": st.answers,
         "options": {k: [t.name for t in st.banks[k]] for k in KINDS}, "tools": st.names,
         "references": list(REFERENCES), "grid": grid, "best_pairs": pairs,
-        "choices": {r: {str(s): sims[r][s].argmax(1).tolist() for s in cfg.seeds}
+        "choices": {r: {str(s): tj.choices(sims[r][s]).tolist() for s in cfg.seeds}
                     for r in st.rows},
         "control": ctl, "units": scores.UNITS, "judge": val, "second_judge": second,
-        "combination": comb, **attr, "detection": det,
+        "combination": comb, **attr, "detection": det, **fail,
         "casper": CASPER, "quiz": quiz_page.name,
     }
     return Result(metrics=metrics, claims=scores.decide(metrics, details, st.names),

@@ -2,7 +2,8 @@
 graded, the methods x graded trojans success heatmap (like Casper et al.'s figure), success
 rates with CIs beside the published human figures and beside each tool's clean-model chance
 rate (the lift), the tools' images per trojan, attribution boxplots, ROC curves and the zoo
-table (the excluded trojans marked)."""
+table (the excluded trojans marked), and the failed cells (a tool that raised on one model,
+target and seed) with their errors and how they were scored."""
 
 from __future__ import annotations
 
@@ -23,6 +24,33 @@ from eisbench.runs.record import Record
 
 def _ci(m: Mapping[str, Any]) -> str:
     return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] ({n_label(m)})"
+
+
+def _failed(rec: Record, tool: str) -> str:
+    """How many of the tool's cells failed ("" for a complete tool or an older record):
+    ``"2 of 10 cells failed"``, ``"ALL 10 cells failed"``."""
+    c = (rec["details"].get("failures") or {}).get("per_tool", {}).get(tool)
+    if not c or not c["failed"]:
+        return ""
+    return f"{'ALL' if c['failed'] == c['cells'] else c['failed']} of {c['cells']} cells failed"
+
+
+def _failures(rec: Record) -> str:
+    """The failed cells (a tool that raised on one model, target and seed): a warning, how
+    they were scored, and a table of tool, trojan, phase, seed and error."""
+    f = rec["details"].get("failures")
+    if not f or not f["n"]:
+        return ""
+    every = "".join(f"<p class='warn'>{esc(t)} failed on EVERY cell: its rows measure "
+                    "nothing about the tool.</p>" for t in f["every_cell"])
+    rows = [[c["tool"], c["trojan"], c["phase"], c["seed"],
+             f"{c['error']}: {c['message']}"] for c in rec["details"]["failed_cells"]]
+    return (f"<h3>Failed cells</h3><p class='warn'>DEGRADED: {f['n']} of {f['cells']} tool "
+            "cells failed (the tool raised). Each is scored against its tool: a miss on a "
+            "trojan, a hit (chance) on the clean control; the all-tools and pair rows pool "
+            "the images that were made. A rerun retries them (nothing is cached for a "
+            "failed cell).</p>" + every
+            + table(["tool", "trojan", "phase", "seed", "error"], rows))
 
 
 def _rows(rec: Record) -> list[str]:
@@ -51,6 +79,7 @@ def _heatmap(rec: Record) -> str:
                     color="white" if v[i, j] < 0.5 else "black")
     labels = [r if r != "best_pair" else "best pair (" + "+".join(d["best_pairs"][0]) + ")"
               for r in rows]
+    labels = [f"{r} ({_failed(rec, r)})" if _failed(rec, r) else r for r in labels]
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.set_xticks(range(v.shape[1]), [t.split("-", 1)[1] for t in d["trojans"]], fontsize=6,
                   rotation=60, ha="right")
@@ -159,7 +188,8 @@ def _control(rec: Record) -> str:
     if not d["trojans"]:
         return ""
     rows = [[r, *(_ci(m[f"tool/{r}/{k}"]) if f"tool/{r}/{k}" in m else "n/a"
-                  for k in ("success_rate", "clean_success_rate", "lift"))]
+                  for k in ("success_rate", "clean_success_rate", "lift")),
+             _failed(rec, r) or "none"]
             for r in [*d["tools"], "all"]]
     return ("<p>The clean-model control: each tool also ran on a clean zoo model with each "
             "graded trojan's target, and the judge was asked the trojan's question (the same 8 "
@@ -167,7 +197,8 @@ def _control(rec: Record) -> str:
             "is the tool's chance rate on these questions; the lift is the trojan success "
             "minus it, per trojan, with an interval over trojans (clustered by the models "
             "they share).</p>"
-            + table(["method", "trojan success", "clean-model success (chance)", "lift"], rows))
+            + table(["method", "trojan success", "clean-model success (chance)", "lift",
+                     "failed cells"], rows))
 
 
 def _graded(rec: Record) -> str:
@@ -282,7 +313,8 @@ def write_report(rec: Record, out: Path) -> Path:
                  "largest share"],
                 judge_rows)
         + _second_opinions(rec)
-        + "<h2>Success of each method</h2>" + _graded(rec) + _success_bars(rec)
+        + "<h2>Success of each method</h2>" + _graded(rec) + _failures(rec)
+        + _success_bars(rec)
         + _control(rec) + _heatmap(rec)
         + "<p>Rows: tools; all tools together; the best pair (chosen on these trojans, so "
         + "optimistic: the leave-one-trojan-out figure is "
