@@ -114,9 +114,10 @@ def test_bad_import_target_messages() -> None:
 
 
 def test_model_without_features_is_explained() -> None:
-    from eisbench.models import features
+    from eisbench.models import LayerError, features
 
-    with pytest.raises(TypeError, match="features"):
+    with pytest.raises(LayerError, match="^Linear has no nn.Linear with 2 outputs to take its "
+                       "penultimate features from: name the layer"):
         features(nn.Linear(2, 2), torch.zeros(1, 2))
 
 
@@ -165,7 +166,7 @@ def test_checkpoint_flag_never_imports(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.delitem(sys.modules, "this", raising=False)
     with pytest.raises(FileNotFoundError):  # read as a checkpoint path, not a class
-        load_model(argparse.Namespace(checkpoint="this:Zen"))
+        load_model(argparse.Namespace(checkpoint="this:Zen", scale=1.0, layer=None))
     assert "this" not in sys.modules
 
 

@@ -324,8 +324,9 @@ def test_layer_names_aliases_and_their_errors() -> None:
             self.body, self.head = nn.Sequential(), nn.Linear(2, 2)
 
     for model, name in ((Empty(), "Empty"), (nn.Linear(2, 2), "Linear")):
-        with pytest.raises(ValueError, match=f"^{name} has no Sequential `body`: name the "
-                           "penultimate layer explicitly \\(one of model.named_modules"):
+        with pytest.raises(ValueError, match=f"^{name} has no Sequential `body`: pass example "
+                           "images to find its penultimate layer, or name it explicitly "
+                           "\\(one of model.named_modules"):
             ly.resolve_layer(model, "penultimate")
     two = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1), nn.ReLU())
     assert ly.resolve_layer(two, "last-conv") == "1"

@@ -254,7 +254,7 @@ def test_captum_methods_use_the_documented_settings() -> None:
             x, target=t, feature_mask=mask),
         "edge-detector": lambda b: at.sobel(x),
     }
-    assert isinstance(conv, nn.Conv2d) and at.last_conv(net) is conv
+    assert isinstance(conv, nn.Conv2d) and at.last_conv(net, x) is conv
     for name, fn in ref.items():
         gen = _g(9)
         seed = int(torch.randint(2 ** 31 - 1, (1,), generator=gen))
@@ -333,9 +333,22 @@ def test_lrp_problems_and_errors_name_the_layer() -> None:
     assert not isinstance(err.value, at.AttributionUnsupported)
     with pytest.raises(at.AttributionUnsupported, match="^GuidedGradCam needs a convolutional "
                                                         "layer; the model has no nn.Conv2d$"):
-        at.last_conv(_lin(torch.ones(2, 64)))
-    convs = nn.Sequential(*[nn.Conv2d(1, 1, 1) for _ in range(3)])
-    assert at.last_conv(convs) is convs[2]
+        at.last_conv(_lin(torch.ones(2, 64)), X[:2])
+    assert at.last_conv(_RunsLastConvFirst(), X[:2]).out_channels == 2  # run last, made first
+
+
+class _RunsLastConvFirst(nn.Module):
+    """Registers its last-run conv first: the module order is not the execution order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = nn.Conv2d(3, 2, 1)
+        self.early = nn.Conv2d(1, 3, 1)
+        self.fc = nn.Linear(2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(self.late(self.early(x)).mean((2, 3)))
+        return out
 
 
 def test_score_attribution_and_methods_by_hand() -> None:

@@ -24,6 +24,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="bring your own model: package.module:Class (on PYTHONPATH)")
     p.add_argument("--weights", help="weights for --model: .safetensors or a .pt state dict")
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for --model")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="the pixel range the model expects: images in [0,1] are multiplied by "
+                   "this (e.g. 255 for a model trained on raw pixels; default 1)")
+    p.add_argument("--layer", help="the module whose output is the model's penultimate "
+                   "features (a name of model.named_modules(); default: found by tracing the "
+                   "input of the logits' linear layer)")
 
 
 def _add_preset_args(r: argparse.ArgumentParser, *, default: str) -> None:
@@ -123,8 +129,6 @@ def _add_attack_command(sub: Any) -> None:
                    "to ~0%% under the same attack (control-falls check)")
     a.add_argument("--surrogate", type=Path,
                    help="checkpoint stem of a model to transfer attacks from")
-    a.add_argument("--scale", type=float, default=1.0,
-                   help="divide inputs by this (e.g. 255 for a model that expects raw pixels)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="cpu")
     _add_out_args(a, what="attack.json")
@@ -136,8 +140,6 @@ def _add_scan_command(sub: Any) -> None:
     s = sub.add_parser("scan", help="detect a trojan: reconstruct a trigger per class (Neural "
                        "Cleanse or TABOR) and flag the class whose trigger is anomalously small")
     _add_model_args(s)
-    s.add_argument("--scale", type=float, default=1.0,
-                   help="divide inputs by this (e.g. 255 for a model that expects raw pixels)")
     s.add_argument("--data", "--dataset", dest="data", default="mnist",
                    help="clean images: the first --n test images of mnist, fashion-mnist, "
                    "digits, ...")

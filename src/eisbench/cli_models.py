@@ -15,13 +15,24 @@ from eisbench.core.paths import check_output_folder, output_folder
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model of ``--checkpoint`` (read as a checkpoint whatever its name: it never imports
-    code), or ``--model`` with ``--weights`` and ``--model-kwargs`` (the one way to import one)."""
+    code), or ``--model`` with ``--weights`` and ``--model-kwargs`` (the one way to import one);
+    with its features at ``--layer`` and fed pixels in [0, ``--scale``]."""
     from eisbench import api
-    from eisbench.models import load_checkpoint
+    from eisbench.core.validate import finite
+    from eisbench.models import FeaturesAt, Scaled, load_checkpoint
 
+    finite("--scale", args.scale, lo=0.0, lo_open=True)
     if args.checkpoint:
-        return load_checkpoint(args.checkpoint)
-    return api.load_model(args.model, weights=args.weights, kwargs=json.loads(args.model_kwargs))
+        model = load_checkpoint(args.checkpoint)
+    else:
+        try:
+            model = api.load_model(args.model, weights=args.weights,
+                                   kwargs=json.loads(args.model_kwargs))
+        except TypeError as e:  # the class does not take --model-kwargs
+            raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    if args.layer:
+        model = FeaturesAt(model, layer=args.layer)
+    return Scaled(model, args.scale) if args.scale != 1.0 else model
 
 
 def _check_attack_flags(args: argparse.Namespace) -> None:
@@ -66,8 +77,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model = load_model(args).to(device)
     ds = data.load(args.dataset, root=args.data_root)
     x, y = ds.x_test[:args.n], ds.y_test[:args.n]
-    if args.scale != 1.0:
-        model = Scaled(model, args.scale)
     check_model(model, x, num_classes=ds.num_classes, device=device)  # before any attack
     control, surrogate = (load_checkpoint(p).to(device) if p else None
                           for p in (args.control, args.surrogate))
@@ -126,12 +135,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     _check_scan_flags(args)
     device = resolve_device(args.device)
-    try:
-        model = load_model(args).to(device)
-    except TypeError as e:  # the class does not take --model-kwargs
-        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
-    if args.scale != 1.0:
-        model = Scaled(model, args.scale)
+    model = load_model(args).to(device)
     ds = data.load(args.data, root=args.data_root)
     x = ds.x_test[:args.n]
     t0 = time.perf_counter()
@@ -168,10 +172,7 @@ def cmd_replace(args: argparse.Namespace) -> int:
     names = [n for n in args.distillers.split(",") if n]
     for n in names:
         DISTILLERS.get(n)  # unknown name: clear error with the closest match
-    try:
-        model = load_model(args).to(device)
-    except TypeError as e:  # the class does not take --model-kwargs
-        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    model = load_model(args).to(device)
     ds = data.load(args.dataset, root=args.data_root)
     x_test = ds.x_test[:args.n_test] if args.n_test else ds.x_test
     x_ood = digits_like(ds.shape)[0] if min(ds.shape[1:]) >= 8 else None
@@ -196,26 +197,11 @@ def cmd_replace(args: argparse.Namespace) -> int:
     return 0
 
 
-class Scaled(torch.nn.Module):
-    """Feeds a model that expects pixels in [0, scale] from [0,1] images."""
-
-    def __init__(self, model: torch.nn.Module, scale: float) -> None:
-        super().__init__()
-        self.model, self.scale = model, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(x * self.scale)
-        return out
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
     from eisbench.api import audit
 
     check_output_folder(args.out, force=args.force)
-    try:
-        model = load_model(args)
-    except TypeError as e:  # the class does not take --model-kwargs
-        raise ValueError(f"cannot build {args.model}: {e}; check --model-kwargs") from e
+    model = load_model(args)
     rec = audit(model, data=args.data, data_root=args.data_root, out=args.out,
                 quick=args.quick, name=str(args.checkpoint or args.model), device=args.device,
                 overrides=args.set, force=args.force)

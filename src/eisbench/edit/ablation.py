@@ -64,11 +64,12 @@ def unit_activations(model: nn.Module, layer: str, x: torch.Tensor, *,
     """Activations (N, U) of the units of ``layer`` on x (N, C, H, W): max(0, output), a
     channel averaged over its positions."""
     dev = next(iter(model.parameters())).device
+    name = resolve_layer(model, layer, example=x[:2].to(dev))
     out = []
-    with eval_mode(model), capture(model, [layer]) as acts:
+    with eval_mode(model), capture(model, [name]) as acts:
         for i in range(0, len(x), batch):
             model(x[i:i + batch].to(dev))
-            a = acts[layer].clamp_min(0)
+            a = acts[name].clamp_min(0)
             out.append((a.flatten(2).mean(2) if a.dim() > 2 else a).cpu())
     return torch.cat(out)
 
@@ -84,7 +85,7 @@ def _captum(method: type, name: str) -> Selector:
     def selector(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor, *,
                  num_classes: int, generator: torch.Generator) -> torch.Tensor:
         dev = next(iter(model.parameters())).device
-        mod = get_layer(model, layer)
+        mod = get_layer(model, resolve_layer(model, layer, example=x[:2].to(dev)))
         rows = []
         with clean_call(model, name, generator=generator):
             algo = method(model, mod)
@@ -190,7 +191,7 @@ def ablation_effects(model: nn.Module, layer: str, units: torch.Tensor, x: torch
         >>> eff = ablation_effects(net, "penultimate", top_ablation_units(s, k=10), x_test, y_test)
         >>> eff.selectivity  # one value per class
     """
-    name = resolve_layer(model, layer)
+    name = resolve_layer(model, layer, example=x)
     k = units.shape[0]
     before = per_class_accuracy(predict(model, x, device=device), y, k)
     cls, oth = [], []

@@ -72,11 +72,12 @@ def dormancy_order(model: nn.Module, x: torch.Tensor, *, layer: str = "last-conv
     """Channels (U,) of ``layer`` sorted by increasing mean activation (after the ReLU that
     follows a conv, i.e. the mean of max(0, output)) over clean images x (N, C, H, W)."""
     dev = torch.device(device)
+    name = resolve_layer(model, layer, example=x[:2].to(dev))
     total: torch.Tensor | None = None
-    with eval_mode(model), capture(model, [layer]) as acts:
+    with eval_mode(model), capture(model, [name]) as acts:
         for i in range(0, len(x), batch):
             model(x[i:i + batch].to(dev))
-            a = acts[layer].clamp_min(0)  # (b, U, ...)
+            a = acts[name].clamp_min(0)  # (b, U, ...)
             s = a.flatten(2).mean(2).sum(0) if a.dim() > 2 else a.sum(0)  # (U,)
             total = s if total is None else total + s
     assert total is not None
@@ -100,7 +101,7 @@ def fine_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise ValueError(f"max_drop must be in [0, 1] and max_frac in (0, 1], got {max_drop}, "
                          f"{max_frac}")
     dev = torch.device(device)
-    name = resolve_layer(model, layer)
+    name = resolve_layer(model, layer, example=x)
     conv = get_layer(model, name)
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"fine-pruning prunes conv channels; layer {name!r} is a "

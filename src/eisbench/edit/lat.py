@@ -109,7 +109,7 @@ def project_latent(d: torch.Tensor, radius: float | torch.Tensor, norm: str) -> 
 def radii(model: nn.Module, x: torch.Tensor, bounds: tuple[LatentBound, ...]
           ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """(radius per layer, clean activations per layer (B, ...)) for the batch x."""
-    names = [resolve_layer(model, b.layer) for b in bounds]
+    names = [resolve_layer(model, b.layer, example=x) for b in bounds]
     if len(set(names)) != len(names):
         raise ValueError(f"two latent bounds name the same layer: {names}")
     with torch.no_grad(), capture(model, names) as acts:
@@ -127,7 +127,7 @@ def latent_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: LatCo
     it in its mode; no gradient is left on its parameters."""
     with eval_mode(model):
         rad, acts = radii(model, x, cfg.bounds)
-        norms = {resolve_layer(model, b.layer): b.norm for b in cfg.bounds}
+        norms = {resolve_layer(model, b.layer, example=x): b.norm for b in cfg.bounds}
         deltas: dict[str, torch.Tensor] = {}
         for n, a in acts.items():
             if cfg.random_start:

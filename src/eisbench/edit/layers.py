@@ -8,8 +8,9 @@ Layers are named as in ``model.named_modules()`` (``"body.3"``), plus two aliase
 
 - ``"penultimate"``: the module whose output is :func:`eisbench.models.features` (the last
   module of a :class:`~eisbench.models.architectures.Classifier`'s ``body``, seen through a
-  :class:`~eisbench.models.Normalized` wrapper);
-- ``"last-conv"``: the last ``nn.Conv2d`` (its output channels are the units).
+  :class:`~eisbench.models.Normalized` wrapper; for any other model, the one
+  :func:`eisbench.models.find_layers` finds);
+- ``"last-conv"``: the last ``nn.Conv2d`` run (its output channels are the units).
 
 Example:
     >>> with capture(net, ["body.3"]) as acts:
@@ -27,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from eisbench.models.layers import LayerError, cached_layers, find_layers
+
 ALIASES = ("penultimate", "last-conv")
 Hook = Callable[..., Any]  # hook(module, args, output) -> new output or None
 
@@ -40,21 +43,38 @@ def _unwrap(model: nn.Module) -> tuple[nn.Module, str]:
     return model, prefix
 
 
-def resolve_layer(model: nn.Module, name: str) -> str:
+def resolve_layer(model: nn.Module, name: str, *, example: torch.Tensor | None = None) -> str:
     """The ``named_modules`` name of layer ``name`` (a module name or an alias of
-    :data:`ALIASES`); an unknown name raises ValueError with the closest names."""
-    if name == "penultimate":
+    :data:`ALIASES`); an unknown name raises ValueError with the closest names.
+
+    The aliases of a model without a Sequential ``body`` come from
+    :func:`eisbench.models.find_layers`, traced on ``example`` images (B, C, H, W) (or its
+    cached trace); a model it cannot decide for raises :class:`~eisbench.models.LayerError`
+    listing the candidate layers."""
+    if name in ALIASES:
         inner, prefix = _unwrap(model)
         body = getattr(inner, "body", None)
-        if isinstance(body, nn.Sequential) and len(body) > 0:
+        lm = find_layers(model, example) if example is not None else cached_layers(model)
+        if name == "penultimate" and isinstance(body, nn.Sequential) and len(body) > 0:
             return f"{prefix}body.{len(body) - 1}"
-        raise ValueError(f"{type(inner).__name__} has no Sequential `body`: name the "
-                         "penultimate layer explicitly (one of model.named_modules())")
-    if name == "last-conv":
-        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        if not convs:
-            raise ValueError(f"{type(model).__name__} has no nn.Conv2d: pick another layer")
-        return convs[-1]
+        if lm is None and name == "last-conv":
+            convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+            if not convs:
+                raise ValueError(f"{type(model).__name__} has no nn.Conv2d: pick another layer")
+            return convs[-1]
+        if lm is None:
+            raise ValueError(f"{type(inner).__name__} has no Sequential `body`: pass example "
+                             "images to find its penultimate layer, or name it explicitly (one "
+                             "of model.named_modules())")
+        found = lm.penultimate if name == "penultimate" else lm.last_conv
+        if found is None:
+            what = ("no module outputs the features its logits' linear layer reads (a "
+                    "functional op sits between, or the module runs more than once)"
+                    if name == "penultimate" else "it runs no nn.Conv2d")
+            raise LayerError(f"cannot find the {name} layer of {type(inner).__name__}: {what}. "
+                             f"Name one (--layer NAME); the modules that ran: "
+                             f"{lm.candidates()}")
+        return found
     names = [n for n, _ in model.named_modules() if n]
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.3)

@@ -54,6 +54,7 @@ from eisbench.core.stats import mean_ci
 from eisbench.core.tensors import check_images
 from eisbench.models.architectures import Classifier
 from eisbench.models.core import Normalized
+from eisbench.models.layers import find_layers
 from eisbench.tools.guard import clean_call
 
 Attribution = Callable[..., torch.Tensor]
@@ -141,26 +142,40 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
     return out
 
 
+def refuse_reused_modules(method: str, model: nn.Module, x: torch.Tensor) -> None:
+    """AttributionUnsupported if ``model`` runs a module more than once on images x: DeepLift's
+    rules keep one input and output per module (captum raises deep inside otherwise)."""
+    twice = [t for t in find_layers(model, x).modules if t.calls > 1]
+    if twice:
+        raise AttributionUnsupported(
+            f"{method}: the model runs {', '.join(str(t) for t in twice)} more than once per "
+            "forward pass; its rules need one module per use (give each use its own module)")
+
+
 @_register("deeplift")
 def deeplift(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
              generator: torch.Generator) -> torch.Tensor:
+    refuse_reused_modules("DeepLift", model, x)
     out: torch.Tensor = ca.DeepLift(model).attribute(x, baselines=0.0, target=t)
     return out
 
 
-def last_conv(model: nn.Module) -> nn.Conv2d:
-    """The last ``nn.Conv2d`` of ``model`` (module order); AttributionUnsupported if none."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
+def last_conv(model: nn.Module, x: torch.Tensor) -> nn.Conv2d:
+    """The last ``nn.Conv2d`` ``model`` runs on images x (N, C, H, W) (execution order, not
+    registration order: :func:`eisbench.models.find_layers`); AttributionUnsupported if none."""
+    name = find_layers(model, x).last_conv
+    if name is None:
         raise AttributionUnsupported("GuidedGradCam needs a convolutional layer; the model "
                                      "has no nn.Conv2d")
-    return convs[-1]
+    conv = dict(model.named_modules())[name]
+    assert isinstance(conv, nn.Conv2d)
+    return conv
 
 
 @_register("guided-gradcam")
 def guided_gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                    generator: torch.Generator) -> torch.Tensor:
-    out: torch.Tensor = ca.GuidedGradCam(model, last_conv(model)).attribute(x, target=t)
+    out: torch.Tensor = ca.GuidedGradCam(model, last_conv(model, x)).attribute(x, target=t)
     return out
 
 
@@ -182,6 +197,7 @@ def gradient_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("deeplift-shap")
 def deeplift_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                   generator: torch.Generator) -> torch.Tensor:
+    refuse_reused_modules("DeepLiftShap", model, x)
     out: torch.Tensor = ca.DeepLiftShap(model).attribute(
         x, baselines=_shap_baselines(x, generator), target=t)
     return out
