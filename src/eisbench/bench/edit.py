@@ -21,6 +21,14 @@
    selectivity on the test set and on scikit-learn's digits drawn like MNIST
    (:func:`eisbench.data.ood.digits_like`).
 
+An edit method that raises on one trojan and seed (in its tool's reconstruction, its stamper or
+its fine-tuning) makes a failed cell, not a lost benchmark: the cell is recorded with its error
+in ``details["failed_cells"]``, nothing is cached for it (a rerun retries it), every other cell
+completes, and it is scored as a failure to defend: the model left as it was (ASR, clean and
+robust accuracy as before; DER 0.5, BackdoorBench's "changes nothing"), never dropped, so every
+metric keeps its n. ``bench/failed_cells`` counts them and the claims on a method with failed
+cells say so.
+
 Intervals are over the unit of replication (:mod:`eisbench.edit.metrics`; every metric's
 ``unit`` says which). Removal and LAT: t-intervals over trojans, each trojan its own model and
 its value the mean over seeds (n = 12); comparisons are paired (same trojan, same seeds).
@@ -45,15 +53,23 @@ import torch
 
 from eisbench import data as datasets
 from eisbench.bench.edit_methods import BASELINES, EDIT_METHODS, REFERENCES, TOOL_ROWS, rows
-from eisbench.bench.edit_stages import ablation_stage, before_scores, edit_stage, edit_tool_stage
+from eisbench.bench.edit_stages import (
+    MethodFailed,
+    ablation_stage,
+    before_scores,
+    edit_stage,
+    edit_tool_stage,
+)
 from eisbench.core.config import resolve_device
-from eisbench.core.progress import progress
+from eisbench.core.progress import progress, say
 from eisbench.data.ood import digits_like
 from eisbench.edit import ablation as abl
 from eisbench.edit import metrics as em
 from eisbench.edit.lat import LatConfig, LatentBound
 from eisbench.edit.unlearn import FinetuneConfig
+from eisbench.runs.claims import ci_metric
 from eisbench.runs.preregistered import choice, threshold
+from eisbench.runs.record import Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
@@ -155,49 +171,104 @@ def setting(cfg: EditBenchConfig, store: Store) -> Setting:
         n_test=n_test)
 
 
+def edit_cell(st: Setting, cfg: EditBenchConfig, store: Store, *, method: str, i: int,
+              trojan: Trojan, ev: em.TrojanEval, seed: int
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """One row's edit of trojan ``i``'s model for one seed (cached): its scores and the tool's
+    reconstruction (None for a row without one). Raises
+    :class:`~eisbench.bench.edit_stages.MethodFailed` when the method raises."""
+    entry = EDIT_METHODS.get(method)
+    model, mkey = st.zoo.models[i]
+    tool, tkey = None, ""
+    if entry.reconstruction is not None:
+        tool, tkey = edit_tool_stage(store, tool=method, model=model, model_key=mkey,
+                                     target=trojan.target, data=st.tool_data, cfg=cfg,
+                                     seed=seed, device=st.device, log=st.log)
+    try:
+        stamper = entry.stamper(tool, trojan)
+    except Exception as e:  # the method's stamper refused its own reconstruction
+        raise MethodFailed(method, "stamper", e) from e
+    r = edit_stage(store, method=method, model=model, model_key=mkey, stamper=stamper,
+                   stamp_key=tkey, ev=ev, test=st.test, defender=st.defender, cfg=cfg,
+                   seed=seed, device=st.device, log=st.log)
+    return r, tool
+
+
+def failed_cell(err: MethodFailed, *, trojan: Trojan, model_key: str, seed: int
+                ) -> dict[str, Any]:
+    """The record of one failed cell (JSON-able)."""
+    return {"method": err.method, "trojan": trojan.name, "model": model_key, "seed": seed,
+            "step": err.step, "error": type(err.cause).__name__,
+            "message": str(err.cause)[:500]}
+
+
+def unedited(before: dict[str, float], cell: dict[str, Any]) -> dict[str, Any]:
+    """A failed cell's scores: the model as it was before (ASR, clean and robust accuracy),
+    and what failed."""
+    return {**before, "failed": f"{cell['step']}: {cell['error']}: {cell['message']}"}
+
+
 def remove_one(st: Setting, cfg: EditBenchConfig, store: Store, i: int, trojan: Trojan,
                ) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]],
-                          dict[str, torch.Tensor]]:
+                          dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Every row's edit of trojan ``i``'s model, per seed (cached): the model's scores before,
-    each row's scores after (with DER) and the tools' reconstructions of the first seed."""
+    each row's scores after (with DER), the tools' reconstructions of the first seed and the
+    failed cells (:func:`unedited` in ``after``)."""
     model, mkey = st.zoo.models[i]
     ev = em.TrojanEval.build(trojan, st.test.x, st.test.y)
     before = before_scores(model, ev, st.test, cfg, st.device)
     after: dict[str, list[dict[str, Any]]] = {m: [] for m in st.methods}
     shown: dict[str, torch.Tensor] = {}
+    failures: list[dict[str, Any]] = []
     for s in cfg.seeds:
         for m in st.methods:
-            tool, tkey = None, ""
-            if EDIT_METHODS.get(m).reconstruction is not None:
-                tool, tkey = edit_tool_stage(store, tool=m, model=model, model_key=mkey,
-                                             target=trojan.target, data=st.tool_data, cfg=cfg,
-                                             seed=s, device=st.device, log=st.log)
-                if s == cfg.seeds[0]:
-                    shown |= {f"{trojan.name}/{m}/{k}": v for k, v in tool.items()}
-            r = edit_stage(store, method=m, model=model, model_key=mkey,
-                           stamper=EDIT_METHODS.get(m).stamper(tool, trojan), stamp_key=tkey,
-                           ev=ev, test=st.test, defender=st.defender, cfg=cfg, seed=s,
-                           device=st.device, log=st.log)
+            try:
+                r, tool = edit_cell(st, cfg, store, method=m, i=i, trojan=trojan, ev=ev, seed=s)
+            except MethodFailed as e:
+                failures.append(failed_cell(e, trojan=trojan, model_key=mkey, seed=s))
+                say(f"FAILED CELL: {e} on {trojan.name} (seed {s})")
+                r, tool = unedited(before, failures[-1]), None
+            if tool is not None and s == cfg.seeds[0]:
+                shown |= {f"{trojan.name}/{m}/{k}": v for k, v in tool.items()}
             r["der"] = em.der(asr_before=before["asr"], asr_after=r["asr"],
                               acc_before=before["acc"], acc_after=r["acc"])
             after[m].append(r)
-    return before, after, shown
+    return before, after, shown, failures
 
 
 def removal(st: Setting, cfg: EditBenchConfig, store: Store
-            ) -> tuple[dict[str, Rows], list[dict[str, float]], dict[str, torch.Tensor]]:
-    """Part 1: ``res[method][trojan][seed]``, the models' scores ``before`` editing, and the
-    tools' reconstructions shown in the report."""
+            ) -> tuple[dict[str, Rows], list[dict[str, float]], dict[str, torch.Tensor],
+                       list[dict[str, Any]]]:
+    """Part 1: ``res[method][trojan][seed]``, the models' scores ``before`` editing, the
+    tools' reconstructions shown in the report and the failed cells."""
     res: dict[str, Rows] = {m: [] for m in st.methods}
     before: list[dict[str, float]] = []
     shown: dict[str, torch.Tensor] = {}
+    failures: list[dict[str, Any]] = []
     for i, trojan in enumerate(progress(st.zoo.trojans, desc="trojans")):
-        b, after, seen = remove_one(st, cfg, store, i, trojan)
+        b, after, seen, failed = remove_one(st, cfg, store, i, trojan)
         before.append(b)
         shown |= seen
+        failures += failed
         for m in st.methods:
             res[m].append(after[m])
-    return res, before, shown
+    return res, before, shown, failures
+
+
+def failure_summary(failed: list[dict[str, Any]], *, methods: list[str], cells: int
+                    ) -> tuple[dict[str, Metric], dict[str, Any]]:
+    """``bench/failed_cells`` (a count; n = cells) and the details ``failures``: per method
+    how many of its ``cells`` (trojans x seeds) failed, and the methods that failed on all."""
+    per = {m: {"failed": sum(c["method"] == m for c in failed), "cells": cells}
+           for m in methods}
+    summary = {"n": len(failed), "cells": cells * len(methods), "per_method": per,
+               "every_cell": [m for m, c in per.items() if cells and c["failed"] == cells]}
+    if failed:
+        say(em.failure_sentence(summary))
+    k = float(len(failed))
+    unit = "edit cells (method x trojan x seed); a count, no interval"
+    return ({"bench/failed_cells": ci_metric(k, k, k, cells * len(methods), higher=False,
+                                             unit=unit)}, summary)
 
 
 def ablation(st: Setting, cfg: EditBenchConfig, store: Store
@@ -223,11 +294,14 @@ def ablation(st: Setting, cfg: EditBenchConfig, store: Store
 def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
     """Remove every trojan with every row (part 1, with LAT's robustness: part 2), ablate
     capabilities (part 3), summarise and judge; the tools' reconstructions go to
-    ``tools.safetensors``."""
+    ``tools.safetensors``. A method's failed cells are recorded and scored, never fatal."""
     st = setting(cfg, store)
-    res, before, shown = removal(st, cfg, store)
+    res, before, shown, failed = removal(st, cfg, store)
     ablations, n_ood = ablation(st, cfg, store)
     metrics = em.summarise(res, before, ablations, methods=st.methods, selectors=st.selectors)
+    fail_metrics, failures = failure_summary(failed, methods=st.methods,
+                                             cells=len(st.zoo.trojans) * len(cfg.seeds))
+    metrics |= fail_metrics
     details = {
         "zoo": [m.to_dict() for m in st.zoo.metrics],
         "trojans": [t.name for t in st.zoo.trojans],
@@ -236,10 +310,12 @@ def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
         "before": before, "results": res, "ablation": ablations, "selectors": st.selectors,
         "n_defender": len(st.defender.x), "n_test": st.n_test, "n_ood": n_ood,
         "ood_note": "scikit-learn digits drawn like MNIST (digits_like)",
+        "failed_cells": failed, "failures": failures,
     }
     return Result(
         metrics=metrics,
-        claims=em.edit_claims(metrics, tools=list(cfg.tools), selectors=st.selectors),
+        claims=em.edit_claims(metrics, tools=list(cfg.tools), selectors=st.selectors,
+                              failures=failures),
         details=details,
         artifacts={"tools.safetensors": {k: v.contiguous() for k, v in shown.items()}},
         data={st.ds.name: st.ds.sha256}, stages=st.log.entries, device=str(st.device))

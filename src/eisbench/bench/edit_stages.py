@@ -29,6 +29,15 @@ if TYPE_CHECKING:
     from eisbench.bench.edit import EditBenchConfig
 
 
+class MethodFailed(Exception):
+    """An edit method raised on one cell (trojan, seed): in its tool's reconstruction, its
+    stamper or its fine-tuning (``step``); ``cause`` is what it raised. Nothing is cached."""
+
+    def __init__(self, method: str, step: str, cause: BaseException) -> None:
+        super().__init__(f"{method} ({step}): {type(cause).__name__}: {cause}")
+        self.method, self.step, self.cause = method, step, cause
+
+
 def _json_stage(store: Store, name: str, params: dict[str, Any], inputs: tuple[str, ...],
                 compute: Callable[[Path], dict[str, Any]],
                 log: StageLog) -> tuple[dict[str, Any], str]:
@@ -56,14 +65,18 @@ def edit_tool_stage(store: Store, *, tool: str, model: nn.Module, model_key: str
                     data: Tensors, cfg: EditBenchConfig, seed: int, device: torch.device,
                     log: StageLog) -> tuple[ToolOutput, str]:
     """The tool's reconstruction for ``target`` (cached): {"mask" (1, H, W), "pattern"
-    (C, H, W)} for Neural Cleanse and TABOR, {"patches" (n, C, s, s)} for a patch tool."""
+    (C, H, W)} for Neural Cleanse and TABOR, {"patches" (n, C, s, s)} for a patch tool. What
+    the tool raises is raised as :class:`MethodFailed`, and nothing is cached."""
     recon = EDIT_METHODS.get(tool).reconstruction
     assert recon is not None
     steps = tool_steps(tool, cfg)
 
     def compute(work: Path) -> ToolOutput:
-        return recon(model, target=target, data=data.x, n=cfg.n_patches, steps=steps,
-                     generator=torch.Generator().manual_seed(seed), device=device)
+        try:
+            return recon(model, target=target, data=data.x, n=cfg.n_patches, steps=steps,
+                         generator=torch.Generator().manual_seed(seed), device=device)
+        except Exception as e:  # the tool's own error: one failed cell
+            raise MethodFailed(tool, "reconstruction", e) from e
 
     def save(out: ToolOutput, d: Path) -> None:
         save_file({k: v.contiguous() for k, v in out.items()}, str(d / "tool.safetensors"))
@@ -102,13 +115,16 @@ def edit_stage(store: Store, *, method: str, model: nn.Module, model_key: str,
                log: StageLog) -> dict[str, Any]:
     """Edit the model with ``method`` (an entry of
     :data:`~eisbench.bench.edit_methods.EDIT_METHODS`) and score it (cached; the edited model
-    is not kept)."""
+    is not kept). What the method raises is raised as :class:`MethodFailed`, uncached."""
     entry = EDIT_METHODS.get(method)
 
     def compute(work: Path) -> dict[str, Any]:
-        edited, extra = entry.fine_tune(model, defender.x, defender.y, stamper=stamper,
-                                        settings=cfg, seed=seed, device=device,
-                                        desc=f"unlearn {method}")
+        try:
+            edited, extra = entry.fine_tune(model, defender.x, defender.y, stamper=stamper,
+                                            settings=cfg, seed=seed, device=device,
+                                            desc=f"unlearn {method}")
+        except Exception as e:  # the method's own error: one failed cell
+            raise MethodFailed(method, "edit", e) from e
         out = ev.scores(edited, device=device) | extra
         if entry.robust:
             out |= robust_scores(edited, test, cfg, device, seed)

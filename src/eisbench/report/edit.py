@@ -1,6 +1,7 @@
 """The ``eisbench bench edit`` report: verdicts, DER per method with CIs, ASR against clean
 accuracy after each edit, the per-trojan table, LAT's clean and robust accuracy, capability
-ablation selectivity (test vs out of distribution), the tools' reconstructions, all metrics."""
+ablation selectivity (test vs out of distribution), the tools' reconstructions, all metrics,
+and the failed cells (a method that raised on one trojan and seed) with their errors."""
 
 from __future__ import annotations
 
@@ -82,9 +83,30 @@ def _per_trojan(rec: Record) -> str:
             seeds = d["results"][meth][i]
             asr = np.mean([r["asr"] for r in seeds])
             der = np.mean([r["der"] for r in seeds])
-            row.append(f"{der:.2f} ({asr:.2f})")
+            failed = sum("failed" in r for r in seeds)
+            row.append(f"{der:.2f} ({asr:.2f})" + (f" FAILED x{failed}" if failed else ""))
         rows.append(row)
-    return ("<p>Cells: DER (ASR after), means over seeds.</p>" + table(head, rows))
+    return ("<p>Cells: DER (ASR after), means over seeds; FAILED: seeds where the method "
+            "raised, scored as the model left unedited.</p>" + table(head, rows))
+
+
+def _failures(rec: Record) -> str:
+    """The failed cells (a method that raised on one trojan and seed): a warning, how they
+    were scored, each method's share, and a table of method, trojan, seed, step and error."""
+    f = rec["details"].get("failures")
+    if not f or not f["n"]:
+        return ""
+    share = "; ".join(f"{m}: {'ALL' if c['failed'] == c['cells'] else c['failed']} of "
+                      f"{c['cells']}" for m, c in f["per_method"].items() if c["failed"])
+    every = "".join(f"<p class='warn'>{esc(m)} failed on EVERY cell: its row measures "
+                    "nothing about the method.</p>" for m in f["every_cell"])
+    rows = [[c["method"], c["trojan"], c["seed"], c["step"], f"{c['error']}: {c['message']}"]
+            for c in rec["details"]["failed_cells"]]
+    return (f"<h3>Failed cells</h3><p class='warn'>DEGRADED: {f['n']} of {f['cells']} edit "
+            f"cells failed (the method raised): {esc(share)}. Each is scored as a failure to "
+            "defend: the model left as it was (DER 0.5), so every metric keeps its n. A rerun "
+            "retries them (nothing is cached for a failed cell).</p>" + every
+            + table(["method", "trojan", "seed", "step", "error"], rows))
 
 
 def _per_kind(rec: Record) -> str:
@@ -205,7 +227,8 @@ def write_report(rec: Record, out: Path) -> Path:
         + "target class. References: the true trigger (oracle) and no trigger (plain "
         + f"fine-tuning). Scores on {d['n_test']} test images. Before: ASR "
         + f"{_ci(m['edit/before/asr'])}, clean accuracy {_ci(m['edit/before/clean_acc'])}.</p>"
-        + _der_bars(rec) + _per_kind(rec) + _scatter(rec) + _per_trojan(rec)
+        + _failures(rec) + _der_bars(rec) + _per_kind(rec) + _scatter(rec)
+        + _per_trojan(rec)
         + "<h2>Latent adversarial training</h2>" + _lat(rec)
         + "<h2>Capability ablation</h2>"
         + f"<p>Units picked per class from the defender's data on {cfg['n_ablate']} clean "
