@@ -108,6 +108,15 @@ def digits_small() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     return d.x_train, d.y_train, d.x_test, d.y_test
 
 
+@pytest.fixture(scope="session")
+def foreign_zoo(digits_small: tuple[torch.Tensor, ...]) -> dict[str, nn.Module]:
+    """Every model of tests/foreign_models.py trained on the 8x8 digits (shared: read-only)."""
+    from foreign_models import ZOO, train_foreign
+
+    return {name: train_foreign(entry, digits_small[0], digits_small[1], side=8, epochs=8)
+            for name, entry in ZOO.items()}
+
+
 def train_digits_cnn(digits: tuple[torch.Tensor, ...], **cfg: Any) -> nn.Module:
     """A cnn-small (seed 0) trained on the 8x8 digits with ``TrainConfig(**cfg)``."""
     from eisbench.models import build

@@ -20,7 +20,8 @@ import eisbench
 from eisbench.core.registry import UnknownNameError
 
 DOCTESTED = ["eisbench", "eisbench.api", "eisbench.runs.presets", "eisbench.tools.scan",
-             "eisbench.evaluation.suite"]
+             "eisbench.evaluation.suite", "eisbench.models.core", "eisbench.models.layers",
+             "eisbench.bench.audit_sections"]
 
 
 @pytest.mark.parametrize("name", DOCTESTED)

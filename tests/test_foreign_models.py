@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from foreign_models import ZOO, train_foreign
+from foreign_models import ZOO
 from torch import nn
 
 from eisbench.edit.ablation import ablation_effects, unit_activations
@@ -29,15 +29,10 @@ FOUND = {  # name: (head, penultimate, last conv), names in the model as the use
 
 
 @pytest.fixture(scope="session")
-def zoo(digits_small: tuple[torch.Tensor, ...]) -> dict[str, nn.Module]:
-    """Every zoo model trained on the 8x8 digits, fed [0,1] images (behind Scaled if it
-    expects raw pixels)."""
-    x, y = digits_small[0], digits_small[1]
-    out = {}
-    for name, entry in ZOO.items():
-        m = train_foreign(entry, x, y, side=8, epochs=8)
-        out[name] = Scaled(m, entry.scale) if entry.scale != 1.0 else m
-    return out
+def zoo(foreign_zoo: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Every zoo model fed [0,1] images (behind Scaled if it expects raw pixels)."""
+    return {name: Scaled(m, ZOO[name].scale) if ZOO[name].scale != 1.0 else m
+            for name, m in foreign_zoo.items()}
 
 
 def _labels(name: str, y: torch.Tensor) -> torch.Tensor:

@@ -188,6 +188,11 @@ def _add_audit_command(sub: Any) -> None:
                     help="fewer images and steps (a smoke test, not an audit)")
     au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an audit setting, e.g. --set eps=0.1,0.2 --set n_robust=1000")
+    au.add_argument("--label-map", metavar="C0,C1,...",
+                    help="the model's class for each of the dataset's classes, for a model with "
+                    "other classes (e.g. 0,0,0,0,0,1,1,1,1,1 for a 2-class model on digits "
+                    "0-4 / 5-9); default: the dataset's labels if the model has as many "
+                    "classes, else the model's own predictions")
     au.add_argument("--device", default="cpu")
     _add_out_args(au, required=True, what="record.json, report.html and the images")
 

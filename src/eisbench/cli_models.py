@@ -139,7 +139,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     ds = data.load(args.data, root=args.data_root)
     x = ds.x_test[:args.n]
     t0 = time.perf_counter()
-    res = scan(model, x, method=args.method, num_classes=ds.num_classes, steps=args.steps,
+    res = scan(model, x, method=args.method, num_classes=None, steps=args.steps,
                lr=args.lr, lam=args.lam, batch_size=args.batch_size, threshold=args.threshold,
                seed=args.seed, device=device)
     seconds = time.perf_counter() - t0
@@ -202,8 +202,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out, force=args.force)
     model = load_model(args)
+    sets = [*args.set, *([f"label_map={args.label_map}"] if args.label_map else [])]
     rec = audit(model, data=args.data, data_root=args.data_root, out=args.out,
                 quick=args.quick, name=str(args.checkpoint or args.model), device=args.device,
-                overrides=args.set, force=args.force)
+                overrides=sets, force=args.force)
     print(rec)
+    broken = [n for n, s in rec["details"]["sections"].items()
+              if s["status"] in ("failed", "partial")]
+    if broken:
+        print(f"eisbench: audit incomplete: {', '.join(broken)} did not complete (the report "
+              "says why and what to do)", file=sys.stderr)
+        return 1
     return 0

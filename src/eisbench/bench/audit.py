@@ -1,33 +1,39 @@
 """``eisbench audit``: one report on a model someone brings.
 
 1. Its contract, checked before anything else (:func:`check_model`): it takes (B, C, H, W)
-   images in [0,1] of the dataset and returns finite logits (B, K) with K = the dataset's
-   classes. A model that fails on those images, returns another shape, or returns
-   probabilities (rows in [0,1] summing to 1: attacks and the trojan scan need logits) is
-   refused with the reason and the fix.
-2. Clean accuracy on the whole test set (Wilson interval).
-3. Robust accuracy under an attack suite at each eps, with every sanity check of
+   images in [0,1] of the dataset and returns finite logits (B, K). A model that fails on
+   those images, returns another shape, or returns probabilities (rows in [0,1] summing to 1:
+   attacks and the trojan scan need logits) is refused with the reason and the fix.
+2. Its labels (:func:`model_labels`): the dataset's when K is the dataset's class count;
+   ``label_map`` (dataset class -> model class) when given, e.g. a 2-class model on MNIST;
+   otherwise the model's own predictions on clean images (the report says so: clean accuracy
+   is then not measured, robust accuracy is the share of predictions an attack cannot change,
+   and there are no reference models of its task).
+3. Clean accuracy on the whole test set (Wilson interval).
+4. Robust accuracy under an attack suite at each eps, with every sanity check of
    :mod:`eisbench.evaluation` (an undefended reference model is the control).
-4. Trojan scan (Neural Cleanse over every class): anomaly index per class, the suspect and its
-   reconstructed trigger with its location.
-5. Transfer: adversarial examples made on reference models eisbench trains itself (cached;
-   architectures unlike and like the audited one) and the share that also fools the audited
-   model, beside same-norm random noise: high transfer means the model relies on the same
-   non-robust features as independently trained models (the "features" signal of Ilyas et al.).
-6. A replacement: the distillers of :mod:`eisbench.replace` fitted to the model's own labels,
+5. Trojan scan (Neural Cleanse over every class of the model): anomaly index per class, the
+   suspect and its reconstructed trigger with its location.
+6. Transfer: adversarial examples made on reference models eisbench trains itself on the same
+   labels (cached; architectures unlike and like the audited one) and the share that also
+   fools the audited model, beside same-norm random noise: high transfer means the model
+   relies on the same non-robust features as independently trained models (the "features"
+   signal of Ilyas et al.).
+7. A replacement: the distillers of :mod:`eisbench.replace` fitted to the model's own labels,
    agreement with the model on test and out-of-distribution digits against their size.
-7. The tools' images for the most suspicious class (:data:`eisbench.tools.TOOLS`).
+8. The tools' images for the most suspicious class (:data:`eisbench.tools.TOOLS`).
 
-Each step is a phase (:data:`PHASES`): a function of the :class:`Audit` so far that adds its
-metrics and details. :func:`measure` runs them in order and returns a
-:class:`~eisbench.runs.result.Result`; :func:`run_audit` adds the record's envelope and writes
-``record.json``, ``images.safetensors`` and ``scan/``.
+Each step after the contract is a :class:`~eisbench.bench.audit_sections.Section`
+(:data:`SECTIONS`) that runs on its own: one that fails is recorded with its error and remedy
+in ``details["sections"]`` and the others complete (a tool that fails is one failed part of
+the tools' section). :func:`measure` returns a :class:`~eisbench.runs.result.Result`;
+:func:`run_audit` adds the record's envelope and writes ``record.json``,
+``images.safetensors`` and ``scan/``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ from torch import nn
 
 from eisbench import data as datasets
 from eisbench.attacks.pgd import pgd
+from eisbench.bench.audit_sections import Partial, Section, Skip, missing, run_sections
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import say
 from eisbench.core.stats import wilson_ci
@@ -73,6 +80,7 @@ class AuditConfig:
     tools: tuple[str, ...] = ("neural-cleanse", "adversarial-patch", "fv-class-fourier",
                               "snafue")
     n_images: int = 6
+    label_map: tuple[int, ...] | None = None  # dataset class -> model class (None: its own)
     seed: int = 0
     device: str = "cpu"
 
@@ -94,9 +102,10 @@ def _rate_metric(k: int, n: int, *, unit: str, higher: bool = True) -> Metric:
 def transfer_rates(model: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                    eps: float, generator: torch.Generator,
                    device: torch.device) -> dict[str, Any]:
-    """PGD-20 (Linf ``eps``) on ``ref`` for images x (N, C, H, W), y (N,) that both models
-    classify correctly; the share of the reference's successful examples that also fool
-    ``model`` (transfer), and the share of same-norm random sign noise that fools it."""
+    """PGD-20 (Linf ``eps``) on ``ref`` for images x (N, C, H, W), labels y (N,) (of the
+    audited model's classes, which the reference shares) that both models classify correctly;
+    the share of the reference's successful examples that also fool ``model`` (transfer), and
+    the share of same-norm random sign noise that fools it."""
     ok = (predict(model, x, device=device) == y) & (predict(ref, x, device=device) == y)
     xs, ys = x[ok], y[ok]
     if len(xs) == 0:
@@ -118,11 +127,39 @@ def transfer_rates(model: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.T
             "white_box_on_reference": float(fooled_ref.float().mean())}
 
 
+def model_labels(model: nn.Module, ds: ImageData, *, k: int, label_map: tuple[int, ...] | None,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    """The labels the audit scores a K-class ``model`` against: (test (N,), train (M,) or None
+    when there are no labels to train references on, a description for the record); see the
+    module docstring. A label map of the wrong length or with a class outside [0, K) raises."""
+    if label_map is not None:
+        if len(label_map) != ds.num_classes or not all(0 <= c < k for c in label_map):
+            raise ValueError(f"label_map must give each of the dataset's {ds.num_classes} "
+                             f"classes one of the model's classes 0..{k - 1}, got "
+                             f"{list(label_map)}")
+        lut = torch.tensor(label_map)
+        return lut[ds.y_test], lut[ds.y_train], {
+            "source": "label map", "map": list(label_map), "num_classes": k,
+            "note": f"the dataset's classes mapped to the model's {k}: "
+                    + ", ".join(f"{i}->{c}" for i, c in enumerate(label_map))}
+    if k == ds.num_classes:
+        return ds.y_test, ds.y_train, {"source": "dataset", "num_classes": k}
+    own = predict(model, ds.x_test, device=device)
+    return own, None, {
+        "source": "own predictions", "num_classes": k,
+        "note": f"the model has {k} classes and {ds.name} {ds.num_classes}: its own predictions "
+                "on clean test images are the labels, so clean accuracy is not measured, robust "
+                "accuracy is the share of predictions an attack cannot change, and no reference "
+                f"model shares its task (give --label-map with the model's class for each of "
+                f"the {ds.num_classes} classes to score it on the dataset's labels)"}
+
+
 @dataclass
 class Audit:
-    """What the phases share: the model, its data and device, the stage cache, and what the
-    phases have measured so far (``refs``: the reference models; ``worst``: the class of the
-    smallest reconstructed trigger; ``images``: the tools' images (n, C, H, W) by tool)."""
+    """What the sections share: the model, its data, labels and device, the stage cache, and
+    what the sections have measured so far (``refs``: the reference models; ``worst``: the
+    class of the smallest reconstructed trigger; ``images``: the tools' images (n, C, H, W)
+    by tool)."""
 
     model: nn.Module
     cfg: AuditConfig
@@ -130,39 +167,55 @@ class Audit:
     device: torch.device
     ctx: Context
     out: Path
+    k: int  # the model's classes
+    y_test: torch.Tensor  # (N,) labels in the model's classes
+    y_train: torch.Tensor | None  # (M,) or None: no labels to train references on
     metrics: dict[str, Metric] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     refs: dict[str, nn.Module] = field(default_factory=dict)
-    worst: int = 0
+    worst: int | None = None
     images: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def load(model: nn.Module, cfg: AuditConfig, *, out: Path, store: Store, name: str) -> Audit:
-    """Load the dataset, move the model to the device and check its contract (a model that
-    fails on the test images or does not return (B, K) logits raises a ValueError)."""
+    """Load the dataset, move the model to the device, check its contract (a model that fails
+    on the test images or does not return (B, K) logits raises a ValueError) and find its
+    labels (:func:`model_labels`)."""
     device = resolve_device(cfg.device)
     ds = datasets.load(cfg.dataset, root=cfg.data_root)
     model = model.to(device)
-    _, output = check_model(model, ds.x_test, num_classes=ds.num_classes, device=device)
+    k, output = check_model(model, ds.x_test, num_classes=None, device=device)
+    y_test, y_train, labels = model_labels(model, ds, k=k, label_map=cfg.label_map,
+                                           device=device)
     ctx = Context(store=store, log=StageLog(), device=device)
-    return Audit(model=model, cfg=cfg, ds=ds, device=device, ctx=ctx, out=out,
-                 details={"model": name, "output": output})
+    return Audit(model=model, cfg=cfg, ds=ds, device=device, ctx=ctx, out=out, k=k,
+                 y_test=y_test, y_train=y_train,
+                 details={"model": name, "output": output, "labels": labels})
 
 
 def clean_accuracy(a: Audit) -> None:
     """Accuracy on the whole test set, with its Wilson interval."""
+    if a.details["labels"]["source"] == "own predictions":
+        raise Skip(f"the labels are the model's own predictions (it has {a.k} classes, "
+                   f"{a.ds.name} {a.ds.num_classes}); give --label-map for accuracy")
     say("audit: clean accuracy")
-    hits = int((predict(a.model, a.ds.x_test, device=a.device) == a.ds.y_test).sum())
-    a.metrics["clean_acc"] = _rate_metric(hits, len(a.ds.y_test), unit="test images")
+    hits = int((predict(a.model, a.ds.x_test, device=a.device) == a.y_test).sum())
+    a.metrics["clean_acc"] = _rate_metric(hits, len(a.y_test), unit="test images")
 
 
 def references(a: Audit) -> None:
-    """Train (or load from the cache) the reference models of ``cfg.references``."""
+    """Train (or load from the cache) the reference models of ``cfg.references`` on the
+    audited model's labels."""
+    if a.y_train is None:
+        raise Skip("no labels to train reference models of the model's task on (its classes "
+                   "are not the dataset's); give --label-map")
     say("audit: reference models (cached)")
-    ds = a.ds
-    train_d = Tensors(ds.x_train, ds.y_train, f"{ds.name}:{ds.sha256}:train:{len(ds.x_train)}")
+    ds, lm = a.ds, a.cfg.label_map
+    key = f"{ds.name}:{ds.sha256}:train:{len(ds.x_train)}" + (
+        "" if lm is None else f":map={','.join(map(str, lm))}")
+    train_d = Tensors(ds.x_train, a.y_train, key)
     for arch in a.cfg.references:
-        spec = ModelSpec(arch=arch, in_shape=ds.shape, num_classes=ds.num_classes)
+        spec = ModelSpec(arch=arch, in_shape=ds.shape, num_classes=a.k)
         a.refs[arch] = train_stage(a.ctx, spec=spec, cfg=a.cfg.reference_train, data=train_d,
                                    seed=a.cfg.seed, desc=f"reference {arch}")[0]
 
@@ -174,7 +227,7 @@ def robust_accuracy(a: Audit) -> None:
     from eisbench.evaluation import evaluate_robustness
 
     cfg = a.cfg
-    x_r, y_r = a.ds.x_test[:cfg.n_robust], a.ds.y_test[:cfg.n_robust]
+    x_r, y_r = a.ds.x_test[:cfg.n_robust], a.y_test[:cfg.n_robust]
     a.details["robust"] = {}
     control = a.refs.get("cnn-small", next(iter(a.refs.values()), None))
     surrogate = next((m for m in a.refs.values() if m is not control), control)
@@ -196,7 +249,7 @@ def trojan_scan(a: Audit) -> None:
     say("audit: trojan scan (Neural Cleanse, every class)")
     cfg = a.cfg
     res = scan(a.model, a.ds.x_test[:cfg.n_scan], steps=cfg.scan_steps,
-               num_classes=a.ds.num_classes, generator=torch.Generator().manual_seed(cfg.seed),
+               num_classes=a.k, generator=torch.Generator().manual_seed(cfg.seed),
                device=a.device)
     save_scan(res, a.out / "scan")
     a.worst = min(range(len(res.l1)), key=lambda c: res.l1[c])  # the smallest trigger's class
@@ -214,7 +267,7 @@ def transfer(a: Audit) -> None:
     a.details["transfer"] = {}
     for arch, ref in a.refs.items():
         tr = transfer_rates(a.model, ref, ds.x_test[-cfg.n_transfer:],
-                            ds.y_test[-cfg.n_transfer:], eps=cfg.transfer_eps,
+                            a.y_test[-cfg.n_transfer:], eps=cfg.transfer_eps,
                             generator=torch.Generator().manual_seed(cfg.seed), device=a.device)
         a.metrics[f"transfer/{arch}"] = tr["transfer"]
         a.metrics[f"transfer/{arch}/noise"] = tr["noise"]
@@ -241,34 +294,57 @@ def replacements(a: Audit) -> None:
 
 
 def tool_images(a: Audit) -> None:
-    """Each tool's images for the class of the smallest reconstructed trigger."""
+    """Each tool's images for the class of the smallest reconstructed trigger (class 0 when
+    the scan did not complete); a tool that fails is a failed part, the others still run."""
     from eisbench.tools import TOOLS
 
-    say(f"audit: tools' images for class {a.worst}")
     cfg = a.cfg
+    target = 0 if a.worst is None else a.worst
+    why = ("the class of the smallest reconstructed trigger" if a.worst is not None
+           else "class 0: the scan did not complete, so no class is suspect")
+    say(f"audit: tools' images for class {target}")
+    failed: dict[str, str] = {}
     for tool in cfg.tools:
-        a.images[tool] = TOOLS.get(tool)(a.model, target=a.worst, data=a.ds.x_test[:512],
-                                         n=cfg.n_images,
-                                         generator=torch.Generator().manual_seed(cfg.seed),
-                                         device=a.device).contiguous()
-    a.details["tools"] = {"class": a.worst, "names": list(cfg.tools)}
+        try:
+            a.images[tool] = TOOLS.get(tool)(a.model, target=target, data=a.ds.x_test[:512],
+                                             n=cfg.n_images,
+                                             generator=torch.Generator().manual_seed(cfg.seed),
+                                             device=a.device).contiguous()
+        except Exception as e:  # one tool's failure is one failed part of the section
+            failed[tool] = f"{type(e).__name__}: {e}"
+    a.details["tools"] = {"class": target, "why": why, "names": list(a.images),
+                          "failed": failed}
+    if failed and not a.images:
+        raise RuntimeError("every tool failed: "
+                           + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    if failed:
+        raise Partial(failed)
 
 
-PHASES: tuple[Callable[[Audit], None], ...] = (
-    clean_accuracy, references, robust_accuracy, trojan_scan, transfer, replacements,
-    tool_images)
-"""The audit's phases, in the order they run."""
+SECTIONS: tuple[Section, ...] = (
+    Section("clean", "clean accuracy", clean_accuracy),
+    Section("references", "reference models", references),
+    Section("robust", "robust accuracy", robust_accuracy),
+    Section("scan", "trojan scan", trojan_scan),
+    Section("transfer", "transfer from reference models", transfer,
+            needs=("references",)),
+    Section("replace", "replacements", replacements),
+    Section("tools", "tools' images", tool_images),
+)
+"""The audit's sections, in the order they run."""
 
 
 def measure(model: nn.Module, cfg: AuditConfig, *, out: Path, store: Store,
             name: str = "model") -> Result:
-    """Audit ``model`` (left in the mode it came in): every phase of :data:`PHASES`; writes
-    ``out/scan/``; ``name`` labels the model in the details. A setting of the wrong type or
-    out of its range raises ``ValueError`` before any work."""
+    """Audit ``model`` (left in the mode it came in): every section of :data:`SECTIONS`, each on
+    its own (``details["sections"]`` says how each ended, ``details["missing"]`` lists those
+    that did not complete); writes ``out/scan/``; ``name`` labels the model in the details. A
+    setting of the wrong type or out of its range, or a model that breaks its contract,
+    raises ``ValueError`` before any work."""
     check_config(cfg, name="audit")
     a = load(model, cfg, out=out, store=store, name=name)
-    for phase in PHASES:
-        phase(a)
+    sections = run_sections(a, SECTIONS)
+    a.details |= {"sections": sections, "missing": missing(sections)}
     return Result(metrics=a.metrics, details=a.details,
                   artifacts={"images.safetensors": a.images}, data={a.ds.name: a.ds.sha256},
                   stages=a.ctx.log.entries, seeds=(cfg.seed,), device=str(a.device))

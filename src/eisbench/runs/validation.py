@@ -71,6 +71,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("fourier_seeds", COUNT),
     # label indices and feature indices
     ("classes", Rule(lo=0, nonempty=True, distinct=True)),
+    ("label_map", Rule(lo=0, nonempty=True)),  # dataset class -> model class
     ("n_show", Rule(lo=0)),  # feature indices (0-based) drawn in the report; () draws none
     # training length and batches
     ("eps_warmup_epochs", NONNEG),  # 0: no warm-up
