@@ -163,3 +163,18 @@ def test_scan_prints_a_summary_and_seeds_itself() -> None:
     assert "anomaly index per class" in text and "tensor(" not in text
     for k, a in enumerate(res.anomaly_index):
         assert f"{k} {a:.2f}" in text
+
+
+def test_a_degraded_benchmark_says_so_on_its_first_line(tmp_path: Path) -> None:
+    from eisbench.api import RunRecord
+
+    def rec(n: float) -> RunRecord:
+        m = {"bench/failed_cells": {"value": n, "ci95": [n, n], "n": 40,
+                                    "higher_is_better": False, "unit": "tool cells"}}
+        return RunRecord({"experiment": "trojans", "metrics": m, "wall_seconds": 3.0},
+                         out=tmp_path, report=tmp_path / "report.html")
+
+    assert rec(2.0).summary().splitlines()[0] == (
+        "trojans: 1 metrics, 3 s; DEGRADED: 2 failed cell(s), scored as failures (see the "
+        "report)")
+    assert "DEGRADED" not in rec(0.0).summary()

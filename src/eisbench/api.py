@@ -51,6 +51,9 @@ class RunRecord(dict[str, Any]):
         out = [f"{self.get('experiment')}: "
                + (f"{len(claims)} claims ({verdicts}), " if claims else "")
                + f"{len(metrics)} metrics, {self.get('wall_seconds', 0.0):.0f} s"]
+        failed = int(metrics.get("bench/failed_cells", {}).get("value", 0))
+        if failed:  # a degraded benchmark says so on its first line
+            out[0] += f"; DEGRADED: {failed} failed cell(s), scored as failures (see the report)"
         if self.lines is not None:
             out += [f"  {line}" for line in self.lines]
         else:
