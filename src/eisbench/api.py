@@ -34,13 +34,15 @@ class RunRecord(dict[str, Any]):
     that prints as a short summary: the run's name, each claim's verdict with what was
     measured, and the first metrics with their 95% CI and n. ``out`` is the run's folder,
     ``report`` its ``report.html``; ``lines``, where given, replace the claims and metrics in
-    the summary (the audit's sentences)."""
+    the summary (the audit's sentences); ``tracked``: each experiment tracker the run was
+    logged to (``track=``) -> its run id and store."""
 
     def __init__(self, rec: Mapping[str, Any], *, out: Path, report: Path,
                  lines: Sequence[str] | None = None) -> None:
         super().__init__(rec)
         self.out, self.report = out, report
         self.lines = None if lines is None else list(lines)
+        self.tracked: dict[str, str] = {}
 
     def summary(self, *, max_metrics: int | None = 6) -> str:
         """The summary; ``max_metrics`` caps the metrics listed (None: all of them)."""
@@ -61,6 +63,7 @@ class RunRecord(dict[str, Any]):
                     for c in claims]
             out += self._exhibits()
             out += self._metrics(max_metrics)
+        out += [f"tracked: {name} run {where}" for name, where in self.tracked.items()]
         return "\n".join([*out, f"record: {self.out / 'record.json'}", f"report: {self.report}"])
 
     def _exhibits(self) -> list[str]:
@@ -122,7 +125,8 @@ def fresh_folder(name: str) -> Path:
 def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         store: Store | None = None, dataset: str | None = None, data_root: str | None = None,
         seeds: int | Sequence[int] | None = None, device: str = "cpu",
-        overrides: Sequence[str] = (), force: bool = False, **fields: Any) -> RunRecord:
+        overrides: Sequence[str] = (), force: bool = False, track: str | None = None,
+        track_uri: str | None = None, **fields: Any) -> RunRecord:
     """Run the experiment or benchmark ``name`` with its ``preset`` config changed as
     :func:`eisbench.runs.presets.configure` says (``seeds``: a count N for 0..N-1, or the
     seeds; ``fields``: config fields by name; ``overrides``: ``"a.b=value"`` strings), write
@@ -131,7 +135,10 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
     one under ``$EISBENCH_HOME``), so finished stages are reused. A folder that already holds
     outputs is refused unless ``force``; the outputs appear in ``out`` only once the run has
     finished (:func:`~eisbench.core.paths.output_folder`), so a failed run leaves the previous
-    ones as they were.
+    ones as they were. ``track``: an experiment tracker (``"mlflow"``, the optional extra
+    ``track``) that the finished run is logged to, in the store ``track_uri`` (default:
+    ``$MLFLOW_TRACKING_URI``, else ``$EISBENCH_HOME/mlruns``; see
+    :mod:`eisbench.runs.track`); an unknown name or a missing extra fails before any work.
 
     Example:
         >>> rec = run("goh-linear", dataset="digits", seeds=1, contamination=(0.0, 0.2),
@@ -148,19 +155,22 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         ['reproduced', 'not reproduced', 'reproduced']
     """
     exp = find(name)
+    _check_tracker(track, track_uri)
     cfg = presets.configure(exp, preset, dataset=dataset, data_root=data_root, seeds=seeds,
                             device=device, overrides=overrides, **fields)
     folder = Path(out) if out is not None else fresh_folder(name)
     with output_folder(folder, force=force) as work:
         rec = exp.run(cfg, out=work, store=store if store is not None else Store(cache_dir()))
         report = exp.report(rec, work)
-    return RunRecord(rec, out=folder, report=folder / report.relative_to(work))
+    return _track(RunRecord(rec, out=folder, report=folder / report.relative_to(work)),
+                  track, uri=track_uri, preset=preset)
 
 
 def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None,
           out: str | Path | None = None, quick: bool = False, store: Store | None = None,
           name: str = "model", device: str = "cpu", overrides: Sequence[str] = (),
-          force: bool = False, **settings: Any) -> RunRecord:
+          force: bool = False, track: str | None = None, track_uri: str | None = None,
+          **settings: Any) -> RunRecord:
     """Audit ``model`` (images (B, C, H, W) in [0,1] of dataset ``data`` -> logits (B, K)):
     clean and robust accuracy with their checks, trojan scan, transfer, replacements and the
     tools' images (:mod:`eisbench.bench.audit`); write ``record.json``, ``report.html`` and the
@@ -168,8 +178,8 @@ def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None
 
     ``quick``: the smoke-test preset (fewer images and steps); ``settings``: fields of
     :class:`~eisbench.bench.audit.AuditConfig` by name; ``overrides``: ``"key=value"``
-    strings (as ``eisbench audit --set``); ``name`` labels the model in the report; ``out``
-    and ``force`` as in :func:`run`.
+    strings (as ``eisbench audit --set``); ``name`` labels the model in the report; ``out``,
+    ``force``, ``track`` and ``track_uri`` as in :func:`run`.
 
     Example (an untrained linear model on the 8x8 digits, a very small audit):
         >>> import torch
@@ -194,13 +204,40 @@ def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None
     cfg = presets.replace_fields(base, {"dataset": data, "data_root": data_root,
                                         "device": device})
     cfg = apply(presets.replace_fields(cfg, settings), list(overrides))
+    _check_tracker(track, track_uri)
     folder = Path(out) if out is not None else fresh_folder("audit")
     with output_folder(folder, force=force) as work:
         rec = run_audit(model, cfg, out=work, store=store if store is not None
                         else Store(cache_dir()), name=name)
         report = write_report(rec, work)
-    return RunRecord(rec, out=folder, report=folder / report.relative_to(work),
-                     lines=summary(rec))
+    return _track(RunRecord(rec, out=folder, report=folder / report.relative_to(work),
+                            lines=summary(rec)), track, uri=track_uri,
+                  preset="quick" if quick else "default")
+
+
+def _check_tracker(track: str | None, uri: str | None) -> None:
+    """Fail before any work for an unknown tracker or a missing extra."""
+    if track is not None:
+        from eisbench.runs.track import tracker
+
+        tracker(track, uri=uri)
+
+
+def _track(rec: RunRecord, track: str | None, *, uri: str | None, preset: str) -> RunRecord:
+    """Log the finished run ``rec`` (its record and folder) to the tracker ``track``."""
+    if track is None:
+        return rec
+    from eisbench.runs.track import resolve_uri, tracker
+
+    try:
+        run_id = tracker(track, uri=uri)(rec, out=rec.out, report=rec.report, uri=uri,
+                                         preset=preset)
+    except Exception as e:
+        e.add_note(f"the run finished and its outputs are in {rec.out}; log them again with "
+                   f"eisbench.runs.track.track_folder({str(rec.out)!r}, uri=...)")
+        raise
+    rec.tracked[track] = f"{run_id} in {resolve_uri(uri)[0]}"
+    return rec
 
 
 def load_model(source: str | Path, *, weights: str | Path | None = None,
