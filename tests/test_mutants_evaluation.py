@@ -133,7 +133,7 @@ def progress_labels(mp: pytest.MonkeyPatch) -> list[str]:
     """The label of each progress bar run_suite opens, from now on."""
     labels: list[str] = []
 
-    def progress(it: Any, *, desc: str) -> Any:
+    def progress(it: Any, *, desc: str, **kwargs: Any) -> Any:
         labels.append(desc)
         return it
     mp.setattr(suite_module, "progress", progress)

@@ -62,7 +62,7 @@ def correct_under_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     fn = ATTACKS.get(attack.name)
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for i in progress(range(0, len(x), batch_size), desc=desc):
+    for i in progress(range(0, len(x), batch_size), desc=desc, unit="batch"):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         x_adv = fn(model, xb, yb, generator=gen, **attack.kwargs())
         with eval_mode(model), torch.no_grad():

@@ -245,7 +245,8 @@ def removal(st: Setting, cfg: EditBenchConfig, store: Store
     before: list[dict[str, float]] = []
     shown: dict[str, torch.Tensor] = {}
     failures: list[dict[str, Any]] = []
-    for i, trojan in enumerate(progress(st.zoo.trojans, desc="trojans")):
+    trojans = progress(st.zoo.trojans, desc="edit the trojaned models", unit="trojan")
+    for i, trojan in enumerate(trojans):
         b, after, seen, failed = remove_one(st, cfg, store, i, trojan)
         before.append(b)
         shown |= seen
@@ -282,7 +283,7 @@ def ablation(st: Setting, cfg: EditBenchConfig, store: Store
     ablations: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for layer, k in (("penultimate", cfg.ablation_k), ("last-conv", cfg.ablation_k_conv)):
         ablations[layer] = {}
-        for sel in progress(st.selectors, desc=f"ablation {layer}"):
+        for sel in progress(st.selectors, desc=f"ablation {layer}", unit="selector"):
             ablations[layer][sel] = [
                 ablation_stage(store, selector=sel, layer=layer, k=k, model=m_, model_key=k_,
                                select=st.defender, test=test, ood=ood, seed=j,

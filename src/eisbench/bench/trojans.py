@@ -262,7 +262,7 @@ def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: tj.Jud
     shown: dict[str, torch.Tensor] = {}
     failures: list[dict[str, Any]] = []
     jobs = [(j, s, r) for j in range(len(st.graded)) for s in cfg.seeds for r in rows]
-    for j, s, r in progress(jobs, desc=desc):
+    for j, s, r in progress(jobs, desc=f"{desc} (trojan x seed x tool)", unit="cell"):
         i, trojan, (model, mkey) = st.graded[j], st.zoo.trojans[st.graded[j]], models[j]
         imgs: torch.Tensor | None
         if r in REFERENCES:

@@ -45,7 +45,8 @@ def representation_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
         raise ValueError("need at least 2 images to start each from a different one")
     perm = derangement(len(x), generator=generator)
     out = torch.empty_like(x)
-    for i in progress(range(0, len(x), batch_size), desc="invert representations"):
+    for i in progress(range(0, len(x), batch_size), desc="invert representations",
+                      unit="batch"):
         tgt = x[i:i + batch_size].to(device)
         start = x[perm[i:i + batch_size]].to(device)
         out[i:i + batch_size] = invert_representation(model, start, tgt, steps=steps,

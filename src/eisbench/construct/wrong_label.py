@@ -42,7 +42,8 @@ def wrong_label_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n
     """
     t = pick_targets(y, num_classes=num_classes, mode=mode, generator=generator)
     out = torch.empty_like(x)
-    for i in progress(range(0, len(x), batch_size), desc=f"D_{mode} targeted PGD"):
+    for i in progress(range(0, len(x), batch_size), desc=f"D_{mode} targeted PGD",
+                      unit="batch"):
         xb, tb = x[i:i + batch_size].to(device), t[i:i + batch_size].to(device)
         out[i:i + batch_size] = pgd(model, xb, tb, eps=eps, steps=steps, step_size=step_size,
                                     norm=norm, targeted=True, random_start=False,

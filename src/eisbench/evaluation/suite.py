@@ -213,7 +213,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         gen = torch.Generator().manual_seed(seed * 1000 + j)
         n_broken = 0
         violations: list[str] = []
-        for i in progress(range(0, len(todo), batch_size), desc=f"{suite}: {name}"):
+        for i in progress(range(0, len(todo), batch_size), desc=f"{suite}: {name}",
+                          unit="batch"):
             idx = todo[i:i + batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
             try:

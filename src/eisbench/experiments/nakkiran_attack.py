@@ -77,7 +77,8 @@ def non_transferable_stage(ctx: Context, *, model: tuple[nn.Module, str],
     def compute(work: Path) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty_like(data.x)  # (N, C, H, W)
         dev = ctx.device
-        for i in progress(range(0, len(data.x), batch_size), desc="non-transferable PGD"):
+        for i in progress(range(0, len(data.x), batch_size), desc="non-transferable PGD",
+                          unit="batch"):
             sl = slice(i, i + batch_size)
             out[sl] = non_transferable_pgd(model[0], [m for m, _ in ensemble],
                                            data.x[sl].to(dev), data.y[sl].to(dev),

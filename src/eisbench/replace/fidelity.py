@@ -77,7 +77,7 @@ def sweep(model: nn.Module, *, fit: torch.Tensor, val: torch.Tensor, test: torch
     jobs = [(n, s) for n in names
             for s in (grids or {}).get(n, DISTILLERS.get(n).grid)]
     points = []
-    for name, size in progress(jobs, desc="distil"):
+    for name, size in progress(jobs, desc="distil (distiller x size)", unit="fit"):
         d = DISTILLERS.get(name)
         kwargs = {**(hyper or {}).get(name, {}), d.size_param: size}
         t0 = time.perf_counter()

@@ -101,7 +101,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
         perm = torch.randperm(len(x), generator=gen)
         loss_sum = 0.0
         batches = range(epoch * per_epoch, min(total, (epoch + 1) * per_epoch))
-        for step in progress(batches, desc=f"{desc} {epoch + 1}/{n_epochs}"):
+        for step in progress(batches, desc=f"{desc} (epoch {epoch + 1}/{n_epochs})",
+                             unit="batch"):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, step / total)
             b = step - epoch * per_epoch
