@@ -45,7 +45,8 @@ def main() -> int:
         try:
             data.fetch("fashion-mnist")  # wallace's foreign images
         except data.DataError as e:
-            print(f"wallace will be skipped: {e}", file=sys.stderr)
+            print(f"wallace will use its fallback foreign set (photo patches): {e}",
+                  file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         shutil.copytree(data_dir(), home / "data")
