@@ -89,6 +89,7 @@ def _tol(n: int) -> float:
 
 @CHECKS.register("returns-logits")
 def returns_logits(c: CheckInputs) -> CheckResult:
+    """Fails when the model returns probabilities (rows in [0,1] summing to 1), not logits."""
     x, _ = c.sub
     with eval_mode(c.model), torch.no_grad():
         out = c.model(x[:64])  # (B, K)
@@ -102,6 +103,7 @@ def returns_logits(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("deterministic")
 def deterministic(c: CheckInputs) -> CheckResult:
+    """Fails when two forward passes on the same images differ (a randomised model)."""
     x, _ = c.sub
     with eval_mode(c.model), torch.no_grad():
         a, b = c.model(x), c.model(x)
@@ -114,6 +116,7 @@ def deterministic(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("gradients")
 def gradients(c: CheckInputs) -> CheckResult:
+    """Fails on non-finite input gradients or more than 5% exactly zero (gradient masking)."""
     x, y = c.sub
     xa = x.clone().requires_grad_(True)
     with eval_mode(c.model):
@@ -151,6 +154,7 @@ def _count_autograd() -> Iterator[list[int]]:
 
 @CHECKS.register("no-autograd-in-forward")
 def no_autograd_in_forward(c: CheckInputs) -> CheckResult:
+    """Fails when the forward pass itself calls autograd (it optimises something inside)."""
     x, _ = c.sub
     with eval_mode(c.model), _count_autograd() as calls:
         c.model(x[:16])
@@ -162,6 +166,7 @@ def no_autograd_in_forward(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("eval-mode")
 def eval_mode_check(c: CheckInputs) -> CheckResult:
+    """Fails when the model was handed over in training mode."""
     return CheckResult("eval-mode", not c.was_training,
                        "model was handed over in training mode" if c.was_training
                        else "model was in eval mode",
@@ -190,6 +195,7 @@ def within_budget(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("iterative-beats-single-step")
 def iterative_beats_single_step(c: CheckInputs) -> CheckResult:
+    """Fails when FGSM breaks examples the iterative suite left robust."""
     x, y = c.sub
     broken_fgsm = ~_robust(c.model, fgsm(c.model, x, y, eps=c.eps, norm=c.norm), y)
     missed = int((broken_fgsm & c.result.robust[:len(x)]).sum())
@@ -201,6 +207,7 @@ def iterative_beats_single_step(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("eps-curve")
 def eps_curve(c: CheckInputs) -> CheckResult:
+    """Fails unless APGD-CE accuracy falls with eps and reaches chance at the largest budget."""
     x, y = c.sub
     big = 1.0 if c.norm == "linf" else math.sqrt(x[0].numel())
     grid = [0.5 * c.eps, c.eps, 2 * c.eps, big]
@@ -220,6 +227,7 @@ def eps_curve(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("more-steps-and-restarts")
 def more_steps(c: CheckInputs) -> CheckResult:
+    """Fails when APGD-CE with twice the steps and more restarts breaks more (> 1%, > 1 image)."""
     x, y = c.sub
     first = c.result.per_attack[0] if c.result.per_attack else {"hyper": {"steps": 100}}
     steps = 2 * int(first["hyper"].get("steps", 100))
@@ -237,7 +245,9 @@ def more_steps(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("black-box-not-stronger")
 def black_box_not_stronger(c: CheckInputs) -> CheckResult:
-    """Not run (None) when the suite has no gradient-free attack and no surrogate is given:
+    """Fails when gradient-free or transfer attacks break examples the white-box ones missed.
+
+    Not run (None) when the suite has no gradient-free attack and no surrogate is given:
     then nothing could beat the white-box attacks and a pass would mean nothing."""
     if c.surrogate is None and all(ATTACKS.meta(a["name"])["white_box"]
                                    for a in c.result.per_attack):
@@ -262,7 +272,9 @@ def black_box_not_stronger(c: CheckInputs) -> CheckResult:
 
 @CHECKS.register("control-falls")
 def control_falls(c: CheckInputs) -> CheckResult:
-    """The ``fast`` suite on the control, less the attacks its class count cannot run (on 2
+    """Fails when an undefended control model keeps more than 5% accuracy under attack.
+
+    The ``fast`` suite on the control, less the attacks its class count cannot run (on 2
     classes: APGD-CE and Square)."""
     if c.control is None:
         return CheckResult("control-falls", None, "no undefended control model given")

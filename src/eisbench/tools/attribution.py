@@ -137,6 +137,7 @@ def _shap_baselines(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 @_register("integrated-gradients")
 def integrated_gradients(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                          generator: torch.Generator, n_steps: int = 32) -> torch.Tensor:
+    """captum's Integrated Gradients from a black baseline (Sundararajan et al. 2017)."""
     out: torch.Tensor = ca.IntegratedGradients(model).attribute(x, baselines=0.0, target=t,
                                                                 n_steps=n_steps)
     return out
@@ -155,6 +156,7 @@ def refuse_reused_modules(method: str, model: nn.Module, x: torch.Tensor) -> Non
 @_register("deeplift")
 def deeplift(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
              generator: torch.Generator) -> torch.Tensor:
+    """captum's DeepLift from a black baseline (Shrikumar et al. 2017)."""
     refuse_reused_modules("DeepLift", model, x)
     out: torch.Tensor = ca.DeepLift(model).attribute(x, baselines=0.0, target=t)
     return out
@@ -175,6 +177,7 @@ def last_conv(model: nn.Module, x: torch.Tensor) -> nn.Conv2d:
 @_register("guided-gradcam")
 def guided_gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                    generator: torch.Generator) -> torch.Tensor:
+    """captum's Guided Grad-CAM at the last conv layer (Selvaraju et al. 2017)."""
     out: torch.Tensor = ca.GuidedGradCam(model, last_conv(model, x)).attribute(x, target=t)
     return out
 
@@ -182,6 +185,7 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("saliency")
 def saliency(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
              generator: torch.Generator) -> torch.Tensor:
+    """captum's Saliency: the absolute input gradient (Simonyan et al. 2014)."""
     out: torch.Tensor = ca.Saliency(model).attribute(x, target=t, abs=True)
     return out
 
@@ -189,6 +193,7 @@ def saliency(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("gradient-shap")
 def gradient_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                   generator: torch.Generator, n_samples: int = 16) -> torch.Tensor:
+    """captum's GradientShap over black and uniform-noise baselines."""
     out: torch.Tensor = ca.GradientShap(model).attribute(
         x, baselines=_shap_baselines(x, generator), target=t, n_samples=n_samples)
     return out
@@ -197,6 +202,7 @@ def gradient_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("deeplift-shap")
 def deeplift_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                   generator: torch.Generator) -> torch.Tensor:
+    """captum's DeepLiftShap over black and uniform-noise baselines."""
     refuse_reused_modules("DeepLiftShap", model, x)
     out: torch.Tensor = ca.DeepLiftShap(model).attribute(
         x, baselines=_shap_baselines(x, generator), target=t)
@@ -206,6 +212,7 @@ def deeplift_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("guided-backprop")
 def guided_backprop(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                     generator: torch.Generator) -> torch.Tensor:
+    """captum's Guided Backpropagation (Springenberg et al. 2015)."""
     out: torch.Tensor = ca.GuidedBackprop(model).attribute(x, target=t)
     return out
 
@@ -213,6 +220,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("deconvolution")
 def deconvolution(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                   generator: torch.Generator) -> torch.Tensor:
+    """captum's Deconvolution (Zeiler & Fergus 2014)."""
     out: torch.Tensor = ca.Deconvolution(model).attribute(x, target=t)
     return out
 
@@ -241,6 +249,7 @@ def lrp_problem(model: nn.Module) -> str | None:
 @_register("lrp")
 def lrp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
         generator: torch.Generator) -> torch.Tensor:
+    """captum's Layer-wise Relevance Propagation, on models whose every layer has a rule."""
     from captum.attr._utils.lrp_rules import EpsilonRule
 
     problem = lrp_problem(model)
@@ -261,6 +270,7 @@ def lrp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("input-x-gradient")
 def input_x_gradient(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                      generator: torch.Generator) -> torch.Tensor:
+    """captum's Input x Gradient."""
     out: torch.Tensor = ca.InputXGradient(model).attribute(x, target=t)
     return out
 
@@ -268,6 +278,7 @@ def input_x_gradient(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("feature-ablation")
 def feature_ablation(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                      generator: torch.Generator, per_eval: int = 32) -> torch.Tensor:
+    """captum's Feature Ablation over square superpixels."""
     out: torch.Tensor = ca.FeatureAblation(model).attribute(
         x, baselines=0.0, target=t, feature_mask=feature_mask(x), perturbations_per_eval=per_eval)
     return out
@@ -276,6 +287,7 @@ def feature_ablation(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("feature-permutation")
 def feature_permutation(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                         generator: torch.Generator, per_eval: int = 32) -> torch.Tensor:
+    """captum's Feature Permutation over square superpixels."""
     if len(x) < 2:
         raise AttributionUnsupported("FeaturePermutation permutes features across the batch: "
                                      "it needs at least 2 images")
@@ -287,6 +299,7 @@ def feature_permutation(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("lime")
 def lime(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
          generator: torch.Generator, n_samples: int = 200) -> torch.Tensor:
+    """captum's LIME over square superpixels."""
     out: torch.Tensor = ca.Lime(model).attribute(
         x, baselines=0.0, target=t, feature_mask=feature_mask(x), n_samples=n_samples,
         perturbations_per_eval=n_samples)
@@ -296,6 +309,7 @@ def lime(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("occlusion")
 def occlusion(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
               generator: torch.Generator, per_eval: int = 32) -> torch.Tensor:
+    """captum's Occlusion with a sliding square window."""
     c = x.shape[1]
     s = superpixel_side(x.shape)
     out: torch.Tensor = ca.Occlusion(model).attribute(
@@ -307,6 +321,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 @_register("kernel-shap")
 def kernel_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                 generator: torch.Generator, n_samples: int = 200) -> torch.Tensor:
+    """captum's Kernel SHAP over square superpixels."""
     out: torch.Tensor = ca.KernelShap(model).attribute(
         x, baselines=0.0, target=t, feature_mask=feature_mask(x), n_samples=n_samples,
         perturbations_per_eval=n_samples)
@@ -317,6 +332,7 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
 def shapley_value_sampling(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                            generator: torch.Generator, n_samples: int = 4,
                            per_eval: int = 32) -> torch.Tensor:
+    """captum's Shapley Value Sampling over square superpixels."""
     out: torch.Tensor = ca.ShapleyValueSampling(model).attribute(
         x, baselines=0.0, target=t, feature_mask=feature_mask(x), n_samples=n_samples,
         perturbations_per_eval=per_eval)
@@ -334,12 +350,14 @@ def sobel(x: torch.Tensor) -> torch.Tensor:
 @_register("edge-detector")
 def edge_detector(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
                   generator: torch.Generator) -> torch.Tensor:
+    """Baseline: a Sobel edge map of the image, blind to the model."""
     return sobel(x)
 
 
 @_register("blank")
 def blank(model: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
           generator: torch.Generator) -> torch.Tensor:
+    """Baseline: the same value everywhere, blind to the model and the image."""
     return torch.zeros_like(x[:, :1])
 
 
