@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from eisbench.core.config import resolve_device
-from eisbench.core.progress import say
+from eisbench.core.progress import duration, say
 from eisbench.data import DATASETS, DataError
 from eisbench.experiments.core import EXPERIMENTS, Experiment, register, report_from
 from eisbench.runs import overrides
 from eisbench.runs.claims import world
+from eisbench.runs.overrides import root_remedy
 from eisbench.runs.record import EXHIBITS, Claim, Metric, Record
 from eisbench.runs.result import Result
 from eisbench.runs.store import Store
@@ -40,6 +41,14 @@ EXHIBIT_OF = {"ilyas": "D", "goh-leakage": "D", "goh-linear": "D", "wallace": "D
 """The exhibit each experiment's claims belong to (an exhibit whose experiment failed or was
 skipped is marked incomplete, whatever its other claims say)."""
 EXHIBIT_EXPERIMENTS = tuple(EXHIBIT_OF)
+
+TYPICAL_QUICK_S = {"ilyas": 346.0, "wallace": 107.0, "transfer": 31.0, "tsipras": 28.0,
+                   "goh-linear": 27.0, "saliency": 26.0, "goh-leakage": 12.0, "nakkiran": 12.0,
+                   "frequency": 12.0, "superposition": 12.0, "ntk": 12.0}
+"""Seconds each experiment's quick preset took on MNIST on a 2-core CPU from an empty cache
+(``benchmarks/features_vs_bugs_time.py --mode quick``, the README's figures; the five that
+took 5-20 s each at 12 s): the shares by which :func:`remaining_seconds` splits the pace the
+suite has measured so far."""
 
 # The seed's own verdicts ("Are adversaries features or bugs?", EIS IX), and for the Distill
 # responses the discussion's consensus, shown beside the measured ones.
@@ -164,9 +173,12 @@ def run_one(exp: Experiment, sub: Any, *, out: Path, store: Store, tag: str
         exp.report(rec, out / exp.name)
     except Exception as e:
         status = "skipped" if isinstance(e, DataError) else "FAILED"
-        say(f"{tag} {exp.name} {status}: {type(e).__name__}: {e}")
+        # missing data: the settings of this command that point at it (not the loader's root=)
+        text = root_remedy(str(e), sub, prefix=f"overrides={exp.name}:")
+        error = f"{type(e).__name__}: {text}"
+        say(f"{tag} {exp.name} {status}: {error}")
         return ({"experiment": exp.name, "ok": False, "status": status,
-                 "seconds": time.perf_counter() - t, "error": f"{type(e).__name__}: {e}",
+                 "seconds": time.perf_counter() - t, "error": error,
                  "traceback": traceback.format_exc(limit=8)}, None)
     return ({"experiment": exp.name, "ok": True, "status": "ok",
              "seconds": time.perf_counter() - t, "record": f"{exp.name}/record.json",
@@ -197,14 +209,48 @@ def table(records: list[tuple[str, Record]], missing: Sequence[str] = ()
     return rows, exhibits
 
 
+def remaining_seconds(done: Sequence[tuple[str, float]], todo: Sequence[str]) -> float:
+    """The seconds the experiments ``todo`` should take at the pace of those ``done``
+    ((name, measured seconds)): their :data:`TYPICAL_QUICK_S` times the ratio of the measured
+    to the typical seconds so far (1 before any is done), so a full preset, a faster machine
+    or a warm cache scale the estimate.
+
+    Example:
+        >>> remaining_seconds([("ilyas", 692.0)], ["wallace", "ntk"])  # twice as slow
+        238.0
+    """
+    typical = {n: TYPICAL_QUICK_S.get(n, 12.0) for n in [*(n for n, _ in done), *todo]}
+    spent = sum(typical[n] for n, _ in done)
+    pace = sum(s for _, s in done) / spent if done and spent > 0 else 1.0
+    return pace * sum(typical[n] for n in todo)
+
+
+def _suite_line(tag: str, row: dict[str, Any], rows: Sequence[dict[str, Any]],
+                todo: Sequence[str], elapsed: float) -> str:
+    """``"[3/11] wallace ok in 1 min 47 s; suite: 7 min 10 s elapsed, about 3 min left"``."""
+    left = remaining_seconds([(r["experiment"], r["seconds"]) for r in rows if r["ok"]], todo)
+    rest = f", about {duration(left)} left ({len(todo)} to go)" if todo else ", done"
+    return (f"{tag} {row['experiment']} {row['status']} in {duration(row['seconds'])}; "
+            f"suite: {duration(elapsed)} elapsed{rest}")
+
+
 def measure(cfg: EvidenceConfig, *, out: Path, store: Store) -> Result:
-    """Run every experiment of ``cfg`` into ``out/<name>/``; gather one verdict table."""
+    """Run every experiment of ``cfg`` into ``out/<name>/``; gather one verdict table. After
+    each experiment one line says the suite's elapsed time and an estimate of what is left
+    (:func:`remaining_seconds`)."""
     plan = check_config(cfg)
+    names = [exp.name for exp, _ in plan]
+    if cfg.preset == "quick":
+        say(f"features-vs-bugs: {len(plan)} experiments, typically "
+            f"{duration(remaining_seconds([], names))} (quick preset, MNIST, 2 CPU cores, "
+            "empty cache)")
+    t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
     done: list[tuple[str, Record]] = []
     for i, (exp, sub) in enumerate(plan, 1):
         row, rec = run_one(exp, sub, out=out, store=store, tag=f"[{i}/{len(plan)}]")
         runs.append(row)
+        say(_suite_line(f"[{i}/{len(plan)}]", row, runs, names[i:], time.perf_counter() - t0))
         if rec is not None:
             done.append((exp.name, rec))
     rows, exhibits = table(done, [r["experiment"] for r in runs if not r["ok"]])

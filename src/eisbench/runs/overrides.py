@@ -112,3 +112,37 @@ def _set(obj: Any, path: list[str], text: str, item: str) -> Any:
         return dataclasses.replace(obj, **{name: value})
     except ValueError as e:  # a config's own cross-field check
         raise ValueError(f"--set {item}: {e}") from None
+
+
+DATA_LAYER_REMEDY = "pass root=DIR (--root DIR)"
+"""How the data loaders say where to point them (``root=`` in Python, ``--root`` of
+``eisbench data fetch``): inside a run the setting is a config field instead."""
+
+
+def root_remedy(message: str, cfg: Any, *, prefix: str = "") -> str:
+    """``message`` (a missing-data error) with the data loaders' remedy replaced by the
+    settings that point ``cfg`` (a run's config) at the files: ``--data-root DIR`` for
+    ``data_root``, ``--set <prefix><field>=DIR`` for every other ``*_root`` field (``prefix``:
+    ``"overrides=wallace:"`` inside the evidence suite).
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Cfg:
+        ...     data_root: str | None = None
+        ...     foreign_root: str | None = None
+        >>> for way in root_remedy("missing: pass root=DIR (--root DIR)", Cfg()).split(" or "):
+        ...     print(way)
+        missing: pass --data-root DIR (the dataset)
+        --set foreign_root=DIR (the foreign images)
+    """
+    if DATA_LAYER_REMEDY not in message or not dataclasses.is_dataclass(cfg):
+        return message
+    ways = []
+    for f in dataclasses.fields(cfg):
+        if f.name == "data_root":
+            ways.append("--data-root DIR (the dataset)")
+        elif f.name.endswith("_root"):
+            what = f.name.removesuffix("_root")
+            ways.append(f"--set {prefix}{f.name}=DIR (the {what} images)")
+    return message.replace(DATA_LAYER_REMEDY, "pass " + " or ".join(ways)) if ways else message
+
