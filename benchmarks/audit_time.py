@@ -47,9 +47,9 @@ def main() -> int:
         out = args.out or Path(tmp) / "out"
         t1 = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "eisbench.cli", "audit", "--checkpoint",
-                               str(ckpt), "--data", args.dataset, "--device", args.device,
-                               "--out", str(out)], env=env, check=True, capture_output=True,
-                              text=True)
+                               str(ckpt), "--data", args.dataset, "--full", "--device",
+                               args.device, "--out", str(out)], env=env, check=True,
+                              capture_output=True, text=True)
         wall = time.perf_counter() - t1
         rec = json.loads((out / "record.json").read_text())
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20

@@ -453,8 +453,8 @@ def _int32(raw: bytes) -> bytes:
 
 
 def _byo(t: Path, cls: str) -> list[Any]:
-    return ["attack", "--model", f"hostile_models:{cls}", "--dataset", "digits", "--n", "20",
-            "--attack", "pgd", "--steps", "2", "--n-checks", "10", "--out", t / "o"]
+    return ["attack", "--model", f"hostile_models:{cls}", "--random-init", "--dataset", "digits",
+            "--n", "20", "--attack", "pgd", "--steps", "2", "--n-checks", "10", "--out", t / "o"]
 
 
 # name -> (argv given a scratch folder t, whose t/o is --out), what the message must match

@@ -110,8 +110,8 @@ def test_attack_refuses_a_model_that_breaks_the_contract(
         f"        {body}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "res.json"
-    assert main(["attack", "--model", f"{name}:Net", "--dataset", "digits", "--attack", "fgsm",
-                 "--n", "20", "--n-checks", "20", "--out", str(out)]) == 2
+    assert main(["attack", "--model", f"{name}:Net", "--random-init", "--dataset", "digits",
+                 "--attack", "fgsm", "--n", "20", "--n-checks", "20", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "eisbench: error:" in err and reason in err and "robust" not in err
     assert not out.exists()

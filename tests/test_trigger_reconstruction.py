@@ -165,7 +165,7 @@ def test_cli_scan_refuses_a_model_with_wrong_outputs(tmp_path: Path,
         "    def forward(self, x):\n"
         "        return self.fc(x.flatten(1))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    base = ["scan", "--data", "digits", "--n", "20", "--steps", "2"]
+    base = ["scan", "--data", "digits", "--n", "20", "--steps", "2", "--random-init"]
     assert main([*base, "--model", "badnets:Flat"]) == 2
     assert "must return logits (B, K)" in capsys.readouterr().err
     assert main([*base, "--model", "badnets:Wide"]) == 2

@@ -23,6 +23,7 @@ from eisbench.core.registry import UnknownNameError
 from eisbench.runs import presets
 from eisbench.runs.claims import n_label
 from eisbench.runs.experiment import Experiment
+from eisbench.runs.overrides import root_remedy
 from eisbench.runs.store import Store
 from eisbench.tools import TOOLS, Tool
 
@@ -122,6 +123,41 @@ def fresh_folder(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
 
 
+def configure(name: str, preset: str = "quick", *, dataset: str | None = None,
+              data_root: str | None = None, seeds: int | Sequence[int] | None = None,
+              device: str = "cpu", overrides: Sequence[str] = (), **fields: Any) -> Any:
+    """The config :func:`run` would run ``name`` with (same arguments), checked, without
+    running anything: what ``eisbench run NAME --dry-run`` prints.
+
+    Example:
+        >>> cfg = configure("goh-linear", dataset="digits", seeds=2, overrides=["eps=0.2"])
+        >>> cfg.dataset, cfg.seeds, cfg.eps
+        ('digits', (0, 1), 0.2)
+    """
+    return presets.configure(find(name), preset, dataset=dataset, data_root=data_root,
+                             seeds=seeds, device=device, overrides=overrides, **fields)
+
+
+def dry_run(name: str, preset: str = "quick", **given: Any) -> dict[str, Any]:
+    """What :func:`run` would run (same arguments), as JSON-able data, running nothing:
+    ``{"name", "preset", "config"}``, and for the evidence suite ``"experiments"``, each
+    experiment's own resolved config (so a typo in ``overrides`` fails here too).
+
+    Example:
+        >>> plan = dry_run("features-vs-bugs", overrides=["experiments=ilyas,wallace"])
+        >>> sorted(plan["experiments"]), plan["experiments"]["wallace"]["n_foreign"]
+        (['ilyas', 'wallace'], 20000)
+    """
+    from eisbench.core.config import to_plain
+    from eisbench.experiments.suite import EvidenceConfig, check_config
+
+    cfg = configure(name, preset, **given)
+    plan: dict[str, Any] = {"name": name, "preset": preset, "config": to_plain(cfg)}
+    if isinstance(cfg, EvidenceConfig):
+        plan["experiments"] = {exp.name: to_plain(sub) for exp, sub in check_config(cfg)}
+    return plan
+
+
 def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         store: Store | None = None, dataset: str | None = None, data_root: str | None = None,
         seeds: int | Sequence[int] | None = None, device: str = "cpu",
@@ -154,14 +190,20 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         >>> [c["verdict"] for c in rec["claims"]]
         ['reproduced', 'not reproduced', 'reproduced']
     """
+    from eisbench.data import DataError
+
     exp = find(name)
     _check_tracker(track, track_uri)
-    cfg = presets.configure(exp, preset, dataset=dataset, data_root=data_root, seeds=seeds,
-                            device=device, overrides=overrides, **fields)
+    cfg = configure(name, preset, dataset=dataset, data_root=data_root, seeds=seeds,
+                    device=device, overrides=overrides, **fields)
     folder = Path(out) if out is not None else fresh_folder(name)
-    with output_folder(folder, force=force) as work:
-        rec = exp.run(cfg, out=work, store=store if store is not None else Store(cache_dir()))
-        report = exp.report(rec, work)
+    try:
+        with output_folder(folder, force=force) as work:
+            rec = exp.run(cfg, out=work, store=store if store is not None
+                          else Store(cache_dir()))
+            report = exp.report(rec, work)
+    except DataError as e:  # missing data: the settings of this run that point at it
+        raise DataError(root_remedy(str(e), cfg)) from e
     return _track(RunRecord(rec, out=folder, report=folder / report.relative_to(work)),
                   track, uri=track_uri, preset=preset)
 
@@ -196,14 +238,11 @@ def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None
           trojan scan: no trojan detected: ...
         report: .../report.html
     """
-    from eisbench.bench.audit import QUICK, AuditConfig, run_audit
+    from eisbench.bench.audit import run_audit
     from eisbench.report.audit import summary, write_report
-    from eisbench.runs.overrides import apply
 
-    base = QUICK if quick else AuditConfig()
-    cfg = presets.replace_fields(base, {"dataset": data, "data_root": data_root,
-                                        "device": device})
-    cfg = apply(presets.replace_fields(cfg, settings), list(overrides))
+    cfg = audit_config(data=data, data_root=data_root, quick=quick, device=device,
+                       overrides=overrides, **settings)
     _check_tracker(track, track_uri)
     folder = Path(out) if out is not None else fresh_folder("audit")
     with output_folder(folder, force=force) as work:
@@ -213,6 +252,26 @@ def audit(model: nn.Module, *, data: str = "mnist", data_root: str | None = None
     return _track(RunRecord(rec, out=folder, report=folder / report.relative_to(work),
                             lines=summary(rec)), track, uri=track_uri,
                   preset="quick" if quick else "default")
+
+
+def audit_config(*, data: str = "mnist", data_root: str | None = None, quick: bool = False,
+                 device: str = "cpu", overrides: Sequence[str] = (), **settings: Any) -> Any:
+    """The :class:`~eisbench.bench.audit.AuditConfig` :func:`audit` would run with (same
+    arguments), checked, without loading anything: what ``eisbench audit --dry-run`` prints.
+
+    Example:
+        >>> audit_config(data="digits", quick=True, overrides=["n_robust=50"]).n_robust
+        50
+    """
+    from eisbench.bench.audit import QUICK, AuditConfig
+    from eisbench.runs.overrides import apply
+    from eisbench.runs.validation import check_config
+
+    base = QUICK if quick else AuditConfig()
+    cfg = presets.replace_fields(base, {"dataset": data, "data_root": data_root,
+                                        "device": device})
+    cfg = apply(presets.replace_fields(cfg, settings), list(overrides))
+    return check_config(cfg, name="audit")
 
 
 def _check_tracker(track: str | None, uri: str | None) -> None:
@@ -284,4 +343,5 @@ def tool(name: str) -> Tool:
     return TOOLS.get(name)
 
 
-__all__ = ["RunRecord", "audit", "find", "fresh_folder", "load_model", "run", "tool"]
+__all__ = ["RunRecord", "audit", "audit_config", "configure", "dry_run", "find", "fresh_folder",
+           "load_model", "run", "tool"]

@@ -15,13 +15,13 @@ from eisbench.core.paths import check_output_folder, output_folder
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model of ``--checkpoint`` (read as a checkpoint whatever its name: it never imports
-    code), or ``--model`` with ``--weights`` and ``--model-kwargs`` (the one way to import one);
-    with its features at ``--layer`` and fed pixels in [0, ``--scale``]."""
+    code), or ``--model`` with ``--weights`` and ``--model-kwargs`` (the one way to import one;
+    without ``--weights`` only with ``--random-init``); with its features at ``--layer`` and
+    fed pixels in [0, ``--scale``]."""
     from eisbench import api
-    from eisbench.core.validate import finite
     from eisbench.models import FeaturesAt, Scaled, load_checkpoint
 
-    finite("--scale", args.scale, lo=0.0, lo_open=True)
+    check_model_flags(args)
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint)
     else:
@@ -35,13 +35,55 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
     return Scaled(model, args.scale) if args.scale != 1.0 else model
 
 
+def check_model_flags(args: argparse.Namespace) -> None:
+    """Refuse ``--scale`` out of range, and ``--model`` without ``--weights`` (it would be
+    measured on its random initial weights) unless ``--random-init`` says that is meant."""
+    from eisbench.core.validate import finite
+
+    finite("--scale", args.scale, lo=0.0, lo_open=True)
+    if args.model and not args.weights and not args.random_init:
+        raise ValueError(f"--model {args.model} without --weights would run on the class's "
+                         "random initial weights: pass --weights FILE (.safetensors or a .pt "
+                         "state dict), or --random-init if random weights are what you mean")
+    if args.random_init and args.weights:
+        raise ValueError("--random-init and --weights contradict each other: drop one")
+
+
+CHANCE_MARGIN = 0.05
+"""Clean accuracy at most this above chance (1/K) means the model is not doing the task."""
+
+
+def chance_warning(clean_acc: float, num_classes: int, *, label_map: bool = False) -> str | None:
+    """A loud warning when ``clean_acc`` is within :data:`CHANCE_MARGIN` of chance for
+    ``num_classes`` classes, naming the likely causes; None otherwise.
+
+    Example:
+        >>> chance_warning(0.15, 10).split(":")[0]
+        'WARNING'
+        >>> chance_warning(0.9, 10) is None
+        True
+    """
+    chance = 1 / num_classes
+    if clean_acc > chance + CHANCE_MARGIN:
+        return None
+    causes = ["no --weights (a model on its random initial weights)",
+              "a wrong --scale (a model trained on raw 0-255 pixels needs --scale 255)",
+              "the wrong --data (the model was trained on another dataset)"]
+    if label_map:
+        causes.append("classes in another order (--label-map)")
+    return (f"WARNING: clean accuracy {clean_acc:.1%} is at chance ({chance:.1%} for "
+            f"{num_classes} classes, within {CHANCE_MARGIN:.0%}): the model is not doing this "
+            "task on these images, so the numbers above say nothing about it. Likely causes: "
+            + "; ".join(causes) + ".")
+
+
 def _check_attack_flags(args: argparse.Namespace) -> None:
     """Refuse a bad number or ``--out`` of ``attack`` (a ``ValueError`` naming the flag, the
     value and the allowed range) before any model or data is loaded."""
     from eisbench.core.validate import finite, positive_int
 
     finite("--eps", args.eps, lo=0.0)
-    finite("--scale", args.scale, lo=0.0, lo_open=True)
+    check_model_flags(args)
     for flag in ("n", "n_checks", "steps", "restarts", "n_queries", "n_targets"):
         if getattr(args, flag, None) is not None:  # attack hypers: None unless given
             positive_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
@@ -75,7 +117,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     else:
         SUITES.get(args.suite)
     model = load_model(args).to(device)
-    ds = data.load(args.dataset, root=args.data_root)
+    ds = data.load(args.data, root=args.data_root)
     x, y = ds.x_test[:args.n], ds.y_test[:args.n]
     check_model(model, x, num_classes=ds.num_classes, device=device)  # before any attack
     control, surrogate = (load_checkpoint(p).to(device) if p else None
@@ -90,10 +132,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
         ev, broken = e.evaluation, e
     res = ev.to_dict()
     k = int(ev.result.robust.sum())
+    chance = chance_warning(ev.result.clean_acc, ds.num_classes)
     res |= {"ci95": list(wilson_ci(k, len(x))), "seconds": time.perf_counter() - t0,
             "model": str(args.checkpoint or args.model), "weights": args.weights,
             "model_kwargs": json.loads(args.model_kwargs), "scale": args.scale,
-            "dataset": args.dataset, "seed": args.seed}
+            "dataset": args.data, "seed": args.seed, "clean_at_chance": chance is not None}
     print(json.dumps(res, indent=2))
     for w in ev.warnings:
         print(f"WARNING [{w.name}] {w.detail}. {w.advice}", file=sys.stderr)
@@ -101,6 +144,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
           f"{len(x)} images, {args.norm} eps={args.eps:g}, {res['suite']} "
           f"({', '.join(a['name'] for a in ev.result.per_attack)}); "
           f"{len(ev.warnings)} of {len(ev.checks)} sanity checks failed", file=sys.stderr)
+    if chance:
+        print(chance, file=sys.stderr)
     if args.out:
         with output_folder(args.out, force=args.force) as work:
             (work / "attack.json").write_text(json.dumps(res, indent=2))
@@ -119,7 +164,7 @@ def _check_scan_flags(args: argparse.Namespace) -> None:
     for flag in ("n", "steps", "batch_size"):
         positive_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
     finite("--lr", args.lr, lo=0.0, lo_open=True)
-    finite("--scale", args.scale, lo=0.0, lo_open=True)
+    check_model_flags(args)
     finite("--lam", args.lam, lo=0.0)
     finite("--threshold", args.threshold, lo=0.0)
     if args.out:
@@ -130,6 +175,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     """``scan``: reconstruct a trigger per class and flag the anomalous ones."""
     from eisbench import data
     from eisbench.core.config import resolve_device
+    from eisbench.core.tensors import predict
+    from eisbench.models.contract import check_model
     from eisbench.report.scan import write_scan_report
     from eisbench.tools.scan import save_scan, scan
 
@@ -138,6 +185,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     model = load_model(args).to(device)
     ds = data.load(args.data, root=args.data_root)
     x = ds.x_test[:args.n]
+    k, _ = check_model(model, x, num_classes=None, device=device)  # before the accuracy
+    clean = (float((predict(model, x, device=device) == ds.y_test[:args.n]).float().mean())
+             if k == ds.num_classes else None)  # None: other classes than the dataset's
+    chance = chance_warning(clean, k) if clean is not None else None
+    if chance:  # before minutes of scanning, and again after its verdict
+        print(chance, file=sys.stderr)
     t0 = time.perf_counter()
     res = scan(model, x, method=args.method, num_classes=None, steps=args.steps,
                lr=args.lr, lam=args.lam, batch_size=args.batch_size, threshold=args.threshold,
@@ -145,10 +198,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     print(f"{args.method} scan of {args.checkpoint or args.model} on {len(x)} {args.data} images "
           f"({seconds:.0f} s): {res.verdict()}")
+    if chance:
+        print(chance, file=sys.stderr)
     if args.out:
         meta = {"model": str(args.checkpoint or args.model), "weights": args.weights,
                 "scale": args.scale, "data": args.data, "n": len(x), "method": args.method,
                 "steps": args.steps, "lr": args.lr, "lam": args.lam,
+                "clean_acc": clean,
                 "batch_size": args.batch_size, "threshold": args.threshold, "seed": args.seed,
                 "device": str(device), "seconds": seconds}
         with output_folder(args.out, force=args.force) as work:
@@ -173,7 +229,7 @@ def cmd_replace(args: argparse.Namespace) -> int:
     for n in names:
         DISTILLERS.get(n)  # unknown name: clear error with the closest match
     model = load_model(args).to(device)
-    ds = data.load(args.dataset, root=args.data_root)
+    ds = data.load(args.data, root=args.data_root)
     x_test = ds.x_test[:args.n_test] if args.n_test else ds.x_test
     x_ood = digits_like(ds.shape)[0] if min(ds.shape[1:]) >= 8 else None
     t0 = time.perf_counter()
@@ -181,9 +237,9 @@ def cmd_replace(args: argparse.Namespace) -> int:
                        n_fit=args.n_fit, n_val=args.n_val, distillers=names, seed=args.seed,
                        device=device)
     res |= {"model": str(args.checkpoint or args.model), "weights": args.weights,
-            "dataset": args.dataset, "seed": args.seed, "device": str(device),
+            "dataset": args.data, "seed": args.seed, "device": str(device),
             "seconds": time.perf_counter() - t0}
-    print(f"replacements of {res['model']} on {args.dataset} ({res['seconds']:.0f} s); agreement"
+    print(f"replacements of {res['model']} on {args.data} ({res['seconds']:.0f} s); agreement"
           f" with the model on {len(x_test)} test / {res['n_ood']} OOD images:")
     for name, p in res["chosen"].items():
         ood = "-" if p["agree_ood"] is None else f"{p['agree_ood']:.3f}"
@@ -198,15 +254,33 @@ def cmd_replace(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from eisbench.api import audit
+    """``audit``: the quick preset unless ``--full``; ``--dry-run`` prints the resolved
+    config as JSON without loading the model or the data."""
+    from eisbench.api import audit, audit_config
+    from eisbench.core.config import to_plain
 
+    sets = [*args.set, *([f"label_map={args.label_map}"] if args.label_map else [])]
+    given = {"data": args.data, "data_root": args.data_root, "quick": not args.full,
+             "device": args.device, "overrides": sets}
+    if args.dry_run:
+        print(json.dumps({"command": "audit", "model": str(args.checkpoint or args.model),
+                          "weights": args.weights, "preset": "full" if args.full else "quick",
+                          "config": to_plain(audit_config(**given))}, indent=2))
+        return 0
     check_output_folder(args.out, force=args.force)
     model = load_model(args)
-    sets = [*args.set, *([f"label_map={args.label_map}"] if args.label_map else [])]
-    rec = audit(model, data=args.data, data_root=args.data_root, out=args.out,
-                quick=args.quick, name=str(args.checkpoint or args.model), device=args.device,
-                overrides=sets, force=args.force)
+    rec = audit(model, out=args.out, name=str(args.checkpoint or args.model),
+                force=args.force, track=args.track, track_uri=args.track_uri, **given)
     print(rec)
+    if not args.full:
+        print("(quick preset: fewer images and attack steps, the fast suite; --full for the "
+              "audit whose numbers you report)", file=sys.stderr)
+    clean = rec["metrics"].get("clean_acc")
+    labels = rec["details"].get("labels", {})
+    chance = clean and chance_warning(clean["value"], labels.get("num_classes", 10),
+                                      label_map=True)
+    if chance:
+        print(chance, file=sys.stderr)
     broken = [n for n, s in rec["details"]["sections"].items()
               if s["status"] in ("failed", "partial")]
     if broken:

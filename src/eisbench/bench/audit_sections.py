@@ -66,7 +66,8 @@ def remedy(e: BaseException) -> str:
         return ("name the layer whose output is the model's penultimate features: --layer NAME "
                 "(the error lists the layers that ran)")
     if isinstance(e, MemoryError) or "out of memory" in msg:
-        return "use fewer images (--quick, or --set n_robust=... n_scan=...) or a larger machine"
+        return ("use fewer images (the quick preset: drop --full; or --set n_robust=... "
+                "n_scan=...) or a larger machine")
     if isinstance(e, RuntimeError) and any(s in msg for s in _SHAPES):
         return ("a shape mismatch between the model and what eisbench fed or hooked: if it "
                 "comes from the penultimate features, name their layer with --layer NAME; check "
