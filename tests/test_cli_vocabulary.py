@@ -161,6 +161,14 @@ def test_list_describes_every_entry(capsys: pytest.CaptureFixture[str]) -> None:
     assert said["distillers"]["tree"] == "decision tree of bounded depth on pixels"
 
 
+def test_a_reader_that_stops_early_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def closed(*args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("eisbench.cli._cmd_list", closed)  # as in: eisbench list | head
+    assert main(["list"]) == 0
+
+
 def test_chance_warning_threshold() -> None:
     from eisbench.cli_models import chance_warning
 

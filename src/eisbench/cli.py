@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -162,7 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "scan": cmd_scan, "audit": cmd_audit, "replace": cmd_replace,
                 "data": _cmd_data, "cache": _cmd_cache, "list": _cmd_list}
     try:
-        return handlers[args.cmd](args)
+        code = handlers[args.cmd](args)
+        sys.stdout.flush()  # a closed pipe is met here, not at exit
+        return code
+    except BrokenPipeError:  # the reader stopped early (eisbench list | head): not an error
+        with contextlib.suppress(OSError, ValueError):  # no more writes to the closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UnknownNameError, ValueError, OSError, RuntimeError) as e:
         print(f"eisbench: error: {_explain(e, args)}", file=sys.stderr)
         return 2
