@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from eisbench.core.paths import cache_dir, home, output_folder
+from eisbench.core.paths import cache_dir, current_umask, home, output_folder
 from eisbench.core.registry import UnknownNameError
 from eisbench.runs import presets
 from eisbench.runs.claims import n_label
@@ -120,7 +120,9 @@ def fresh_folder(name: str) -> Path:
     """A new, empty folder ``<home>/runs/<name>-<date>-<time>-<random>``."""
     root = home() / "runs"
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+    path.chmod(0o777 & ~current_umask())  # a plain mkdir's mode, not mkdtemp's private 0700
+    return path
 
 
 def configure(name: str, preset: str = "quick", *, dataset: str | None = None,

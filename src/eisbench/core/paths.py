@@ -30,14 +30,31 @@ def cache_dir() -> Path:
     return d
 
 
+def current_umask() -> int:
+    """The process's umask: from ``/proc/self/status`` where Linux offers it (no change to the
+    process), else by setting it and putting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename).
 
     A full disk or an interruption leaves the previous file (or none), never a truncated one.
+    The file gets the mode a plain ``open(path, "wb")`` would give it (``0o666`` less the
+    umask, so 0644 under the usual umask 022), not the temp file's private 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -75,6 +92,7 @@ def output_folder(out: Path, *, force: bool = False, flag: str = "--out") -> Ite
     check_output_folder(out, force=force, flag=flag)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    work.chmod(0o777 & ~current_umask())  # a plain mkdir's mode (0755 under umask 022), not 0700
     try:
         yield work
         old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
