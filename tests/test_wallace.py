@@ -87,13 +87,15 @@ def test_missing_fashion_mnist_falls_back_to_the_bundled_photos_and_says_so(
     assert "apt-get install dataset-fashion-mnist" in foreign["error"]
     assert rec["data"]["photo-patches"] == photos.photo_patches(1, seed=0).sha256
     first = rec["claims"][0]["measured"]
-    assert "3000 28x28 grey patches" in first and "the FALLBACK: fashion-mnist" in first
+    assert "foreign images: 3000 photo-patches (the FALLBACK: fashion-mnist" in first
     assert "FALLBACK" not in rec["claims"][1]["measured"]  # (b) uses no foreign images
     # the source model's labels on the photos carry its features: far above chance on D
     # (0.59 here), where the same labels on uniform noise teach nothing (next test)
     assert rec["details"]["per_seed"][0]["foreign"] > 0.4
     html = exp.report(rec, tmp_path / "out").read_text()
-    assert "FALLBACK" in html and "scikit-learn" in html and "dataset-fashion-mnist" in html
+    assert "FALLBACK" in html and "dataset-fashion-mnist" in html  # the error's remedy
+    assert "3000 photo-patches, 28x28 grey patches of the three photographs that ship with " \
+           "scikit-learn" in html
 
 
 def test_the_fallback_test_can_fail_noise_in_place_of_the_photos_stays_at_chance(

@@ -100,18 +100,25 @@ class Foreign:
     description: str
     fallback: tuple[str, str] | None = None
 
-    def note(self) -> str:
-        """What the claim says about the foreign images (the report adds the error).
+    def note(self, *, long: bool = False) -> str:
+        """What the claim says about the foreign images; ``long``: what the report says (the
+        set's description and the loading error too).
 
         Example:
-            >>> print(Foreign("photo-patches", "0" * 64, torch.zeros(5, 1, 2, 2), "patches",
-            ...               ("fashion-mnist", "not found")).note())
-            foreign images: 5 patches, the FALLBACK: fashion-mnist is not installed here; Wallace's 91% used Fashion-MNIST
+            >>> f = Foreign("photo-patches", "0" * 64, torch.zeros(5, 1, 2, 2),
+            ...             "grey patches of photographs", ("fashion-mnist", "not found"))
+            >>> print(f.note())
+            foreign images: 5 photo-patches (the FALLBACK: fashion-mnist is not installed here, and Wallace's 91% is on Fashion-MNIST)
+            >>> print(f.note(long=True))
+            Foreign images: 5 photo-patches, grey patches of photographs (the FALLBACK: fashion-mnist is not installed here, and Wallace's 91% is on Fashion-MNIST). not found
         """  # noqa: E501
+        what = f"{len(self.x)} {self.name}" + (f", {self.description}" if long else "")
         if self.fallback is None:
-            return f"foreign images: {len(self.x)} of {self.description}"
-        return (f"foreign images: {len(self.x)} {self.description}, the FALLBACK: "
-                f"{self.fallback[0]} is not installed here; Wallace's 91% used Fashion-MNIST")
+            return f"{'F' if long else 'f'}oreign images: {what}"
+        why = (f"the FALLBACK: {self.fallback[0]} is not installed here, and Wallace's 91% is "
+               "on Fashion-MNIST")
+        return (f"{'F' if long else 'f'}oreign images: {what} ({why})"
+                + (f". {self.fallback[1]}" if long else ""))
 
 
 def foreign_images(cfg: WallaceConfig, st: Setting) -> Foreign:
@@ -132,7 +139,7 @@ def foreign_images(cfg: WallaceConfig, st: Setting) -> Foreign:
     if cfg.n_foreign is not None:  # capped at what the foreign set has
         fds = fds.subset(n_train=min(cfg.n_foreign, len(fds.x_train)))
     return Foreign(fds.name, fds.sha256, resize_like(fds.x_train, st.ds.shape),
-                   description=fds.name)
+                   description="training images")
 
 
 def _patches(cfg: WallaceConfig, st: Setting, *, fallback: tuple[str, str] | None
@@ -201,8 +208,7 @@ def measure(cfg: WallaceConfig, *, out: Path, store: Store) -> Result:
                              "fallback_for": fds.fallback and fds.fallback[0],
                              "error": fds.fallback and fds.fallback[1]},
                  "literature_source": "Wallace 2019, Distill: MNIST (a), CIFAR-10 (b). "
-                                      f"{note[0].upper()}{note[1:]}"
-                                      + (f" ({fds.fallback[1]})" if fds.fallback else "")},
+                                      + fds.note(long=True)},
         data={st.ds.name: st.ds.sha256, fds.name: fds.sha256}, stages=st.ctx.log.entries,
         device=str(st.ctx.device))
 
