@@ -7,6 +7,7 @@ from __future__ import annotations
 import doctest
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from eisbench.runs import track, track_names
 from eisbench.runs.track import MissingExtraError, resolve_uri, tracker
 from eisbench.runs.track_names import flatten, mlflow_name, unique_names
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # as track.require_mlflow does
 if os.environ.get("CI"):  # the `track` extra is part of `test`: CI never skips these tests
     import mlflow
 else:
@@ -49,7 +51,7 @@ def test_run_round_trip_through_mlflow(tmp_path: Path) -> None:
     rec = eisbench.run("goh-linear", dataset="digits", seeds=2, contamination=(0.0, 0.1),
                        out=tmp_path / "run", track="mlflow", track_uri=str(store))
     client = MlflowClient(tracking_uri=resolve_uri(str(store))[0])
-    run_id = rec.tracked["mlflow"].split()[0]
+    run_id = rec.tracked["mlflow"]["run_id"]
     assert f"tracked: mlflow run {run_id} in sqlite:///{store}/mlflow.db" in str(rec)
     got = client.get_run(run_id)
     assert got.info.status == "FINISHED"
@@ -94,7 +96,7 @@ def test_audit_round_trip_default_store_and_mapped_names(
     store = tmp_path / "home" / "mlruns"
     assert (store / "mlflow.db").is_file()  # the default: $EISBENCH_HOME/mlruns
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
-    run_id = rec.tracked["mlflow"].split()[0]
+    run_id = rec.tracked["mlflow"]["run_id"]
     got = client.get_run(run_id)
     m = rec["metrics"]["robust_acc/eps=0.1"]  # '=' is refused by MLflow: mapped to '_'
     assert got.data.metrics["robust_acc/eps_0.1"] == pytest.approx(m["value"])
@@ -137,6 +139,17 @@ def test_store_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("EISBENCH_HOME", str(tmp_path / "home"))
     assert resolve_uri()[0] == f"sqlite:///{tmp_path}/home/mlruns/mlflow.db"
+
+
+def test_mlflow_telemetry_stays_off_so_a_run_talks_only_to_its_store() -> None:
+    env = {k: v for k, v in os.environ.items()  # MLflow itself turns it off under CI, pytest
+           if k not in ("CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY")}
+    code = ("from eisbench.runs.track import require_mlflow; require_mlflow(); "
+            "from mlflow.telemetry import get_telemetry_client; "
+            "print(get_telemetry_client() is None)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["True"]
 
 
 @settings(max_examples=200, deadline=None)

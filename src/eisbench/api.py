@@ -36,14 +36,14 @@ class RunRecord(dict[str, Any]):
     measured, and the first metrics with their 95% CI and n. ``out`` is the run's folder,
     ``report`` its ``report.html``; ``lines``, where given, replace the claims and metrics in
     the summary (the audit's sentences); ``tracked``: each experiment tracker the run was
-    logged to (``track=``) -> its run id and store."""
+    logged to (``track=``) -> ``{"run_id", "uri"}``."""
 
     def __init__(self, rec: Mapping[str, Any], *, out: Path, report: Path,
                  lines: Sequence[str] | None = None) -> None:
         super().__init__(rec)
         self.out, self.report = out, report
         self.lines = None if lines is None else list(lines)
-        self.tracked: dict[str, str] = {}
+        self.tracked: dict[str, dict[str, str]] = {}
 
     def summary(self, *, max_metrics: int | None = 6) -> str:
         """The summary; ``max_metrics`` caps the metrics listed (None: all of them)."""
@@ -64,7 +64,8 @@ class RunRecord(dict[str, Any]):
                     for c in claims]
             out += self._exhibits()
             out += self._metrics(max_metrics)
-        out += [f"tracked: {name} run {where}" for name, where in self.tracked.items()]
+        out += [f"tracked: {name} run {t['run_id']} in {t['uri']}"
+                for name, t in self.tracked.items()]
         return "\n".join([*out, f"record: {self.out / 'record.json'}", f"report: {self.report}"])
 
     def _exhibits(self) -> list[str]:
@@ -297,7 +298,7 @@ def _track(rec: RunRecord, track: str | None, *, uri: str | None, preset: str) -
         e.add_note(f"the run finished and its outputs are in {rec.out}; log them again with "
                    f"eisbench.runs.track.track_folder({str(rec.out)!r}, uri=...)")
         raise
-    rec.tracked[track] = f"{run_id} in {resolve_uri(uri)[0]}"
+    rec.tracked[track] = {"run_id": run_id, "uri": resolve_uri(uri)[0]}
     return rec
 
 

@@ -23,15 +23,19 @@ side): ``mlflow.db`` (SQLite, MLflow's recommended local backend; its plain-file
 maintenance mode and refuses to start by default) and ``artifacts/``. A ``uri`` without a
 scheme is such a local folder; ``http://host:5000`` is a tracking server; ``sqlite:///...``
 or ``file:///...`` are passed to MLflow as they are. Browse the local store with
-``mlflow ui --backend-store-uri sqlite:///$EISBENCH_HOME/mlruns/mlflow.db``.
+``mlflow ui --backend-store-uri sqlite:///$EISBENCH_HOME/mlruns/mlflow.db`` (the UI comes
+with the full ``mlflow`` package).
 
-MLflow is the optional extra ``track``: ``pip install -c constraints.txt 'eisbench[track]'``
-(``mlflow-skinny`` with SQLAlchemy and Alembic for the local store; the full ``mlflow``
-package does as well).
+MLflow's usage telemetry is off unless ``MLFLOW_DISABLE_TELEMETRY`` is set otherwise
+(:func:`require_mlflow`). MLflow is the optional extra ``track``:
+``pip install -c constraints.txt 'eisbench[track]'`` (``mlflow-skinny`` with SQLAlchemy and
+Alembic for the local store; the full ``mlflow`` package does as well).
 
 Example (needs the extra):
     >>> rec = run("goh-linear", dataset="digits", seeds=1, track="mlflow")  # doctest: +SKIP
-    >>> MlflowClient(default_uri()).get_run(rec.tracked["mlflow"])  # doctest: +SKIP
+    >>> from mlflow.tracking import MlflowClient  # doctest: +SKIP
+    >>> MlflowClient(rec.tracked["mlflow"]["uri"]).get_run(rec.tracked["mlflow"]["run_id"])
+    ... # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -72,7 +76,11 @@ class MissingExtraError(ImportError):
 
 def require_mlflow(*, local: bool = False) -> ModuleType:
     """The ``mlflow`` module; :class:`MissingExtraError` naming the extra when it (or, for a
-    ``local`` store, SQLAlchemy and Alembic) is missing."""
+    ``local`` store, SQLAlchemy and Alembic) is missing. MLflow's usage telemetry (which
+    otherwise contacts MLflow's servers from the first import) is turned off unless the
+    environment sets ``MLFLOW_DISABLE_TELEMETRY`` itself: a tracked run talks to the store
+    it was given and to nothing else."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     needed = ["mlflow", *(["sqlalchemy", "alembic"] if local else [])]
     for name in needed:
         try:
