@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eisbench
+from eisbench.cli import main
 from eisbench.runs import track, track_names
 from eisbench.runs.track import MissingExtraError, resolve_uri, tracker
 from eisbench.runs.track_names import flatten, mlflow_name, unique_names
@@ -112,13 +113,20 @@ def test_audit_round_trip_default_store_and_mapped_names(
 
 
 def test_missing_extra_fails_before_the_run_with_the_install_command(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
     with pytest.raises(MissingExtraError, match=r"pip install -c constraints.txt "
                                                 r"'eisbench\[track\]'"):
         eisbench.run("goh-linear", dataset="digits", seeds=2, out=tmp_path / "run",
                      track="mlflow", track_uri=str(tmp_path / "store"))
     assert not (tmp_path / "run").exists()  # nothing ran
+    with pytest.raises(SystemExit) as stop:  # the command line: one line, no traceback
+        sys.exit(main(["run", "goh-linear", "--data", "digits", "--track", "mlflow",
+                       "--out", str(tmp_path / "cli")]))
+    assert stop.value.code != 0 and not (tmp_path / "cli").exists()
+    err = capsys.readouterr().err
+    assert "eisbench[track]" in err and "Traceback" not in err
     monkeypatch.setitem(sys.modules, "mlflow", mlflow)
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)
     with pytest.raises(MissingExtraError, match="needs sqlalchemy"):  # the local store's

@@ -70,8 +70,10 @@ class Tracker(Protocol):
                  experiment: str = "eisbench", preset: str | None = None) -> str: ...
 
 
-class MissingExtraError(ImportError):
-    """A tracker's optional dependency is not installed; the message names the extra."""
+class MissingExtraError(ImportError, RuntimeError):
+    """A tracker's optional dependency is not installed; the message names the extra. An
+    ImportError, and a RuntimeError as :class:`~eisbench.data.DataError` is: what is missing
+    and the command that installs it, which the command line prints without a traceback."""
 
 
 def require_mlflow(*, local: bool = False) -> ModuleType:
