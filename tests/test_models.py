@@ -42,6 +42,28 @@ def test_model_contract(name: str, in_shape: tuple[int, int, int]) -> None:
     assert torch.isfinite(out).all()
 
 
+def test_preact_resnet18_shape_parameters_and_stages() -> None:
+    net = build("preact-resnet18", in_shape=(3, 32, 32), num_classes=10)
+    n = sum(p.numel() for p in net.parameters())
+    assert 11.1e6 < n < 11.25e6, n  # He et al.'s PreAct ResNet-18 on CIFAR-10: ~11.2M
+    assert net.features(torch.rand(2, 3, 32, 32)).shape == (2, 512)  # type: ignore[operator]
+    blocks = [m for m in net.modules() if type(m).__name__ == "PreActBlock"]
+    assert len(blocks) == 8  # four stages of two blocks
+    sizes: list[tuple[int, ...]] = []
+    handles = [b.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[1:])))
+               for b in blocks]
+    try:
+        net(torch.rand(1, 3, 32, 32))
+    finally:
+        for h in handles:
+            h.remove()
+    assert sizes == [(64, 32, 32)] * 2 + [(128, 16, 16)] * 2 + [(256, 8, 8)] * 2 + [(512, 4, 4)] * 2
+    # pre-activation: each block normalises its input (BN over c_in), not its conv's output
+    assert [b.bn1.num_features for b in blocks] == [64, 64, 64, 128, 128, 256, 256, 512]
+    narrow = build("preact-resnet18", in_shape=(3, 32, 32), num_classes=10, width=8)
+    assert narrow.features(torch.rand(2, 3, 32, 32)).shape == (2, 64)  # type: ignore[operator]
+
+
 @pytest.mark.parametrize("name", BUILDERS)
 def test_checkpoint_roundtrip(name: str, tmp_path: Path) -> None:
     spec = ModelSpec(arch=name, in_shape=(1, 28, 28), num_classes=10, mean=(0.1307,), std=(0.3081,))

@@ -1,4 +1,5 @@
-"""Registered architectures: an MLP, three CNNs of different width/depth, a small ResNet.
+"""Registered architectures: an MLP, three CNNs of different width/depth, a small ResNet and
+the CIFAR PreAct ResNet-18.
 
 Every class maps ``(B, C, H, W) -> (B, num_classes)`` logits and has ``features(x) -> (B, D)``.
 """
@@ -107,6 +108,48 @@ class ResNet(Classifier):
         self.head = nn.Linear(4 * width, num_classes)
 
 
+class PreActBlock(nn.Module):
+    """He et al. 2016's identity-mapping block: BN-ReLU before each 3x3 conv; the shortcut (a
+    1x1 conv where the shape changes) taps the first pre-activation."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))  # (B, C_in, H, W)
+        skip = x if self.shortcut is None else self.shortcut(pre)  # (B, C_out, H/s, W/s)
+        out = self.conv1(pre)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet(Classifier):
+    """PreAct ResNet for 32x32 images: 3x3 stem conv, four stages of ``blocks`` pre-activation
+    blocks with widths ``(w, 2w, 4w, 8w)`` and strides 1/2/2/2, a final BN-ReLU, global
+    average pooling and a linear head."""
+
+    def __init__(self, *, in_shape: tuple[int, int, int], num_classes: int, width: int = 64,
+                 blocks: tuple[int, ...] = (2, 2, 2, 2)) -> None:
+        super().__init__()
+        c = width
+        layers: list[nn.Module] = [nn.Conv2d(in_shape[0], c, 3, padding=1, bias=False)]
+        for i, n in enumerate(blocks):
+            c_out = width * 2**i
+            for j in range(n):
+                layers.append(PreActBlock(c, c_out, 2 if (i > 0 and j == 0) else 1))
+                c = c_out
+        layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(c, num_classes)
+
+
 @MODELS.register("mlp")
 def mlp(*, in_shape: tuple[int, int, int], num_classes: int, width: int = 256,
         depth: int = 2) -> MLP:
@@ -136,3 +179,12 @@ def cnn_madry(*, in_shape: tuple[int, int, int], num_classes: int) -> PoolCNN:
 def resnet_small(*, in_shape: tuple[int, int, int], num_classes: int, width: int = 16) -> ResNet:
     """A 7-layer ResNet (3 basic blocks, widths 16-32-64) with batch norm."""
     return ResNet(in_shape=in_shape, num_classes=num_classes, width=width)
+
+
+@MODELS.register("preact-resnet18")
+def preact_resnet18(*, in_shape: tuple[int, int, int], num_classes: int,
+                    width: int = 64) -> PreActResNet:
+    """PreAct ResNet-18 (He et al. 2016), the CIFAR variant of Ilyas et al.'s robustness library
+    and of Wong et al.'s fast_adversarial: 3x3 stem, 4 stages x 2 blocks, widths 64-128-256-512
+    (``width`` scales them; ~11.2M params on CIFAR-10)."""
+    return PreActResNet(in_shape=in_shape, num_classes=num_classes, width=width)
