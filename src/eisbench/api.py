@@ -24,6 +24,7 @@ from eisbench.runs import presets
 from eisbench.runs.claims import n_label
 from eisbench.runs.experiment import Experiment
 from eisbench.runs.overrides import root_remedy
+from eisbench.runs.page_context import page_context
 from eisbench.runs.store import Store
 from eisbench.tools import TOOLS, Tool
 
@@ -201,7 +202,8 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
                     device=device, overrides=overrides, **fields)
     folder = Path(out) if out is not None else fresh_folder(name)
     try:
-        with output_folder(folder, force=force) as work:
+        with output_folder(folder, force=force) as work, page_context(
+                preset=preset, dataset=getattr(cfg, "dataset", None)):
             rec = exp.run(cfg, out=work, store=store if store is not None
                           else Store(cache_dir()))
             report = exp.report(rec, work)

@@ -30,6 +30,7 @@ from eisbench.experiments.core import EXPERIMENTS, Experiment, register, report_
 from eisbench.runs import overrides
 from eisbench.runs.claims import world
 from eisbench.runs.overrides import root_remedy
+from eisbench.runs.page_context import page_context
 from eisbench.runs.record import EXHIBITS, Claim, Metric, Record
 from eisbench.runs.result import Result
 from eisbench.runs.store import Store
@@ -247,8 +248,11 @@ def measure(cfg: EvidenceConfig, *, out: Path, store: Store) -> Result:
     t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
     done: list[tuple[str, Record]] = []
+    pages = tuple((n, f"../{n}/report.html") for n in names)
     for i, (exp, sub) in enumerate(plan, 1):
-        row, rec = run_one(exp, sub, out=out, store=store, tag=f"[{i}/{len(plan)}]")
+        with page_context(preset=cfg.preset, dataset=cfg.dataset, suite="../report.html",
+                          siblings=pages, current=exp.name):
+            row, rec = run_one(exp, sub, out=out, store=store, tag=f"[{i}/{len(plan)}]")
         runs.append(row)
         say(_suite_line(f"[{i}/{len(plan)}]", row, runs, names[i:], time.perf_counter() - t0))
         if rec is not None:

@@ -66,15 +66,17 @@ def write_report(rec: Record, out: Path) -> Path:
              _widened(m, reps[k])] for k, m in rec["metrics"].items()]
     cfg, d = rec["config"], rec["details"]
     body = f"""{header(rec)}
-<p>Data: {esc(rec['data'])}, classes {esc(cfg['classes'])} as -1/+1. Threat model:
+<p>Data: {esc(', '.join(rec['data']) or cfg['dataset'])}, classes
+{esc(' and '.join(map(str, cfg['classes'])))} as -1/+1. Threat model:
 {esc(cfg['norm'])} eps={esc(cfg['eps'])} in pixel space. Usefulness and robust usefulness are
 closed-form for linear features and measured on the test set.</p>
 <p>Each value is the statistic of the full training set (n = {esc(d['n_train'])} training
 images, {esc(d['n_pixels'])} pixels that vary). Its 95% interval is the percentile bootstrap
 over B = {esc(d['n_bootstrap'])} resamples of the training images (n of n, with replacement;
 the unit of replication), each analysed from scratch, drawn by a generator seeded with the
-seeds {esc(rec['seeds'])} together; the test set is fixed. Where the value falls outside the
-2.5-97.5 percentiles of the resamples, the interval is widened to include it ("widened").</p>
+seeds {esc(', '.join(map(str, rec['seeds'])))} together; the test set is fixed. Where the
+value falls outside the 2.5-97.5 percentiles of the resamples, the interval is widened
+to include it ("widened").</p>
 <h2>Verdicts</h2>{verdict_table(rec['claims'])}
 {_scatter(rec)}
 {_contamination(rec)}

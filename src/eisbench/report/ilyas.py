@@ -3,7 +3,6 @@ sample images of each constructed dataset, and every hyper-parameter."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,7 +10,17 @@ import numpy as np
 from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_outside,
+    page,
+    pct,
+    table,
+    verdict_table,
+)
 from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
@@ -45,9 +54,11 @@ def _bars(rec: Record) -> str:
     ax.set_xticks(xs, [LABELS[r].replace(" training on ", "\n") for r in rows])
     ax.set_ylabel("Test accuracy on D (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("Accuracy on the original test set (mean, 95% CI over seeds)")
-    return figure(fig)
+    legend_outside(ax)
+    ax.set_title("Accuracy on the original test set (mean, 95% CI over seeds)", fontsize=10)
+    return figure(fig, alt="Bars of standard and adversarial test accuracy (%, mean and 95% CI "
+                           "over seeds) of the models trained on D, adversarially on D, on D_R "
+                           "and on D_NR")
 
 
 def _curve(rec: Record) -> str:
@@ -73,10 +84,10 @@ def _curve(rec: Record) -> str:
     ax.set_xlabel(f"{rec['config']['eval_attack']['norm']} eps")
     ax.set_ylabel("Robust accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     ax.set_title("Robust accuracy vs. budget: lines "
                  f"{rec['details'].get('curve_attack', 'curve attack')}; stars: the suite",
-                 fontsize=8)
+                 fontsize=9)
     return figure(fig)
 
 
@@ -191,7 +202,7 @@ def write_report(rec: Record, out: Path) -> Path:
         s, a = lit.get(r, [None, None])
         rows.append([LABELS[r], _fmt(rec["metrics"].get(f"{r}/std_acc")),  # type: ignore[arg-type]
                      _fmt(rec["metrics"].get(f"{r}/robust_acc")),  # type: ignore[arg-type]
-                     "-" if s is None else f"{s:.1%}", "-" if a is None else f"{a:.1%}"])
+                     pct(s), pct(a)])
     acc = table(["model", "std acc (95% CI)", "robust acc (95% CI)", "paper std (CIFAR-10)",
                  "paper robust"], rows)
     failed = "".join(f"<li>{esc(n)}</li>" for n in failed_checks(rec))
@@ -202,14 +213,8 @@ def write_report(rec: Record, out: Path) -> Path:
     extra = table(["construction diagnostic", "value"],
                   [[k, _fmt(v)] for k, v in rec["metrics"].items()  # type: ignore[arg-type]
                    if k.startswith("construct/")])
-    stages = table(["stage", "key", "seconds", "cached"],
-                   [[s["name"], s["key"], f"{s['seconds']:.1f}", s["cached"]]
-                    for s in rec["stages"]])
-    cfg = json.dumps(rec["config"], indent=2)
-    body = f"""
-<p>Data: {esc(rec['data'])}. Seeds: {esc(rec['seeds'])}. Device: {esc(rec['device'])}.
-Git: {esc(rec['git'])}. Wall time: {rec['wall_seconds']:.0f} s.
-Robust accuracy: {esc(rec['details']['attack'])} on the first
+    body = f"""{header(rec)}
+<p>Robust accuracy: {esc(rec['details']['attack'])} on the first
 {esc(rec['config']['n_test_robust'])} test images.</p>
 {failed_html}
 <h2>Verdicts</h2>{verdicts}
@@ -223,9 +228,7 @@ budget, shown for the pattern only.</p>
 <h2>Sanity checks of the robust accuracies (seeds passed)</h2>{_checks_table(rec)}
 <h2>Every run</h2>{_per_seed(rec)}
 <h2>Constructed datasets</h2>{_samples(out)}
-<h2>Hyper-parameters</h2><pre>{esc(cfg)}</pre>
-<h2>Stages</h2>{stages}
-<h2>Versions</h2><pre>{esc(json.dumps(rec['versions'], indent=2))}</pre>"""
+{footer(rec)}"""
     path = out / "report.html"
     atomic_write_bytes(path, page("eisbench: features vs bugs (Ilyas et al. 2019)", body).encode())
     return path

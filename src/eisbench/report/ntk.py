@@ -76,12 +76,17 @@ def _feature_images(rec: Record) -> str:
     fig, axes = plt.subplots(1, len(grads), figsize=(1.5 * len(grads), 1.8))
     for ax, i, g in zip(np.atleast_1d(axes), r["shown"], grads, strict=True):
         v = float(np.abs(g).max()) or 1.0
-        ax.imshow(g.reshape(side, side), cmap="RdBu_r", vmin=-v, vmax=v)
+        shown = ax.imshow(g.reshape(side, side) / v, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_title(f"f_{i}", fontsize=8)
         ax.axis("off")
     fig.suptitle(f"Input gradient of each eigen-feature at the mean test image (seed "
-                 f"{r['seed']}; red: pixels that push towards class +1)", fontsize=8)
-    return figure(fig)
+                 f"{r['seed']}; red: pixels that push towards class +1)", fontsize=9)
+    bar = fig.colorbar(shown, ax=np.atleast_1d(axes).tolist(), shrink=0.8, pad=0.02)
+    bar.set_label("gradient / its max |value|", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    names = ", ".join(f"f_{i}" for i in r["shown"])
+    return figure(fig, alt=f"Input gradients of the NTK eigen-features {names} at the mean "
+                           "test image, red-blue images")
 
 
 def _ci(m: Mapping[str, Any], pct: bool = True) -> str:

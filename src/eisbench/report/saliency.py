@@ -11,7 +11,17 @@ import torch
 from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, plt, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    measured_html,
+    page,
+    plt,
+    table,
+    verdict_table,
+)
 from eisbench.runs.record import Record
 
 SALIENCY_MODELS = ("standard", "fast-at", "input-grad")
@@ -73,7 +83,8 @@ def _image_grid(rows: list[tuple[str, torch.Tensor, list[str] | None]], title: s
             img = ims[j].float()
             if signed:  # attribution maps: |A| summed over channels, scaled per image
                 a = img.abs().sum(0)
-                ax.imshow((a / a.max().clamp_min(1e-12)).numpy(), cmap="magma", vmin=0, vmax=1)
+                shown = ax.imshow((a / a.max().clamp_min(1e-12)).numpy(), cmap="magma",
+                                  vmin=0, vmax=1)
             else:
                 ax.imshow(img.permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy(),
                           cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
@@ -81,8 +92,13 @@ def _image_grid(rows: list[tuple[str, torch.Tensor, list[str] | None]], title: s
                 ax.set_title(caps[j], fontsize=6)
             if j == 0:
                 ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=8)
-    return figure(fig)
+    fig.suptitle(title, fontsize=9)
+    if signed:  # one scale for every map: |attribution| / its image's maximum
+        bar = fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+        bar.set_label("|attribution| / image max", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    return figure(fig, alt=f"{title}: " + "; ".join(
+        f"row {label}" for label, _, _ in rows))
 
 
 def _grids(rec: Record, out: Path) -> tuple[str, str]:
@@ -209,13 +225,12 @@ def write_report(rec: Record, out: Path) -> Path:
     sal_grid, inv_grid = _grids(rec, out)
     notes = "".join(f"<li>{esc(n)}</li>" for n in diagnostics(rec))
     notes_html = f"<h2>Warnings</h2><ul>{notes}</ul>" if notes else ""
-    lit_table = table(["claim", "measured", "verdict", "literature"],
-                      [[c["claim"], c["measured"], c["verdict"], c.get("literature", "")]
+    lit_table = table(["claim", "measured (95% CI)", "verdict", "literature"],
+                      [[c["claim"], measured_html(c["measured"]), c["verdict"],
+                        c.get("literature", "")]
                        for c in rec["claims"]])
     timing = rec["details"].get("timing", {})
-    stages = table(["stage", "key", "seconds", "cached"],
-                   [[s["name"], s["key"], f"{s['seconds']:.1f}", s["cached"]]
-                    for s in rec["stages"]])
+    spent = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in timing.items())
     body = f"""{header(rec)}
 <p>Three models of architecture <code>{esc(cfg['arch'])}</code> per seed: the standard and
 robust (fast-AT) models of features-vs-bugs and a model trained with input-gradient
@@ -242,8 +257,7 @@ judge start rate: share it labels as the start image's class; self: the inverted
 label; feature distance: relative distance of the representations after (and before)
 inversion. Literature: {esc(lit['inversion'])}.</p>{inv}{bars_inv}{inv_grid}
 <h2>Every run</h2>{_per_seed(rec)}
-<h2>Time</h2><p>Outside cached stages: {esc({k: round(v, 1) for k, v in timing.items()})}</p>
-{stages}
+<h2>Time</h2><p>Outside cached stages: {esc(spent or "-")}</p>
 {footer(rec)}"""
     path = out / "report.html"
     atomic_write_bytes(path, page("eisbench: robustness and interpretability (exhibit A)",

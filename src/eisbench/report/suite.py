@@ -1,5 +1,8 @@
-"""The evidence-suite report: the verdict table exhibit by exhibit, a chart of the worlds each
-exhibit's claims support, links to every experiment's own page, and the time each took."""
+"""The evidence-suite report: a summary per exhibit, a chart of the worlds each exhibit's claims
+support, one compact verdict table (exhibit | claim | measured | verdict | supports, with each
+claim's rule and literature folded under it), the checks and warnings per exhibit, links to
+every experiment's own page, and the time each took. Accuracies are shown in percent with one
+decimal (:func:`eisbench.report.html.measured_html`)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from markupsafe import Markup
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, table
+from eisbench.core.progress import duration
+from eisbench.report.html import (
+    claim_cell,
+    esc,
+    figure,
+    footer,
+    header,
+    legend_outside,
+    measured_html,
+    page,
+    table,
+)
+from eisbench.runs.page_context import page_context
 from eisbench.runs.record import EXHIBITS, Record
 
 COLOURS = {"features": "#4c72b0", "bugs": "#c44e52", "inconclusive": "#bbbbbb"}
@@ -25,12 +41,23 @@ def _worlds_chart(exhibits: dict[str, dict[str, object]]) -> str:
         left = [a + b for a, b in zip(left, vals, strict=True)]
     ax.set_yticks(range(len(keys)), [f"{k}: {EXHIBITS[k]}" + (" (INCOMPLETE)" if exhibits[k].get(
         "incomplete") else "") + (" (CHECK FAILED)" if exhibits[k].get("reason") else "")
-        for k in keys], fontsize=7)
+        for k in keys], fontsize=9)
     ax.invert_yaxis()
     ax.set_xlabel("evidence claims (each judged by its rule, fixed in advance; checks apart)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Which world each exhibit's measured claims support", fontsize=9)
-    return figure(fig)
+    legend_outside(ax, title="claims support")
+    ax.set_title("Which world each exhibit's measured claims support", fontsize=10)
+    return figure(fig, alt="Stacked bars, one per exhibit, of how many evidence claims "
+                           "support features, bugs or neither: " + "; ".join(
+                               f"{k}: {_counts(exhibits[k])}" for k in keys))
+
+
+def _counts(ex: dict[str, Any]) -> str:
+    """``'1 claim supports features, 0 bugs, 2 inconclusive'`` (never a printed dict)."""
+    c = ex["counts"]
+    total = sum(int(v) for v in c.values())
+    return (f"of {total} evidence claim{'s' if total != 1 else ''}: {c.get('features', 0)} "
+            f"support features, {c.get('bugs', 0)} bugs, {c.get('inconclusive', 0)} "
+            "inconclusive")
 
 
 def _world(ex: dict[str, Any]) -> str:
@@ -48,45 +75,54 @@ def _checks(ex: dict[str, Any]) -> str:
     return f"{len(checks) - len(bad)}/{len(checks)} passed" + "".join(f"; {b}" for b in bad)
 
 
-def _section(key: str, ex: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """One exhibit: its world, its evidence table and, apart, its checks."""
+def verdict_rows(rows: list[dict[str, Any]]) -> str:
+    """The compact verdict table of the evidence claims: exhibit | claim (rule, literature and
+    experiment one click away) | measured (95% CI) | verdict | supports (the world the
+    verdict counts for)."""
     evidence = [r for r in rows if r.get("role", "evidence") == "evidence"]
-    checks = [r for r in rows if r.get("role", "evidence") == "check"]
-    body = table(["experiment", "claim", "measured (95% CI over seeds)", "verdict",
-                  "supports", "literature", "rule (fixed in advance)"],
-                 [[r["experiment"], r["claim"], r["measured"], r["verdict"], r["world"],
-                   r["literature"], r["rule"]] for r in evidence],
+    return table(["exhibit", "claim", "measured (95% CI over seeds)", "verdict", "supports"],
+                 [[r["exhibit"], claim_cell(r), measured_html(r["measured"]), r["verdict"],
+                   r["world"]] for r in evidence],
                  [r["verdict"].replace(" ", "-") for r in evidence])
-    if checks:
-        body += ("<p>Checks (identities and sanity checks: never evidence; a failed one makes "
-                 "this exhibit's evidence count as inconclusive):</p>"
-                 + table(["experiment", "check", "measured", "verdict", "rule"],
-                         [[r["experiment"], r["claim"], r["measured"], r["verdict"], r["rule"]]
-                          for r in checks], [r["verdict"].replace(" ", "-") for r in checks]))
+
+
+def _notes(key: str, ex: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """One exhibit's warnings (incomplete, check failed) and its checks, folded."""
+    checks = [r for r in rows if r.get("role", "evidence") == "check"]
     lost = ex.get("incomplete", [])
     warn = (f"<p class='warn'>INCOMPLETE: {esc(', '.join(lost))} did not run to the end; "
             "this exhibit's world rests on the remaining claims only.</p>" if lost else "")
     if ex.get("reason"):
         warn += (f"<p class='warn'>CHECK FAILED: {esc(ex['reason'])}. Every claim of this "
                  "exhibit counts as inconclusive.</p>")
+    folded = ""
+    if checks:
+        folded = ("<details><summary>its checks (identities and sanity checks: never "
+                  f"evidence): {esc(_checks(ex))}</summary>"
+                  + table(["check", "measured", "verdict"],
+                          [[claim_cell(r), measured_html(r["measured"]), r["verdict"]]
+                           for r in checks], [r["verdict"].replace(" ", "-") for r in checks])
+                  + "</details>")
     return (f"<h3>Exhibit {esc(key)}: {esc(ex['title'])}</h3>{warn}"
-            f"<p>Measured: <b>{esc(_world(ex))}</b> ({esc(ex['counts'])}). "
-            f"The seed's verdict: {esc(ex['seed_verdict'])}.</p>{body}")
+            f"<p>Measured: <b>{esc(_world(ex))}</b> ({esc(_counts(ex))}). "
+            f"The source document's verdict: {esc(ex['seed_verdict'])}.</p>{folded}")
 
 
 def write_report(rec: Record, out: Path) -> Path:
     """Write ``out/report.html`` for an evidence-suite record; returns its path."""
     d = rec["details"]
     exhibits = d["exhibits"]
-    sections = [_section(key, ex, [r for r in d["table"] if r["exhibit"] == key])
-                for key, ex in exhibits.items()]
-    summary = table(["exhibit", "measured world", "claims (evidence)", "checks",
-                     "the seed's verdict"],
+    notes = [_notes(key, ex, [r for r in d["table"] if r["exhibit"] == key])
+             for key, ex in exhibits.items()]
+    summary = table(["exhibit", "measured world", "evidence claims", "checks",
+                     "the source document's verdict"],
                     [[f"{k}: {ex['title']}", _world(ex), ex["claims"], _checks(ex),
                       ex["seed_verdict"]] for k, ex in exhibits.items()])
-    runs = table(["experiment", "status", "seconds", "page"],
+    runs = table(["experiment", "status", "time", "page"],
                  [[r["experiment"], "ok" if r["ok"] else f"{r['status']}: {r['error']}",
-                   f"{r['seconds']:.0f}", r.get("report", "-")] for r in d["runs"]])
+                   duration(r["seconds"]), Markup(f'<a href="{esc(r["report"])}">'
+                                                  f'{esc(r["report"])}</a>')
+                   if r.get("report") else "-"] for r in d["runs"]])
     links = " · ".join(f'<a href="{esc(r["report"])}">{esc(r["experiment"])}</a>'
                        for r in d["runs"] if r["ok"])
     failed = "".join(
@@ -106,11 +142,17 @@ the 95% CI lies past the bar; not reproduced: it stays short of the bar plus a s
 the world each outcome supports is stated with the claim.</p>
 {failed}
 <h2>Summary</h2>{summary}{chart}
-<h2>The verdict table, exhibit by exhibit</h2>{''.join(sections)}
+<h2>The verdict table</h2>
+<p>Each row is one evidence claim; open "rule, literature" under a claim for the rule fixed in
+advance, the published figure and the experiment. "supports" is the world the verdict counts
+for.</p>{verdict_rows(d["table"])}
+<h2>Exhibit by exhibit: warnings and checks</h2>{''.join(notes)}
 <h2>Pages per experiment</h2><p>{links}</p>
 <h2>Runs</h2>{runs}
 {footer(rec)}"""
     path = out / "report.html"
-    atomic_write_bytes(path, page("eisbench: features or bugs? The evidence suite",
-                                  body).encode())
+    pages = tuple((r["experiment"], r["report"]) for r in d["runs"] if r["ok"])
+    with page_context(suite=None, siblings=pages, current=None):
+        html = page("eisbench: features or bugs? The evidence suite", body)
+    atomic_write_bytes(path, html.encode())
     return path

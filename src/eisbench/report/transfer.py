@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import esc, figure, footer, header, page, plain, table, verdict_table
 from eisbench.runs.record import Metric, Record
 
 
@@ -120,7 +120,7 @@ def write_report(rec: Record, out: Path) -> Path:
                       "transfer from source (targeted)", "D_det images labelled y+1",
                       "accuracy when trained on D_det"],
                      [[a, str(det["arch_specs"][a]["arch"]) + " " +
-                       str(det["arch_specs"][a]["kwargs"] or ""),
+                       plain(det["arch_specs"][a]["kwargs"] or ""),
                        _ci(ms[f"transfer/{a}/clean_acc"]),
                        _ci(ms[f"transfer/{a}/transfer_from_source"]),
                        _ci(ms[f"transfer/{a}/D_det_set_transfer"]),

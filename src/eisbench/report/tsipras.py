@@ -10,7 +10,16 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_below,
+    page,
+    table,
+    verdict_table,
+)
 from eisbench.runs.record import Metric, Record
 
 
@@ -29,7 +38,7 @@ def _synthetic_plots(rec: Record, ks: list[float]) -> str:
     def ms(what: str) -> list[Metric]:
         return [rec["metrics"][f"tsipras/synthetic/eps={k:g}eta/{what}"] for k in ks]
 
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
     share = ms("robust_feature_share")
     a.errorbar(ks, [m["value"] for m in share], yerr=_err(share), marker="o", capsize=3,
                label="measured (mean, 95% CI)")
@@ -38,7 +47,7 @@ def _synthetic_plots(rec: Record, ks: list[float]) -> str:
     a.set_xlabel("training eps / eta")
     a.set_ylabel("share of |w|_1 on x_1 (robust feature)")
     a.set_ylim(-0.02, 1.05)
-    a.legend(fontsize=7)
+    legend_below(a)
     a.set_title("Where the linear model puts its weight", fontsize=9)
     for what, label, colour in (("std_acc", "standard accuracy", "#4c72b0"),
                                 ("robust_acc", "robust accuracy at its training eps",
@@ -54,7 +63,7 @@ def _synthetic_plots(rec: Record, ks: list[float]) -> str:
     b.axhline(syn["p"] * 100, color="gray", lw=0.8, label=f"p = {syn['p']:g} (Tsipras et al.)")
     b.set_xlabel("training (and attack) eps / eta")
     b.set_ylabel("test accuracy (%)")
-    b.legend(fontsize=6)
+    legend_below(b)
     b.set_title("Synthetic trade-off of the trained models (exact worst case)", fontsize=9)
     under = ms("standard_model_robust_acc")
     c.errorbar(ks, [m["value"] * 100 for m in under],
@@ -69,7 +78,7 @@ def _synthetic_plots(rec: Record, ks: list[float]) -> str:
     c.set_xlabel("attack eps / eta")
     c.set_ylabel("robust accuracy (%)")
     c.set_ylim(0, 101)
-    c.legend(fontsize=6)
+    legend_below(c)
     c.set_title("The standard model's robustness", fontsize=9)
     return figure(fig)
 
