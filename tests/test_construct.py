@@ -184,3 +184,27 @@ def test_representation_dataset_needs_two_images() -> None:
                        match=r"^need at least 2 images to start each from a different one$"):
         representation_dataset(model, x[:1], y[:1], num_classes=10,
                                generator=torch.Generator().manual_seed(0))
+
+
+class _ScaledIdentity(nn.Module):
+    """features(x) = 3 x: the gradient of ||g(x) - g(t)||_2 has norm 3, not 1."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[:, :2]
+
+
+def test_normalized_inversion_moves_step_size_in_l2_straight_to_the_target() -> None:
+    start = torch.full((2, 3, 2, 2), 0.5)  # (B, C, H, W)
+    direction = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    direction /= direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    target = start + 0.3 * direction  # 0.3 away in L2, inside the box
+    assert float(target.min()) >= 0 and float(target.max()) <= 1
+    out = invert_representation(_ScaledIdentity(), start, target, steps=3, step_size=0.05,
+                                optimizer="normalized")
+    # 3 steps of exactly 0.05 along the line to the target (an unnormalised step would be 0.15)
+    torch.testing.assert_close(out, start + 0.15 * direction)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        invert_representation(_ScaledIdentity(), start, target, steps=1, optimizer="sgd")

@@ -15,7 +15,7 @@ BENCHMARKS.register("trojans")(Experiment(
     name="trojans",
     summary="trojan rediscovery: 10 tools x 12 trojans judged 8-way, attribution, detection",
     quick=trojan_bench.QUICK, full=trojan_bench.FULL, measure=trojan_bench.measure,
-    report=report_from("eisbench.report.trojans")))
+    report=report_from("eisbench.report.trojans"), extra={"cifar10": trojan_bench.CIFAR10}))
 
 BENCHMARKS.register("replace")(Experiment(
     name="replace",

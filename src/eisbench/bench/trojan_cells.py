@@ -170,9 +170,10 @@ def failures(failed: list[dict[str, Any]], *, tools: Sequence[str], cells_per_to
     """``bench/failed_cells`` and the details ``failed_cells`` (every failed cell) and
     ``failures`` (:func:`failure_summary`). In the trojan benchmark each tool has
     ``cells_per_tool`` = 2 x graded trojans x seeds cells (the trojan's model and its clean
-    control)."""
+    control). With no cell at all (no trojan graded) there is no rate to give: no metric."""
     summary = failure_summary(failed, tools=tools, cells_per_tool=cells_per_tool)
     if summary["n"]:
         say(failure_sentence(summary))
-    return ({"bench/failed_cells": failure_metric(summary)},
-            {"failed_cells": failed, "failures": summary})
+    metrics = ({"bench/failed_cells": failure_metric(summary)}
+               if cells_per_tool * len(tools) else {})
+    return metrics, {"failed_cells": failed, "failures": summary}

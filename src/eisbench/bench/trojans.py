@@ -80,6 +80,8 @@ class TrojanBenchConfig:
     dataset: str = "mnist"
     data_root: str | None = None
     natural_root: str | None = None  # folder of the dataset natural triggers come from
+    arch: str | None = None  # the zoo models' architecture (None: the zoo preset's)
+    arch_width: int | None = None  # its ``width`` argument (None: the zoo preset's)
     n_train: int | None = None  # zoo models train on the first n images (None: all)
     epochs: int | None = None  # None: the zoo preset's
     n_clean: int = 8
@@ -108,6 +110,14 @@ No cheaper zoo met the implant targets on both datasets: on MNIST, 20k images x 
 Fashion-MNIST 20k x 4 missed 6 and 60k x 4 missed patch 3 (``benchmarks/trojan_zoo.py``).
 The judge is the full one (1000 steps left patch views at 0.48 accuracy); it is cached and
 shared with full mode."""
+
+CIFAR10 = dataclasses.replace(FULL, dataset="cifar10", arch="preact-resnet18")
+"""CIFAR-10 (``eisbench.run("trojans", "cifar10", data_root=DIR)``): the full benchmark on the
+zoo's CIFAR-10 recipe (:data:`~eisbench.trojans.zoo.PRESETS`: PreAct ResNet-18, 30 epochs,
+untuned) with Casper et al. 2023's three trigger kinds scaled to 32x32 colour images
+(:mod:`eisbench.trojans.bank`: 6-px patches, full-size style textures, 13-px natural objects,
+the natural ones Fashion-MNIST items tinted one colour each, from ``natural_root``). Casper
+et al. work on ImageNet; every size here is the bank's rule for the image shape, not theirs."""
 
 
 def tool_names(cfg: TrojanBenchConfig) -> list[str]:
@@ -202,7 +212,8 @@ def setting(cfg: TrojanBenchConfig, store: Store) -> Setting:
         raise ValueError("need at least one seed and n_clean >= 2 (detection AUROC)")
     zoo, ds = bench_zoo(store, dataset=cfg.dataset, epochs=cfg.epochs, data_root=cfg.data_root,
                         natural_root=cfg.natural_root, n_train=cfg.n_train,
-                        n_clean=cfg.n_clean, device=cfg.device)
+                        n_clean=cfg.n_clean, device=cfg.device, arch=cfg.arch,
+                        arch_width=cfg.arch_width)
     graded = control.graded_indices(zoo.metrics)
     say(f"grading on {len(graded)} of {len(zoo.trojans)} implanted trojans (the others miss "
         "the implant targets)")

@@ -29,7 +29,8 @@ def derangement(n: int, *, generator: torch.Generator) -> torch.Tensor:
 @CONSTRUCTIONS.register("representation")
 def representation_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                            num_classes: int, generator: torch.Generator, steps: int = 100,
-                           step_size: float = 0.1, batch_size: int = 500,
+                           step_size: float = 0.1, optimizer: str = "adam",
+                           batch_size: int = 500,
                            device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Build D_R (robust ``model``) or D_NR (standard ``model``) from x (N, C, H, W), y (N,).
 
@@ -50,5 +51,6 @@ def representation_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
         tgt = x[i:i + batch_size].to(device)
         start = x[perm[i:i + batch_size]].to(device)
         out[i:i + batch_size] = invert_representation(model, start, tgt, steps=steps,
-                                                      step_size=step_size).cpu()
+                                                      step_size=step_size,
+                                                      optimizer=optimizer).cpu()
     return out, y.clone()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ from eisbench.runs.store import Store
 
 @dataclass(frozen=True)
 class Experiment:
-    """``quick`` and ``full`` are preset configs (frozen dataclasses); ``measure`` runs one;
-    ``report(record, out) -> path`` writes ``report.html`` next to the record."""
+    """``quick`` and ``full`` are preset configs (frozen dataclasses); ``extra`` names further
+    presets of this experiment only (e.g. ``cifar10``: the papers' settings on CIFAR-10);
+    ``measure`` runs one; ``report(record, out) -> path`` writes ``report.html`` next to the
+    record."""
 
     name: str
     summary: str
@@ -31,6 +33,7 @@ class Experiment:
     full: Any
     measure: Callable[..., Result]  # measure(cfg, *, out: Path, store: Store) -> Result
     report: Callable[[Record, Path], Path]
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def run(self, cfg: Any, *, out: Path, store: Store) -> Record:
         """Measure with ``cfg``, write ``out/record.json`` (and artifacts), return the record."""
@@ -40,11 +43,17 @@ class Experiment:
         write(rec, result, out)
         return rec
 
+    @property
+    def presets(self) -> tuple[str, ...]:
+        """The names of this experiment's presets: ``quick``, ``full``, then ``extra``'s."""
+        return ("quick", "full", *self.extra)
+
     def preset(self, name: str) -> Any:
-        """The ``quick`` or ``full`` config."""
-        if name not in ("quick", "full"):
-            raise ValueError(f"preset must be 'quick' or 'full', got {name!r}")
-        return self.quick if name == "quick" else self.full
+        """The config of preset ``name`` (one of :attr:`presets`)."""
+        if name not in self.presets:
+            raise ValueError(f"preset must be one of {', '.join(map(repr, self.presets))}, "
+                             f"got {name!r}")
+        return {"quick": self.quick, "full": self.full, **self.extra}[name]
 
 
 def report_from(module: str) -> Callable[[Record, Path], Path]:

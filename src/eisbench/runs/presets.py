@@ -1,4 +1,5 @@
-"""The config a run starts from: a preset (``quick`` or ``full``) with the common options
+"""The config a run starts from: a preset (``quick``, ``full`` or one of the experiment's own,
+such as ``cifar10``) with the common options
 (dataset, data folder, seeds, device), Python keyword fields and ``"key=value"`` overrides.
 
 The command line (``eisbench run``/``bench``) and the Python API (:func:`eisbench.run`) both
@@ -36,6 +37,7 @@ from eisbench.runs.experiment import Experiment
 from eisbench.runs.validation import check_config, check_field
 
 PRESETS = ("quick", "full")
+"""The presets every experiment has; some add their own (:attr:`Experiment.presets`)."""
 MAX_SEED_COUNT = 10_000
 """The largest count ``seeds=N`` may give (seeds 0..N-1)."""
 
@@ -51,10 +53,12 @@ def configure(exp: Experiment, preset: str = "quick", *, dataset: str | None = N
     A bad preset, fewer than one seed, an unknown field (with the closest names) or a value
     of the wrong type or out of its range (:mod:`eisbench.runs.validation`) raises ValueError.
     """
-    if preset not in PRESETS:
-        close = difflib.get_close_matches(preset, PRESETS, n=1, cutoff=0.3)
+    names = exp.presets
+    if preset not in names:
+        close = difflib.get_close_matches(preset, names, n=1, cutoff=0.3)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown preset {preset!r}{hint} (presets: {', '.join(PRESETS)})")
+        raise ValueError(f"unknown preset {preset!r}{hint} (presets of {exp.name}: "
+                         f"{', '.join(names)})")
     changes: dict[str, Any] = {"device": device}
     if dataset:
         changes["dataset"] = dataset

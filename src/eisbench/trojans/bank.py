@@ -26,7 +26,10 @@ the zoo implants 4 of them and the other 4 are pure distractors).
   takes its own images transposed, so that it needs nothing beyond scikit-learn.
 
 Icons have the image's channel count (grey repeated), so ``trigger.icon`` lines up with images
-of ``shape``. Natural triggers need the foreign dataset: ``data_root`` is the folder of *that*
+of ``shape``; on 3-channel images (CIFAR-10) each natural object is tinted with its own colour
+of :data:`NATURAL_COLOURS` (the object sources are greyscale; Casper et al.'s natural features
+are colour photographs of ImageNet objects, which are not reachable here).
+Natural triggers need the foreign dataset: ``data_root`` is the folder of *that*
 dataset (None: its default location); a missing one raises :class:`~eisbench.data.DataError`
 with the remedy.
 
@@ -52,6 +55,9 @@ BANK_SIZE = 8
 PATCH_GROUND = 0.4  # grey level of a patch icon's square; strokes are 1.0
 STYLE_ALPHA = 0.3  # blend weight of a style texture
 NATURAL_INK = 0.1  # an object's pixels above this are its own (alpha 1)
+NATURAL_COLOURS = ((1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.3, 0.5, 1.0), (1.0, 1.0, 0.2),
+                   (1.0, 0.3, 1.0), (0.2, 1.0, 1.0), (1.0, 0.6, 0.1), (0.7, 0.4, 1.0))
+"""RGB tint of natural trigger k on 3-channel images: 8 saturated, distinct colours."""
 NATURAL_SOURCE = {"fashion-mnist": "mnist", "digits": "digits-transposed"}
 """Where a dataset's natural triggers come from (any other dataset: ``fashion-mnist``)."""
 
@@ -229,7 +235,9 @@ def _natural_bank(dataset: str, shape: Shape, data_root: str | Path | None) -> l
     for k in range(BANK_SIZE):
         if not bool((y == k).any()):
             raise DataError(f"{source} has no test image of class {k} for a natural trigger")
-        icon, alpha = _object_icon(_prototype(x[y == k]), side)
+        icon, alpha = _object_icon(_prototype(x[y == k]), side)  # (1, s, s) each
+        if shape[0] == 3:
+            icon = icon * torch.tensor(NATURAL_COLOURS[k]).view(3, 1, 1)  # (3, s, s)
         out.append(Trigger(name=f"natural{k}-{source}-class{k}", kind="natural",
                            icon=icon.expand(shape[0], side, side).contiguous(), alpha=alpha))
     return out
