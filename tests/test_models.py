@@ -188,7 +188,8 @@ def test_checkpoint_flag_never_imports(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.delitem(sys.modules, "this", raising=False)
     with pytest.raises(FileNotFoundError):  # read as a checkpoint path, not a class
-        load_model(argparse.Namespace(checkpoint="this:Zen", scale=1.0, layer=None))
+        load_model(argparse.Namespace(checkpoint="this:Zen", model=None, weights=None,
+                                      random_init=False, scale=1.0, layer=None))
     assert "this" not in sys.modules
 
 
