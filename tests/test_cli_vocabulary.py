@@ -265,3 +265,18 @@ def test_docstring_examples(module: str) -> None:
     res = doctest.testmod(importlib.import_module(module),
                           optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 0
+
+
+def test_a_named_preset_of_the_experiment_from_the_command_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from eisbench.cli import main
+
+    assert main(["run", "ilyas", "--preset", "cifar10", "--dry-run"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["preset"] == "cifar10" and out["config"]["arch"] == "preact-resnet18"
+    assert main(["bench", "trojans", "--preset", "cifar10", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["dataset"] == "cifar10"
+    assert main(["run", "ilyas", "--preset", "cifar100", "--dry-run"]) == 2
+    assert "did you mean 'cifar10'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "ilyas", "--preset", "cifar10", "--full", "--dry-run"])

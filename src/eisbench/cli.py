@@ -21,11 +21,11 @@ from eisbench.core.registry import UnknownNameError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    """``run`` and ``bench``: the quick preset unless ``--full``; ``--dry-run`` prints the
-    resolved config as JSON and runs nothing."""
+    """``run`` and ``bench``: the quick preset unless ``--full`` or ``--preset NAME``;
+    ``--dry-run`` prints the resolved config as JSON and runs nothing."""
     from eisbench.api import dry_run, run
 
-    preset = "full" if args.full else "quick"
+    preset = args.preset or ("full" if args.full else "quick")
     given = {"dataset": args.data, "data_root": args.data_root, "seeds": args.seeds,
              "device": args.device, "overrides": args.set}
     if args.dry_run:

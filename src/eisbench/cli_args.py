@@ -62,14 +62,20 @@ def add_out_args(p: argparse.ArgumentParser, *, required: bool = False,
                    "has succeeded)")
 
 
-def add_preset_args(p: argparse.ArgumentParser, *, what: str, example: str) -> None:
-    """``--quick`` (the default) / ``--full``, ``--dry-run``, ``--set``, ``--device`` and
+def add_preset_args(p: argparse.ArgumentParser, *, what: str, example: str,
+                    named: bool = False) -> None:
+    """``--quick`` (the default) / ``--full`` (/ ``--preset NAME`` where ``named``: presets an
+    experiment declares itself, e.g. cifar10), ``--dry-run``, ``--set``, ``--device`` and
     ``--out`` (required unless ``--dry-run``) of ``run``, ``bench`` and ``audit``."""
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
                       help="the quick preset (the default: minutes on a 2-core CPU)")
     mode.add_argument("--full", action="store_true",
                       help="the full preset (the published numbers; much longer)")
+    if named:
+        mode.add_argument("--preset", metavar="NAME",
+                          help="a preset the experiment declares itself, e.g. cifar10 for "
+                          "ilyas and trojans (--dry-run shows it)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config as JSON and exit without running")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -99,7 +105,7 @@ def _add_run_commands(sub: Any) -> None:
         r.add_argument("experiment", metavar="benchmark" if name == "bench" else "experiment",
                        help=f"one of: {', '.join(reg.names())} (eisbench list describes them)")
         add_preset_args(r, what="benchmark" if name == "bench" else "experiment",
-                        example="seeds=0,1")
+                        example="seeds=0,1", named=True)
         add_data_args(r, default=None, what="dataset")
         r.add_argument("--seeds", type=int, help="number of seeds: 0..N-1 (default: the "
                        "preset's)")
