@@ -24,12 +24,18 @@ import pytest
 import eisbench
 from eisbench.runs.store import Store
 
-# the quick preset shrunk to the 1437 training images of digits and to ~30 s on 2 cores
+# the quick preset shrunk to the 1437 training images of digits and to ~25 s on 2 cores
 SMALL = ([f"{e}:n_construct=300" for e in ("ilyas", "goh-leakage", "wallace", "transfer",
-                                            "frequency", "saliency")]
-         + ["tsipras:n_train=1000", "tsipras:n_test=300", "transfer:n_target_train=500"]
+                                            "frequency", "saliency", "nakkiran")]
+         + ["tsipras:n_train=1000", "tsipras:n_test=300", "transfer:n_target_train=500",
+            "tsipras:n_test_robust=100", "tsipras:syn_steps=150", "tsipras:syn_n_train=2000",
+            "tsipras:syn_n_test=3000", "tsipras:syn_pgd_n=500", "nakkiran:steps=15",
+            "saliency:n_input_grad_train=1000", "saliency:n_judge_train=1000",
+            "saliency:n_robust_input_grad=60", "saliency:n_saliency=32",
+            "saliency:n_inversion=16", "wallace:n_weak=300"]
          + [f"{e}:{k}" for e in ("ilyas", "wallace", "saliency")
-            for k in ("n_test_robust=100", "inversion_steps=20")]
+            for k in ("n_test_robust=60", "inversion_steps=10", "wrong_label_steps=20",
+                      "n_checks=50")]
          + [f"{e}:arch=mlp" for e in ("ilyas", "wallace")])
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 WIDTH = 1100

@@ -117,7 +117,7 @@ def _tool_images(out: Path, rec: Record) -> str:
                 _show(ax, s[n][j])
             else:
                 ax.axis("off")
-        axes[i][0].set_ylabel(n, fontsize=6, rotation=0, ha="right", va="center")
+        axes[i][0].set_ylabel(n, fontsize=8, rotation=0, ha="right", va="center")
     tools = rec["details"]["tools"]
     fig.suptitle(f"Tools' images for class {tools['class']} "
                  f"({tools.get('why', 'the class of the smallest reconstructed trigger')})",

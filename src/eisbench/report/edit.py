@@ -14,7 +14,17 @@ import numpy as np
 from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_below,
+    legend_outside,
+    page,
+    table,
+    verdict_table,
+)
 from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
@@ -34,7 +44,7 @@ def _bars(ax: Any, labels: list[str], ms: Sequence[Mapping[str, Any]],
     y = [m["value"] for m in ms]
     err = [[m["value"] - m["ci95"][0] for m in ms], [m["ci95"][1] - m["value"] for m in ms]]
     ax.bar(range(len(labels)), y, yerr=err, capsize=2, color=colours)
-    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
 
 
 def _der_bars(rec: Record) -> str:
@@ -46,7 +56,7 @@ def _der_bars(rec: Record) -> str:
     ax.axhline(0.5, color="gray", ls="--", lw=0.8, label="0.5: no change")
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("DER (95% CI over trojans)")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     ax.set_title("Defense effectiveness rating per method (blue: tools, grey: references, "
                  "green: baselines)", fontsize=8)
     return figure(fig)
@@ -67,7 +77,7 @@ def _scatter(rec: Record) -> str:
                    marker="o" if _role(d, meth) == "tool" else "s")
     ax.set_xlabel("clean accuracy after")
     ax.set_ylabel("attack success rate after")
-    ax.legend(fontsize=6, ncol=2)
+    legend_below(ax, ncol=2)
     ax.set_title("Each trojan after each edit (mean over seeds); best: bottom right",
                  fontsize=8)
     return figure(fig)
@@ -164,10 +174,10 @@ def _ablation(rec: Record) -> str:
             ax.bar(x + off, [v["value"] for v in ms], width=0.4, color=colour, label=label,
                    yerr=[[v["value"] - v["ci95"][0] for v in ms],
                          [v["ci95"][1] - v["value"] for v in ms]], capsize=2)
-        ax.set_xticks(x, sels, rotation=30, ha="right", fontsize=7)
+        ax.set_xticks(x, sels, rotation=30, ha="right", fontsize=8)
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_ylabel("selectivity (class drop - others' drop)")
-        ax.legend(fontsize=7)
+        legend_outside(ax)
         k = rec["config"]["ablation_k" if layer == "penultimate" else "ablation_k_conv"]
         ax.set_title(f"Ablating {k} units of the {layer} layer per class "
                      f"(95% cluster bootstrap over models; fewer than 3: whole range)",
@@ -205,7 +215,7 @@ def _images(out: Path, rec: Record) -> str:
             x = img.float().clamp(0, 1)
             ax.imshow(x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy(),
                       cmap="gray", vmin=0, vmax=1)
-            ax.set_title(t, fontsize=5)
+            ax.set_title(t, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
         parts.append(f"<details><summary>{esc(name)}</summary>{figure(fig)}</details>")

@@ -12,7 +12,16 @@ import numpy as np
 from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_outside,
+    page,
+    table,
+    verdict_table,
+)
 from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
@@ -65,7 +74,7 @@ def _samples(out: Path) -> str:
             if j < len(imgs):
                 img = imgs[j].transpose(1, 2, 0)  # (H, W, C)
                 ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        axes[i][0].set_title(name.replace("_", " "), fontsize=7, loc="left")
+        axes[i][0].set_title(name.replace("_", " "), fontsize=8, loc="left")
     return figure(fig)
 
 
@@ -83,12 +92,12 @@ def _curves(rec: Record) -> str:
             ax.errorbar(range(len(ms)), v, yerr=err, marker="o", capsize=2, label=label,
                         color=COLORS[m])
         ax.set_xticks(range(len(levels) + 1), ["clean", *(f"{s:g}" for s in levels)],
-                      fontsize=7)
+                      fontsize=8)
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.set_ylim(-2, 102)
         ax.set_xlabel("severity", fontsize=8)
     axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][0].legend(fontsize=7)
+    legend_outside(axes[0][-1])
     fig.suptitle("Accuracy under corruption (mean, 95% CI over seeds)", fontsize=9, y=1.04)
     return figure(fig)
 

@@ -10,7 +10,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    is_share,
+    legend_below,
+    legend_outside,
+    page,
+    pct,
+    table,
+    verdict_table,
+)
 from eisbench.runs.record import Metric, Record
 
 
@@ -30,7 +42,7 @@ def _scatter(rec: Record) -> str:
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("usefulness E[y f(x)]")
     ax.set_ylabel("robust usefulness (symlog)")
-    ax.legend(fontsize=7, loc="lower left")
+    legend_below(ax, ncol=2)  # the colourbar takes the right of the axes
     ax.set_title("Linear features of the full training set: useful is not robust", fontsize=9)
     return figure(fig)
 
@@ -46,7 +58,7 @@ def _contamination(rec: Record) -> str:
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.set_xlabel("weight of the non-robust (ensemble) direction added to the robust feature")
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     ax.set_title("Contamination (full training set, 95% percentile bootstrap intervals)",
                  fontsize=9)
     return figure(fig)
@@ -59,11 +71,20 @@ def _widened(m: Metric, replicates: list[float]) -> str:
     return "yes" if not lo <= m["value"] <= hi else ""
 
 
+def _value_and_ci(key: str, m: Metric) -> tuple[str, str]:
+    """Shares (the fraction of useful non-robust features) in percent with one decimal;
+    usefulness (a correlation E[y f(x)], not an accuracy) with three decimals."""
+    v, (lo, hi) = m["value"], m["ci95"]
+    if is_share(key):
+        return pct(v), f"[{100 * lo:.1f}, {100 * hi:.1f}]%"
+    return f"{v:.3f}", f"[{lo:.3f}, {hi:.3f}]"
+
+
 def write_report(rec: Record, out: Path) -> Path:
     """Write ``out/report.html`` for a goh-linear record; returns its path."""
     reps = rec["details"]["replicates"]
-    rows = [[k, f"{m['value']:.3f}", f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", m["n"],
-             _widened(m, reps[k])] for k, m in rec["metrics"].items()]
+    rows = [[k, *_value_and_ci(k, m), m["n"], _widened(m, reps[k])]
+            for k, m in rec["metrics"].items()]
     cfg, d = rec["config"], rec["details"]
     body = f"""{header(rec)}
 <p>Data: {esc(', '.join(rec['data']) or cfg['dataset'])}, classes

@@ -37,7 +37,7 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0
 line-height:1.4}
 table{border-collapse:collapse;margin:1em 0;max-width:100%}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}
+overflow-wrap:break-word}.nw{white-space:nowrap}.tok{overflow-wrap:anywhere}
 th{background:#f3f3f3}.reproduced{background:#dff5df}
 .not-reproduced{background:#f9dede}.inconclusive{background:#fff4cc}
 code,pre{background:#f6f6f6;padding:2px 4px}pre{overflow-x:auto;white-space:pre-wrap}
@@ -89,14 +89,74 @@ def pct(x: float | None, *, digits: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
+_TAG = re.compile(r"<[^>]*>")
+SHORT = 14  # a column whose every cell is at most this many characters never wraps
+PAGE_PX = 1000  # the width a table may take in the 1100 px page (margins, borders)
+LONG_TOKEN = 28  # a cell with a word longer than this may break inside it (hashes)
+
+
+def _text(x: Any) -> str:
+    """What a cell shows, without tags (for the width of its column)."""
+    return html.unescape(_TAG.sub(" ", esc(x)))
+
+
+def ci_cell(m: Mapping[str, Any], *, share: bool = True) -> str:
+    """A metric's value and 95% CI for a table cell: accuracies and other shares in percent
+    with one decimal (``'86.1% [84.0, 88.0]'``), other quantities with three decimals."""
+    v, (lo, hi) = m["value"], m["ci95"]
+    if share:
+        return f"{100 * v:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def is_share(key: str) -> bool:
+    """Whether a metric key names an accuracy or another share (shown in percent)."""
+    return _is_share(key)
+
+
+def _breakable(x: Any) -> str:
+    """Escaped text that may wrap after ``_``, ``/`` and ``-`` (metric keys as headers)."""
+    if isinstance(x, Markup):
+        return str(x)
+    return re.sub(r"([_/-])(?=\w)", r"\1<wbr>", esc(x))
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]],
           row_classes: Sequence[str] | None = None) -> str:
-    """An HTML table; cells are escaped unless they are :class:`markupsafe.Markup`."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    """An HTML table; cells are escaped unless they are :class:`markupsafe.Markup`.
+
+    Columns of short cells (verdicts, roles, counts, numbers: at most ``SHORT`` characters)
+    get ``class="nw"`` and never wrap; other cells wrap between words, after ``_``, ``/`` and ``-``
+    (metric keys); only a cell with a word longer than ``LONG_TOKEN`` characters even so (a
+    hash, a cache key) may break anywhere inside it."""
+    texts = [[_text(c) for c in r] for r in rows]
+    ncol = max([len(header), *(len(r) for r in rows)])
+    cols = [[t[j] for t in texts if j < len(t)] for j in range(ncol)]
+    short = [bool(c) and all(len(x) <= SHORT for x in c) for c in cols]
+
+    def width(j: int) -> float:  # a rough estimate in px at 16 px system-ui
+        words = [len(w) for x in cols[j] for w in (x if short[j] else x).split()] or [0]
+        return 8.5 * (max(map(len, cols[j]), default=0) if short[j] else max(words)) + 18
+
+    # a wide table keeps nowrap only where it fits: first unwrap the widest spaced columns
+    for j in sorted(range(ncol), key=width, reverse=True):
+        if sum(map(width, range(ncol))) <= PAGE_PX:
+            break
+        if short[j] and any(" " in x.strip() for x in cols[j]):
+            short[j] = False
+
+    def cls(j: int, text: str) -> str:
+        if short[j]:
+            return ' class="nw"'
+        parts = re.split(r"[\s_/-]+", text)
+        return ' class="tok"' if any(len(w) > LONG_TOKEN for w in parts) else ""
+
+    head = "".join(f"<th>{_breakable(h)}</th>" for h in header)
     body = []
     for i, r in enumerate(rows):
-        cls = f' class="{row_classes[i]}"' if row_classes else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
+        rc = f' class="{row_classes[i]}"' if row_classes else ""
+        body.append(f"<tr{rc}>" + "".join(f"<td{cls(j, texts[i][j])}>{_breakable(c)}</td>"
+                                          for j, c in enumerate(r)) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
@@ -141,14 +201,26 @@ def page(title: str, body: str) -> str:
                   ctx=current())
 
 
-_MEASURED = re.compile(r"(?P<key>[A-Za-z_][\w/.\-]*) = (?P<v>-?\d+(?:\.\d+)?) "
+_MEASURED = re.compile(r"(?P<key>[A-Za-z_][\w/.\-=]*) = (?P<v>-?\d+(?:\.\d+)?) "
                        r"\[(?P<lo>-?\d+(?:\.\d+)?), (?P<hi>-?\d+(?:\.\d+)?)\]")
 
 
 def _words(key: str) -> str:
-    """A metric key in words: ``'D_R/std_acc'`` -> ``'D_R std acc'``."""
+    """A metric key in words: the experiment's prefix dropped, the settings before a colon,
+    ``eta`` as η: ``'tsipras/synthetic/eps=2eta/std_acc'`` -> ``'synthetic, eps = 2η: std
+    acc'``; ``'D_R/std_acc'`` -> ``'D_R std acc'``."""
     parts = [p for p in key.split("/") if p]
-    return " ".join(p if p[:2] in ("D_",) else p.replace("_", " ") for p in parts)
+    if len(parts) >= 3:
+        parts = parts[1:]
+
+    def word(p: str) -> str:
+        p = re.sub(r"(\d)eta\b", "\\1η", p)
+        p = p if p[:2] == "D_" else p.replace("_", " ")
+        return p.replace("=", " = ")
+
+    if len(parts) >= 3 or "=" in "".join(parts[:-1]):
+        return ", ".join(map(word, parts[:-1])) + ": " + word(parts[-1])
+    return " ".join(map(word, parts))
 
 
 def _is_share(key: str) -> bool:

@@ -104,19 +104,20 @@ def failed_checks(rec: Record) -> list[str]:
 
 
 def _checks_table(rec: Record) -> str:
-    """Checks by model: how many seeds passed each (n/a: it could not run)."""
+    """Checks by model, one row per check and one column per model: how many seeds passed it
+    (n/a: it could not run)."""
     names: list[str] = []
-    rows = []
+    cols: list[tuple[str, dict[str, list[bool | None]]]] = []
     for r in ROWS:
-        runs = rec["details"]["per_seed"].get(r, [])
         by: dict[str, list[bool | None]] = {}
-        for m in runs:
+        for m in rec["details"]["per_seed"].get(r, []):
             for ch in m.get("checks", []):
                 by.setdefault(ch["name"], []).append(ch["passed"])
-        names = names or list(by)
+        names += [n for n in by if n not in names]
         if by:
-            rows.append([LABELS[r], *(_passes(by.get(n, [])) for n in names)])
-    return table(["model", *names], rows) if rows else ""
+            cols.append((LABELS[r], by))
+    rows = [[n, *(_passes(by.get(n, [])) for _, by in cols)] for n in names]
+    return table(["check", *(label for label, _ in cols)], rows) if cols else ""
 
 
 def _passes(vals: list[bool | None]) -> str:
@@ -185,7 +186,7 @@ def _samples(out: Path) -> str:
             ax.set_xticks([])
             ax.set_yticks([])
             if f"{name}_labels" in s:
-                ax.set_title(str(int(s[f"{name}_labels"][j])), fontsize=7)
+                ax.set_title(str(int(s[f"{name}_labels"][j])), fontsize=8)
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle("Row D: originals. D_R/D_NR match their representations; "

@@ -18,7 +18,10 @@ from eisbench.report.html import (
     figure,
     footer,
     header,
+    is_share,
+    legend_outside,
     page,
+    pct,
     table,
     verdict_table,
 )
@@ -75,7 +78,7 @@ def _rate_bars(rec: Record) -> str:
     ax.set_xticks(range(len(ATTACKS)), list(ATTACKS.values()), fontsize=8)
     ax.set_ylabel("% of examples")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    legend_outside(ax)
     ax.set_title("Targeted attacks on f: success, transfer to g and to the ensemble "
                  "(mean, 95% CI)", fontsize=9)
     return figure(fig)
@@ -101,9 +104,9 @@ def _images(s: dict[str, torch.Tensor]) -> str:
                       vmin=-lim if delta else 0.0, vmax=lim if delta else 1.0)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(titles[c], fontsize=7)
+            ax.set_title(titles[c], fontsize=8)
             if c == 0:
-                ax.set_ylabel(label, fontsize=7)
+                ax.set_ylabel(label, fontsize=8)
     fig.suptitle("Targets are y+1; f: target model, g: first held-out model", fontsize=9)
     return figure(fig)
 
@@ -125,6 +128,14 @@ def _squares_images(s: dict[str, torch.Tensor]) -> str:
     return figure(fig)
 
 
+def _g3(key: str, x: Any) -> str:
+    """Accuracies and rates in percent with one decimal, other numbers to three significant
+    digits."""
+    if isinstance(x, (int, float)) and is_share(key) and 0.0 <= x <= 1.0:
+        return pct(x)
+    return f"{x:.3g}" if isinstance(x, (int, float)) else str(x)
+
+
 def write_report(rec: Record, out: Path) -> Path:
     """Write ``out/report.html`` for a nakkiran record; returns its path."""
     det = rec["details"]
@@ -142,9 +153,9 @@ def write_report(rec: Record, out: Path) -> Path:
                     [[label, _fmt(met[f"nakkiran/{key}"], pct="acc" in key)]
                      for key, label in SQUARES])
     keys = [k for k in det["per_seed"][0] if not isinstance(det["per_seed"][0][k], list)]
-    per_seed = table(["seed", *keys], [[s, *(f"{r[k]:.3g}" for k in keys)]
-                                       for s, r in zip(rec["seeds"], det["per_seed"],
-                                                       strict=True)])
+    per_seed = table(["quantity", *(f"seed {s}" for s in rec["seeds"])],
+                     [[k.replace("_", " "), *(_g3(k, r[k]) for r in det["per_seed"])]
+                      for k in keys])
     per_g = table(["seed", *(f"{a}: transfer to each held-out g" for a in ATTACKS)],
                   [[s, *(", ".join(f"{v:.3f}" for v in r[f"{a}/transfer_rate_per_heldout"])
                          for a in ATTACKS)]

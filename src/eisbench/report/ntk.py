@@ -14,7 +14,17 @@ import numpy as np
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.core.stats import mean_ci
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_outside,
+    page,
+    pct,
+    table,
+    verdict_table,
+)
 from eisbench.runs.record import Record
 
 
@@ -42,7 +52,7 @@ def _accuracy_plot(rec: Record) -> str:
     ax.set_xlabel("eigen-index i (0 = largest eigenvalue)")
     ax.set_ylabel("test accuracy of sign f_i (%)")
     ax.set_ylim(-2, 102)
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     ax.set_title(f"NTK eigen-features: mean and 95% CI over {len(runs)} seeds "
                  f"({rec['details']['attack']})", fontsize=8)
     return figure(fig)
@@ -58,7 +68,7 @@ def _spectrum_plot(rec: Record) -> str:
                      np.maximum(r["label_alignment"], 1e-8), marker=".", linestyle="")
     ax.set_xlabel("rank i + 1")
     ax.set_ylabel("eigenvalue of K")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     ax.set_title("Eigenvalue spectrum of the empirical NTK", fontsize=9)
     ax2.set_xlabel("eigen-index i")
     ax2.set_ylabel("(v_i . y)^2 / ||y||^2")
@@ -83,7 +93,7 @@ def _feature_images(rec: Record) -> str:
                  f"{r['seed']}; red: pixels that push towards class +1)", fontsize=9)
     bar = fig.colorbar(shown, ax=np.atleast_1d(axes).tolist(), shrink=0.8, pad=0.02)
     bar.set_label("gradient / its max |value|", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+    bar.ax.tick_params(labelsize=8)
     names = ", ".join(f"f_{i}" for i in r["shown"])
     return figure(fig, alt=f"Input gradients of the NTK eigen-features {names} at the mean "
                            "test image, red-blue images")
@@ -113,18 +123,23 @@ def write_report(rec: Record, out: Path) -> Path:
             for k in ("ntk/spearman_index_robust", "ntk/spearman_index_clean",
                       "ntk/spearman_index_survival")]
     runs = rec["details"]["per_seed"]
-    per_seed = table(
-        ["seed", "n (bound)", "params", "memory est. (GiB)", "chance", "Spearman robust",
-         "Spearman clean", "high clean", "high robust", "kernel clean / robust",
-         "excluded", "seconds"],
-        [[r["seed"], f"{r['n']} ({r['n_bound']})", r["params"],
-          f"{r['memory_estimate_gib']:.3f}", f"{r['chance']:.3f}",
-          f"{r['spearman_robust']:.3f}", f"{r['spearman_clean']:.3f}",
-          f"{r['high_clean_acc']:.3f}", f"{r['high_robust_acc']:.3f}",
-          f"{r['kernel'][0]:.3f} / {r['kernel'][1]:.3f}", r["n_excluded"],
-          ", ".join(f"{k} {v:.1f}" for k, v in r["seconds"].items())] for r in runs])
+    quantities: list[tuple[str, Any]] = [
+        ("n (bound)", lambda r: f"{r['n']} ({r['n_bound']})"),
+        ("params", lambda r: r["params"]),
+        ("memory est. (GiB)", lambda r: f"{r['memory_estimate_gib']:.3f}"),
+        ("chance", lambda r: pct(r["chance"])),
+        ("Spearman robust", lambda r: f"{r['spearman_robust']:.3f}"),
+        ("Spearman clean", lambda r: f"{r['spearman_clean']:.3f}"),
+        ("high clean acc", lambda r: pct(r["high_clean_acc"])),
+        ("high robust acc", lambda r: pct(r["high_robust_acc"])),
+        ("kernel clean / robust acc",
+         lambda r: f"{pct(r['kernel'][0])} / {pct(r['kernel'][1])}"),
+        ("excluded", lambda r: r["n_excluded"]),
+        ("seconds", lambda r: ", ".join(f"{k} {v:.1f}" for k, v in r["seconds"].items()))]
+    per_seed = table(["quantity", *(f"seed {r['seed']}" for r in runs)],
+                     [[name, *(get(r) for r in runs)] for name, get in quantities])
     per_feature = table(["seed", "i", "lambda_i", "clean acc", "robust acc"],
-                        [[r["seed"], i, f"{r['eigenvalues'][i]:.4g}", f"{c:.3f}", f"{a:.3f}"]
+                        [[r["seed"], i, f"{r['eigenvalues'][i]:.4g}", pct(c), pct(a)]
                          for r in runs for i, (c, a) in enumerate(zip(r["clean_acc"],
                                                                       r["robust_acc"],
                                                                       strict=True))])

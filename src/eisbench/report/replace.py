@@ -13,7 +13,16 @@ import matplotlib.pyplot as plt
 from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_outside,
+    page,
+    table,
+    verdict_table,
+)
 from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
@@ -58,7 +67,7 @@ def pareto_figure(points: Sequence[Mapping[str, Any]], *, title: str,
     ax.set_title(title + (" (filled: test, hollow: out of distribution)" if has_ood else ""),
                  fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    legend_outside(ax)
     return figure(fig)
 
 
@@ -79,7 +88,7 @@ def _templates_figure(imgs: dict[str, Any]) -> str:
     axes = [axes] if len(panels) == 1 else list(axes)
     for ax, (name, img) in zip(axes, panels, strict=True):
         ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=7)
+        ax.set_title(name, fontsize=8)
         ax.axis("off")
     return figure(fig)
 
@@ -90,8 +99,8 @@ def _grids_figure(imgs: dict[str, Any], title: str) -> str:
     for ax, k in zip(axes, keys, strict=False):
         ax.imshow(imgs[k].numpy(), cmap="viridis", vmin=0, vmax=1, origin="lower")
         ax.set_title(k.split("/")[1], fontsize=8)
-        ax.set_xlabel("b", fontsize=7)
-    axes[0].set_ylabel("a", fontsize=7)
+        ax.set_xlabel("b", fontsize=8)
+    axes[0].set_ylabel("a", fontsize=8)
     diff = (imgs["c2/network"] != imgs["c2/replacement"]).float()
     mask = imgs["c2/train_mask"].float()
     axes[-1].imshow(diff.numpy() * (2 - mask.numpy()), cmap="magma", vmin=0, vmax=2,

@@ -16,8 +16,10 @@ from eisbench.report.html import (
     figure,
     footer,
     header,
+    legend_outside,
     measured_html,
     page,
+    pct,
     plt,
     table,
     verdict_table,
@@ -60,9 +62,9 @@ def _grouped_bars(rec: Record, groups: list[tuple[str, str]], *, ylabel: str, ti
         ax.bar(xs, vals, width=w, yerr=err, capsize=3, color=COLOURS[name], label=LABELS[name])
     if reference is not None:
         ax.axhline(reference, color="gray", linestyle="--", label=reference_label)
-    ax.set_xticks(range(len(groups)), [g for _, g in groups], fontsize=7)
+    ax.set_xticks(range(len(groups)), [g for _, g in groups], fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    legend_outside(ax)
     ax.set_title(title, fontsize=9)
     return figure(fig)
 
@@ -89,14 +91,14 @@ def _image_grid(rows: list[tuple[str, torch.Tensor, list[str] | None]], title: s
                 ax.imshow(img.permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy(),
                           cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
             if caps is not None:
-                ax.set_title(caps[j], fontsize=6)
+                ax.set_title(caps[j], fontsize=8)
             if j == 0:
-                ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+                ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=9)
     if signed:  # one scale for every map: |attribution| / its image's maximum
         bar = fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
         bar.set_label("|attribution| / image max", fontsize=8)
-        bar.ax.tick_params(labelsize=7)
+        bar.ax.tick_params(labelsize=8)
     return figure(fig, alt=f"{title}: " + "; ".join(
         f"row {label}" for label, _, _ in rows))
 
@@ -131,22 +133,26 @@ def _grids(rec: Record, out: Path) -> tuple[str, str]:
 
 
 def _per_seed(rec: Record) -> str:
-    rows = []
+    """Two tables, one row per seed and model: accuracies (percent), checks and inversion;
+    then each saliency method's stroke share / rank correlation."""
+    rows, attr = [], []
     for r in rec["details"]["per_seed"]:
         for name, m in r["models"].items():
             inv = m["inversion"].get("other", {})
-            rows.append([r["seed"], name, f"{m['std_acc']:.3f}",
-                         f"{m['robust_acc']:.3f} (n={m['n_robust']})",
+            rows.append([r["seed"], name, pct(m["std_acc"]),
+                         f"{pct(m['robust_acc'])} (n={m['n_robust']})",
                          ", ".join(m["checks_failed"]) or "none",
+                         pct(inv.get("judge_target_rate", float("nan"))),
+                         pct(inv.get("self_target_rate", float("nan"))),
+                         f"{inv.get('feature_distance', float('nan')):.3f}"])
+            attr.append([r["seed"], name,
                          *(f"{m['attribution'][k]['stroke_share']:.3f} / "
                            f"{m['attribution'][k]['rank_corr']:.3f}" for k in SALIENCY_LABELS
-                           if k in m["attribution"]),
-                         f"{inv.get('judge_target_rate', float('nan')):.3f}",
-                         f"{inv.get('self_target_rate', float('nan')):.3f}",
-                         f"{inv.get('feature_distance', float('nan')):.3f}"])
-    return table(["seed", "model", "clean acc", "robust acc", "failed checks",
-                  *(f"{k}: stroke share / rank corr" for k in SALIENCY_LABELS),
-                  "judge: target (from other)", "self: target", "feature distance"], rows)
+                           if k in m["attribution"])])
+    return (table(["seed", "model", "clean acc", "robust acc", "failed checks",
+                   "judge: target (from other)", "self: target", "feature distance"], rows)
+            + table(["seed", "model",
+                     *(f"{k}: stroke share / rank corr" for k in SALIENCY_LABELS)], attr))
 
 
 def diagnostics(rec: Record) -> list[str]:

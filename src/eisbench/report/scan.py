@@ -4,7 +4,6 @@ the settings of the run."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, page, table
+from eisbench.report.html import esc, figure, legend_outside, page, plain, table
 from eisbench.tools.scan import ScanResult
 
 
@@ -38,7 +37,7 @@ def _index_bars(res: ScanResult) -> str:
     ax.set_xticks(range(k), [str(i) for i in range(k)])
     ax.set_xlabel("class (red: flagged; blue: mask smaller than the median; grey: larger)")
     ax.set_ylabel("anomaly index (MAD units)")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     ax.set_title(f"{res.method}: anomaly index of each class's mask L1 norm", fontsize=9)
     return figure(fig)
 
@@ -61,7 +60,7 @@ def _trigger_grid(res: ScanResult) -> str:
         for i, img in enumerate((r.mask, r.pattern, r.image())):
             _show(axes[i][j], img.detach().cpu())
         colour = "#c44e52" if j == res.suspect else "black"
-        axes[0][j].set_title(f"{j}\nL1 {r.l1:.1f}", fontsize=7, color=colour)
+        axes[0][j].set_title(f"{j}\nL1 {r.l1:.1f}", fontsize=8, color=colour)
     for i, name in enumerate(("mask", "pattern", "trigger")):
         axes[i][0].set_ylabel(name, fontsize=8)
     fig.tight_layout()
@@ -85,7 +84,8 @@ def scan_html(res: ScanResult, *, title: str, meta: Mapping[str, Any]) -> str:
             + table(["class", "mask L1", "success", "anomaly index", "flagged",
                      "trigger location (mask > 0.5)"], rows,
                     ["not-reproduced" if r["flagged"] else "" for r in d["classes"]])
-            + f"<h2>Settings</h2><pre>{esc(json.dumps(dict(meta), indent=2))}</pre>")
+            + "<h2>Settings</h2>" + table(["setting", "value"],
+                                          [[k, plain(v)] for k, v in meta.items()]))
     return page(title, body)
 
 

@@ -12,7 +12,17 @@ import matplotlib.pyplot as plt
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.core.stats import mean_ci
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_below,
+    legend_outside,
+    page,
+    table,
+    verdict_table,
+)
 from eisbench.runs.record import Record
 
 SHAPES = {"shallow_wide": "shallow-wide", "deep_narrow": "deep-narrow"}
@@ -46,7 +56,7 @@ def _curves(rec: Record) -> str:
         ax.set_xlabel(f"{'Linf' if norm == 'linf' else 'L2'} eps")
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.legend(fontsize=7)
+        legend_below(ax)
     fig.suptitle("Robust accuracy vs budget (mean, 95% CI over seeds)", fontsize=9)
     return figure(fig)
 
@@ -73,10 +83,10 @@ def _measure_rows(rec: Record) -> tuple[list[list[Any]], str]:
     xs = range(len(labels))
     ax.bar([x - 0.2 for x in xs], trained, width=0.4, label="trained", color="#4c72b0")
     ax.bar([x + 0.2 for x in xs], init, width=0.4, label="at initialisation", color="#bbbbbb")
-    ax.set_xticks(list(xs), labels, fontsize=6)
+    ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("||W||_F^2 / m")
     ax.set_title("Features per dimension of each layer (mean over seeds)", fontsize=9)
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     return rows, figure(fig)
 
 
@@ -96,7 +106,7 @@ def _scaling_plot(rec: Record) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("scale factor c")
     ax.set_ylabel("measure after / before")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     ax.set_title("Features per dimension under rescaling (every layer, seed, shape)", fontsize=9)
     return figure(fig)
 

@@ -12,7 +12,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, plain, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_outside,
+    page,
+    plain,
+    table,
+    verdict_table,
+)
 from eisbench.runs.record import Metric, Record
 
 
@@ -48,8 +58,8 @@ def _heatmaps(rec: Record) -> str:
                 txt = "white-box" if np.isnan(m[i, j]) else f"{m[i, j]:.0f} ({mu[i, j]:.0f})"
                 ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                         color="white" if np.isnan(m[i, j]) or m[i, j] < 50 else "black")
-        ax.set_xticks(range(len(cols)), cols, fontsize=7, rotation=20)
-        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_xticks(range(len(cols)), cols, fontsize=8, rotation=20)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
         ax.set_xlabel("target model (trained on D)")
         ax.set_title(f"Rate into target (%), {title}", fontsize=9)
         ax.set_facecolor("#999999")
@@ -87,8 +97,7 @@ def _scatter(rec: Record) -> str:
             fontsize=7, va="top", color="#8a4b00")
     ax.set_xlabel("transfer rate from the D_det source into the architecture (%)")
     ax.set_ylabel("test accuracy when trained on D_det (%)")
-    ax.legend(fontsize=7, loc="lower right", title="markers: seeds; X: mean, 95% CI",
-              title_fontsize=7)
+    legend_outside(ax, title="markers: seeds; X: mean, 95% CI", title_fontsize=9)
     return figure(fig)
 
 

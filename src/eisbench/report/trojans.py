@@ -17,7 +17,16 @@ import torch
 from safetensors.torch import load_file
 
 from eisbench.core.paths import atomic_write_bytes
-from eisbench.report.html import esc, figure, footer, header, page, table, verdict_table
+from eisbench.report.html import (
+    esc,
+    figure,
+    footer,
+    header,
+    legend_outside,
+    page,
+    table,
+    verdict_table,
+)
 from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
@@ -75,13 +84,13 @@ def _heatmap(rec: Record) -> str:
     ax.imshow(v, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i in range(v.shape[0]):
         for j in range(v.shape[1]):
-            ax.text(j, i, f"{v[i, j]:.2g}", ha="center", va="center", fontsize=6,
+            ax.text(j, i, f"{v[i, j]:.2g}", ha="center", va="center", fontsize=7,
                     color="white" if v[i, j] < 0.5 else "black")
     labels = [r if r != "best_pair" else "best pair (" + "+".join(d["best_pairs"][0]) + ")"
               for r in rows]
     labels = [f"{r} ({_failed(rec, r)})" if _failed(rec, r) else r for r in labels]
-    ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    ax.set_xticks(range(v.shape[1]), [t.split("-", 1)[1] for t in d["trojans"]], fontsize=6,
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xticks(range(v.shape[1]), [t.split("-", 1)[1] for t in d["trojans"]], fontsize=8,
                   rotation=60, ha="right")
     ax.axhline(len(d["tools"]) - 0.5, color="white", lw=2)
     ax.axhline(len(rows) - len(d["references"]) - 0.5, color="white", lw=2)
@@ -108,10 +117,10 @@ def _success_bars(rec: Record) -> str:
                label="Casper et al., humans: best single tool 47%")
     ax.axhline(cas["all"], color="#c44e52", ls=":", lw=1, label="all tools 49%")
     ax.axhline(1 / 8, color="gray", ls="-", lw=0.8, label="chance 1/8")
-    ax.set_xticks(range(len(rows)), rows, rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(range(len(rows)), rows, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (95% CI)")
-    ax.legend(fontsize=6)
+    legend_outside(ax)
     return figure(fig)
 
 
@@ -143,10 +152,10 @@ def _tool_images(rec: Record, out: Path, *, per_row: int = 5) -> str:
             if j < len(opts):
                 _show(ax, opts[j])
                 ax.set_title(("TRUE " if j == d["answers"][t] else "") + chr(65 + j),
-                             fontsize=6, color="red" if j == d["answers"][t] else "black")
+                             fontsize=8, color="red" if j == d["answers"][t] else "black")
             else:
                 ax.axis("off")
-        axes[0][0].set_ylabel("options", fontsize=6, rotation=0, ha="right", va="center")
+        axes[0][0].set_ylabel("options", fontsize=8, rotation=0, ha="right", va="center")
         for i, r in enumerate(rows, start=1):
             imgs = s[f"{name}/{r}"]
             choice = d["choices"][r][seed][t]
@@ -157,10 +166,10 @@ def _tool_images(rec: Record, out: Path, *, per_row: int = 5) -> str:
                     ax.axis("off")
             ok = choice == d["answers"][t]
             axes[i][0].set_ylabel(f"{r}\n-> {chr(65 + choice)} {'ok' if ok else 'x'}",
-                                  fontsize=6, rotation=0, ha="right", va="center",
+                                  fontsize=8, rotation=0, ha="right", va="center",
                                   color="green" if ok else "black")
         fig.suptitle(f"{name}: options (top) and each method's first {per_row} images with "
-                     "the judge's answer (seed " + seed + ")", fontsize=7)
+                     "the judge's answer (seed " + seed + ")", fontsize=9)
         parts.append(f"<details><summary>{esc(name)}</summary>{figure(fig)}</details>")
     return "".join(parts)
 
@@ -173,7 +182,7 @@ def _attribution(rec: Record) -> str:
     names.sort(key=lambda n: -float(np.mean(vals[n])))
     fig, ax = plt.subplots(figsize=(8, 3.2))
     ax.boxplot([vals[n] for n in names], showfliers=False)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=55, ha="right", fontsize=7)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=55, ha="right", fontsize=8)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_ylabel("Pearson r with the trigger footprint")
     ax.set_title("Attribution on poisoned images of the patch trojans (per image)", fontsize=9)
@@ -227,7 +236,7 @@ def _roc(rec: Record) -> str:
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=0.8)
     ax.set_xlabel("false positive rate (clean models)")
     ax.set_ylabel("true positive rate (trojaned models)")
-    ax.legend(fontsize=6)
+    legend_outside(ax)
     ax.set_title("Detection by the anomaly index of the smallest trigger", fontsize=8)
     rows = []
     for method, r in det.items():

@@ -11,12 +11,14 @@ import matplotlib.pyplot as plt
 
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.report.html import (
+    ci_cell,
     esc,
     figure,
     footer,
     header,
     legend_below,
     page,
+    pct,
     table,
     verdict_table,
 )
@@ -24,7 +26,8 @@ from eisbench.runs.record import Metric, Record
 
 
 def _ci(m: Metric) -> str:
-    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+    """Accuracies and shares in percent, one decimal, with the 95% CI."""
+    return ci_cell(m)
 
 
 def _err(ms: list[Metric]) -> list[list[float]]:
@@ -112,31 +115,32 @@ def write_report(rec: Record, out: Path) -> Path:
         th = syn["theory"][f"{k:g}"]
         pre = f"tsipras/synthetic/eps={k:g}eta"
         syn_rows.append([f"{k:g} eta = {k * syn['eta']:.3g}",
-                         _ci(met[f"{pre}/robust_feature_share"]), f"{th['share']:.3f}",
-                         _ci(met[f"{pre}/std_acc"]), f"{th['std_acc']:.3f}",
-                         _ci(met[f"{pre}/robust_acc"]), f"{th['robust_acc']:.3f}",
+                         _ci(met[f"{pre}/robust_feature_share"]), pct(th["share"]),
+                         _ci(met[f"{pre}/std_acc"]), pct(th["std_acc"]),
+                         _ci(met[f"{pre}/robust_acc"]), pct(th["robust_acc"]),
                          _ci(met[f"{pre}/standard_model_robust_acc"])])
     s0 = met["tsipras/synthetic/eps=0eta/std_acc"]["value"]
     bound = min(1.0, syn["p"] / (1 - syn["p"]) * (1 - s0))
     top = max(ks)
     thm = "" if top < 2 else (
         "<p>Tsipras et al. Thm 2.1 at eps &gt;= 2 eta: the standard model's robust accuracy is at "
-        f"most p/(1-p) (1 - std acc) = {bound:.3f}; measured at {top:g} eta: "
+        f"most p/(1-p) (1 - std acc) = {pct(bound)}; measured at {top:g} eta: "
         f"{_ci(met[f'tsipras/synthetic/eps={top:g}eta/standard_model_robust_acc'])}.</p>")
     img_rows = [[f"{e:g}", _ci(met[f"tsipras/{ds}/train_eps={e:g}/std_acc"]),
                  _ci(met[f"tsipras/{ds}/train_eps={e:g}/robust_acc"])] for e in eps]
     lit_rows = [[k, f"{v:.1%}"] for k, v in det["literature"].items()]
     syn_runs = table(["seed", "eps / eta", "std acc", "robust acc", "share on x_1", "w_1",
                       "|w_rest|_1", "bias", "standard model under attack", "PGD - exact"],
-                     [[s["seed"], f"{r['eps_over_eta']:g}", f"{r['std_acc']:.4f}",
-                       f"{r['robust_acc']:.4f}", f"{r['robust_feature_share']:.3f}",
+                     [[s["seed"], f"{r['eps_over_eta']:g}", pct(r["std_acc"]),
+                       pct(r["robust_acc"]), pct(r["robust_feature_share"]),
                        f"{r['w_robust']:.3f}", f"{r['w_rest_l1']:.3f}", f"{r['bias']:.3f}",
-                       f"{r['standard_model_robust_acc']:.4f}", f"{r['pgd_minus_exact']:+.4f}"]
+                       pct(r["standard_model_robust_acc"]),
+                       f"{100 * r['pgd_minus_exact']:+.2f} pp"]
                       for s in det["per_seed"]["synthetic"] for r in s["rows"]])
     img_runs = table(["seed", "train eps", "clean acc", "robust acc", "n robust",
                       "failed sanity checks"],
-                     [[r["seed"], f"{r['train_eps']:g}", f"{r['std_acc']:.4f}",
-                       f"{r['robust_acc']:.4f}", r["n_robust"],
+                     [[r["seed"], f"{r['train_eps']:g}", pct(r["std_acc"]),
+                       pct(r["robust_acc"]), r["n_robust"],
                        ", ".join(r["failed_checks"]) or "none"]
                       for r in det["per_seed"]["images"]])
     timing = det.get("timing", {})
@@ -144,8 +148,9 @@ def write_report(rec: Record, out: Path) -> Path:
 <p>Synthetic part: d = {syn['d']}, p = {syn['p']:g}, eta = {syn['eta']:.3g}; linear models
 trained on the exact robust logistic loss; the worst case of a linear model under Linf eps is
 y f(x) - eps |w|_1, so robust accuracies are exact (PGD cross-check: largest |PGD - exact| =
-{syn['pgd_minus_exact_max']:.4f}). Theory: the best robust linear classifier in closed form
-(Bayes standard accuracy {syn['bayes_std_acc']:.4f}). Images: {esc(ds)}, robust accuracy by
+{100 * syn['pgd_minus_exact_max']:.2f} percentage points). Theory: the best robust linear
+classifier in closed form
+(Bayes standard accuracy {pct(syn['bayes_std_acc'])}). Images: {esc(ds)}, robust accuracy by
 {esc(img['attack'])}. Time: synthetic {timing.get('synthetic_s', 0):.0f} s, images
 {timing.get('images_s', 0):.0f} s.</p>
 <p>Reading exhibit C: both worlds explain an accuracy cost of adversarial training at a large
