@@ -166,7 +166,8 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         store: Store | None = None, dataset: str | None = None, data_root: str | None = None,
         seeds: int | Sequence[int] | None = None, device: str = "cpu",
         overrides: Sequence[str] = (), force: bool = False, track: str | None = None,
-        track_uri: str | None = None, **fields: Any) -> RunRecord:
+        track_uri: str | None = None, executor: str = "serial", address: str | None = None,
+        **fields: Any) -> RunRecord:
     """Run the experiment or benchmark ``name`` with its ``preset`` config changed as
     :func:`eisbench.runs.presets.configure` says (``seeds``: a count N for 0..N-1, or the
     seeds; ``fields``: config fields by name; ``overrides``: ``"a.b=value"`` strings), write
@@ -179,6 +180,10 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
     ``track``) that the finished run is logged to, in the store ``track_uri`` (default:
     ``$MLFLOW_TRACKING_URI``, else ``$EISBENCH_HOME/mlruns``; see
     :mod:`eisbench.runs.track`); an unknown name or a missing extra fails before any work.
+    ``executor``: where independent units run, ``"serial"`` (in this process) or ``"ray"``
+    (Ray tasks, the optional extra ``ray``; ``address``: the cluster, ``"auto"`` or
+    ``"HOST:PORT"``, default a local instance): today the evidence suite's experiments; the
+    record's ``details["executor"]`` says which ran them.
 
     Example:
         >>> rec = run("goh-linear", dataset="digits", seeds=1, contamination=(0.0, 0.2),
@@ -195,15 +200,18 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         ['reproduced', 'not reproduced', 'reproduced']
     """
     from eisbench.data import DataError
+    from eisbench.runs.executor import executor as make_executor
+    from eisbench.runs.executor import using
 
     exp = find(name)
     _check_tracker(track, track_uri)
+    ex = make_executor(executor, address=address)
     cfg = configure(name, preset, dataset=dataset, data_root=data_root, seeds=seeds,
                     device=device, overrides=overrides, **fields)
     folder = Path(out) if out is not None else fresh_folder(name)
     try:
         with output_folder(folder, force=force) as work, page_context(
-                preset=preset, dataset=getattr(cfg, "dataset", None)):
+                preset=preset, dataset=getattr(cfg, "dataset", None)), using(ex):
             rec = exp.run(cfg, out=work, store=store if store is not None
                           else Store(cache_dir()))
             report = exp.report(rec, work)

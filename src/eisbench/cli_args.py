@@ -109,6 +109,13 @@ def _add_run_commands(sub: Any) -> None:
         add_data_args(r, default=None, what="dataset")
         r.add_argument("--seeds", type=int, help="number of seeds: 0..N-1 (default: the "
                        "preset's)")
+        r.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                       help="where independent units run: serial (the default, in this "
+                       "process) or ray (Ray tasks; needs the [ray] extra); today the evidence "
+                       "suite's experiments")
+        r.add_argument("--address", metavar="auto|HOST:PORT",
+                       help="the Ray cluster to join with --executor ray (default: start a "
+                       "local one)")
 
 
 def _add_train_command(sub: Any) -> None:

@@ -27,7 +27,7 @@ from eisbench.core.config import resolve_device
 from eisbench.core.progress import duration, say
 from eisbench.data import DATASETS, DataError
 from eisbench.experiments.core import EXPERIMENTS, Experiment, register, report_from
-from eisbench.runs import overrides
+from eisbench.runs import executor, overrides
 from eisbench.runs.claims import world
 from eisbench.runs.overrides import root_remedy
 from eisbench.runs.page_context import page_context
@@ -186,6 +186,15 @@ def run_one(exp: Experiment, sub: Any, *, out: Path, store: Store, tag: str
              "report": f"{exp.name}/report.html", "wall_seconds": rec["wall_seconds"]}, rec)
 
 
+def _unit(unit: tuple[Experiment, Any, Path, Store, str, dict[str, Any]]
+          ) -> tuple[dict[str, Any], Record | None]:
+    """One experiment of the suite as a unit of an executor (a plain picklable function: on
+    Ray, a task in another process, which sets its own page context)."""
+    exp, sub, out, store, tag, page = unit
+    with page_context(**page, current=exp.name):
+        return run_one(exp, sub, out=out, store=store, tag=tag)
+
+
 def table(records: list[tuple[str, Record]], missing: Sequence[str] = ()
           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The verdict table's rows (one per claim, sorted by exhibit, experiment order kept within
@@ -246,17 +255,24 @@ def measure(cfg: EvidenceConfig, *, out: Path, store: Store) -> Result:
             f"{duration(remaining_seconds([], names))} (quick preset, MNIST, 2 CPU cores, "
             "empty cache)")
     t0 = time.perf_counter()
-    runs: list[dict[str, Any]] = []
-    done: list[tuple[str, Record]] = []
     pages = tuple((n, f"../{n}/report.html") for n in names)
-    for i, (exp, sub) in enumerate(plan, 1):
-        with page_context(preset=cfg.preset, dataset=cfg.dataset, suite="../report.html",
-                          siblings=pages, current=exp.name):
-            row, rec = run_one(exp, sub, out=out, store=store, tag=f"[{i}/{len(plan)}]")
-        runs.append(row)
-        say(_suite_line(f"[{i}/{len(plan)}]", row, runs, names[i:], time.perf_counter() - t0))
-        if rec is not None:
-            done.append((exp.name, rec))
+    page = {"preset": cfg.preset, "dataset": cfg.dataset, "suite": "../report.html",
+            "siblings": pages}
+    units = [(exp, sub, out, store, f"[{i}/{len(plan)}]", page)
+             for i, (exp, sub) in enumerate(plan, 1)]
+    finished: list[dict[str, Any]] = []
+
+    def on_done(i: int, result: tuple[dict[str, Any], Record | None]) -> None:
+        finished.append(result[0])
+        todo = [n for n in names if n not in {r["experiment"] for r in finished}]
+        say(_suite_line(f"[{len(finished)}/{len(plan)}]", result[0], finished, todo,
+                        time.perf_counter() - t0))
+
+    ex = executor.current()
+    results = ex.map(_unit, units, num_gpus=executor.gpus_for(cfg.device), on_done=on_done)
+    runs = [row for row, _ in results]
+    done = [(exp.name, rec) for (exp, _), (_, rec) in zip(plan, results, strict=True)
+            if rec is not None]
     rows, exhibits = table(done, [r["experiment"] for r in runs if not r["ok"]])
     metrics: dict[str, Metric] = {}
     data: dict[str, str] = {}
@@ -267,7 +283,8 @@ def measure(cfg: EvidenceConfig, *, out: Path, store: Store) -> Result:
         metrics=metrics, claims=[c for _, rec in done for c in rec["claims"]],
         details={"table": rows, "exhibits": exhibits, "runs": runs,
                  "failed": [r["experiment"] for r in runs if r["status"] == "FAILED"],
-                 "skipped": [r["experiment"] for r in runs if r["status"] == "skipped"]},
+                 "skipped": [r["experiment"] for r in runs if r["status"] == "skipped"],
+                 "executor": ex.describe()},
         data=data, stages=[{**s, "experiment": name} for name, rec in done for s in rec["stages"]])
 
 

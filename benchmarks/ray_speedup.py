@@ -1,0 +1,78 @@
+"""Speed-up of the Ray executor over the serial one on this machine: the evidence suite on
+digits (one seed, a few experiments), each experiment a Ray task declaring one CPU.
+
+Runs are interleaved (serial, ray, serial, ray, ...), each in an empty stage cache (the dataset
+cache is shared), in one local Ray instance with ``--workers`` CPUs started once before the
+first run (its start-up time is printed apart). Serial runs use torch's default threads; each
+Ray worker one thread. Prints each run's wall time, the median ratio serial / ray, the load
+average before and after, and checks that both records agree (apart from timings).
+
+    python benchmarks/ray_speedup.py
+    python benchmarks/ray_speedup.py --repeats 3 --experiments goh-linear,ntk,superposition
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+VARYING = {"created", "wall_seconds", "seconds", "timing_seconds", "cached", "peak_rss_gib",
+           "executor"}
+
+
+def _steady(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _steady(v) for k, v in obj.items() if k not in VARYING}
+    if isinstance(obj, list):
+        return [_steady(v) for v in obj]
+    return obj
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--experiments", default="goh-linear,superposition,ntk,goh-leakage")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="ray-speedup-"))
+    os.environ.setdefault("EISBENCH_HOME", str(root / "home"))
+    import ray
+
+    import eisbench
+    from eisbench.runs.store import Store
+
+    print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs")
+    t = time.perf_counter()
+    ray.init(num_cpus=args.workers, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    print(f"ray start-up: {time.perf_counter() - t:.1f} s ({args.workers} workers)")
+    times: dict[str, list[float]] = {"serial": [], "ray": []}
+    recs: dict[str, Any] = {}
+    for i in range(args.repeats):
+        for name in ("serial", "ray"):
+            t = time.perf_counter()
+            recs[name] = eisbench.run(
+                "features-vs-bugs", dataset="digits", seeds=1, out=root / f"{name}-{i}",
+                store=Store(root / f"cache-{name}-{i}"), executor=name,
+                overrides=["experiments=" + args.experiments])
+            times[name].append(time.perf_counter() - t)
+            print(f"run {i + 1} {name}: {times[name][-1]:.1f} s", flush=True)
+    ray.shutdown()
+    same = _steady(dict(recs["serial"])) == _steady(dict(recs["ray"]))
+    s, r = statistics.median(times["serial"]), statistics.median(times["ray"])
+    print(f"experiments: {args.experiments} (digits, 1 seed)")
+    print(f"median serial {s:.1f} s, ray {r:.1f} s: speed-up x{s / r:.2f} with {args.workers} "
+          f"Ray workers; records agree: {same}")
+    print(f"load average after: {os.getloadavg()}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

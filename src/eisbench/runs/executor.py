@@ -1,0 +1,162 @@
+"""Where a run's independent units of work run: in this process, one after another
+(:class:`Serial`, the default), or as Ray tasks (:class:`RayExecutor`, the optional extra
+``ray``).
+
+An executor has one verb, ``map(fn, items, ...) -> list``: ``fn`` is a plain picklable function
+of one item, the results come back in the order of ``items``, and ``on_done(i, result)`` is
+called in this process as each unit finishes (in the order they finish), for progress lines.
+Units share the stage cache (:class:`~eisbench.runs.store.Store`) through its folder: every
+worker must see that path. Two units that need the same stage take its lock in turn, and the
+second reuses what the first wrote.
+
+A run picks its executor with :func:`using`; code with independent units asks :func:`current`.
+
+Example:
+    >>> with using(Serial()):
+    ...     current().map(abs, [-1, 2, -3])
+    [1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+EXECUTORS = ("serial", "ray")
+MISSING_RAY = ("the Ray executor needs the optional extra ray: pip install -e '.[ray]' "
+               "-c constraints.txt (or run with --executor serial)")
+_PASSED_ENV = ("EISBENCH_HOME",)  # what a worker must share with this process
+
+
+class Executor(Protocol):
+    name: str
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], *, num_gpus: float = 0.0,
+            on_done: Callable[[int, R], None] | None = None) -> list[R]: ...
+
+    def describe(self) -> str: ...
+
+
+class Serial:
+    """Every unit in this process, one after another."""
+
+    name = "serial"
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], *, num_gpus: float = 0.0,
+            on_done: Callable[[int, R], None] | None = None) -> list[R]:
+        out = []
+        for i, item in enumerate(items):
+            out.append(fn(item))
+            if on_done is not None:
+                on_done(i, out[-1])
+        return out
+
+    def describe(self) -> str:
+        return "serial"
+
+
+class RayExecutor:
+    """Every unit a Ray task that declares one CPU (and ``num_gpus`` GPUs).
+
+    ``address``: the Ray cluster to join (``"auto"``, ``"HOST:PORT"``); None starts a local
+    instance with ``num_cpus`` CPUs (default: all), unless this process already joined one
+    (``ray.init`` called before). Workers get this process's ``$EISBENCH_HOME``.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        self.address, self.num_cpus = address, num_cpus
+        _ray()  # a missing extra fails before any work
+
+    def _init(self) -> Any:
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+                     include_dashboard=False, configure_logging=False)
+        return ray
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], *, num_gpus: float = 0.0,
+            on_done: Callable[[int, R], None] | None = None) -> list[R]:
+        ray = self._init()
+        env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+        task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(_call)
+        refs = [task.remote(fn, env, item) for item in items]
+        index = {ref: i for i, ref in enumerate(refs)}
+        out: dict[int, R] = {}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            i = index[ready[0]]
+            out[i] = ray.get(ready[0])
+            if on_done is not None:
+                on_done(i, out[i])
+        return [out[i] for i in range(len(items))]
+
+    def describe(self) -> str:
+        cpus = self._init().cluster_resources().get("CPU")
+        return f"ray ({int(cpus)} CPUs)" if cpus else "ray"
+
+
+def _call(fn: Callable[[T], R], env: dict[str, str], item: T) -> R:
+    """Run ``fn(item)`` in a worker with this process's ``env`` (what :class:`Store` and the
+    data cache read)."""
+    os.environ.update(env)
+    return fn(item)
+
+
+class MissingRayError(ImportError, RuntimeError):
+    """The optional extra ``ray`` is not installed (a RuntimeError too, so the command line
+    prints it as an error, not a traceback)."""
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise MissingRayError(MISSING_RAY) from e
+    return ray
+
+
+def executor(name: str = "serial", *, address: str | None = None) -> Executor:
+    """The executor ``name`` (one of :data:`EXECUTORS`); ``address`` is for ``ray`` only."""
+    if name == "serial":
+        if address is not None:
+            raise ValueError("address= is for executor='ray' (a Ray cluster), not 'serial'")
+        return Serial()
+    if name == "ray":
+        return RayExecutor(address=address)
+    raise ValueError(f"unknown executor {name!r}: expected one of {', '.join(EXECUTORS)}")
+
+
+def gpus_for(device: str) -> float:
+    """The GPUs a unit on ``device`` declares: one for ``cuda``/``cuda:N``, else none."""
+    return 1.0 if str(device).startswith("cuda") else 0.0
+
+
+_CURRENT: ContextVar[Executor | None] = ContextVar("eisbench_executor", default=None)
+
+
+def current() -> Executor:
+    """The executor of the run in progress (:class:`Serial` outside :func:`using`)."""
+    return _CURRENT.get() or Serial()
+
+
+@contextmanager
+def using(ex: Executor) -> Iterator[Executor]:
+    """Run the block's independent units with ``ex``."""
+    token = _CURRENT.set(ex)
+    try:
+        yield ex
+    finally:
+        _CURRENT.reset(token)
+
+
+__all__ = ["EXECUTORS", "Executor", "MissingRayError", "RayExecutor", "Serial", "current",
+           "executor", "gpus_for", "using"]

@@ -1,0 +1,99 @@
+"""Executors: the serial one, the choice of executor, and a Ray run of the evidence suite whose
+record equals the serial run's (apart from timings and the executor field)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import eisbench
+from eisbench.runs import executor
+from eisbench.runs.store import Store
+
+CHEAP = ("goh-linear", "superposition", "ntk")  # each a few seconds on digits with one seed
+# timings, memory use and the executor: what may differ between a serial and a Ray run
+VARYING = {"created", "wall_seconds", "seconds", "timing_seconds", "cached", "peak_rss_gib",
+           "executor"}
+
+
+def _steady(obj: Any) -> Any:
+    """``obj`` without the fields that may differ between two runs of the same config."""
+    if isinstance(obj, dict):
+        return {k: _steady(v) for k, v in obj.items() if k not in VARYING}
+    if isinstance(obj, list):
+        return [_steady(v) for v in obj]
+    return obj
+
+
+def test_serial_maps_in_order_and_reports_each_unit() -> None:
+    seen: list[tuple[int, int]] = []
+    out = executor.Serial().map(abs, [-3, 1, -2], on_done=lambda i, r: seen.append((i, r)))
+    assert out == [3, 1, 2] and seen == [(0, 3), (1, 1), (2, 2)]
+    assert isinstance(executor.current(), executor.Serial)
+
+
+def test_executor_choice_is_checked() -> None:
+    with pytest.raises(ValueError, match="unknown executor 'dask'"):
+        executor.executor("dask")
+    with pytest.raises(ValueError, match="address= is for executor='ray'"):
+        executor.executor("serial", address="auto")
+    assert executor.gpus_for("cuda:1") == 1.0 and executor.gpus_for("cpu") == 0.0
+
+
+def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray fails
+    with pytest.raises(executor.MissingRayError, match=r"pip install -e '\.\[ray\]'"):
+        eisbench.run("goh-linear", executor="ray")
+
+
+@pytest.fixture
+def local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("EISBENCH_HOME", str(tmp_path / "home"))
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def test_ray_suite_record_equals_serial(tmp_path: Path, local_ray: Any) -> None:
+    recs = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray worker that declares one CPU
+    try:
+        for name in ("serial", "ray"):
+            recs[name] = eisbench.run(
+                "features-vs-bugs", dataset="digits", seeds=1, out=tmp_path / name,
+                store=Store(tmp_path / f"cache-{name}"), executor=name,
+                overrides=["experiments=" + ",".join(CHEAP)])
+    finally:
+        torch.set_num_threads(threads)
+    serial, ray = recs["serial"], recs["ray"]
+    assert serial["details"]["executor"] == "serial"
+    assert ray["details"]["executor"] == "ray (2 CPUs)"
+    assert [r["experiment"] for r in ray["details"]["runs"] if r["ok"]] == list(CHEAP)
+    assert ray["metrics"] and ray["claims"]
+    assert _steady(dict(ray)) == _steady(dict(serial))  # metrics, claims, seeds, data, config
+    for name in CHEAP:  # and each experiment's own record, written by its worker
+        one = {e: json.loads((tmp_path / e / name / "record.json").read_text())
+               for e in recs}
+        assert _steady(one["ray"]) == _steady(one["serial"]), name
+
+
+def test_command_line_takes_the_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from eisbench.cli import main
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)
+    out = str(tmp_path / "o")
+    assert main(["run", "goh-linear", "--executor", "ray", "--out", out]) == 2
+    assert "needs the optional extra ray: pip install -e '.[ray]'" in capsys.readouterr().err
+    assert main(["run", "goh-linear", "--address", "auto", "--out", out]) == 2
+    assert "address= is for executor='ray'" in capsys.readouterr().err
+    assert not Path(out).exists()  # both stop before any work
