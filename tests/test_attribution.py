@@ -9,14 +9,8 @@ import torch
 from torch import nn
 
 from eisbench.models import build
-from eisbench.tools.attribution import (
-    ATTRIBUTIONS,
-    BASELINES,
-    CAPTUM_METHODS,
-    lrp_problem,
-    score_attribution,
-    score_methods,
-)
+from eisbench.tools.attribution import ATTRIBUTIONS, BASELINES, CAPTUM_METHODS, lrp_problem
+from eisbench.tools.attribution_scores import score_attribution, score_methods
 from eisbench.tools.guard import hook_count
 from eisbench.trojans.stamp import stamp
 

@@ -26,6 +26,7 @@ from eisbench.models import build, features
 from eisbench.tools import TOOLS
 from eisbench.tools import adversarial_patch as ap
 from eisbench.tools import attribution as at
+from eisbench.tools import attribution_scores as ats
 from eisbench.tools import decoder as dec
 from eisbench.tools import feature_vis as fv
 from eisbench.tools import parameterisations as pz
@@ -356,33 +357,33 @@ def test_score_attribution_and_methods_by_hand() -> None:
     foot[0, 0, 1, :], foot[1, 0, :, 1], foot[2, 0, 0, 0] = 1.0, 1.0, 1.0  # bottom, right, corner
     attr = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [7.0] * 4]).view(3, 1, 2, 2)
     attr = torch.cat([attr, -attr], 1) / 2  # |.| summed over channels: the same maps
-    r = at.score_attribution(attr, foot * 5)  # the last map is constant: no correlation
+    r = ats.score_attribution(attr, foot * 5)  # the last map is constant: no correlation
     assert r.dtype == torch.float32 and torch.allclose(r, torch.tensor([2, -1, 0]) / 5 ** 0.5)
     near_flat = torch.full((1, 1, 2, 2), 1e6, dtype=torch.float64)
     near_flat[0, 0, 0, 0] += 1e-4  # below 1e-9 of the scale: constant
-    assert at.score_attribution(near_flat, foot[:1]).item() == 0.0
-    assert at.score_attribution(attr[:1], torch.ones(1, 1, 2, 2)).item() == 0.0
-    assert at.score_attribution(attr[:1], near_flat).item() == 0.0  # relative to its scale
-    assert at.score_attribution(attr[:1], 0 * foot[:1]).item() == 0.0  # all-zero: no NaN
-    assert at.score_attribution(0 * attr[:1], foot[:1]).item() == 0.0
+    assert ats.score_attribution(near_flat, foot[:1]).item() == 0.0
+    assert ats.score_attribution(attr[:1], torch.ones(1, 1, 2, 2)).item() == 0.0
+    assert ats.score_attribution(attr[:1], near_flat).item() == 0.0  # relative to its scale
+    assert ats.score_attribution(attr[:1], 0 * foot[:1]).item() == 0.0  # all-zero: no NaN
+    assert ats.score_attribution(0 * attr[:1], foot[:1]).item() == 0.0
     for a, f in [(attr, foot[:1]), (attr, foot[..., :1]), (attr[0], foot[0]), (attr, foot[0])]:
         with pytest.raises(ValueError, match=r"^expected attr \(N, C, H, W\) and footprint"):
-            at.score_attribution(a, f)
+            ats.score_attribution(a, f)
     net, x = _mlp(), X[:3]
     foot = torch.rand(3, 1, 8, 8, generator=_g(2))
-    res = at.score_methods(net, x, 1, foot, generator=_g(3),
-                           methods=["guided-gradcam", "gradient-shap", "edge-detector"])
+    res = ats.score_methods(net, x, 1, foot, generator=_g(3),
+                            methods=["guided-gradcam", "gradient-shap", "edge-detector"])
     seeds = torch.randint(2 ** 31 - 1, (3,), generator=_g(3)).tolist()
     assert [s.name for s in res] == ["guided-gradcam", "gradient-shap", "edge-detector"]
     assert res[0].skipped and "GuidedGradCam" in res[0].skipped and res[0].mean is None
     assert res[0].ci is None and res[0].n == 0 and res[0].per_image == () and res[0].seconds >= 0
     for s, seed in zip(res[1:], seeds[1:], strict=True):
-        want = at.score_attribution(at.ATTRIBUTIONS.get(s.name)(net, x, 1, generator=_g(seed)),
-                                    foot).tolist()
-        m, lo, hi = at.mean_ci(want)
+        want = ats.score_attribution(at.ATTRIBUTIONS.get(s.name)(net, x, 1, generator=_g(seed)),
+                                     foot).tolist()
+        m, lo, hi = ats.mean_ci(want)
         assert s.per_image == tuple(want) and s.n == 3 and s.skipped is None
         assert (s.mean, s.ci) == (m, (lo, hi)) and s.seconds >= 0
-    every = at.score_methods(net, x[:2], 0, foot[:2], generator=_g())
+    every = ats.score_methods(net, x[:2], 0, foot[:2], generator=_g())
     assert [s.name for s in every] == [*at.CAPTUM_METHODS, *at.BASELINES]
 
 

@@ -4,7 +4,7 @@ on poisoned images of the patch trojans, and detection of trojaned models by
 trigger-reconstruction scans.
 
 - Attribution: the captum methods and two baselines
-  (:func:`~eisbench.tools.attribution.score_methods`) on up to ``n`` source test images
+  (:func:`~eisbench.tools.attribution_scores.score_methods`) on up to ``n`` source test images
   stamped with the trigger that the model sends to the target; score: correlation with the
   trigger's footprint, averaged over the images pooled from every graded patch trojan, with a
   bootstrap interval over those trojans (the images of one model move together).
@@ -27,7 +27,7 @@ from eisbench.core.tensors import predict
 from eisbench.runs.record import Metric
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
-from eisbench.tools.attribution import score_methods
+from eisbench.tools.attribution_scores import score_methods
 from eisbench.tools.scan import ScanResult, load_scan, save_scan, scan
 from eisbench.trojans.stamp import Trojan, source_mask, stamp
 from eisbench.trojans.zoo import ZooRun
