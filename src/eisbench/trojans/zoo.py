@@ -37,9 +37,7 @@ from torch import nn
 from eisbench import data as datasets
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import say
-from eisbench.core.tensors import predict
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
-from eisbench.runs.preregistered import threshold
 from eisbench.runs.stages import Context, Tensors, train_stage
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
@@ -48,13 +46,21 @@ from eisbench.trojans.stamp import (
     TRIGGER_KINDS,
     Trigger,
     Trojan,
-    attack_success_rate,
     poison,
     stamp,
 )
+from eisbench.trojans.zoo_metrics import (  # noqa: F401 - the zoo's public names
+    ASR_TARGET,
+    MAX_DROP,
+    TrojanMetrics,
+    accuracy,
+    format_table,
+    meets_target,
+    missed,
+    nonsource_flip_rate,
+    zoo_metrics,
+)
 
-ASR_TARGET = threshold("trojans.zoo.asr_target")
-MAX_DROP = threshold("trojans.zoo.max_drop")  # one accuracy point
 POISON_RATE = 0.1  # universal trojans: fraction of the whole training set poisoned
 CLASS_POISON_RATE = 0.5  # class-universal: fraction of the source class poisoned
 DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
@@ -267,74 +273,6 @@ def clean_stage(ctx: Context, *, cfg: ZooConfig, data: Tensors, seed: int,
                        seed=seed, desc=f"clean model seed {seed}")
 
 
-@dataclass(frozen=True)
-class TrojanMetrics:
-    """How one trojaned model fares (accuracies and rates in [0, 1])."""
-
-    name: str
-    kind: str
-    universal: bool
-    target: int
-    source: int | None
-    clean_acc: float  # on the clean test set
-    clean_ref_acc: float  # mean over the clean reference models
-    drop: float  # clean_ref_acc - clean_acc (positive: the trojan costs accuracy)
-    asr: float  # stamped source test images sent to the target
-    n_asr: int
-    nonsource_flip: float | None  # class-universal: the same for non-source, non-target images
-    meets_target: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def meets_target(asr: float, drop: float) -> bool:
-    """ASR >= :data:`ASR_TARGET` and clean-accuracy drop <= :data:`MAX_DROP`."""
-    return asr >= ASR_TARGET and drop <= MAX_DROP + 1e-9
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-             device: str | torch.device = "cpu") -> float:
-    """Fraction of images x (N, C, H, W) classified as y (N,)."""
-    return float((predict(model, x, device=device) == y).float().mean())
-
-
-def nonsource_flip_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, trojan: Trojan, *,
-                        generator: torch.Generator,
-                        device: str | torch.device = "cpu") -> float | None:
-    """Class-universal trojans: fraction of the non-source, non-target images x (N, C, H, W)
-    that the stamped trigger sends to the target (lower is more specific); None if universal."""
-    if trojan.universal:
-        return None
-    keep = (y != trojan.source) & (y != trojan.target)
-    xs, _ = stamp(x[keep], trojan.trigger, generator=generator)
-    return float((predict(model, xs, device=device) == trojan.target).float().mean())
-
-
-def zoo_metrics(trojaned: Sequence[tuple[nn.Module, Trojan]], clean: Sequence[nn.Module], *,
-                test: Tensors, seed: int = 0,
-                device: str | torch.device = "cpu") -> list[TrojanMetrics]:
-    """Metrics of every (trojaned model, trojan) on the clean test set (x (N, C, H, W),
-    y (N,)) against the mean accuracy of the ``clean`` reference models of the same recipe.
-    Random trigger positions come from a generator seeded with ``seed`` per trojan."""
-    if not clean:
-        raise ValueError("zoo_metrics needs at least one clean reference model")
-    ref = sum(accuracy(m, test.x, test.y, device=device) for m in clean) / len(clean)
-    out = []
-    for model, trojan in trojaned:
-        acc = accuracy(model, test.x, test.y, device=device)
-        asr, n = attack_success_rate(model, test.x, test.y, trojan,
-                                     generator=torch.Generator().manual_seed(seed), device=device)
-        flip = nonsource_flip_rate(model, test.x, test.y, trojan,
-                                   generator=torch.Generator().manual_seed(seed), device=device)
-        out.append(TrojanMetrics(
-            name=trojan.name, kind=trojan.trigger.kind, universal=trojan.universal,
-            target=trojan.target, source=trojan.source, clean_acc=acc, clean_ref_acc=ref,
-            drop=ref - acc, asr=asr, n_asr=n, nonsource_flip=flip,
-            meets_target=meets_target(asr, ref - acc)))
-    return out
-
-
 @dataclass
 class ZooRun:
     """A finished zoo: trojans with their models (aligned), clean models, metrics, stage log."""
@@ -370,25 +308,6 @@ def run_zoo(cfg: ZooConfig, store: Store, *,
                           [m for m, _ in clean], test=test_d, seed=cfg.seed, device=device)
     return ZooRun(trojans=list(trojans), models=models, clean=clean, metrics=metrics,
                   log=ctx.log)
-
-
-def missed(metrics: Sequence[TrojanMetrics]) -> list[str]:
-    """Names of the trojans that miss the target, each with why."""
-    return [f"{m.name}: ASR {m.asr:.3f}" + (f", clean-accuracy drop {100 * m.drop:.2f} points"
-                                           if m.drop > MAX_DROP else "")
-            for m in metrics if not m.meets_target]
-
-
-def format_table(metrics: Sequence[TrojanMetrics]) -> str:
-    """A Markdown table: one row per trojan."""
-    rows = ["| trojan | kind | rule | clean acc | drop (pts) | ASR | non-source flip | target |",
-            "|---|---|---|---|---|---|---|---|"]
-    for m in metrics:
-        rule = f"all -> {m.target}" if m.universal else f"{m.source} -> {m.target}"
-        flip = "" if m.nonsource_flip is None else f"{m.nonsource_flip:.3f}"
-        rows.append(f"| {m.name} | {m.kind} | {rule} | {m.clean_acc:.4f} | {100 * m.drop:+.2f} "
-                    f"| {m.asr:.3f} | {flip} | {'met' if m.meets_target else 'MISSED'} |")
-    return "\n".join(rows)
 
 
 def bench_zoo(store: Store, *, dataset: str, epochs: int | None, data_root: str | None,
