@@ -37,18 +37,26 @@ def _steady(obj: Any) -> Any:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--experiments", default="goh-linear,superposition,ntk,goh-leakage")
+    p.add_argument("--set", default="goh-leakage:n_construct=1000",
+                   help="the suite's per-experiment overrides, comma-separated")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--serial-threads", type=int, default=None,
+                   help="torch threads of the serial runs (default: torch's, all cores)")
     args = p.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="ray-speedup-"))
     os.environ.setdefault("EISBENCH_HOME", str(root / "home"))
     import ray
+    import torch
 
     import eisbench
     from eisbench.runs.store import Store
 
-    print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs")
+    if args.serial_threads:
+        torch.set_num_threads(args.serial_threads)
+    print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; serial runs use "
+          f"{torch.get_num_threads()} torch threads, each Ray worker 1")
     t = time.perf_counter()
     ray.init(num_cpus=args.workers, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
@@ -61,13 +69,14 @@ def main() -> int:
             recs[name] = eisbench.run(
                 "features-vs-bugs", dataset="digits", seeds=1, out=root / f"{name}-{i}",
                 store=Store(root / f"cache-{name}-{i}"), executor=name,
-                overrides=["experiments=" + args.experiments])
+                overrides=["experiments=" + args.experiments]
+                + (["overrides=" + args.set] if args.set else []))
             times[name].append(time.perf_counter() - t)
             print(f"run {i + 1} {name}: {times[name][-1]:.1f} s", flush=True)
     ray.shutdown()
     same = _steady(dict(recs["serial"])) == _steady(dict(recs["ray"]))
     s, r = statistics.median(times["serial"]), statistics.median(times["ray"])
-    print(f"experiments: {args.experiments} (digits, 1 seed)")
+    print(f"experiments: {args.experiments} (digits, 1 seed; {args.set or 'no overrides'})")
     print(f"median serial {s:.1f} s, ray {r:.1f} s: speed-up x{s / r:.2f} with {args.workers} "
           f"Ray workers; records agree: {same}")
     print(f"load average after: {os.getloadavg()}")

@@ -97,3 +97,18 @@ def test_command_line_takes_the_executor(tmp_path: Path, monkeypatch: pytest.Mon
     assert main(["run", "goh-linear", "--address", "auto", "--out", out]) == 2
     assert "address= is for executor='ray'" in capsys.readouterr().err
     assert not Path(out).exists()  # both stop before any work
+
+
+def test_ray_keeps_the_other_units_when_a_worker_dies(local_ray: Any) -> None:
+    def die_on_one(i: int) -> int:  # defined here: the workers cannot import this test module
+        if i == 1:
+            import os
+
+            os._exit(3)  # a worker killed mid-task (out of memory, say)
+        return i * 10
+
+    ex = executor.RayExecutor()
+    out = ex.map(die_on_one, [0, 1, 2], on_error=lambda i, e: -i)
+    assert out == [0, -1, 20]
+    with pytest.raises(local_ray.exceptions.RayError):
+        ex.map(die_on_one, [1])

@@ -195,6 +195,12 @@ def _unit(unit: tuple[Experiment, Any, Path, Store, str, dict[str, Any]]
         return run_one(exp, sub, out=out, store=store, tag=tag)
 
 
+def _lost(name: str, error: BaseException) -> dict[str, Any]:
+    """The status row of an experiment whose unit did not return (its worker died)."""
+    return {"experiment": name, "ok": False, "status": "FAILED", "seconds": 0.0,
+            "error": f"{type(error).__name__}: {str(error)[:2000]}", "traceback": ""}
+
+
 def table(records: list[tuple[str, Record]], missing: Sequence[str] = ()
           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The verdict table's rows (one per claim, sorted by exhibit, experiment order kept within
@@ -269,7 +275,8 @@ def measure(cfg: EvidenceConfig, *, out: Path, store: Store) -> Result:
                         time.perf_counter() - t0))
 
     ex = executor.current()
-    results = ex.map(_unit, units, num_gpus=executor.gpus_for(cfg.device), on_done=on_done)
+    results = ex.map(_unit, units, num_gpus=executor.gpus_for(cfg.device), on_done=on_done,
+                     on_error=lambda i, e: (_lost(plan[i][0].name, e), None))
     runs = [row for row, _ in results]
     done = [(exp.name, rec) for (exp, _), (_, rec) in zip(plan, results, strict=True)
             if rec is not None]

@@ -5,6 +5,9 @@
 An executor has one verb, ``map(fn, items, ...) -> list``: ``fn`` is a plain picklable function
 of one item, the results come back in the order of ``items``, and ``on_done(i, result)`` is
 called in this process as each unit finishes (in the order they finish), for progress lines.
+``on_error(i, error)``, if given, stands in for the result of a unit that did not return (its
+worker died, or ``fn`` raised), so the others' results are kept; without it the error is
+raised.
 Units share the stage cache (:class:`~eisbench.runs.store.Store`) through its folder: every
 worker must see that path. Two units that need the same stage take its lock in turn, and the
 second reuses what the first wrote.
@@ -38,7 +41,8 @@ class Executor(Protocol):
     name: str
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], *, num_gpus: float = 0.0,
-            on_done: Callable[[int, R], None] | None = None) -> list[R]: ...
+            on_done: Callable[[int, R], None] | None = None,
+            on_error: Callable[[int, BaseException], R] | None = None) -> list[R]: ...
 
     def describe(self) -> str: ...
 
@@ -49,10 +53,16 @@ class Serial:
     name = "serial"
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], *, num_gpus: float = 0.0,
-            on_done: Callable[[int, R], None] | None = None) -> list[R]:
+            on_done: Callable[[int, R], None] | None = None,
+            on_error: Callable[[int, BaseException], R] | None = None) -> list[R]:
         out = []
         for i, item in enumerate(items):
-            out.append(fn(item))
+            try:
+                out.append(fn(item))
+            except Exception as e:
+                if on_error is None:
+                    raise
+                out.append(on_error(i, e))
             if on_done is not None:
                 on_done(i, out[-1])
         return out
@@ -83,7 +93,8 @@ class RayExecutor:
         return ray
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], *, num_gpus: float = 0.0,
-            on_done: Callable[[int, R], None] | None = None) -> list[R]:
+            on_done: Callable[[int, R], None] | None = None,
+            on_error: Callable[[int, BaseException], R] | None = None) -> list[R]:
         ray = self._init()
         env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
         task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(_call)
@@ -94,7 +105,12 @@ class RayExecutor:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             i = index[ready[0]]
-            out[i] = ray.get(ready[0])
+            try:
+                out[i] = ray.get(ready[0])
+            except ray.exceptions.RayError as e:  # fn raised, or its worker died
+                if on_error is None:
+                    raise
+                out[i] = on_error(i, e)
             if on_done is not None:
                 on_done(i, out[i])
         return [out[i] for i in range(len(items))]
