@@ -52,6 +52,7 @@ from eisbench.bench import trojan_judges as tj
 from eisbench.bench import trojan_scores as scores
 from eisbench.bench.trojan_control import Grid
 from eisbench.bench.trojan_probes import attribution, detection
+from eisbench.bench.trojan_quiz import Banks, answer_index, reference_images, write_quiz
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import progress, say
 from eisbench.runs.record import Metric
@@ -61,15 +62,13 @@ from eisbench.runs.store import StageLog, Store
 from eisbench.tools import TOOLS
 from eisbench.trojans.bank import trigger_bank
 from eisbench.trojans.judge import JudgeConfig, judge_stage
-from eisbench.trojans.quiz import Question, quiz_html
 from eisbench.trojans.stamp import TRIGGER_KINDS as KINDS
 from eisbench.trojans.stamp import Trigger, Trojan
-from eisbench.trojans.views import ViewConfig, layers, render
+from eisbench.trojans.views import layers
 from eisbench.trojans.zoo import ZooRun, bench_zoo
 
 CASPER = {"best_single": 0.47, "all": 0.49}  # human success, Casper et al. (2023), ImageNet
 REFERENCES = ("noise", "trigger-views")  # rows that are not tools
-Banks = dict[str, list[Trigger]]  # trigger kind -> its 8 options
 Sims = dict[str, dict[int, torch.Tensor]]  # row -> seed -> (graded trojans, 8) similarities
 
 
@@ -126,45 +125,6 @@ def tool_names(cfg: TrojanBenchConfig) -> list[str]:
     for n in names:
         TOOLS.get(n)  # an unknown name fails here, with suggestions
     return names
-
-
-def answer_index(bank: list[Trigger], trojan: Trojan) -> int:
-    """The position of the trojan's trigger among its kind's options."""
-    names = [t.name for t in bank]
-    if trojan.trigger.name not in names:
-        raise ValueError(f"{trojan.name}: trigger {trojan.trigger.name!r} not in its bank")
-    return names.index(trojan.trigger.name)
-
-
-def reference_images(kind: str, trojan_idx: int, *, lay: dict[str, Any], answer: int,
-                     data: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """The reference rows: uniform noise ("noise") or fresh views of the true trigger
-    ("trigger-views", the judge's validation distribution), (n, C, H, W)."""
-    gen = torch.Generator().manual_seed(10_000 * seed + trojan_idx)
-    if kind == "noise":
-        return torch.rand(n, *data.shape[1:], generator=gen)
-    return render(lay["layers"], torch.full((n,), answer), data=data, generator=gen,
-                  cfg=dataclasses.replace(ViewConfig(), p_exact=0.0))
-
-
-def write_quiz(shown: dict[str, torch.Tensor], trojans: list[Trojan], tools: list[str], *,
-               banks: Banks, answers: list[int], out: Path) -> tuple[Path, Path]:
-    """The judge's questions (first seed, every tool x trojan but the failed cells) as an
-    HTML quiz for human raters, options shuffled per question; the answers go to a separate
-    key file."""
-    gen = torch.Generator().manual_seed(0)
-    questions = []
-    for i, trojan in enumerate(trojans):
-        bank = banks[trojan.trigger.kind]
-        for tool in tools:
-            perm = torch.randperm(len(bank), generator=gen).tolist()
-            if f"{trojan.name}/{tool}" not in shown:  # a failed cell: no images to ask about
-                continue
-            questions.append(Question(qid=f"{trojan.name}/{tool}",
-                                      images=shown[f"{trojan.name}/{tool}"],
-                                      options=[bank[j] for j in perm],
-                                      answer=perm.index(answers[i])))
-    return quiz_html(questions, out)
 
 
 @dataclass(frozen=True)
