@@ -374,3 +374,30 @@ def test_quick_benches_train_the_zoo_preset_that_meets_the_implant_targets() -> 
             cfg = zoo_config(dataset, epochs=quick.epochs, n_train=quick.n_train)
             assert (cfg.train, cfg.n_train) == (PRESETS[dataset].train, None), (quick, dataset)
         assert 2 <= quick.n_clean < PRESETS["mnist"].n_clean
+
+
+def test_a_failed_scan_counts_against_the_detection_method() -> None:
+    """A scan that raised on one trojaned and one clean model: the trojaned one is missed (its
+    score below every other), the clean one a false alarm (above every other), n unchanged."""
+    from types import SimpleNamespace
+
+    from eisbench.bench.trojan_probes import detect, try_scan
+
+    def ok(index: float, suspect: int | None) -> Any:
+        return SimpleNamespace(anomaly_index=(index, 0.0), l1=(1.0, 2.0), suspect=suspect,
+                               trigger=None)
+
+    def boom() -> Any:
+        raise RuntimeError("size of tensor a (1568) must match")
+
+    trojans = [SimpleNamespace(name="patch0", target=0), SimpleNamespace(name="patch1", target=3)]
+    failed = try_scan("model-key", "neural-cleanse", boom)
+    assert failed == "RuntimeError: size of tensor a (1568) must match"
+    m, d = detect(trojans, [ok(5.0, 0), failed], [ok(0.5, None), "ValueError: x"],  # type: ignore[arg-type]
+                  "neural-cleanse")
+    assert m["detection/neural-cleanse/auroc"]["value"] == 0.25  # 1 of 4 pairs ranked right
+    assert m["detection/neural-cleanse/auroc"]["n"] == 4
+    assert m["detection/neural-cleanse/target_found"]["value"] == 0.5
+    assert m["detection/neural-cleanse/false_alarm"]["value"] == 0.5
+    assert [f["model"] for f in d["failed_scans"]] == ["patch1", "clean 1"]
+    assert d["trojaned"][1]["failed"].startswith("RuntimeError") and d["clean"][1]["score"] == 6.0

@@ -240,11 +240,13 @@ def _roc(rec: Record) -> str:
     ax.set_title("Detection by the anomaly index of the smallest trigger", fontsize=8)
     rows = []
     for method, r in det.items():
-        for x in r["trojaned"]:
-            rows.append([method, x["trojan"], f"{x['score']:.2f}", x["suspect"], x["target"],
-                         x["bbox"]])
-        for i, x in enumerate(r["clean"]):
-            rows.append([method, f"clean #{i}", f"{x['score']:.2f}", x["suspect"], "-", ""])
+        for x in r["trojaned"]:  # a failed scan: scored as missed, its error shown
+            rows.append([method, x["trojan"], f"{x['score']:.2f}",
+                         f"FAILED: {x['failed']}" if "failed" in x else x["suspect"],
+                         x["target"], x.get("bbox", "")])
+        for i, x in enumerate(r["clean"]):  # a failed scan: scored as a false alarm
+            rows.append([method, f"clean #{i}", f"{x['score']:.2f}",
+                         f"FAILED: {x['failed']}" if "failed" in x else x["suspect"], "-", ""])
     return figure(fig) + table(["scan", "model", "anomaly index", "suspect", "target",
                                 "trigger bbox"], rows)
 
