@@ -5,7 +5,8 @@ Runs are interleaved (serial, ray, serial, ray, ...), each in an empty stage cac
 cache is shared), in one local Ray instance with ``--workers`` CPUs started once before the
 first run (its start-up time is printed apart). Serial runs use torch's default threads; each
 Ray worker one thread. Prints each run's wall time, the median ratio serial / ray, the load
-average before and after, and checks that both records agree (apart from timings).
+average before and after, and checks that both records agree (apart from timings, memory use,
+the executor and the git state).
 
     python benchmarks/ray_speedup.py
     python benchmarks/ray_speedup.py --repeats 3 --experiments goh-linear,ntk,superposition
@@ -22,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-VARYING = {"created", "wall_seconds", "seconds", "timing_seconds", "cached", "peak_rss_gib",
-           "executor"}
+# timings, memory use, the executor, and the git state (others may edit the tree meanwhile)
+VARYING = {"created", "wall_seconds", "seconds", "timing_seconds", "timing", "cached",
+           "peak_rss_gib", "git", "executor"}
 
 
 def _steady(obj: Any) -> Any:

@@ -16,9 +16,10 @@ from eisbench.runs import executor
 from eisbench.runs.store import Store
 
 CHEAP = ("goh-linear", "superposition", "ntk")  # each a few seconds on digits with one seed
-# timings, memory use and the executor: what may differ between a serial and a Ray run
-VARYING = {"created", "wall_seconds", "seconds", "timing_seconds", "cached", "peak_rss_gib",
-           "executor"}
+# what may differ between a serial and a Ray run: timings, memory use, the executor, and the
+# git state (a shared checkout may be edited between the two runs)
+VARYING = {"created", "wall_seconds", "seconds", "timing_seconds", "timing", "cached",
+           "peak_rss_gib", "git", "executor"}
 
 
 def _steady(obj: Any) -> Any:
