@@ -133,3 +133,37 @@ def test_summarise_scores_a_failed_cell_as_the_model_before_and_keeps_n() -> Non
     every = failures | {"every_cell": ["fine-pruning"],
                         "per_method": {"fine-pruning": {"failed": 3, "cells": 3}}}
     assert "fine-pruning failed on EVERY cell" in em.failure_sentence(every)
+
+
+def test_a_selector_that_raises_on_one_model_is_a_failed_ablation_cell(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capability ablation: a selector raising on one clean model scores that model as an
+    ablation that changed nothing (drops and selectivity 0), the others as measured; n stays
+    the number of models."""
+    from types import SimpleNamespace
+
+    from eisbench.edit import metrics as em
+    from eisbench.runs.stages import Tensors
+
+    def stage(store: Any, *, selector: str, seed: int, **kw: Any) -> dict[str, Any]:
+        if selector == "conductance" and seed == 1:
+            raise RuntimeError("The size of tensor a (1568) must match")
+        e = {"class_drop": [0.5, 0.5], "other_drop": [0.1, 0.1], "selectivity": [0.4, 0.4]}
+        return {"units": [[0], [1]], "test": e, "ood": e}
+
+    monkeypatch.setattr(edit_bench, "ablation_stage", stage)
+    x = torch.rand(4, 1, 8, 8)
+    st = SimpleNamespace(ds=SimpleNamespace(shape=(1, 8, 8)),
+                         test=Tensors(x, torch.tensor([0, 1, 0, 1]), "t"),
+                         defender=Tensors(x, torch.tensor([0, 1, 0, 1]), "d"),
+                         selectors=["random", "conductance"], device=torch.device("cpu"),
+                         log=None, zoo=SimpleNamespace(clean=[(None, "a"), (None, "b")]))
+    cfg = dataclasses.replace(CFG, n_ablate=2, n_ablation_test=4)
+    ab, _ = edit_bench.ablation(st, cfg, None)  # type: ignore[arg-type]
+    cells = ab["penultimate"]["conductance"]
+    assert "failed" not in cells[0] and cells[1]["failed"].startswith("RuntimeError: The size")
+    assert cells[1]["test"]["selectivity"] == [0.0, 0.0] == cells[1]["ood"]["class_drop"]
+    m = em.ablation_metrics(ab, selectors=["random", "conductance"])
+    assert m["ablation/conductance/selectivity"]["n"] == 2  # models, the failed one included
+    assert m["ablation/conductance/selectivity"]["value"] == pytest.approx(0.2)
+    assert m["ablation/random/selectivity"]["value"] == pytest.approx(0.4)

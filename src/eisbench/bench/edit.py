@@ -281,15 +281,31 @@ def ablation(st: Setting, cfg: EditBenchConfig, store: Store
     test = Tensors(st.test.x[:cfg.n_ablation_test], st.test.y[:cfg.n_ablation_test],
                    f"{st.test.key}:{cfg.n_ablation_test}")
     ablations: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    num_classes = int(st.defender.y.max()) + 1
     for layer, k in (("penultimate", cfg.ablation_k), ("last-conv", cfg.ablation_k_conv)):
         ablations[layer] = {}
         for sel in progress(st.selectors, desc=f"ablation {layer}", unit="selector"):
-            ablations[layer][sel] = [
-                ablation_stage(store, selector=sel, layer=layer, k=k, model=m_, model_key=k_,
-                               select=st.defender, test=test, ood=ood, seed=j,
-                               device=st.device, log=st.log)
-                for j, (m_, k_) in enumerate(st.zoo.clean[:cfg.n_ablate])]
+            ablations[layer][sel] = []
+            for j, (m_, k_) in enumerate(st.zoo.clean[:cfg.n_ablate]):
+                try:
+                    eff = ablation_stage(store, selector=sel, layer=layer, k=k, model=m_,
+                                         model_key=k_, select=st.defender, test=test, ood=ood,
+                                         seed=j, device=st.device, log=st.log)
+                except Exception as e:  # one selector on one model: a failed cell
+                    say(f"FAILED CELL: selector {sel} on {layer} of clean model {j}: "
+                        f"{type(e).__name__}: {e}")
+                    eff = no_effect(num_classes, f"{type(e).__name__}: {e}")
+                ablations[layer][sel].append(eff)
     return ablations, len(ood_y)
+
+
+def no_effect(num_classes: int, error: str) -> dict[str, Any]:
+    """A selector's failed cell, scored as an ablation that changed nothing: every class's
+    drop and selectivity 0 on the test and OOD images (what random units give, on average),
+    with the error; the metrics keep their n (models)."""
+    zeros = [0.0] * num_classes
+    eff = {"class_drop": zeros, "other_drop": zeros, "selectivity": zeros}
+    return {"units": [], "test": eff, "ood": eff, "failed": error}
 
 
 def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
@@ -312,6 +328,9 @@ def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
         "n_defender": len(st.defender.x), "n_test": st.n_test, "n_ood": n_ood,
         "ood_note": "scikit-learn digits drawn like MNIST (digits_like)",
         "failed_cells": failed, "failures": failures,
+        "failed_ablations": [{"layer": layer, "selector": sel, "model": j, "error": e["failed"]}
+                             for layer, sels in ablations.items() for sel, effs in sels.items()
+                             for j, e in enumerate(effs) if "failed" in e],
     }
     return Result(
         metrics=metrics,

@@ -104,8 +104,15 @@ def _failures(rec: Record) -> str:
     """The failed cells (a method that raised on one trojan and seed): a warning, how they
     were scored, each method's share, and a table of method, trojan, seed, step and error."""
     f = rec["details"].get("failures")
+    abl = rec["details"].get("failed_ablations", [])
+    part = ("" if not abl else
+            "<p class='warn'>DEGRADED capability ablation: "
+            f"{len(abl)} selector cell(s) failed, each scored as an ablation that changed "
+            "nothing (every drop and selectivity 0; n unchanged).</p>"
+            + table(["layer", "selector", "clean model", "error"],
+                    [[a["layer"], a["selector"], a["model"], a["error"]] for a in abl]))
     if not f or not f["n"]:
-        return ""
+        return part and "<h3>Failed cells</h3>" + part
     share = "; ".join(f"{m}: {'ALL' if c['failed'] == c['cells'] else c['failed']} of "
                       f"{c['cells']}" for m, c in f["per_method"].items() if c["failed"])
     every = "".join(f"<p class='warn'>{esc(m)} failed on EVERY cell: its row measures "
@@ -116,7 +123,7 @@ def _failures(rec: Record) -> str:
             f"cells failed (the method raised): {esc(share)}. Each is scored as a failure to "
             "defend: the model left as it was (DER 0.5), so every metric keeps its n. A rerun "
             "retries them (nothing is cached for a failed cell).</p>" + every
-            + table(["method", "trojan", "seed", "step", "error"], rows))
+            + table(["method", "trojan", "seed", "step", "error"], rows) + part)
 
 
 def _per_kind(rec: Record) -> str:
