@@ -1,5 +1,7 @@
 """Speed-up of the Ray executor over the serial one on this machine: the evidence suite on
-digits (one seed, a few experiments), each experiment a Ray task declaring one CPU.
+digits (one seed, a few experiments), each experiment a Ray task declaring one CPU; or, with
+``--bench trojans``, the trojan benchmark's quick preset (its zoo's 12 trojaned and clean
+models are the Ray tasks; the rest runs in this process).
 
 Runs are interleaved (serial, ray, serial, ray, ...), each in an empty stage cache (the dataset
 cache is shared), in one local Ray instance with ``--workers`` CPUs started once before the
@@ -10,6 +12,7 @@ the executor and the git state).
 
     python benchmarks/ray_speedup.py
     python benchmarks/ray_speedup.py --repeats 3 --experiments goh-linear,ntk,superposition
+    python benchmarks/ray_speedup.py --bench trojans --data digits --repeats 1
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ def main() -> int:
                    help="the suite's per-experiment overrides, comma-separated")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--bench", choices=["suite", "trojans"], default="suite",
+                   help="the workload: the evidence suite (default) or bench trojans (quick)")
+    p.add_argument("--data", default="digits", help="dataset of --bench trojans")
     p.add_argument("--serial-threads", type=int, default=None,
                    help="torch threads of the serial runs (default: torch's, all cores)")
     args = p.parse_args()
@@ -68,17 +74,23 @@ def main() -> int:
     for i in range(args.repeats):
         for name in ("serial", "ray"):
             t = time.perf_counter()
-            recs[name] = eisbench.run(
-                "features-vs-bugs", dataset="digits", seeds=1, out=root / f"{name}-{i}",
-                store=Store(root / f"cache-{name}-{i}"), executor=name,
-                overrides=["experiments=" + args.experiments]
-                + (["overrides=" + args.set] if args.set else []))
+            if args.bench == "trojans":
+                recs[name] = eisbench.run(
+                    "trojans", "quick", dataset=args.data, out=root / f"{name}-{i}",
+                    store=Store(root / f"cache-{name}-{i}"), executor=name)
+            else:
+                recs[name] = eisbench.run(
+                    "features-vs-bugs", dataset="digits", seeds=1, out=root / f"{name}-{i}",
+                    store=Store(root / f"cache-{name}-{i}"), executor=name,
+                    overrides=["experiments=" + args.experiments]
+                    + (["overrides=" + args.set] if args.set else []))
             times[name].append(time.perf_counter() - t)
             print(f"run {i + 1} {name}: {times[name][-1]:.1f} s", flush=True)
     ray.shutdown()
     same = _steady(dict(recs["serial"])) == _steady(dict(recs["ray"]))
     s, r = statistics.median(times["serial"]), statistics.median(times["ray"])
-    print(f"experiments: {args.experiments} (digits, 1 seed; {args.set or 'no overrides'})")
+    print(f"bench trojans, quick preset, {args.data}" if args.bench == "trojans" else
+          f"experiments: {args.experiments} (digits, 1 seed; {args.set or 'no overrides'})")
     print(f"median serial {s:.1f} s, ray {r:.1f} s: speed-up x{s / r:.2f} with {args.workers} "
           f"Ray workers; records agree: {same}")
     print(f"load average after: {os.getloadavg()}")

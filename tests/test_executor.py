@@ -115,3 +115,26 @@ def test_ray_keeps_the_other_units_when_a_worker_dies(local_ray: Any) -> None:
     assert out == [0, -1, 20]
     with pytest.raises(local_ray.exceptions.RayError):
         ex.map(die_on_one, [1])
+
+
+def test_ray_trains_the_trojan_zoo_as_tasks_with_the_serial_models(local_ray: Any,
+                                                                   tmp_path: Path) -> None:
+    """``run_zoo`` under Ray trains its 12 trojaned and 2 clean models as tasks into the
+    shared cache, then loads them: the same weights and metrics as the serial run."""
+    from eisbench.trojans.zoo import run_zoo, zoo_config
+
+    cfg = zoo_config("digits", epochs=1, n_clean=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray worker that declares one CPU: the same sums
+    try:
+        serial = run_zoo(cfg, Store(tmp_path / "serial"))
+    finally:
+        torch.set_num_threads(threads)
+    with executor.using(executor.RayExecutor(num_cpus=2)):
+        par = run_zoo(cfg, Store(tmp_path / "ray"))
+    assert all(e["cached"] for e in par.log.entries)  # trained by the tasks, loaded here
+    assert [m.to_dict() for m in par.metrics] == [m.to_dict() for m in serial.metrics]
+    for (a, _), (b, _) in zip([*serial.models, *serial.clean], [*par.models, *par.clean],
+                              strict=True):
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)

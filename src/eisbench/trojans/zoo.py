@@ -38,6 +38,7 @@ from eisbench import data as datasets
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import say
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
+from eisbench.runs.executor import current
 from eisbench.runs.stages import Context, Tensors, train_stage
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
@@ -284,21 +285,51 @@ class ZooRun:
     log: StageLog
 
 
+def _zoo_data(cfg: ZooConfig) -> tuple[datasets.ImageData, Tensors, Tensors]:
+    """The dataset of ``cfg`` and its train/test sets with their cache keys."""
+    ds = datasets.load(cfg.dataset, root=cfg.data_root).subset(n_train=cfg.n_train,
+                                                                n_test=cfg.n_test)
+    key = f"{ds.name}:{ds.sha256}"
+    return (ds, Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}"),
+            Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}"))
+
+
+def _zoo_unit(unit: tuple[ZooConfig, Path, Trojan | None, int]) -> None:
+    """One zoo model trained into the shared stage cache (an executor's task): the trojan's
+    implant, or a clean model (trojan None), with this seed; the same stage as
+    :func:`run_zoo` computes, so it finds it there."""
+    cfg, root, trojan, seed = unit
+    ds, train_d, _ = _zoo_data(cfg)
+    ctx = Context(store=Store(root), log=StageLog(), device=resolve_device(cfg.device))
+    if trojan is None:
+        clean_stage(ctx, cfg=cfg, data=train_d, seed=seed, num_classes=ds.num_classes)
+    else:
+        implant_stage(ctx, trojan=trojan, cfg=cfg, data=train_d, seed=seed,
+                      num_classes=ds.num_classes)
+
+
 def run_zoo(cfg: ZooConfig, store: Store, *,
             trojans: Sequence[Trojan] | None = None) -> ZooRun:
     """Implant every trojan (default: :func:`zoo` of ``cfg.dataset``) and train
     ``cfg.n_clean`` clean models, all cached in ``store``; trojan i uses seed ``cfg.seed + i``,
-    clean model j seed ``cfg.seed + j``. Returns the models and their metrics."""
+    clean model j seed ``cfg.seed + j``. Returns the models and their metrics.
+
+    Under a parallel executor (:func:`eisbench.runs.executor.current`, e.g. Ray) the models
+    are first trained as independent tasks into the shared cache; the loop below then loads
+    them, so the models and metrics are the serial run's."""
     device = resolve_device(cfg.device)
-    ds = datasets.load(cfg.dataset, root=cfg.data_root).subset(n_train=cfg.n_train,
-                                                                n_test=cfg.n_test)
+    ds, train_d, test_d = _zoo_data(cfg)
     if trojans is None:
         trojans = zoo(cfg.dataset, shape=ds.shape, data_root=cfg.natural_root,
                       poison_rate=cfg.poison_rate, class_poison_rate=cfg.class_poison_rate,
                       num_classes=ds.num_classes)
-    key = f"{ds.name}:{ds.sha256}"
-    train_d = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
-    test_d = Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}")
+    ex = current()
+    if ex.name != "serial":
+        units: list[tuple[ZooConfig, Path, Trojan | None, int]] = [
+            (cfg, store.root, t, cfg.seed + i) for i, t in enumerate(trojans)]
+        units += [(cfg, store.root, None, cfg.seed + j) for j in range(cfg.n_clean)]
+        say(f"trojan zoo: {len(units)} models as {ex.describe()} tasks")
+        ex.map(_zoo_unit, units, num_gpus=1.0 if device.type == "cuda" else 0.0)
     ctx = Context(store=store, log=StageLog(), device=device)
     models = [implant_stage(ctx, trojan=t, cfg=cfg, data=train_d, seed=cfg.seed + i,
                             num_classes=ds.num_classes) for i, t in enumerate(trojans)]
