@@ -26,18 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-# timings, memory use, the executor, and the git state (others may edit the tree meanwhile)
-VARYING = {"created", "wall_seconds", "seconds", "timing_seconds", "timing", "cached",
-           "peak_rss_gib", "git", "executor"}
-
-
-def _steady(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _steady(v) for k, v in obj.items() if k not in VARYING}
-    if isinstance(obj, list):
-        return [_steady(v) for v in obj]
-    return obj
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
@@ -59,6 +47,7 @@ def main() -> int:
     import torch
 
     import eisbench
+    from eisbench.runs.executor import steady
     from eisbench.runs.store import Store
 
     if args.serial_threads:
@@ -87,7 +76,7 @@ def main() -> int:
             times[name].append(time.perf_counter() - t)
             print(f"run {i + 1} {name}: {times[name][-1]:.1f} s", flush=True)
     ray.shutdown()
-    same = _steady(dict(recs["serial"])) == _steady(dict(recs["ray"]))
+    same = steady(dict(recs["serial"])) == steady(dict(recs["ray"]))
     s, r = statistics.median(times["serial"]), statistics.median(times["ray"])
     print(f"bench trojans, quick preset, {args.data}" if args.bench == "trojans" else
           f"experiments: {args.experiments} (digits, 1 seed; {args.set or 'no overrides'})")

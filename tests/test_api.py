@@ -21,7 +21,7 @@ from eisbench.core.registry import UnknownNameError
 
 DOCTESTED = ["eisbench", "eisbench.api", "eisbench.runs.presets", "eisbench.tools.scan",
              "eisbench.evaluation.suite", "eisbench.models.core", "eisbench.models.layers",
-             "eisbench.bench.audit_sections"]
+             "eisbench.bench.audit_sections", "eisbench.runs.executor"]
 
 
 @pytest.mark.parametrize("name", DOCTESTED)

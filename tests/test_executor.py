@@ -14,24 +14,10 @@ import torch
 
 import eisbench
 from eisbench.runs import executor
+from eisbench.runs.executor import steady
 from eisbench.runs.store import Store
 
 CHEAP = ("goh-linear", "superposition", "ntk")  # each a few seconds on digits with one seed
-# what may differ between a serial and a Ray run: timings, memory use, the executor, and the
-# git state (a shared checkout may be edited between the two runs)
-VARYING = {"created", "wall_seconds", "seconds", "timing_seconds", "timing", "cached",
-           "peak_rss_gib", "git", "executor"}
-
-
-def _steady(obj: Any) -> Any:
-    """``obj`` without the fields that may differ between two runs of the same config."""
-    if isinstance(obj, dict):
-        return {k: _steady(v) for k, v in obj.items() if k not in VARYING}
-    if isinstance(obj, list):
-        return [_steady(v) for v in obj]
-    return obj
-
-
 def test_serial_maps_in_order_and_reports_each_unit() -> None:
     seen: list[tuple[int, int]] = []
     out = executor.Serial().map(abs, [-3, 1, -2], on_done=lambda i, r: seen.append((i, r)))
@@ -82,11 +68,11 @@ def test_ray_suite_record_equals_serial(tmp_path: Path, local_ray: Any) -> None:
     assert ray["details"]["executor"] == "ray (2 CPUs)"
     assert [r["experiment"] for r in ray["details"]["runs"] if r["ok"]] == list(CHEAP)
     assert ray["metrics"] and ray["claims"]
-    assert _steady(dict(ray)) == _steady(dict(serial))  # metrics, claims, seeds, data, config
+    assert steady(dict(ray)) == steady(dict(serial))  # metrics, claims, seeds, data, config
     for name in CHEAP:  # and each experiment's own record, written by its worker
         one = {e: json.loads((tmp_path / e / name / "record.json").read_text())
                for e in recs}
-        assert _steady(one["ray"]) == _steady(one["serial"]), name
+        assert steady(one["ray"]) == steady(one["serial"]), name
 
 
 def test_command_line_takes_the_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

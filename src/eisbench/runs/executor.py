@@ -127,6 +127,27 @@ def _call(fn: Callable[[T], R], env: dict[str, str], item: T) -> R:
     return fn(item)
 
 
+VARYING = frozenset({"created", "wall_seconds", "seconds", "timing_seconds", "timing", "cached",
+                     "peak_rss_gib", "git", "executor"})
+"""Record fields that may differ between two runs of one config: timings, memory use, the
+executor and the git state (a shared checkout may be edited between the runs)."""
+
+
+def steady(obj: Any) -> Any:
+    """A record (or any part of one) without the :data:`VARYING` fields, at every depth: what
+    a serial and a Ray run of one config must share.
+
+    Example:
+        >>> steady({"metrics": {"acc": 0.9}, "wall_seconds": 3.0, "stages": [{"cached": True}]})
+        {'metrics': {'acc': 0.9}, 'stages': [{}]}
+    """
+    if isinstance(obj, dict):
+        return {k: steady(v) for k, v in obj.items() if k not in VARYING}
+    if isinstance(obj, list):
+        return [steady(v) for v in obj]
+    return obj
+
+
 class MissingRayError(ImportError, RuntimeError):
     """The optional extra ``ray`` is not installed (a RuntimeError too, so the command line
     prints it as an error, not a traceback)."""
