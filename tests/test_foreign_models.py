@@ -163,3 +163,28 @@ def test_every_tool_runs_on_foreign_models(name: str, zoo: dict[str, nn.Module],
                 f"{method} refused {name}: {e}")
             continue
         assert a.shape == (3, 1, 8, 8) and torch.isfinite(a).all(), method
+
+
+class _AuxiliaryHead(nn.Module):
+    """Runs an auxiliary 10-way linear layer after the real head and discards it: the head is
+    the layer whose output is the logits, not the last one with 10 outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+        self.aux = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        out: torch.Tensor = self.head(f)
+        self.aux(f[:, :16])  # a probe whose output is not returned
+        return out
+
+
+def test_the_head_is_the_layer_that_gives_the_logits(digits_small: tuple[torch.Tensor, ...]
+                                                     ) -> None:
+    net, x = _AuxiliaryHead(), digits_small[2][:4]
+    lm = find_layers(net, x)
+    assert (lm.head, lm.penultimate) == ("head", "body.2")
+    assert features(net, x).shape == (4, 32)
