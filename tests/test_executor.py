@@ -53,19 +53,16 @@ def local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def test_ray_suite_record_equals_serial(tmp_path: Path, local_ray: Any) -> None:
     recs = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a Ray worker that declares one CPU
-    try:
-        for name in ("serial", "ray"):
-            recs[name] = eisbench.run(
-                "features-vs-bugs", dataset="digits", seeds=1, out=tmp_path / name,
-                store=Store(tmp_path / f"cache-{name}"), executor=name,
-                overrides=["experiments=" + ",".join(CHEAP)])
-    finally:
-        torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    for name in ("serial", "ray"):  # --threads 1: two tasks at once on the 2 CPUs
+        recs[name] = eisbench.run(
+            "features-vs-bugs", dataset="digits", seeds=1, out=tmp_path / name,
+            store=Store(tmp_path / f"cache-{name}"), executor=name, threads=1,
+            overrides=["experiments=" + ",".join(CHEAP)])
+    assert torch.get_num_threads() == before  # restored after the run
     serial, ray = recs["serial"], recs["ray"]
-    assert serial["details"]["executor"] == "serial"
-    assert ray["details"]["executor"] == "ray (2 CPUs)"
+    assert serial["details"]["executor"] == "serial, 1 torch thread"
+    assert ray["details"]["executor"] == "ray (2 CPUs), 1 torch thread per task"
     assert [r["experiment"] for r in ray["details"]["runs"] if r["ok"]] == list(CHEAP)
     assert ray["metrics"] and ray["claims"]
     assert steady(dict(ray)) == steady(dict(serial))  # metrics, claims, seeds, data, config
@@ -85,7 +82,29 @@ def test_command_line_takes_the_executor(tmp_path: Path, monkeypatch: pytest.Mon
     assert "needs the optional extra ray: pip install -e '.[ray]'" in capsys.readouterr().err
     assert main(["run", "goh-linear", "--address", "auto", "--out", out]) == 2
     assert "address= is for executor='ray'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "goh-linear", "--threads", "0", "--out", out])
+    assert "--threads: expected a positive integer, got '0'" in capsys.readouterr().err
     assert not Path(out).exists()  # both stop before any work
+
+
+def test_ray_tasks_run_on_the_callers_threads_and_declare_them(local_ray: Any) -> None:
+    """A task computes on this process's torch thread count (its sums depend on it) and asks
+    Ray for that many CPUs, capped at a node's: 3 threads on a 2-CPU instance still run."""
+    def probe(_: int) -> tuple[int, float]:
+        import ray
+        import torch
+
+        return torch.get_num_threads(), ray.get_runtime_context().get_assigned_resources()[
+            "CPU"]
+
+    ex = executor.RayExecutor()
+    for n, cpus in ((1, 1.0), (2, 2.0), (3, 2.0)):
+        with executor.threads(n):
+            assert ex.map(probe, [0, 1]) == [(n, cpus)] * 2
+            assert ex.describe().endswith(f"{n} torch thread{'s' if n > 1 else ''} per task")
+    with pytest.raises(ValueError, match="threads must be a positive integer, got 0"):
+        eisbench.run("goh-linear", threads=0)
 
 
 def test_ray_keeps_the_other_units_when_a_worker_dies(local_ray: Any) -> None:
@@ -110,17 +129,46 @@ def test_ray_trains_the_trojan_zoo_as_tasks_with_the_serial_models(local_ray: An
     from eisbench.trojans.zoo import run_zoo, zoo_config
 
     cfg = zoo_config("digits", epochs=1, n_clean=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a Ray worker that declares one CPU: the same sums
-    try:
+    with executor.threads(1):  # the same sums in both runs; two tasks at once
         serial = run_zoo(cfg, Store(tmp_path / "serial"))
-    finally:
-        torch.set_num_threads(threads)
-    with executor.using(executor.RayExecutor(num_cpus=2)):
-        par = run_zoo(cfg, Store(tmp_path / "ray"))
+        with executor.using(executor.RayExecutor(num_cpus=2)):
+            par = run_zoo(cfg, Store(tmp_path / "ray"))
     assert all(e["cached"] for e in par.log.entries)  # trained by the tasks, loaded here
     assert [m.to_dict() for m in par.metrics] == [m.to_dict() for m in serial.metrics]
     for (a, _), (b, _) in zip([*serial.models, *serial.clean], [*par.models, *par.clean],
                               strict=True):
         for k, v in a.state_dict().items():
             torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_ray_computes_tool_cells_as_tasks_with_the_serial_images(local_ray: Any,
+                                                                 tmp_path: Path) -> None:
+    """``prefetch_cells`` under Ray runs each (tool, trojan, seed) cell as a task into the
+    shared cache: the caller's loop then loads it, with the serial run's images."""
+    from torch import nn
+
+    from eisbench.bench.trojan_cells import prefetch_cells, trojan_tool_stage
+    from eisbench.bench.trojans import TrojanBenchConfig
+    from eisbench.runs.stages import Tensors
+    from eisbench.runs.store import StageLog
+    from eisbench.trojans.zoo import zoo
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    data = Tensors(torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,)), "rand:32")
+    cfg = TrojanBenchConfig(dataset="digits", tool_steps=0.05, n_images=2)
+    trojans = zoo("digits", shape=(1, 8, 8), num_classes=10)[:2]
+    cells: list[dict[str, Any]] = [
+        {"name": name, "model": model, "model_key": "lin", "trojan": t, "data": data,
+         "cfg": cfg, "seed": s, "device": torch.device("cpu")}
+        for name in ("fv-class-fourier", "adversarial-patch") for t in trojans for s in (0, 1)]
+    with executor.threads(1):
+        serial = [trojan_tool_stage(Store(tmp_path / "serial"), log=StageLog(), **c)
+                  for c in cells]
+        with executor.using(executor.RayExecutor()):
+            prefetch_cells(Store(tmp_path / "ray"), cells, device=torch.device("cpu"))
+        log = StageLog()
+        par = [trojan_tool_stage(Store(tmp_path / "ray"), log=log, **c) for c in cells]
+    assert all(e["cached"] for e in log.entries)  # computed by the tasks, loaded here
+    for a, b in zip(serial, par, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

@@ -167,7 +167,7 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
         seeds: int | Sequence[int] | None = None, device: str = "cpu",
         overrides: Sequence[str] = (), force: bool = False, track: str | None = None,
         track_uri: str | None = None, executor: str = "serial", address: str | None = None,
-        **fields: Any) -> RunRecord:
+        threads: int | None = None, **fields: Any) -> RunRecord:
     """Run the experiment or benchmark ``name`` with its ``preset`` config changed as
     :func:`eisbench.runs.presets.configure` says (``seeds``: a count N for 0..N-1, or the
     seeds; ``fields``: config fields by name; ``overrides``: ``"a.b=value"`` strings), write
@@ -182,8 +182,12 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
     :mod:`eisbench.runs.track`); an unknown name or a missing extra fails before any work.
     ``executor``: where independent units run, ``"serial"`` (in this process) or ``"ray"``
     (Ray tasks, the optional extra ``ray``; ``address``: the cluster, ``"auto"`` or
-    ``"HOST:PORT"``, default a local instance): today the evidence suite's experiments; the
-    record's ``details["executor"]`` says which ran them.
+    ``"HOST:PORT"``, default a local instance): the evidence suite's experiments and the trojan
+    zoo's models; the record's ``details["executor"]`` says which ran them, and on how many
+    threads. ``threads``: torch intra-op threads for the run and each of its units (default:
+    torch's, as set in this process). Results depend on it in the last bits, so a Ray run's
+    record equals the serial run's at equal ``threads``
+    (:mod:`eisbench.runs.executor`).
 
     Example:
         >>> rec = run("goh-linear", dataset="digits", seeds=1, contamination=(0.0, 0.2),
@@ -201,17 +205,21 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
     """
     from eisbench.data import DataError
     from eisbench.runs.executor import executor as make_executor
+    from eisbench.runs.executor import threads as torch_threads
     from eisbench.runs.executor import using
 
     exp = find(name)
     _check_tracker(track, track_uri)
+    with torch_threads(threads):  # a bad count fails here, before any work
+        pass
     ex = make_executor(executor, address=address)
     cfg = configure(name, preset, dataset=dataset, data_root=data_root, seeds=seeds,
                     device=device, overrides=overrides, **fields)
     folder = Path(out) if out is not None else fresh_folder(name)
     try:
         with output_folder(folder, force=force) as work, page_context(
-                preset=preset, dataset=getattr(cfg, "dataset", None)), using(ex):
+                preset=preset, dataset=getattr(cfg, "dataset", None)), using(ex), \
+                torch_threads(threads):
             rec = exp.run(cfg, out=work, store=store if store is not None
                           else Store(cache_dir()))
             report = exp.report(rec, work)

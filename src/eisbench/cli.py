@@ -33,7 +33,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     rec = run(args.experiment, preset, out=args.out, force=args.force, track=args.track,
-              track_uri=args.track_uri, executor=args.executor, address=args.address, **given)
+              track_uri=args.track_uri, executor=args.executor, address=args.address,
+              threads=args.threads, **given)
     print(rec.summary(max_metrics=None if args.cmd == "bench" else 6))
     for r in rec["details"].get("runs", []):  # the evidence suite: experiments that failed
         if not r["ok"]:

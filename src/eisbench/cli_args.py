@@ -16,6 +16,18 @@ from eisbench.cli_help import Parser, VersionAction, add_command, chosen, epilog
 DATASETS_HINT = "mnist, fashion-mnist, digits, cifar10, tsipras"
 
 
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
 def add_data_args(p: argparse.ArgumentParser, *, default: str | None, what: str) -> None:
     """``--data NAME`` (alias ``--dataset``: both set ``args.data``) and ``--data-root DIR``."""
     p.add_argument("--data", "--dataset", dest="data", default=default, metavar="NAME",
@@ -111,11 +123,15 @@ def _add_run_commands(sub: Any) -> None:
                        "preset's)")
         r.add_argument("--executor", choices=("serial", "ray"), default="serial",
                        help="where independent units run: serial (the default, in this "
-                       "process) or ray (Ray tasks; needs the [ray] extra); today the evidence "
-                       "suite's experiments")
+                       "process) or ray (Ray tasks; needs the [ray] extra): the evidence suite's "
+                       "experiments and the trojan zoo's models")
         r.add_argument("--address", metavar="auto|HOST:PORT",
                        help="the Ray cluster to join with --executor ray (default: start a "
                        "local one)")
+        r.add_argument("--threads", type=positive_int, metavar="N",
+                       help="torch threads for the run and each Ray task (default: torch's). "
+                       "A Ray run's record equals the serial run's at equal --threads; on a "
+                       "2-core machine --threads 1 runs two Ray tasks at once")
 
 
 def _add_train_command(sub: Any) -> None:

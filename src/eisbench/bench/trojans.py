@@ -233,6 +233,10 @@ def ask_models(st: Setting, cfg: TrojanBenchConfig, store: Store, judges: tj.Jud
     shown: dict[str, torch.Tensor] = {}
     failures: list[dict[str, Any]] = []
     jobs = [(j, s, r) for j in range(len(st.graded)) for s in cfg.seeds for r in rows]
+    cells.prefetch_cells(store, [
+        {"name": r, "model": models[j][0], "model_key": models[j][1], "seed": s, "cfg": cfg,
+         "trojan": st.zoo.trojans[st.graded[j]], "data": st.tool_data, "device": st.device}
+        for j, s, r in jobs if r not in REFERENCES], device=st.device)
     for j, s, r in progress(jobs, desc=f"{desc} (trojan x seed x tool)", unit="cell"):
         i, trojan, (model, mkey) = st.graded[j], st.zoo.trojans[st.graded[j]], models[j]
         imgs: torch.Tensor | None

@@ -8,6 +8,12 @@ called in this process as each unit finishes (in the order they finish), for pro
 ``on_error(i, error)``, if given, stands in for the result of a unit that did not return (its
 worker died, or ``fn`` raised), so the others' results are kept; without it the error is
 raised.
+Every unit runs with this process's torch intra-op thread count (``torch.get_num_threads()``
+when ``map`` is called; :func:`threads` sets it for a block): the floating-point sums of a
+training step depend on it, so a Ray run's record equals the serial run's at equal threads, and
+only then. A Ray task declares that many CPUs (at most a node's), so on a 2-core machine a
+2-thread run takes its tasks one at a time; ``threads(1)`` (``--threads 1``) runs two at once,
+and its records equal a serial ``--threads 1`` run's.
 Units share the stage cache (:class:`~eisbench.runs.store.Store`) through its folder: every
 worker must see that path. Two units that need the same stage take its lock in turn, and the
 second reuses what the first wrote.
@@ -27,6 +33,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
+
+import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -68,11 +76,12 @@ class Serial:
         return out
 
     def describe(self) -> str:
-        return "serial"
+        return f"serial, {_threads_text(torch.get_num_threads())}"
 
 
 class RayExecutor:
-    """Every unit a Ray task that declares one CPU (and ``num_gpus`` GPUs).
+    """Every unit a Ray task with this process's torch thread count, declaring that many CPUs
+    (at most the largest node's) and ``num_gpus`` GPUs.
 
     ``address``: the Ray cluster to join (``"auto"``, ``"HOST:PORT"``); None starts a local
     instance with ``num_cpus`` CPUs (default: all), unless this process already joined one
@@ -97,8 +106,10 @@ class RayExecutor:
             on_error: Callable[[int, BaseException], R] | None = None) -> list[R]:
         ray = self._init()
         env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-        task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(_call)
-        refs = [task.remote(fn, env, item) for item in items]
+        n = torch.get_num_threads()
+        task = ray.remote(num_cpus=min(n, self._node_cpus(ray)), num_gpus=num_gpus,
+                          max_retries=0)(_call)
+        refs = [task.remote(fn, env, n, item) for item in items]
         index = {ref: i for i, ref in enumerate(refs)}
         out: dict[int, R] = {}
         pending = list(refs)
@@ -115,16 +126,49 @@ class RayExecutor:
                 on_done(i, out[i])
         return [out[i] for i in range(len(items))]
 
+    @staticmethod
+    def _node_cpus(ray: Any) -> int:
+        """The CPUs of the largest live node (a task asking for more would never start)."""
+        cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+        return max(1, int(max(cpus, default=1)))
+
     def describe(self) -> str:
         cpus = self._init().cluster_resources().get("CPU")
-        return f"ray ({int(cpus)} CPUs)" if cpus else "ray"
+        where = f"ray ({int(cpus)} CPUs)" if cpus else "ray"
+        return f"{where}, {_threads_text(torch.get_num_threads())} per task"
 
 
-def _call(fn: Callable[[T], R], env: dict[str, str], item: T) -> R:
+def _threads_text(n: int) -> str:
+    return f"{n} torch thread{'s' if n != 1 else ''}"
+
+
+def _call(fn: Callable[[T], R], env: dict[str, str], n_threads: int, item: T) -> R:
     """Run ``fn(item)`` in a worker with this process's ``env`` (what :class:`Store` and the
-    data cache read)."""
+    data cache read) and torch thread count (what the sums depend on)."""
     os.environ.update(env)
+    torch.set_num_threads(n_threads)
     return fn(item)
+
+
+@contextmanager
+def threads(n: int | None) -> Iterator[int]:
+    """Run the block (and every unit it maps) on ``n`` torch intra-op threads; None keeps the
+    current count. Yields the count in force.
+
+    Example:
+        >>> with threads(1) as n:
+        ...     n
+        1
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
 
 
 VARYING = frozenset({"created", "wall_seconds", "seconds", "timing_seconds", "timing", "cached",
@@ -196,4 +240,4 @@ def using(ex: Executor) -> Iterator[Executor]:
 
 
 __all__ = ["EXECUTORS", "Executor", "MissingRayError", "RayExecutor", "Serial", "current",
-           "executor", "gpus_for", "using"]
+           "executor", "gpus_for", "steady", "threads", "using"]
