@@ -141,7 +141,7 @@ def test_ray_trains_the_trojan_zoo_as_tasks_with_the_serial_models(local_ray: An
             torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)
 
 
-def test_ray_computes_tool_cells_as_tasks_with_the_serial_images(local_ray: Any,
+def test_ray_computes_tool_cells_and_scans_as_tasks_with_the_serial_results(local_ray: Any,
                                                                  tmp_path: Path) -> None:
     """``prefetch_cells`` under Ray runs each (tool, trojan, seed) cell as a task into the
     shared cache: the caller's loop then loads it, with the serial run's images."""
@@ -172,3 +172,21 @@ def test_ray_computes_tool_cells_as_tasks_with_the_serial_images(local_ray: Any,
     assert all(e["cached"] for e in log.entries)  # computed by the tasks, loaded here
     for a, b in zip(serial, par, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+    # the detection scans the same way: tasks first, then the loop loads them
+    from eisbench.bench.trojan_probes import detection
+    from eisbench.trojans.zoo import ZooRun
+
+    nets = [(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval(), f"lin{i}")
+            for i in range(4)]
+    zr = ZooRun(trojans=trojans, models=nets[:2], clean=nets[2:], metrics=[], log=StageLog())
+    scans = {}
+    with executor.threads(1):
+        for name in ("serial", "ray"):
+            log = StageLog()
+            with executor.using(executor.RayExecutor() if name == "ray" else executor.Serial()):
+                scans[name] = detection(Store(tmp_path / f"scan-{name}"), zr, data,
+                                        graded=[0, 1], methods=("neural-cleanse",), steps=2,
+                                        device=torch.device("cpu"), log=log)
+            assert all(e["cached"] for e in log.entries) == (name == "ray")
+    assert scans["ray"][1] == scans["serial"][1]
