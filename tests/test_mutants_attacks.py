@@ -1,22 +1,28 @@
 """Plausible wrong versions of the attacks that the other attack tests let through: PGD's default
 step, its success flags on a targeted run, APGD-T's number and order of targets, the messages of
-its class checks, and FMN's step size in Linf, its default, and the budget it is given."""
+its class checks, FMN's step size in Linf, its default, the budget it is given and the end of its
+step-size schedule, Square's L2 start, and any tensor made inside an attack that falls back to
+float32 on float64 inputs."""
 
 from __future__ import annotations
 
 import importlib
+import itertools
+import math
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from eisbench.attacks.projection import distance
+from eisbench.attacks.core import ATTACKS
+from eisbench.attacks.projection import distance, linf_bounds
 
 # the modules (the package re-exports functions of the same names)
 apgd_mod = importlib.import_module("eisbench.attacks.apgd")
 fmn_mod = importlib.import_module("eisbench.attacks.fmn")
 pgd_mod = importlib.import_module("eisbench.attacks.pgd")
+square_mod = importlib.import_module("eisbench.attacks.square")
 
 
 def _g(seed: int = 0) -> torch.Generator:
@@ -130,3 +136,149 @@ def test_declared_hypers_names_a_type_clash(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(TypeError, match="^attack 'zz-clash' declares 'steps' as float, another "
                                         "attack as int$"):
         declared_hypers()
+
+
+# float64 all the way: a float64 model refuses float32 input, so a tensor made inside an attack
+# without the input's dtype either raises there, comes back as float32 or shows in the values
+X64 = X.double()
+
+
+def _few(name: str) -> dict[str, Any]:
+    """The cheapest run of attack ``name`` that still takes its restart and early-exit paths."""
+    few = {"steps": 3, "n_queries": 30, "restarts": 2, "early_exit": True}
+    return {k: v for k, v in few.items() if k in ATTACKS.meta(name)["params"]}
+
+
+@pytest.mark.parametrize(("name", "norm"), [(n, norm) for n in ATTACKS.names()
+                                            for norm in ATTACKS.meta(n)["norms"]])
+def test_every_attack_keeps_float64_inputs_in_float64(name: str, norm: str) -> None:
+    net = _linear(4).double()
+    y = net(X64).argmax(1)
+    eps = {"linf": 0.1, "l2": 0.3}[norm]
+    x_adv = ATTACKS.get(name)(net, X64, y, eps=eps, norm=norm, generator=_g(1), **_few(name))
+    assert x_adv.dtype == torch.float64
+    assert float(distance(X64, x_adv, norm=norm).max()) <= eps * (1 + 1e-12)
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    assert bool((net(x_adv).argmax(1) != y).any())  # the attack got somewhere: not a no-op
+
+
+def test_square_linf_puts_every_pixel_at_exactly_x_plus_or_minus_eps() -> None:
+    """Square's Linf search runs over the vertices of the ball, in the input's precision. 0.03
+    is not a float32 number (float32 rounds it down), so a step of float32 eps would leave
+    pixels strictly inside the ball."""
+    eps = 0.03
+    assert torch.tensor(eps).item() < eps
+    net = _linear(4).double()
+    y = net(X64).argmax(1)
+    x_adv = square_mod.square(net, X64, y, eps=eps, norm="linf", n_queries=20, generator=_g(1))
+    lo, hi = linf_bounds(X64, eps)  # X lies in [0.2, 0.8]: nothing clipped by the box
+    assert bool(((x_adv == lo) | (x_adv == hi)).all())
+
+
+def test_fmn_norms_and_margins_are_those_of_its_points_in_float64() -> None:
+    net = _linear(3).double()
+    y = net(X64).argmax(1)
+    x_best, norms = fmn_mod.fmn_min_norm(net, X64, y, norm="l2", steps=10)
+    found = norms.isfinite()
+    assert norms.dtype == torch.float64 and bool(found.any())
+    torch.testing.assert_close(norms[found], distance(X64, x_best, norm="l2")[found],
+                               rtol=1e-12, atol=0)
+    _, _, x_in, m_in = fmn_mod._run(net, X64, y, torch.zeros_like(X64), norm="l2", steps=5,
+                                    targeted=False, alpha_init=None, budget=0.05)
+    assert m_in.dtype == torch.float64
+    torch.testing.assert_close(m_in, fmn_mod.logit_margin(net(x_in), y, False), rtol=1e-12,
+                               atol=0)
+
+
+class _Recorder(nn.Module):
+    """``net`` that keeps a copy of every batch it is called on."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+def test_fmn_l2_steps_follow_the_cosine_schedule_down_to_a_hundredth_of_alpha_init() -> None:
+    """Pintor et al. 2021 (and their reference implementation) anneal the L2 step from
+    alpha_init to alpha_init / 100: alpha_k = a/100 + (a - a/100) (1 + cos(pi k / N)) / 2.
+
+    Linear 2-class model, margin 0.25 * sum(x) - 1.5 = 0.5 at x = 0.5 and gradient 1/4 in each of
+    16 pixels (norm 1): the boundary is 0.5 away, farther than all steps together (about 0.39),
+    and the box's faces farther still, so neither the ball nor the box cuts a step, and step k
+    moves every pixel by -alpha_k / 4."""
+    lin = nn.Linear(16, 2).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.stack([torch.full((16,), 0.25), torch.zeros(16)]))
+        lin.bias.copy_(torch.tensor([-1.5, 0.0]))
+    net = _Recorder(nn.Sequential(nn.Flatten(), lin))
+    x = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
+    a, n = 0.015, 50
+    fmn_mod.fmn_min_norm(net, x, torch.zeros(1, dtype=torch.long), norm="l2", steps=n,
+                         alpha_init=a)
+    xs = torch.cat(net.seen)  # (n + 1, 1, 4, 4): the iterates, x first
+    want = torch.tensor([a / 100 + (a - a / 100) * (1 + math.cos(math.pi * k / n)) / 2
+                         for k in range(n)], dtype=torch.float64)  # (n,)
+    assert math.isclose(want[0], a) and math.isclose(want[n // 2], (a + a / 100) / 2)
+    assert a / 100 < want[-1] < 1.1 * a / 100  # the last step is nearly the final alpha
+    torch.testing.assert_close(xs[1:] - xs[:-1], (-want / 4).view(-1, 1, 1, 1).expand(n, 1, 4, 4),
+                               rtol=1e-9, atol=0)
+
+
+def _eta_rectangles(rows: int, cols: int) -> torch.Tensor:
+    """``eta_rectangles`` of fra31/auto-attack's square.py (L2): boxes k = 0, 1, ... of half-width
+    k around (rows // 2, cols // 2), box k adding 1 / (k + 1)^2, then unit norm."""
+    d = torch.zeros(rows, cols, dtype=torch.float64)
+    r, c = rows // 2, cols // 2
+    for k in range(max(r, c) + 1):
+        d[max(r - k, 0):r + k + 1, max(c - k, 0):c + k + 1] += 1.0 / (k + 1) ** 2
+    return d / d.norm()
+
+
+def test_square_window_pattern_is_the_reference_pair_of_bumps() -> None:
+    """fra31's ``eta(s)``: the top s // 2 rows a bump, the rest minus a bump, unit norm,
+    transposed at random; to float64 precision."""
+    for s in range(1, 9):
+        pair = torch.cat([_eta_rectangles(s // 2, s), -_eta_rectangles(s - s // 2, s)])
+        want = pair / pair.norm()  # (s, s)
+        pat = square_mod._window_pattern(s, X64, _g(s))
+        assert pat.dtype == torch.float64
+        if not torch.allclose(pat, want, rtol=0, atol=1e-6):
+            want = want.t()  # drawn transposed
+        torch.testing.assert_close(pat, want, rtol=1e-12, atol=1e-15, msg=f"s={s}")
+
+
+def test_square_l2_start_is_the_grid_of_signed_patterns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Square's L2 start (Andriushchenko et al. 2020; fra31's square.py): tiles of side
+    s = h // 5 from (h - 5 s) // 2 on, h // s per axis, each a window pattern times a random sign
+    per example and channel, all rescaled to norm eps. The patterns and signs are recorded as
+    drawn, so the test pins how they are placed and combined, not the random numbers."""
+    pats: list[torch.Tensor] = []
+    signs: list[torch.Tensor] = []
+    pattern, sign = square_mod._window_pattern, square_mod._signs
+
+    def record_pattern(*args: Any) -> torch.Tensor:
+        pats.append(pattern(*args))
+        return pats[-1]
+
+    def record_sign(*args: Any) -> torch.Tensor:
+        signs.append(sign(*args))
+        return signs[-1]
+
+    monkeypatch.setattr(square_mod, "_window_pattern", record_pattern)
+    monkeypatch.setattr(square_mod, "_signs", record_sign)
+    x = torch.full((3, 2, 17, 17), 0.5, dtype=torch.float64)  # s = 3, tiles from 1 to 16
+    eps = 0.5
+    x0 = square_mod._init_l2(x, eps, _g(0))
+    assert len(pats) == len(signs) == 25
+    assert all(p.shape == (3, 3) for p in pats) and all(t.shape == (3, 2, 1, 1) for t in signs)
+    assert {-1.0, 1.0} == set(torch.cat([t.flatten() for t in signs]).tolist())
+    want = torch.zeros_like(x)  # (3, 2, 17, 17)
+    for t, (i, j) in enumerate(itertools.product(range(5), repeat=2)):
+        want[:, :, 1 + 3 * i:4 + 3 * i, 1 + 3 * j:4 + 3 * j] += pats[t] * signs[t]
+    want = eps * want / want.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(x0 - x, want, rtol=1e-12, atol=1e-15)
