@@ -67,12 +67,18 @@ TESTS: dict[str, tuple[str, ...]] = {
                 "test_mutants_attacks"),
     "construct": ("test_construct", "test_wrong_algorithms", "test_registry"),
     "evaluation": ("test_evaluation", "test_wrong_algorithms", "test_registry", "test_api",
-                   "test_mutants_evaluation"),
+                   "test_mutants_evaluation_checks", "test_mutants_evaluation_suite",
+                   "test_mutants_evaluation_robustness"),
     "tools": ("test_tools_contract", "test_attribution", "test_feature_tools",
               "test_trigger_reconstruction", "test_edit", "test_edit_ablation", "test_edit_lat",
-              "test_edit_methods", "test_api", "test_mutants_tools"),
+              "test_edit_methods", "test_api", "test_mutants_tools_core",
+              "test_mutants_tools_attribution", "test_mutants_tools_feature_vis",
+              "test_mutants_tools_triggers", "test_mutants_tools_patches",
+              "test_mutants_tools_feature_adversary"),
     "edit": ("test_edit", "test_edit_ablation", "test_edit_lat", "test_edit_methods",
-             "test_edit_bench", "test_training", "test_wrong_algorithms", "test_mutants_edit"),
+             "test_edit_bench", "test_training", "test_wrong_algorithms",
+             "test_mutants_edit_metrics", "test_mutants_edit_ablation", "test_mutants_edit_lat",
+             "test_mutants_edit_unlearn"),
 }
 INSTALL_HINT = "mutmut is missing: .venv/bin/pip install -c constraints.txt -e '.[mutation]'"
 
