@@ -94,7 +94,7 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | N
     prev = cur.clone()
     best_x, best_l, best_g = cur.clone(), lv.clone(), grad.clone()
     last_l = lv.clone()  # loss of the previous iterate
-    step = torch.full((n,), 2.0 * eps, device=x.device)
+    step = torch.full((n,), 2.0 * eps, device=x.device, dtype=x.dtype)  # (n,)
     n_up = torch.zeros(n, device=x.device)
     since = 0  # steps since the last checkpoint
     best_at_check = best_l.clone()
