@@ -190,3 +190,20 @@ def test_ray_computes_tool_cells_and_scans_as_tasks_with_the_serial_results(loca
                                         device=torch.device("cpu"), log=log)
             assert all(e["cached"] for e in log.entries) == (name == "ray")
     assert scans["ray"][1] == scans["serial"][1]
+
+
+def test_ray_runs_an_experiments_seeds_as_tasks_with_the_serial_record(
+        local_ray: Any, tmp_path: Path) -> None:
+    """``eisbench.run("ilyas", executor="ray")`` computes each seed as a task into the shared
+    cache, then the experiment loads every stage: the serial run's record."""
+    small = {"epochs": 1, "batch_size": 64}
+    recs = {name: eisbench.run(
+        "ilyas", dataset="digits", seeds=2, out=tmp_path / name,
+        store=Store(tmp_path / f"cache-{name}"), executor=name, threads=1, n_train=256,
+        n_test=64, n_construct=64, n_test_robust=8, n_checks=8, std_train=small,
+        robust_train=small, fresh_train=small, inversion_steps=3, wrong_label_steps=3,
+        eval_suite="fast", eps_curve=(), overrides=["eval_attack.steps=3"])
+        for name in ("serial", "ray")}
+    assert steady(dict(recs["ray"])) == steady(dict(recs["serial"]))
+    assert recs["ray"]["stages"] and all(s["cached"] for s in recs["ray"]["stages"])
+    assert not any(s["cached"] for s in recs["serial"]["stages"])

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +41,7 @@ from torch import nn
 
 from eisbench.core.progress import say
 from eisbench.runs.claims import ci_metric
-from eisbench.runs.executor import current, gpus_for
+from eisbench.runs.executor import gpus_for, prefetch
 from eisbench.runs.record import Metric
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
@@ -104,23 +103,16 @@ def _cell_unit(unit: tuple[Path, dict[str, Any]]) -> None:
     """One cell computed into the shared stage cache (an executor's task). A tool that fails
     leaves nothing there: the caller's loop runs the cell again and records the failure."""
     root, kwargs = unit
-    with contextlib.suppress(ToolFailed):
-        trojan_tool_stage(Store(root), log=StageLog(), **kwargs)
+    trojan_tool_stage(Store(root), log=StageLog(), **kwargs)
 
 
 def prefetch_cells(store: Store, cells: Sequence[Mapping[str, Any]], *,
                    device: torch.device) -> None:
-    """Under a parallel executor (:func:`eisbench.runs.executor.current`, e.g. Ray), compute
-    ``cells`` (each the keyword arguments of :func:`trojan_tool_stage` but ``store`` and
-    ``log``) as independent tasks into the shared stage cache, so that the caller's loop then
-    loads them: the same images as a serial run's at equal torch threads. A task whose worker
-    died is left to that loop. Serially, nothing happens here."""
-    ex = current()
-    if ex.name == "serial" or not cells:
-        return
-    say(f"tool cells: {len(cells)} as {ex.describe()} tasks")
-    ex.map(_cell_unit, [(store.root, dict(c)) for c in cells], num_gpus=gpus_for(device.type),
-           on_error=lambda i, e: None)
+    """Under a parallel executor, ``cells`` (each the keyword arguments of
+    :func:`trojan_tool_stage` but ``store`` and ``log``) as tasks into the shared stage cache
+    (:func:`eisbench.runs.executor.prefetch`); the caller's loop then loads them."""
+    prefetch(_cell_unit, [(store.root, dict(c)) for c in cells], what="tool cells",
+             num_gpus=gpus_for(device.type))
 
 
 def failed_cell(err: ToolFailed, *, trojan: Trojan, model_key: str, seed: int,

@@ -15,7 +15,6 @@ trigger-reconstruction scans.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 from eisbench.bench import trojan_scores as scores
 from eisbench.core.progress import say
 from eisbench.core.tensors import predict
-from eisbench.runs.executor import current, gpus_for
+from eisbench.runs.executor import gpus_for, prefetch
 from eisbench.runs.record import Metric
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
@@ -99,8 +98,7 @@ def _scan_unit(unit: tuple[Path, dict[str, Any]]) -> None:
     """One scan computed into the shared stage cache (an executor's task); a scan that fails
     leaves nothing there, and the caller's loop records the failure."""
     root, kwargs = unit
-    with contextlib.suppress(Exception):
-        scan_stage(Store(root), log=StageLog(), **kwargs)
+    scan_stage(Store(root), log=StageLog(), **kwargs)
 
 
 def try_scan(key: str, method: str, run: Callable[[], ScanResult]) -> ScanResult | str:
@@ -177,14 +175,11 @@ def detection(store: Store, zoo: ZooRun, data: Tensors, *, graded: Sequence[int]
     metrics: dict[str, Metric] = {}
     details: dict[str, Any] = {}
     trojans = [zoo.trojans[i] for i in graded]
-    ex = current()
-    if ex.name != "serial":  # every scan a task into the shared cache; the loop loads them
-        units = [(store.root, {"method": method, "model": m, "model_key": k, "data": data,
-                               "steps": steps, "device": device})
-                 for method in methods for m, k in [*(zoo.models[i] for i in graded),
-                                                    *zoo.clean]]
-        say(f"scans: {len(units)} as {ex.describe()} tasks")
-        ex.map(_scan_unit, units, num_gpus=gpus_for(device.type), on_error=lambda i, e: None)
+    prefetch(_scan_unit, [(store.root, {"method": method, "model": m, "model_key": k,
+                                        "data": data, "steps": steps, "device": device})
+                          for method in methods
+                          for m, k in [*(zoo.models[i] for i in graded), *zoo.clean]],
+             what="scans", num_gpus=gpus_for(device.type))  # tasks first; the loop loads them
     for method in methods:
         def one(m: nn.Module, k: str, method: str = method) -> ScanResult | str:
             return try_scan(k, method, lambda: scan_stage(

@@ -36,6 +36,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from eisbench.core.progress import say
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -171,6 +173,24 @@ def threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(old)
 
 
+def prefetch(fn: Callable[[T], Any], units: Sequence[T], *, what: str,
+             num_gpus: float = 0.0) -> None:
+    """Under a parallel executor (:func:`current` not serial), run ``fn`` on every unit as an
+    independent task whose results land in the shared stage cache; the caller's own loop then
+    loads them, so its results are the serial run's (at equal threads). A unit that raises,
+    or whose worker dies, is left to that loop, which meets the error and handles it as a
+    serial run does. Serially nothing happens. ``what`` names the units in the progress line.
+
+    Example:
+        >>> prefetch(print, [1, 2], what="numbers")  # serial: nothing runs
+    """
+    ex = current()
+    if ex.name == "serial" or not units:
+        return
+    say(f"{what}: {len(units)} as {ex.describe()} tasks")
+    ex.map(fn, units, num_gpus=num_gpus, on_error=lambda i, e: None)
+
+
 VARYING = frozenset({"created", "wall_seconds", "seconds", "timing_seconds", "timing", "cached",
                      "peak_rss_gib", "git", "executor"})
 """Record fields that may differ between two runs of one config: timings, memory use, the
@@ -240,4 +260,5 @@ def using(ex: Executor) -> Iterator[Executor]:
 
 
 __all__ = ["EXECUTORS", "Executor", "MissingRayError", "RayExecutor", "Serial", "current",
-           "executor", "gpus_for", "steady", "threads", "using"]
+           "executor", "gpus_for", "prefetch", "steady", "threads",
+           "using"]

@@ -38,7 +38,7 @@ from eisbench import data as datasets
 from eisbench.core.config import resolve_device
 from eisbench.core.progress import say
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
-from eisbench.runs.executor import current
+from eisbench.runs.executor import gpus_for, prefetch
 from eisbench.runs.stages import Context, Tensors, train_stage
 from eisbench.runs.store import StageLog, Store
 from eisbench.training import TrainConfig, train
@@ -323,13 +323,10 @@ def run_zoo(cfg: ZooConfig, store: Store, *,
         trojans = zoo(cfg.dataset, shape=ds.shape, data_root=cfg.natural_root,
                       poison_rate=cfg.poison_rate, class_poison_rate=cfg.class_poison_rate,
                       num_classes=ds.num_classes)
-    ex = current()
-    if ex.name != "serial":
-        units: list[tuple[ZooConfig, Path, Trojan | None, int]] = [
-            (cfg, store.root, t, cfg.seed + i) for i, t in enumerate(trojans)]
-        units += [(cfg, store.root, None, cfg.seed + j) for j in range(cfg.n_clean)]
-        say(f"trojan zoo: {len(units)} models as {ex.describe()} tasks")
-        ex.map(_zoo_unit, units, num_gpus=1.0 if device.type == "cuda" else 0.0)
+    units: list[tuple[ZooConfig, Path, Trojan | None, int]] = [
+        (cfg, store.root, t, cfg.seed + i) for i, t in enumerate(trojans)]
+    units += [(cfg, store.root, None, cfg.seed + j) for j in range(cfg.n_clean)]
+    prefetch(_zoo_unit, units, what="trojan zoo models", num_gpus=gpus_for(device.type))
     ctx = Context(store=store, log=StageLog(), device=device)
     models = [implant_stage(ctx, trojan=t, cfg=cfg, data=train_d, seed=cfg.seed + i,
                             num_classes=ds.num_classes) for i, t in enumerate(trojans)]
