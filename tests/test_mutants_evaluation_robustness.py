@@ -50,9 +50,13 @@ def test_evaluate_robustness_defaults() -> None:
     assert [(kw["gen"], kw["n"], kw["norm"]) for name, kw in log if name == "apgd"][:4] == [
         (i, 200, "linf") for i in range(4)]  # eps-curve: seed 0, the first 200 images
     assert repr(ev).endswith("checks: 11 passed, 0 failed, 1 could not run (control-falls)")
-    assert ev.to_dict() == {"suite": "standard", "norm": "linf", "eps": 0.4, "n": 501,
-                            "clean_acc": 1.0, "robust_acc": 0.0, "per_attack": ev.result.per_attack,
-                            "checks": [c.to_dict() for c in ev.checks]}
+    d = ev.to_dict()
+    assert d == {"suite": "standard", "norm": "linf", "eps": 0.4, "n": 501,
+                 "clean_acc": 1.0, "robust_acc": 0.0, "per_attack": ev.result.per_attack,
+                 "checks": [c.to_dict() for c in ev.checks], "passes": ev.result.passes_dict(),
+                 "check_passes": d["check_passes"]}
+    # every forward the model saw: the class count (1 image), the suite's and the checks'
+    assert sum(sized.sizes) == 1 + d["passes"]["forward"] + d["check_passes"]["forward"]
 
 
 def test_evaluate_robustness_skips_attacks_needing_more_classes(launched: Log) -> None:

@@ -52,16 +52,23 @@ def test_run_suite_attacks_each_example_until_one_attack_breaks_it() -> None:
     expected = torch.where(first.view(-1, 1, 1, 1), xp, torch.where(second.view(-1, 1, 1, 1), xf,
                                                                      x))
     assert torch.allclose(res.x_adv, expected, atol=1e-6, rtol=0)
+    # passes: a gradient, the attack's judging forward and the suite's, per example
     assert [{k: v for k, v in a.items() if k != "seconds"} for a in res.per_attack] == [
-        {"name": "pgd", "hyper": steps[0][1], "n_in": 64, "n_broken": 6},
-        {"name": "fgsm", "hyper": {}, "n_in": 58, "n_broken": 14}]
+        {"name": "pgd", "hyper": steps[0][1], "n_in": 64, "n_broken": 6, "forward": 3 * 64,
+         "backward": 64, "forward_per_example": 3.0, "backward_per_example": 1.0},
+        {"name": "fgsm", "hyper": {}, "n_in": 58, "n_broken": 14, "forward": 3 * 58,
+         "backward": 58, "forward_per_example": 3.0, "backward_per_example": 1.0}]
     assert all(0 <= a["seconds"] <= took for a in res.per_attack)
     assert (res.suite, res.norm, res.eps, res.robust_acc, res.clean_acc) == (
         "custom", "linf", EPS, 44 / 64, 1.0)
     lo, hi = wilson_ci(44, 64)
+    pgd_s, fgsm_s = (f"{a['seconds']:.2f}" for a in res.per_attack)
+    assert res.seconds is not None and res.seconds <= took
     assert repr(res) == (f"robust accuracy 0.688 (95% CI {lo:.3f}-{hi:.3f}, n=64); clean "
                          "accuracy 1.000\nattacks: pgd broke 6 of 64, fgsm broke 14 of 58; "
-                         "linf eps=0.1")
+                         "linf eps=0.1\npasses forward/backward per attacked example: pgd "
+                         f"3.0/1.0 in {pgd_s} s, fgsm 3.0/1.0 in {fgsm_s} s\ntotal passes "
+                         f"430/122 (6.7/1.9 per attacked example, n=64) in {res.seconds:.2f} s")
 
 
 def test_run_suite_batches_seeds_and_records_violations(probe: list[dict[str, Any]],
@@ -153,7 +160,8 @@ def test_summary_counts_checks_and_lists_failures() -> None:
     assert ev.warnings == [checks[1]]
     assert ev.to_dict() == {"suite": "s", "norm": "l2", "eps": 0.5, "n": 4, "clean_acc": 0.75,
                             "robust_acc": 0.25, "per_attack": res.per_attack,
-                            "checks": [c.to_dict() for c in checks]}
+                            "checks": [c.to_dict() for c in checks],
+                            "passes": None, "check_passes": None}  # not counted: built by hand
 
 
 def test_accuracies_are_exact_at_a_threshold_a_check_compares_with() -> None:

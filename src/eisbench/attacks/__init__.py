@@ -1,4 +1,5 @@
-"""Attacks: PGD, FGSM, APGD(-T), FMN, Square (registered), representation inversion, evaluation."""
+"""Attacks: PGD, FGSM, APGD(-T), FMN, Square (registered), representation inversion, evaluation,
+and the count of an attack's forward and backward passes (:func:`count_passes`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from eisbench.attacks import pgd as _pgd  # noqa: F401
 from eisbench.attacks import square as _square  # noqa: F401
 from eisbench.attacks.apgd import apgd, apgd_t, dlr_loss
 from eisbench.attacks.core import ATTACKS, check_inputs
+from eisbench.attacks.counting import Passes, count_passes
 from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
 from eisbench.attacks.fmn import fmn, fmn_min_norm
 from eisbench.attacks.inversion import invert_representation, representation_distance
@@ -26,9 +28,11 @@ __all__ = [
     "ATTACKS",
     "AttackConfig",
     "BudgetViolation",
+    "Passes",
     "assert_within_budget",
     "check_inputs",
     "correct_under_attack",
+    "count_passes",
     "eval_mode",
     "fgsm",
     "invert_representation",

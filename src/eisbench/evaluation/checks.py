@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eisbench.attacks import ATTACKS, apgd, assert_within_budget, fgsm, pgd
+from eisbench.attacks import ATTACKS, Passes, apgd, assert_within_budget, count_passes, fgsm, pgd
 from eisbench.attacks.projection import BudgetViolation
 from eisbench.core.registry import Registry
 from eisbench.core.tensors import eval_mode
@@ -302,23 +303,35 @@ def enough_classes(c: CheckInputs) -> CheckResult:
 
 @dataclass
 class Evaluation:
-    """A robust-accuracy number with the attack that produced it and its sanity checks."""
+    """A robust-accuracy number with the attack that produced it and its sanity checks.
+
+    ``check_passes``: the passes of the evaluated model that the checks ran (their attacks),
+    counted apart from the suite's (``result.passes``, what compares with another suite), and
+    ``check_seconds`` their wall time; None when not counted."""
 
     result: SuiteResult
     checks: list[CheckResult]
+    check_passes: Passes | None = None
+    check_seconds: float | None = None
 
     @property
     def warnings(self) -> list[CheckResult]:
         return [ch for ch in self.checks if ch.passed is False]
 
     def __repr__(self) -> str:
-        return summary(self.result, self.checks)
+        return summary(self.result, self.checks, check_passes=self.check_passes,
+                       check_seconds=self.check_seconds)
 
     def to_dict(self) -> dict[str, Any]:
-        r = self.result
+        """JSON-able; ``passes``: the suite's (:meth:`SuiteResult.passes_dict`),
+        ``check_passes``: the checks' forward and backward passes and seconds."""
+        r, cp = self.result, self.check_passes
         return {"suite": r.suite, "norm": r.norm, "eps": r.eps, "n": len(r.robust),
                 "clean_acc": r.clean_acc, "robust_acc": r.robust_acc,
-                "per_attack": r.per_attack, "checks": [ch.to_dict() for ch in self.checks]}
+                "per_attack": r.per_attack, "checks": [ch.to_dict() for ch in self.checks],
+                "passes": r.passes_dict(),
+                "check_passes": None if cp is None else cp.to_dict() | {
+                    "seconds": self.check_seconds}}
 
 
 def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
@@ -352,8 +365,11 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
                          was_training=was_training, num_classes=k,
                          n_checks=min(n_checks, len(x)), seed=seed, device=dev,
                          control=control, surrogate=surrogate, skipped=skipped)
-    checks = [CHECKS.get(name)(inputs) for name in CHECKS.names()]
-    ev = Evaluation(result=result, checks=checks)
+    t0 = time.perf_counter()
+    with count_passes(model) as check_passes:  # apart from the suite's
+        checks = [CHECKS.get(name)(inputs) for name in CHECKS.names()]
+    ev = Evaluation(result=result, checks=checks, check_passes=check_passes,
+                    check_seconds=time.perf_counter() - t0)
     budget = next(ch for ch in checks if ch.name == "within-budget")
     if not budget.passed:  # recorded by the check, then raised: no number from a broken attack
         raise EvaluationBudgetViolation(ev, budget.detail)

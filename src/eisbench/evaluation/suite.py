@@ -14,7 +14,9 @@ only untargeted attacks (for 2 classes a targeted attack is the untargeted one),
 black-box-not-stronger check can run).
 
 A :class:`SuiteResult` prints as a short summary (:func:`summary`): robust accuracy with its
-Wilson 95% interval and n, clean accuracy, and what each attack broke (example: :func:`run_suite`).
+Wilson 95% interval and n, clean accuracy, what each attack broke, and the work: forward and
+backward passes of the model per attacked example and wall time, per attack and in total
+(counted at the model by :func:`~eisbench.attacks.count_passes`; example: :func:`run_suite`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from eisbench.attacks import ATTACKS, assert_within_budget, check_inputs
+from eisbench.attacks import ATTACKS, Passes, assert_within_budget, check_inputs, count_passes
 from eisbench.attacks.projection import BudgetViolation
 from eisbench.core.progress import progress
 from eisbench.core.registry import MetaKey, Registry
@@ -113,7 +115,17 @@ class SuiteResult:
     robust: torch.Tensor  # (N,) bool: correct under every attack of the suite
     x_adv: torch.Tensor  # (N, C, H, W): the first adversarial example found, else x
     broken_by: list[str]  # (N,) name of the attack that broke each example ("" if none/clean)
-    per_attack: list[dict[str, Any]] = field(default_factory=list)  # name, hyper, n_in, n_broken, s
+    # per attack: name, hyper, n_in, n_broken, seconds, and (counted) forward, backward and both
+    # per example it attacked (forward_per_example, backward_per_example)
+    per_attack: list[dict[str, Any]] = field(default_factory=list)
+    passes: Passes | None = None  # the whole suite's passes of the model (None: not counted)
+    clean_passes: Passes | None = None  # those of the clean predictions, before any attack
+    seconds: float | None = None  # the whole suite's wall time
+
+    @property
+    def n_attacked(self) -> int:
+        """Examples the suite attacked: the clean-correct ones."""
+        return int(self.clean.sum())
 
     @property
     def robust_acc(self) -> float:
@@ -123,6 +135,16 @@ class SuiteResult:
     @property
     def clean_acc(self) -> float:
         return float(self.clean.double().mean()) if len(self.clean) else float("nan")
+
+    def passes_dict(self) -> dict[str, Any] | None:
+        """The whole suite's work, JSON-able: forward and backward passes of the model (in
+        examples), both per attacked example, ``n_attacked``, the clean predictions' forward
+        passes and the wall time; None when not counted (a result built by hand)."""
+        if self.passes is None:
+            return None
+        clean = self.clean_passes.forward if self.clean_passes is not None else None
+        return self.passes.to_dict(per=self.n_attacked) | {
+            "n_attacked": self.n_attacked, "clean_forward": clean, "seconds": self.seconds}
 
     def __repr__(self) -> str:
         return summary(self)
@@ -141,9 +163,12 @@ class Check(Protocol):
     def detail(self) -> str: ...
 
 
-def summary(result: SuiteResult, checks: Sequence[Check] = ()) -> str:
+def summary(result: SuiteResult, checks: Sequence[Check] = (), *,
+            check_passes: Passes | None = None, check_seconds: float | None = None) -> str:
     """A few lines: robust accuracy with its Wilson 95% CI and n, clean accuracy, what each
-    attack broke, and (given ``checks``) how many sanity checks passed, with each failure."""
+    attack broke, the passes of the model per attack and in total with their wall time (where
+    counted), the checks' own passes (given ``check_passes``) and (given ``checks``) how many
+    sanity checks passed, with each failure."""
     n = len(result.robust)
     if n == 0:
         return f"robust accuracy: no images; suite {result.suite}"
@@ -153,6 +178,11 @@ def summary(result: SuiteResult, checks: Sequence[Check] = ()) -> str:
              "attacks: " + ", ".join(f"{a['name']} broke {a['n_broken']} of {a['n_in']}"
                                      for a in result.per_attack)
              + f"; {result.norm} eps={result.eps:g}"]
+    if result.passes is not None:
+        lines.append(_passes_line(result))
+    if check_passes is not None:
+        lines.append(f"checks' own passes forward/backward {check_passes.forward}/"
+                     f"{check_passes.backward} in {check_seconds or 0.0:.2f} s")
     if checks:
         failed = [c for c in checks if c.passed is False]
         n_pass = sum(c.passed is True for c in checks)
@@ -161,6 +191,25 @@ def summary(result: SuiteResult, checks: Sequence[Check] = ()) -> str:
                      + (f", {len(na)} could not run ({', '.join(na)})" if na else ""))
         lines += [f"  FAILED {c.name}: {c.detail}" for c in failed]
     return "\n".join(lines)
+
+
+def _rate(a: dict[str, Any], key: str) -> str:
+    v = a.get(key)
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _passes_line(result: SuiteResult) -> str:
+    """Two lines, e.g. ``passes forward/backward per attacked example: fgsm 3.0/1.0 in 0.01 s,
+    ...`` and ``total passes 220/52 (4.2/1.0 per attacked example, n=52) in 0.02 s``."""
+    assert result.passes is not None
+    d = result.passes_dict() or {}
+    steps = ", ".join(f"{a['name']} {_rate(a, 'forward_per_example')}/"
+                      f"{_rate(a, 'backward_per_example')} in {a['seconds']:.2f} s"
+                      for a in result.per_attack if "forward" in a)
+    return (f"passes forward/backward per attacked example: {steps or 'no attack'}\n"
+            f"total passes {result.passes.forward}/{result.passes.backward} "
+            f"({_rate(d, 'forward_per_example')}/{_rate(d, 'backward_per_example')} per attacked "
+            f"example, n={result.n_attacked}) in {result.seconds or 0.0:.2f} s")
 
 
 def steps_of(suite: str) -> tuple[Step, ...]:
@@ -194,26 +243,50 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         ...           steps=(("fgsm", {}), ("pgd", {"steps": 10})))
         robust accuracy 0.453 (95% CI 0.337-0.574, n=64); clean accuracy 0.812
         attacks: fgsm broke 23 of 52, pgd broke 0 of 29; linf eps=0.1
+        passes forward/backward per attacked example: fgsm 3.0/1.0 in ... s, pgd 12.0/10.0 in ... s
+        total passes 568/342 (10.9/6.6 per attacked example, n=52) in ... s
+
+    Passes count examples through the model (:func:`~eisbench.attacks.count_passes`): FGSM is
+    one gradient (1 forward, 1 backward), its own check of success (1 forward) and the suite's
+    (1 forward); PGD-10 is 10 gradients, its own final check and the suite's; the total adds the
+    64 clean predictions (64 + 52 * 3 + 29 * 12 = 568).
     """
     check_inputs(x, y, norm=norm, eps=eps)
     plan = steps if steps is not None else steps_of(suite)
     n = len(x)
-    with eval_mode(model), torch.no_grad():
-        clean = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-                           == y[i:i + batch_size] for i in range(0, n, batch_size)]) if n else \
-            torch.zeros(0, dtype=torch.bool)
-    robust = clean.clone()
-    x_adv = x.clone()
-    broken_by = [""] * n
-    per_attack: list[dict[str, Any]] = []
-    for j, (name, hyper) in enumerate(plan):
-        fn = ATTACKS.get(name)
-        todo = robust.nonzero().flatten()
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(seed * 1000 + j)
-        n_broken = 0
-        violations: list[str] = []
-        for i in progress(range(0, len(todo), batch_size), desc=f"{suite}: {name}",
+    t_all = time.perf_counter()
+    with count_passes(model) as total:
+        with eval_mode(model), torch.no_grad(), count_passes(model) as clean_passes:
+            clean = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                               == y[i:i + batch_size] for i in range(0, n, batch_size)]) \
+                if n else torch.zeros(0, dtype=torch.bool)
+        robust = clean.clone()
+        x_adv = x.clone()
+        broken_by = [""] * n
+        per_attack = [_step(model, x, y, robust, x_adv, broken_by, name, hyper, eps=eps,
+                            norm=norm, batch_size=batch_size, device=device, desc=suite,
+                            gen=torch.Generator().manual_seed(seed * 1000 + j))
+                      for j, (name, hyper) in enumerate(plan)]
+    return SuiteResult(suite=suite if steps is None else "custom", norm=norm, eps=eps,
+                       clean=clean, robust=robust, x_adv=x_adv, broken_by=broken_by,
+                       per_attack=per_attack, passes=total, clean_passes=clean_passes,
+                       seconds=time.perf_counter() - t_all)
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor,
+          x_adv: torch.Tensor, broken_by: list[str], name: str, hyper: dict[str, Any], *,
+          eps: float, norm: str, batch_size: int, device: str | torch.device, desc: str,
+          gen: torch.Generator) -> dict[str, Any]:
+    """One attack of a suite on the examples still ``robust`` (N,), in batches: marks what it
+    breaks in ``robust``, ``x_adv`` (N, C, H, W) and ``broken_by`` (in place) and returns its
+    entry of ``per_attack``, with its passes of the model and wall time."""
+    fn = ATTACKS.get(name)
+    todo = robust.nonzero().flatten()
+    t0 = time.perf_counter()
+    n_broken = 0
+    violations: list[str] = []
+    with count_passes(model) as passes:
+        for i in progress(range(0, len(todo), batch_size), desc=f"{desc}: {name}",
                           unit="batch"):
             idx = todo[i:i + batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
@@ -231,9 +304,6 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             for k in hit.tolist():
                 broken_by[k] = name
             n_broken += len(hit)
-        per_attack.append({"name": name, "hyper": dict(hyper), "n_in": len(todo),
-                           "n_broken": n_broken, "seconds": time.perf_counter() - t0}
-                          | ({"budget_violations": violations} if violations else {}))
-    return SuiteResult(suite=suite if steps is None else "custom", norm=norm, eps=eps,
-                       clean=clean, robust=robust, x_adv=x_adv, broken_by=broken_by,
-                       per_attack=per_attack)
+    return ({"name": name, "hyper": dict(hyper), "n_in": len(todo), "n_broken": n_broken,
+             "seconds": time.perf_counter() - t0} | passes.to_dict(per=len(todo))
+            | ({"budget_violations": violations} if violations else {}))

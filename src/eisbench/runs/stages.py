@@ -7,6 +7,7 @@ and its inputs' keys, so re-running reuses finished work and an interrupted run 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from eisbench.attacks import count_passes
 from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
 from eisbench.construct import CONSTRUCTIONS
 from eisbench.core.tensors import predict
@@ -104,10 +106,13 @@ def evaluate_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tens
         x, y = test.x[:n_robust], test.y[:n_robust]
         out: dict[str, Any]
         if suite is None:
-            ok = correct_under_attack(model, x, y, attack, seed=seed, device=ctx.device,
-                                      desc=desc)
+            t0 = time.perf_counter()
+            with count_passes(model) as passes:
+                ok = correct_under_attack(model, x, y, attack, seed=seed, device=ctx.device,
+                                          desc=desc)
             out = {"robust_acc": float(ok.float().mean()), "n_robust": len(ok),
-                   "attack": attack.describe()}
+                   "attack": attack.describe(), "passes": passes.to_dict(per=len(ok)) | {
+                       "seconds": time.perf_counter() - t0}}
         else:
             ev = evaluate_robustness(model, x, y, eps=attack.eps, norm=attack.norm, suite=suite,
                                      n_checks=n_checks, seed=seed, device=ctx.device,
@@ -115,7 +120,8 @@ def evaluate_stage(ctx: Context, *, model: nn.Module, model_key: str, test: Tens
             d = ev.to_dict()
             out = {"robust_acc": d["robust_acc"], "n_robust": d["n"],
                    "attack": describe_suite(suite, attack.norm, attack.eps),
-                   "per_attack": d["per_attack"], "checks": d["checks"]}
+                   "per_attack": d["per_attack"], "checks": d["checks"],
+                   "passes": d["passes"], "check_passes": d["check_passes"]}
         if std:
             pred = predict(model, test.x, device=ctx.device)
             out.update(std_acc=float((pred == test.y).float().mean()), n_std=len(test.y))
