@@ -19,6 +19,12 @@ Both run each attack only on the points the earlier ones left correct. Targets (
 Both sets of adversarial examples are checked against the budget here, independently. The
 per-example table says how often the two disagree, and which eisbench attack broke what.
 
+Work beside time: the runs are interleaved (``--repeats`` rounds, the order rotating), and each
+run's forward and backward passes of the model are counted at the model
+(``eisbench.attacks.count_passes``, which counts torchattacks' calls alike), in images: in
+total, per attacked (clean-correct) image, and per attack per image it attacked. Medians over
+the rounds; the ratios torchattacks / eisbench of time and passes are measured in this run.
+
 Usage (torchattacks lives in a separate venv, see benchmarks/README.md):
     EISBENCH_QUIET=1 PYTHONPATH=src /tmp/venvbench/bin/python benchmarks/autoattack_xcheck.py
 
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from collections import Counter
@@ -38,9 +45,11 @@ from typing import Any
 
 import torch
 from _common import default_threads
+from _interleave import interleave, loadavg, medians, table
 from pgd_throughput import EPS, check_budget, get_model, import_torchattacks
 
 from eisbench import data
+from eisbench.attacks import count_passes
 from eisbench.core.stats import wilson_ci
 from eisbench.core.tensors import predict
 from eisbench.evaluation import run_suite
@@ -51,7 +60,8 @@ def torchattacks_chain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     """torchattacks' APGD-CE, APGD-T, FAB-T and Square chained as AutoAttack's standard
     version with Croce & Hein 2020's settings (100 steps, 9 targets, 5000 queries), each on the
     points still correct, exactly as ``torchattacks.MultiAttack`` does (which AutoAttack uses)
-    but counting what each attack breaks. Returns x_adv (N, C, H, W) and per-attack counts.
+    but counting what each attack breaks and its passes of the model. Returns x_adv
+    (N, C, H, W) and per-attack counts.
     """
     ta = import_torchattacks()
     attacks = [
@@ -62,19 +72,21 @@ def torchattacks_chain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         ("square", ta.Square(model, norm="Linf", eps=EPS, n_queries=5000, seed=seed)),
     ]
     x_adv = x.clone()
-    todo = (predict(model, x) == y).nonzero().flatten()
+    alive = predict(model, x) == y  # (N,) correct so far
     counts = []
     for name, atk in attacks:
+        todo = alive.nonzero().flatten()
         t0, n_in, broken = time.perf_counter(), len(todo), 0
-        for i in range(0, n_in, batch):
-            idx = todo[i:i + batch]
-            xa = atk(x[idx], y[idx]).detach()
-            hit = predict(model, xa) != y[idx]
-            x_adv[idx[hit]] = xa[hit]
-            broken += int(hit.sum())
-        todo = todo[(predict(model, x_adv[todo]) == y[todo])]
+        with count_passes(model) as p:
+            for i in range(0, n_in, batch):
+                idx = todo[i:i + batch]
+                xa = atk(x[idx], y[idx]).detach()
+                hit = predict(model, xa) != y[idx]  # one judging forward, as MultiAttack's
+                x_adv[idx[hit]] = xa[hit]
+                alive[idx[hit]] = False
+                broken += int(hit.sum())
         counts.append({"name": name, "n_in": n_in, "n_broken": broken,
-                       "seconds": time.perf_counter() - t0})
+                       "seconds": time.perf_counter() - t0} | p.to_dict(per=n_in))
     return x_adv, counts
 
 
@@ -100,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "EISBENCH_BENCH_CACHE", "/tmp/eisbench-benchmarks")))
     p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved rounds of the three runs (medians of time and passes)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import_torchattacks()  # fail early, with the install hint
@@ -107,37 +121,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = get_model(args.model, d, args.cache_dir, "cpu", args.ckpt).eval()
     x, y = d.x_test[:args.n], d.y_test[:args.n]
     clean = predict(model, x) == y
+    n_att = int(clean.sum())  # the attacked images: those classified correctly
     print(f"clean accuracy {clean.float().mean():.4f} on {args.n} MNIST test images; "
-          f"Linf eps {EPS}; {args.threads} threads", flush=True)
+          f"Linf eps {EPS}; {args.threads} threads; load {loadavg()}", flush=True)
 
-    t0 = time.perf_counter()
-    res = run_suite(model, x, y, eps=EPS, suite="standard", batch_size=args.batch, seed=args.seed)
-    t_eis = time.perf_counter() - t0
+    eis_name, ta_name, shipped_name = ("eisbench standard", "torchattacks AA 100 steps",
+                                       "torchattacks AA shipped (10 steps)")
+    measured = interleave(model, {
+        eis_name: lambda: run_suite(model, x, y, eps=EPS, suite="standard",
+                                    batch_size=args.batch, seed=args.seed),
+        ta_name: lambda: torchattacks_chain(model, x, y, batch=args.batch, seed=args.seed),
+        shipped_name: lambda: autoattack_as_shipped(model, x, y, batch=args.batch,
+                                                    seed=args.seed),
+    }, repeats=args.repeats, say=lambda line: print(line, flush=True))
+    work = {k: medians(v, per=n_att) for k, v in measured.items()}
+    res = measured[eis_name][0].output
+    x_ta, _ = measured[ta_name][0].output
     check_budget(x, res.x_adv, "eisbench")
-    print(f"eisbench standard: robust {res.robust_acc:.4f} in {t_eis:.1f} s", flush=True)
-    for a in res.per_attack:
-        print(f"    {a['name']:7s} on {a['n_in']:5d} points: broke {a['n_broken']:4d} "
-              f"in {a['seconds']:.1f} s", flush=True)
+    t_eis = work[eis_name]["median_s"]
+    print(f"\neisbench standard: robust {res.robust_acc:.4f}, median {t_eis:.1f} s", flush=True)
+    eis_attacks = per_attack_medians([m.output.per_attack for m in measured[eis_name]])
+    for a in eis_attacks:
+        print(attack_line(a), flush=True)
 
     peer: dict[str, dict[str, Any]] = {}
-    for name in ("AutoAttack, 100 steps (as published)", "AutoAttack as shipped (10 steps)"):
-        t0 = time.perf_counter()
-        counts: list[dict[str, Any]] = []
-        if name.endswith("published)"):
-            x_ta, counts = torchattacks_chain(model, x, y, batch=args.batch, seed=args.seed)
-        else:
-            x_ta = autoattack_as_shipped(model, x, y, batch=args.batch, seed=args.seed)
-        seconds = time.perf_counter() - t0
-        check_budget(x, x_ta, f"torchattacks {name}")
-        robust = clean & (predict(model, x_ta) == y)
+    for name in (ta_name, shipped_name):
+        runs = measured[name]
+        x_adv = runs[0].output[0] if name == ta_name else runs[0].output
+        check_budget(x, x_adv, name)
+        robust = clean & (predict(model, x_adv) == y)
+        accs = {round(float((clean & (predict(model, r.output[0] if name == ta_name
+                                              else r.output) == y)).float().mean()), 4)
+                for r in runs}
+        counts = per_attack_medians([r.output[1] for r in runs]) if name == ta_name else []
         peer[name] = {"robust": robust, "robust_acc": float(robust.float().mean()),
-                      "seconds": seconds, "per_attack": counts}
-        print(f"torchattacks {name}: robust {peer[name]['robust_acc']:.4f} in {seconds:.1f} s",
-              flush=True)
+                      "robust_acc_by_round": sorted(accs), "seconds": work[name]["median_s"],
+                      "per_attack": counts, "passes": work[name]}
+        print(f"{name}: robust {peer[name]['robust_acc']:.4f}, median "
+              f"{work[name]['median_s']:.1f} s", flush=True)
         for a in counts:
-            print(f"    {a['name']:7s} on {a['n_in']:5d} points: broke {a['n_broken']:4d} "
-                  f"in {a['seconds']:.1f} s", flush=True)
-    main_peer = peer["AutoAttack, 100 steps (as published)"]
+            print(attack_line(a), flush=True)
+    print(f"\npasses of the model (images; per image: per attacked image, n={n_att}) and "
+          f"median wall time over {args.repeats} interleaved rounds:")
+    for line in table(work, per_label="img", base=eis_name):
+        print("  " + line)
+    main_peer = peer[ta_name]
     robust_ta, acc_ta, t_ta = main_peer["robust"], main_peer["robust_acc"], main_peer["seconds"]
     only_eis = int((robust_ta & ~res.robust).sum())  # broken by eisbench only
     only_ta = int((res.robust & ~robust_ta).sum())  # broken by torchattacks only
@@ -147,11 +175,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("robust accuracies agree within 1 point", gap <= 0.01,
          f"eisbench {res.robust_acc:.4f} vs torchattacks {acc_ta:.4f} (gap {gap * 100:.2f} pt)"),
         ("eisbench at least as fast", ratio >= 1.0,
-         f"{t_eis:.1f} s vs {t_ta:.1f} s: ratio {ratio:.2f}x"),
+         f"{t_eis:.1f} s vs {t_ta:.1f} s (medians): ratio {ratio:.2f}x"),
     ]
     if args.n >= 1000:
         rows.append(("suite on 1,000 images <= 10 min", t_eis <= 600, f"{t_eis:.1f} s"))
-    shipped = peer["AutoAttack as shipped (10 steps)"]
+    shipped = peer[shipped_name]
     print(f"\nfor reference, torchattacks.AutoAttack as shipped (10 steps): robust "
           f"{shipped['robust_acc']:.4f} in {shipped['seconds']:.1f} s")
     print("\nper example: broken only by eisbench "
@@ -159,18 +187,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{dict(Counter(b for b in res.broken_by if b))}")
     for name, ok, detail in rows:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    print(f"load at the end: {loadavg()}")
     lo, hi = wilson_ci(int(res.robust.sum()), args.n)
-    out = {"model": str(args.ckpt or args.model), "n": args.n, "eps": EPS,
-           "clean_acc": float(clean.float().mean()),
+    out = {"model": str(args.ckpt or args.model), "n": args.n, "n_attacked": n_att, "eps": EPS,
+           "clean_acc": float(clean.float().mean()), "repeats": args.repeats,
            "eisbench": {"robust_acc": res.robust_acc, "ci95": [lo, hi], "seconds": t_eis,
-                        "per_attack": res.per_attack},
-           "torchattacks": {k: {"robust_acc": v["robust_acc"], "seconds": v["seconds"],
-                                "per_attack": v["per_attack"]} for k, v in peer.items()},
+                        "per_attack": eis_attacks, "passes": work[eis_name]},
+           "torchattacks": {k: {kk: vv for kk, vv in v.items() if kk != "robust"}
+                            for k, v in peer.items()},
            "only_eisbench_breaks": only_eis, "only_torchattacks_breaks": only_ta,
-           "ratio_torchattacks_over_eisbench": ratio, "threads": args.threads,
+           "ratio_torchattacks_over_eisbench": ratio,
+           "pass_ratios_torchattacks_over_eisbench": {
+               k: work[ta_name][k] / work[eis_name][k] if work[eis_name][k] else None
+               for k in ("forward", "backward")},
+           "threads": args.threads, "load_end": loadavg(),
            "targets": {name: ok for name, ok, _ in rows}}
     print(json.dumps(out))
     return out
+
+
+def per_attack_medians(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each attack's entry of the first round, with the median over the rounds of its seconds
+    and passes (the counts of a seeded run repeat; the times do not)."""
+    out = []
+    for j, first in enumerate(rounds[0]):
+        med = {k: statistics.median(r[j][k] for r in rounds)
+               for k in ("seconds", "forward", "backward") if k in first}
+        n = first["n_in"]
+        out.append({k: v for k, v in first.items() if k not in med} | med | {
+            "forward_per_example": med["forward"] / n if n else None,
+            "backward_per_example": med["backward"] / n if n else None})
+    return out
+
+
+def attack_line(a: dict[str, Any]) -> str:
+    fe, be = a["forward_per_example"], a["backward_per_example"]
+    rate = "-/-" if fe is None else f"{fe:.1f}/{be:.1f}"
+    return (f"    {a['name']:7s} on {a['n_in']:5d} points: broke {a['n_broken']:4d} in "
+            f"{a['seconds']:.1f} s; passes {a['forward']:.0f}/{a['backward']:.0f} "
+            f"({rate} per point)")
 
 
 if __name__ == "__main__":

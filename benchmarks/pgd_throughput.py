@@ -11,6 +11,12 @@ Targets (printed with PASS/FAIL), each on a standard and on a fast-AT (robust) c
 Early exit saves the work on examples that are already fooled, so it helps a lot on a standard
 model (almost everything is fooled in a few steps) and little on a robust one.
 
+Work beside time: every timed run's forward and backward passes of the model are counted at the
+model (``eisbench.attacks.count_passes``, which counts torchattacks' calls alike), in images,
+and printed in total and per image next to the median time, with the ratios torchattacks /
+eisbench measured in the same run. (1) and (2) interleave the two libraries (order alternating,
+``--repeats`` and ``--eval-repeats`` runs each) and report medians, with the load average.
+
 Both libraries attack the same model object in eval mode, and every adversarial example of both
 is checked against the budget here (independently of eisbench's own assertion).
 
@@ -30,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +44,7 @@ from typing import Any
 import torch
 from _common import default_threads
 from _common import import_torchattacks as _import_torchattacks
+from _interleave import interleave, loadavg, medians, ratios, table
 
 from eisbench import data
 from eisbench.attacks import AttackConfig, correct_under_attack, pgd
@@ -117,7 +123,8 @@ def assert_eval(model: torch.nn.Module, when: str) -> None:
 
 def fixed_step(ta, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,  # noqa: ANN001
                steps: int, repeats: int) -> dict:
-    """(1) images/s of both libraries, runs interleaved (order alternating) to share the noise."""
+    """(1) images/s of both libraries, runs interleaved (order alternating) to share the noise,
+    each run's forward and backward passes of the model counted."""
     atk = ta.PGD(model, eps=EPS, alpha=ALPHA, steps=steps, random_start=True)
     gen = torch.Generator().manual_seed(0)
 
@@ -130,61 +137,68 @@ def fixed_step(ta, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
     torch.manual_seed(0)
     runs = {"eisbench": run_eis, "torchattacks": run_ta}
-    adv = {k: f() for k, f in runs.items()}  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(repeats):
-        for k in (("eisbench", "torchattacks") if r % 2 == 0 else ("torchattacks", "eisbench")):
-            t0 = time.perf_counter()
-            adv[k] = runs[k]()
-            times[k].append(time.perf_counter() - t0)
+    for f in runs.values():  # warm-up
+        f()
+    measured = interleave(model, runs, repeats=repeats, say=lambda _: None)
     assert_eval(model, "after the attacks")
     out: dict[str, Any] = {}
     with torch.no_grad():
-        for k in runs:
-            med = statistics.median(times[k])
-            out[k] = {"median_s": med, "img_per_s": len(x) / med,
-                      "times_s": [round(t, 4) for t in times[k]],
-                      "max_linf": check_budget(x, adv[k], k),
-                      "adv_acc": float((model(adv[k]).argmax(1) == y).float().mean())}
+        for k, ms in measured.items():
+            adv = ms[-1].output
+            out[k] = medians(ms, per=len(x)) | {
+                "max_linf": check_budget(x, adv, k),
+                "adv_acc": float((model(adv).argmax(1) == y).float().mean())}
+            out[k]["img_per_s"] = len(x) / out[k]["median_s"]
     out["ratio"] = out["eisbench"]["img_per_s"] / out["torchattacks"]["img_per_s"]
+    out["ratios_torchattacks_over_eisbench"] = ratios(out["torchattacks"], out["eisbench"])
     return out
 
 
 def robust_eval(ta, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,  # noqa: ANN001
-                steps: int, restarts: int, batch: int) -> dict:
-    """(2) time and robust accuracy of a full evaluation of ``x`` with both libraries."""
+                steps: int, restarts: int, batch: int, repeats: int) -> dict:
+    """(2) time, passes and robust accuracy of a full evaluation of ``x`` with both libraries,
+    ``repeats`` runs of each interleaved; medians."""
     cfg = AttackConfig(name="pgd", norm="linf", eps=EPS, steps=steps, step_size=ALPHA,
                        restarts=restarts, early_exit=True)
-    t0 = time.perf_counter()
-    eis_ok = correct_under_attack(model, x, y, cfg, batch_size=batch, seed=0)
-    eis_s = time.perf_counter() - t0
+    ta_max = [0.0]
+
+    def run_eis() -> torch.Tensor:
+        return correct_under_attack(model, x, y, cfg, batch_size=batch, seed=0)
+
+    def run_ta() -> torch.Tensor:
+        torch.manual_seed(0)  # torchattacks draws its random start from the global generator
+        atk = ta.PGD(model, eps=EPS, alpha=ALPHA, steps=steps, random_start=True)
+        ok = torch.ones(len(x), dtype=torch.bool)
+        for _ in range(max(restarts, 1)):
+            idx = ok.nonzero().flatten()  # restart only on the points not yet fooled
+            for i in range(0, len(idx), batch):
+                j = idx[i:i + batch]
+                x_adv = atk(x[j], y[j])
+                with torch.no_grad():
+                    ok[j] = model(x_adv).argmax(1) == y[j]
+                ta_max[0] = max(ta_max[0], check_budget(x[j], x_adv, "torchattacks"))
+        return ok
+
+    measured = interleave(model, {"eisbench": run_eis, "torchattacks": run_ta},
+                          repeats=repeats)
     # the same early-exit attack on one batch, outside the timing, for the budget check
     xb, yb = x[:batch], y[:batch]
     eis_max = check_budget(xb, pgd(model, xb, yb, eps=EPS, step_size=ALPHA, steps=steps,
                                    restarts=restarts, early_exit=True,
                                    generator=torch.Generator().manual_seed(0)), "eisbench")
-
-    torch.manual_seed(0)  # torchattacks draws its random start from the global generator
-    atk = ta.PGD(model, eps=EPS, alpha=ALPHA, steps=steps, random_start=True)
-    ta_ok = torch.ones(len(x), dtype=torch.bool)
-    ta_max = 0.0
-    t0 = time.perf_counter()
-    for _ in range(max(restarts, 1)):
-        idx = ta_ok.nonzero().flatten()  # restart only on the points not yet fooled
-        for i in range(0, len(idx), batch):
-            j = idx[i:i + batch]
-            x_adv = atk(x[j], y[j])
-            with torch.no_grad():
-                ta_ok[j] = model(x_adv).argmax(1) == y[j]
-            ta_max = max(ta_max, float((x_adv - x[j]).abs().amax()))
-            check_budget(x[j], x_adv, "torchattacks")
-    ta_s = time.perf_counter() - t0
     assert_eval(model, "after the evaluations")
+    eis_ok, ta_ok = measured["eisbench"][0].output, measured["torchattacks"][0].output
+    eis = medians(measured["eisbench"], per=len(x))
+    tam = medians(measured["torchattacks"], per=len(x))
     eis_acc, ta_acc = float(eis_ok.float().mean()), float(ta_ok.float().mean())
     return {"attack": cfg.describe() + " early_exit",
-            "eisbench": {"s": eis_s, "robust_acc": eis_acc, "max_linf_batch0": eis_max},
-            "torchattacks": {"s": ta_s, "robust_acc": ta_acc, "max_linf": ta_max},
-            "speedup": ta_s / eis_s, "n_differ": int((eis_ok != ta_ok).sum()),
+            "eisbench": eis | {"s": eis["median_s"], "robust_acc": eis_acc,
+                               "max_linf_batch0": eis_max},
+            "torchattacks": tam | {"s": tam["median_s"], "robust_acc": ta_acc,
+                                   "max_linf": ta_max[0]},
+            "speedup": tam["median_s"] / eis["median_s"],
+            "ratios_torchattacks_over_eisbench": ratios(tam, eis),
+            "n_differ": int((eis_ok != ta_ok).sum()),
             "se_robust_acc": (ta_acc * (1 - ta_acc) / len(x)) ** 0.5}
 
 
@@ -196,6 +210,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256, help="batch size of (1) and (2)")
     p.add_argument("--repeats", type=int, default=7, help="timed runs of (1) per library")
     p.add_argument("--restarts", type=int, default=1, help="restarts R of the evaluation (2)")
+    p.add_argument("--eval-repeats", type=int, default=3,
+                   help="interleaved runs of the evaluation (2) per library (medians)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--models", default="standard,robust", help="comma list: standard,robust")
@@ -227,16 +243,24 @@ def main() -> None:
             print(f"  (1) {k:<12} {r['img_per_s']:7.1f} img/s  median {r['median_s']:.3f} s "
                   f"[{', '.join(f'{t:.3f}' for t in r['times_s'])}]  adv acc "
                   f"{100 * r['adv_acc']:.1f}%  max Linf {r['max_linf']:.4f}", flush=True)
-        print(f"      ratio eisbench/torchattacks = {fx['ratio']:.3f}", flush=True)
+        print(f"      ratio eisbench/torchattacks = {fx['ratio']:.3f}; loads "
+              f"{fx['eisbench']['loads'][0]} .. {fx['eisbench']['loads'][-1]}", flush=True)
+        for line in table({k: fx[k] for k in ("eisbench", "torchattacks")}, per_label="img",
+                          base="eisbench"):
+            print("      " + line, flush=True)
         ev = robust_eval(ta, model, x_te[:args.n], y_te[:args.n], steps=args.steps,
-                         restarts=args.restarts, batch=args.batch)
+                         restarts=args.restarts, batch=args.batch, repeats=args.eval_repeats)
         for k in ("eisbench", "torchattacks"):
             r = ev[k]
-            print(f"  (2) {k:<12} {r['s']:7.1f} s  robust acc {100 * r['robust_acc']:.2f}%",
-                  flush=True)
+            print(f"  (2) {k:<12} {r['s']:7.1f} s (median of {len(r['times_s'])}: "
+                  f"{', '.join(f'{t:.1f}' for t in r['times_s'])})  robust acc "
+                  f"{100 * r['robust_acc']:.2f}%", flush=True)
         print(f"      speed-up {ev['speedup']:.2f}x; {ev['n_differ']} of {args.n} verdicts differ "
               f"(sampling s.e. of a robust accuracy {100 * ev['se_robust_acc']:.2f} pts)",
               flush=True)
+        for line in table({k: ev[k] for k in ("eisbench", "torchattacks")}, per_label="img",
+                          base="eisbench"):
+            print("      " + line, flush=True)
         ev["pass_speed"] = ev["speedup"] >= 2.0
         ev["pass_strength"] = ev["eisbench"]["robust_acc"] <= ev["torchattacks"]["robust_acc"]
         src = args.robust_ckpt if kind == "robust" and args.robust_ckpt else MODELS[kind][0]
@@ -250,7 +274,7 @@ def main() -> None:
     print("\n" + "=" * w)
     print(f"PGD Linf eps {EPS}, step {ALPHA}, {args.steps} steps, random start, batch "
           f"{args.batch}; (1) median of {args.repeats} runs, no early exit; (2) n={args.n}, "
-          f"restarts={args.restarts}")
+          f"restarts={args.restarts}, median of {args.eval_repeats} runs; load now {loadavg()}")
     print(f"{'model':<10}{'(1) eis img/s':>14}{'ta img/s':>10}{'ratio':>8}"
           f"{'(2) eis s':>11}{'ta s':>8}{'speedup':>9}{'eis acc':>9}{'ta acc':>9}  PASS/FAIL")
     print("-" * w)
@@ -262,6 +286,13 @@ def main() -> None:
               f"{ev['speedup']:>8.2f}x{100 * ev['eisbench']['robust_acc']:>8.2f}%"
               f"{100 * ev['torchattacks']['robust_acc']:>8.2f}%  {flags}")
     print("-" * w)
+    print("passes of the model per image (forward/backward), eisbench vs torchattacks:")
+    for kind, r in results.items():
+        fx, ev = r["fixed_step"], r["evaluation"]
+        cell = "{0[forward_per_example]:.1f}/{0[backward_per_example]:.1f}".format
+        print(f"  {kind:<9} (1) {cell(fx['eisbench'])} vs {cell(fx['torchattacks'])}; "
+              f"(2) {cell(ev['eisbench'])} vs {cell(ev['torchattacks'])}")
+    print("-" * w)
     print("PASS/FAIL columns: throughput ratio >= 1.0 | evaluation speed-up >= 2x | eisbench "
           "robust acc <= torchattacks")
     for kind, r in results.items():
@@ -271,6 +302,7 @@ def main() -> None:
     all_pass = all(v for r in results.values() for v in r["pass"].values())
     print(json.dumps({"benchmark": "pgd_throughput", "eps": EPS, "alpha": ALPHA,
                       "steps": args.steps, "batch": args.batch, "repeats": args.repeats,
+                      "eval_repeats": args.eval_repeats, "load_end": loadavg(),
                       "n": args.n, "restarts": args.restarts, "threads": args.threads,
                       "device": args.device, "torch": torch.__version__,
                       "torchattacks": ta.__version__, "results": results, "all_pass": all_pass}))
