@@ -20,6 +20,7 @@ from mutants_tools_helpers import Cases, Counting, X, _g, _lin, _mlp, _same
 
 from eisbench.tools import TOOLS
 from eisbench.tools import scan as sc
+from eisbench.tools import tabor_terms as tt
 from eisbench.tools import trigger_reconstruction as tr
 
 # --- scan -----------------------------------------------------------------------------------------
@@ -65,9 +66,11 @@ def test_scan_result_prints_serialises_and_round_trips(tmp_path: Path) -> None:
         "(* flagged, threshold 2.5): 0 0.00  1 inf  2 0.00")
     d = calm.to_dict()
     assert d == {"method": "tabor", "threshold": 2.5, "median_l1": 10.0, "flagged": [],
-                 "suspect": None, "bbox": None, "verdict": calm.verdict(), "classes": [
+                 "suspect": None, "bbox": None, "verdict": calm.verdict(), "format": 2,
+                 "schedule": "", "tabor_flagged": [], "tabor_suspect": None, "classes": [
                      {"class": k + 1, "l1": r.l1, "success": r.success, "bbox": list(r.bbox),
-                      "anomaly_index": a, "flagged": False, "trigger_found": k == 1}
+                      "anomaly_index": a, "flagged": False, "trigger_found": k == 1,
+                      "curve": None, "converged_step": None}
                      for k, (r, a) in enumerate(zip(recs[1:], (0.0, "inf", 0.0), strict=True))]}
     assert res.to_dict()["bbox"] == [0, 0, 0, 3] and res.to_dict()["classes"][0]["flagged"]
     sc.save_scan(res, tmp_path / "s")
@@ -85,15 +88,15 @@ def test_scan_result_prints_serialises_and_round_trips(tmp_path: Path) -> None:
 
 def test_scan_is_the_mad_rule_on_reconstructions_of_every_class() -> None:
     net = _mlp(4, seed=5)
-    hyper: dict[str, Any] = {"method": "tabor", "steps": 3, "lr": 0.05, "lam": 0.01,
-                             "batch_size": 5, "tabor": tr.TaborWeights(0.2, 0.3, 0.4, 0.6)}
+    hyper: dict[str, Any] = {"method": "tabor-v1", "steps": 3, "lr": 0.05, "lam": 0.01,
+                             "batch_size": 5, "tabor": tt.TaborV1Weights(0.2, 0.3, 0.4, 0.6)}
     res = sc.scan(net, X[:20], seed=4, threshold=0.5, **hyper)
     _same(res.reconstructions, tr.reconstruct_triggers(net, targets=range(4), data=X[:20],
                                                         generator=_g(4), **hyper))
     idx, flagged = sc.mad_anomaly(res.l1, threshold=0.5)
     assert res.anomaly_index == tuple(idx) and res.flagged == tuple(flagged)
     low = min(range(4), key=lambda k: res.l1[k])
-    assert res.suspect == (low if low in flagged else None) and res.method == "tabor"
+    assert res.suspect == (low if low in flagged else None) and res.method == "tabor-v1"
     assert res.threshold == 0.5
     from eisbench import data
 
@@ -114,19 +117,20 @@ def test_stamp_total_variation_and_objectives_by_hand() -> None:
     for r in range(2):
         torch.testing.assert_close(stamped[3 * r:3 * r + 3], (1 - mask[r]) * x + mask[r] * pat[r])
     m = torch.tensor([[0.0, 1, 0], [0, 0, 2], [1, 1, 1]]).view(1, 1, 3, 3)  # rows 3 + 3, cols 4
-    torch.testing.assert_close(tr._total_variation(torch.cat([m, 2 * m])), torch.tensor([10., 20]))
+    torch.testing.assert_close(tt.total_variation(torch.cat([m, 2 * m])), torch.tensor([10., 20]))
     net = _lin(torch.randn(3, 40, generator=g))
-    t, lam, w = torch.tensor([1, 2]), torch.tensor([0.1, 0.2]), tr.TaborWeights(0.3, 0.7, 0.2, 0.9)
+    t, lam = torch.tensor([1, 2]), torch.tensor([0.1, 0.2])
+    w = tt.TaborV1Weights(0.3, 0.7, 0.2, 0.9)
     ce = torch.stack([F.cross_entropy(net(stamped[3 * r:3 * r + 3]), t[r].expand(3))
                       for r in range(2)])
     l1 = mask.sum((1, 2, 3))
-    nc = tr.RECONSTRUCTION_METHODS.get("neural-cleanse")(net, x, lab, mask, pat, t, lam, w)
+    nc = tr.RECONSTRUCTION_METHODS.get("neural-cleanse")(net, x, lab, mask, pat, t, lam, w)[0]
     torch.testing.assert_close(nc, ce + lam * l1)
-    size = l1 + 0.3 * mask.pow(2).sum((1, 2, 3)) + 0.7 * tr._total_variation(mask)
+    size = l1 + 0.3 * mask.pow(2).sum((1, 2, 3)) + 0.7 * tt.total_variation(mask)
     block = torch.stack([F.cross_entropy(net(x * (1 - mask[r])), lab) for r in range(2)])
     over = F.cross_entropy(net(mask * pat), t, reduction="none")
-    torch.testing.assert_close(tr.RECONSTRUCTION_METHODS.get("tabor")(
-        net, x, lab, mask, pat, t, lam, w), ce + lam * size + 0.2 * block + 0.9 * over)
+    torch.testing.assert_close(tr.RECONSTRUCTION_METHODS.get("tabor-v1")(
+        net, x, lab, mask, pat, t, lam, w)[0], ce + lam * size + 0.2 * block + 0.9 * over)
 
 
 def test_success_counts_only_images_not_already_in_the_target() -> None:
@@ -221,15 +225,15 @@ def test_reconstruction_keeps_the_smallest_successful_mask() -> None:
     grown, best, at3 = run(6, 2.0), run(6, 0.0), run(3, 2.0)  # lam < 0: the mask grows
     _same(best.mask, at3.mask)  # the first check's mask, not the last one
     assert grown.l1 > best.l1 + 1
-    kw: dict[str, Any] = {"method": "tabor", "steps": 4, "lr": 0.05, "lam": -1.0,
+    kw: dict[str, Any] = {"method": "tabor-v1", "steps": 4, "lr": 0.05, "lam": -1.0,
                           "batch_size": 5, "threshold": 0.0, "check_every": 2,
-                          "tabor": tr.TaborWeights(0.2, 0.3, 0.4, 0.6)}
+                          "tabor": tt.TaborV1Weights(0.2, 0.3, 0.4, 0.6)}
     _same(tr.reconstruct_trigger(net, target=2, data=X, generator=_g(1), **kw),
           tr.reconstruct_triggers(net, targets=[2], data=X, generator=_g(1), **kw))
     for name in ("neural-cleanse", "tabor"):
         kw = {"steps": 3, "lr": 0.05, "lam": 0.01, "batch_size": 5}
         out = TOOLS.get(name)(net, target=1, data=X, n=3, generator=_g(1), **kw)
         _same(out, tr.restart_images(net, target=1, data=X, n=3, method=name, generator=_g(1),
-                                     device="cpu", **kw))
+                                     device="cpu", schedule=None, **kw))
         _same(out, tr.trigger_images(tr.reconstruct_triggers(
-            net, targets=[1] * 3, data=X, method=name, generator=_g(1), **kw)))
+            net, targets=[1] * 3, data=X, method=name, generator=_g(1), schedule=None, **kw)))

@@ -47,18 +47,21 @@ from torch import nn
 
 from eisbench import data as datasets
 from eisbench.core.paths import atomic_write_bytes
+from eisbench.core.tensors import eval_mode, predict
 from eisbench.models.contract import check_model
+from eisbench.tools.cost_schedule import get_schedule
+from eisbench.tools.tabor_terms import TaborV1Weights, TaborWeights, finite_or_inf, tabor_score
 from eisbench.tools.trigger_reconstruction import (
     SUCCESS,
-    TABOR,
+    LossCurve,
     Reconstruction,
-    TaborWeights,
     mask_bbox,
     reconstruct_triggers,
 )
 
 MAD_CONSISTENCY = 1.4826
 THRESHOLD = 2.0
+SCAN_FORMAT = 2  # scan.json: 2 adds the schedule, TABOR's score and the loss curves
 
 
 def mad_anomaly(values: Sequence[float], *, threshold: float = THRESHOLD
@@ -86,7 +89,10 @@ def mad_anomaly(values: Sequence[float], *, threshold: float = THRESHOLD
 @dataclass(frozen=True, eq=False)
 class ScanResult:
     """One reconstruction per class, the anomaly index of each class's mask L1 norm, the
-    flagged classes and the suspect (None: no trojan detected)."""
+    flagged classes and the suspect (None: no trojan detected); the cost schedule's name; and
+    beside Neural Cleanse's rule, TABOR's trigger-quality score per class, its anomaly index
+    (the same MAD rule, low side) and the classes it flags (empty for a scan saved before
+    they existed)."""
 
     method: str
     reconstructions: tuple[Reconstruction, ...]
@@ -94,6 +100,25 @@ class ScanResult:
     flagged: tuple[int, ...]
     suspect: int | None
     threshold: float = THRESHOLD
+    schedule: str = ""
+    tabor_score: tuple[float, ...] = ()
+    tabor_index: tuple[float, ...] = ()
+    tabor_flagged: tuple[int, ...] = ()
+
+    @property
+    def tabor_suspect(self) -> int | None:
+        """The class of lowest TABOR score (:func:`~eisbench.tools.tabor_terms.tabor_score`)
+        if the MAD rule on those scores flags it."""
+        if not self.tabor_score:
+            return None
+        low = min(range(len(self.tabor_score)), key=lambda k: self.tabor_score[k])
+        return low if low in self.tabor_flagged else None
+
+    @property
+    def curves(self) -> tuple[LossCurve | None, ...]:
+        """Each class's record of its checks (:class:`~eisbench.tools.trigger_reconstruction.
+        LossCurve`): whether the reconstruction converged."""
+        return tuple(r.curve for r in self.reconstructions)
 
     @property
     def l1(self) -> tuple[float, ...]:
@@ -136,35 +161,47 @@ class ScanResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the per-class table, the flagged classes and the suspect."""
-        def num(v: float) -> float | str:
-            return v if math.isfinite(v) else "inf"
+        num = finite_or_inf
 
         rows = [{"class": r.target, "l1": r.l1, "success": r.success, "bbox": list(r.bbox),
                  "anomaly_index": num(a), "flagged": r.target in self.flagged,
-                 "trigger_found": r.success >= SUCCESS}
+                 "trigger_found": r.success >= SUCCESS,
+                "curve": r.curve.to_dict() if r.curve else None,
+                "converged_step": r.curve.converged_step if r.curve else None}
                 for r, a in zip(self.reconstructions, self.anomaly_index, strict=True)]
+        for k, row in enumerate(rows):
+            if self.tabor_score:
+                row |= {"tabor_score": num(self.tabor_score[k]),
+                        "tabor_index": num(self.tabor_index[k]),
+                        "tabor_flagged": k in self.tabor_flagged}
         trig = self.trigger
-        return {"method": self.method, "threshold": self.threshold,
-                "median_l1": statistics.median(self.l1), "classes": rows,
-                "flagged": list(self.flagged), "suspect": self.suspect,
+        return {"method": self.method, "format": SCAN_FORMAT, "schedule": self.schedule,
+                "threshold": self.threshold, "median_l1": statistics.median(self.l1),
+                "classes": rows, "flagged": list(self.flagged), "suspect": self.suspect,
+                "tabor_flagged": list(self.tabor_flagged), "tabor_suspect": self.tabor_suspect,
                 "bbox": list(trig.bbox) if trig else None, "verdict": self.verdict()}
 
 
 def scan(model: nn.Module, data: torch.Tensor | str, *, n: int = 500,
          data_root: str | Path | None = None, method: str = "neural-cleanse",
-         num_classes: int | None = None, steps: int = 200, lr: float = 0.1, lam: float = 1e-3,
-         batch_size: int = 64, threshold: float = THRESHOLD, seed: int = 0,
-         generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-         tabor: TaborWeights = TABOR) -> ScanResult:
+         num_classes: int | None = None, steps: int | None = None, lr: float = 0.1,
+         lam: float | None = None, batch_size: int | None = None,
+         threshold: float = THRESHOLD, seed: int = 0, generator: torch.Generator | None = None,
+         device: str | torch.device = "cpu", tabor: TaborWeights | TaborV1Weights | None = None,
+         schedule: str | None = None, check_every: int | None = None) -> ScanResult:
     """Reconstruct a trigger for every class on clean images ``data`` (N, C, H, W) in [0,1]
     (all classes in parallel, see :func:`~eisbench.tools.trigger_reconstruction.
-    reconstruct_triggers`) and apply the MAD outlier rule to their mask L1 norms.
+    reconstruct_triggers`) and apply the MAD outlier rule to their mask L1 norms, and beside
+    it to TABOR's trigger-quality scores (:func:`~eisbench.tools.tabor_terms.tabor_score`).
 
-    ``data`` may also name a dataset (``"mnist"``, ``"digits"``, ...): its first ``n`` test
-    images, from ``data_root`` if given. ``num_classes``: checked against the model's output
-    (None: taken from the dataset named, else from the model). A model that fails on the
-    images or does not return (B, K) logits raises a ValueError. The randomness comes from
-    ``generator``, by default a generator seeded with ``seed``.
+    ``schedule``: the L1 weight's schedule (None: the method's published one, e.g. Wang et
+    al.'s for ``"neural-cleanse"``; ``"eisbench-v1"``: the earlier recipe, with ``steps=200,
+    batch_size=64``); ``steps``, ``lam``, ``batch_size``, ``check_every``: None takes the
+    schedule's. ``data`` may also name a dataset (``"mnist"``, ``"digits"``, ...): its first
+    ``n`` test images, from ``data_root`` if given. ``num_classes``: checked against the
+    model's output (None: taken from the dataset named, else from the model). A model that
+    fails on the images or does not return (B, K) logits raises a ValueError. The randomness
+    comes from ``generator``, by default a generator seeded with ``seed``.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -178,16 +215,26 @@ def scan(model: nn.Module, data: torch.Tensor | str, *, n: int = 500,
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     dev = torch.device(device)
+    sched = get_schedule(schedule, method)
     k, _ = check_model(model, data, num_classes=num_classes, device=dev)
     recs = reconstruct_triggers(model, targets=range(k), data=data, method=method, steps=steps,
                                 lr=lr, lam=lam, batch_size=batch_size, generator=generator,
-                                device=dev, tabor=tabor)
+                                device=dev, tabor=tabor, schedule=sched,
+                                check_every=check_every)
     l1 = [r.l1 for r in recs]
     index, flagged = mad_anomaly(l1, threshold=threshold)
     low = min(range(k), key=lambda i: l1[i])
+    with torch.no_grad(), eval_mode(model):
+        score = tabor_score(model, data.to(dev), predict(model, data, device=dev).to(dev),
+                            torch.stack([r.mask for r in recs]).to(dev),
+                            torch.stack([r.pattern for r in recs]).to(dev),
+                            torch.tensor([r.success for r in recs]))
+    t_index, t_flagged = mad_anomaly(score.tolist(), threshold=threshold)
     return ScanResult(method=method, reconstructions=tuple(recs), anomaly_index=tuple(index),
                       flagged=tuple(flagged), suspect=low if low in flagged else None,
-                      threshold=threshold)
+                      threshold=threshold, schedule=sched.name,
+                      tabor_score=tuple(score.tolist()), tabor_index=tuple(t_index),
+                      tabor_flagged=tuple(t_flagged))
 
 
 def save_scan(res: ScanResult, folder: str | Path, *,
@@ -206,15 +253,31 @@ def save_scan(res: ScanResult, folder: str | Path, *,
 
 
 def load_scan(folder: str | Path) -> ScanResult:
-    """Read what :func:`save_scan` wrote."""
+    """Read what :func:`save_scan` wrote. A scan saved before format 2 (no schedule, TABOR
+    score or curves) loads with schedule ``"eisbench-v1"`` (the only one then), no curves and
+    no TABOR score; a newer format is refused."""
     d = Path(folder)
     meta = json.loads((d / "scan.json").read_text())
+    fmt = int(meta.get("format", 1))
+    if fmt > SCAN_FORMAT:
+        raise ValueError(f"{d / 'scan.json'} is scan format {fmt}; this eisbench reads up to "
+                         f"{SCAN_FORMAT}: upgrade eisbench")
     t = load_file(str(d / "triggers.safetensors"))
+    schedule = meta.get("schedule", "eisbench-v1")
+    rows = meta["classes"]
     recs = tuple(Reconstruction(target=row["class"], method=meta["method"], mask=t["mask"][i],
                                 pattern=t["pattern"][i], l1=float(row["l1"]),
-                                success=float(row["success"]), bbox=mask_bbox(t["mask"][i]))
-                 for i, row in enumerate(meta["classes"]))
+                                success=float(row["success"]), bbox=mask_bbox(t["mask"][i]),
+                                curve=LossCurve.from_dict(row["curve"]) if row.get("curve")
+                                else None, schedule=schedule)
+                 for i, row in enumerate(rows))
+    has_tabor = all("tabor_score" in row for row in rows)
     return ScanResult(method=meta["method"], reconstructions=recs,
-                      anomaly_index=tuple(float(r["anomaly_index"]) for r in meta["classes"]),
+                      anomaly_index=tuple(float(r["anomaly_index"]) for r in rows),
                       flagged=tuple(meta["flagged"]), suspect=meta["suspect"],
-                      threshold=float(meta["threshold"]))
+                      threshold=float(meta["threshold"]), schedule=schedule,
+                      tabor_score=tuple(float(r["tabor_score"]) for r in rows) if has_tabor
+                      else (),
+                      tabor_index=tuple(float(r["tabor_index"]) for r in rows) if has_tabor
+                      else (),
+                      tabor_flagged=tuple(meta.get("tabor_flagged", ())))

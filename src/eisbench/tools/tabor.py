@@ -23,15 +23,20 @@ from eisbench.tools.core import TOOLS
 from eisbench.tools.trigger_reconstruction import restart_images
 
 
-@TOOLS.register("tabor", family="trigger-reconstruction", steps=150)
+@TOOLS.register("tabor", family="trigger-reconstruction", steps=2000)
 def tabor(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
-          generator: torch.Generator, device: str | torch.device = "cpu", steps: int = 150,
-          lr: float = 0.1, lam: float = 1e-3, batch_size: int = 16) -> torch.Tensor:
+          generator: torch.Generator, device: str | torch.device = "cpu", steps: int = 2000,
+          lr: float = 0.1, lam: float = 1e-3, batch_size: int = 32,
+          method: str = "tabor", schedule: str | None = None) -> torch.Tensor:
     """``n`` TABOR triggers for class ``target`` on clean images ``data`` (N, C, H, W):
     (n, C, H, W) in [0,1], smallest successful trigger first.
 
-    ``batch_size`` images per step are shared by the ``n`` restarts (n * batch_size passes).
+    TABOR's published terms and TrojanZoo's weights under its fixed L1 weight
+    (:data:`~eisbench.tools.cost_schedule.TROJANZOO_TABOR`), ``steps`` Adam steps;
+    ``method="tabor-v1"`` (with ``schedule="eisbench-v1", steps=150, batch_size=16``) is the
+    earlier recipe. ``batch_size`` images per step are shared by the ``n`` restarts
+    (n * batch_size passes).
     """
-    return restart_images(model, target=target, data=data, n=n, method="tabor",
+    return restart_images(model, target=target, data=data, n=n, method=method,
                           generator=generator, device=device, steps=steps, lr=lr, lam=lam,
-                          batch_size=batch_size)
+                          batch_size=batch_size, schedule=schedule)
