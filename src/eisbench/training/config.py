@@ -34,7 +34,11 @@ class TrainConfig:
     eps_warmup_epochs: int = 0  # linearly ramp eps over the first epochs (helps fast-at on MNIST)
     # Adversarial methods: after each epoch, PGD-10 accuracy at the full eps on a fixed batch of
     # training images; if it falls this far below its best (catastrophic overfitting, Wong et al.
-    # 2020), restore the best epoch's weights and stop. 0 turns the guard off.
+    # 2020), restore the best epoch's weights and stop. Within epochs, every 100 steps, FGSM
+    # minus PGD-5 accuracy at the training eps; above this margin, restore the last healthy
+    # weights and ramp eps back up from half (eisbench.training.guard). 0 turns both off. Wong
+    # et al. 2020's MNIST recipe as published: method="fast-at", eps=0.3, alpha=0.375, lr=5e-3,
+    # schedule="onecycle", epochs=10, batch_size=100, overfit_guard=0.
     overfit_guard: float = 0.2
 
     def __post_init__(self) -> None:

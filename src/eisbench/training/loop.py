@@ -3,8 +3,10 @@
 :func:`fit` is the loop: Adam over mini-batches drawn in epochs of a random order (one
 ``torch.randperm`` per epoch from a generator seeded with ``seed``, which also feeds the
 method's perturbation), the learning-rate schedule of the config, the method's perturbation
-and loss each step, and after each epoch the history entry, the overfitting guard (for the
-methods that declare it) and the checkpoint. :func:`train` trains a model with it from a
+and loss each step, every :data:`~eisbench.training.guard.PROBE_EVERY` steps the within-epoch
+overfitting guard (:mod:`eisbench.training.guard`), and after each epoch the history entry,
+the per-epoch overfitting guard (both for the methods that declare ``guarded``) and the
+checkpoint. :func:`train` trains a model with it from a
 :class:`~eisbench.training.config.TrainConfig`; the fine-tuning edits of :mod:`eisbench.edit`
 run it for a budget of steps.
 """
@@ -26,6 +28,7 @@ from torch import nn
 from eisbench.attacks.pgd import pgd
 from eisbench.core.progress import progress
 from eisbench.core.tensors import check_images, eval_mode
+from eisbench.training import guard as co_guard
 from eisbench.training.config import InputGradConfig, TrainConfig
 from eisbench.training.methods import TRAINING_METHODS, TrainingMethod
 
@@ -85,11 +88,14 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
     if len(x) == 0:
         raise ValueError("no training images")
     method = TRAINING_METHODS.get(cfg.method)
-    guarded = TRAINING_METHODS.meta(cfg.method)["guarded"]
+    guarded = TRAINING_METHODS.meta(cfg.method)["guarded"] and cfg.overfit_guard > 0
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     ckpt = resume_dir / "train_state.pt" if resume_dir is not None else None
     state = _resume(ckpt, model, opt, gen)
+    if guarded and state.get("healthy") is None:  # what a collapse before the first probe restores
+        state["healthy"] = {"model": copy.deepcopy(model.state_dict()),
+                            "opt": copy.deepcopy(opt.state_dict())}
     per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = steps if steps is not None else cfg.epochs * per_epoch
     n_epochs = math.ceil(total / per_epoch)
@@ -99,7 +105,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
         ecfg = _epoch_cfg(cfg, epoch)
         model.train()
         perm = torch.randperm(len(x), generator=gen)
-        loss_sum = 0.0
+        loss_sum, seen = 0.0, 0
+        entry: dict[str, Any] = {"epoch": epoch + 1}
         batches = range(epoch * per_epoch, min(total, (epoch + 1) * per_epoch))
         for step in progress(batches, desc=f"{desc} (epoch {epoch + 1}/{n_epochs})",
                              unit="batch"):
@@ -108,13 +115,22 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
             b = step - epoch * per_epoch
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            loss_sum += _step(model, opt, method, xb, yb, cfg=ecfg, generator=gen,
+            scfg = _scaled(ecfg, co_guard.backoff_factor(state, step, per_epoch))
+            loss_sum += _step(model, opt, method, xb, yb, cfg=scfg, generator=gen,
                               where=f"{desc}: step {step + 1} (epoch {epoch + 1})") * len(yb)
+            seen += len(yb)
             if after_step is not None:
                 after_step(model)
-        seen = min(len(x), len(batches) * cfg.batch_size)  # images this epoch
-        entry = {"epoch": epoch + 1, "loss": loss_sum / seen, "eps": ecfg.eps}
-        if guarded and cfg.overfit_guard > 0:
+            if guarded and (step + 1) % co_guard.PROBE_EVERY == 0:
+                msg = co_guard.watch(model, opt, x, y, eps=scfg.eps, norm=cfg.norm,
+                                     margin=cfg.overfit_guard, device=device, step=step,
+                                     state=state, entry=entry)
+                if msg is not None:
+                    warnings.warn(f"{desc}: {msg}", stacklevel=3)
+                if state["stopped"]:
+                    break
+        entry.update(loss=loss_sum / seen, eps=ecfg.eps)
+        if guarded and not state["stopped"]:
             _guard(model, x, y, cfg=cfg, device=device, state=state, entry=entry, desc=desc)
         state["history"].append(entry)
         state["epoch"] = epoch + 1
@@ -142,11 +158,16 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, method: TrainingMethod,
 
 def _epoch_cfg(cfg: TrainConfig, epoch: int) -> TrainConfig:
     """The config of epoch ``epoch`` (0-based): eps (and alpha) ramped over the warm-up."""
-    ramp = min(1.0, (epoch + 1) / cfg.eps_warmup_epochs) if cfg.eps_warmup_epochs else 1.0
-    if ramp == 1.0:
+    return _scaled(cfg, min(1.0, (epoch + 1) / cfg.eps_warmup_epochs)
+                   if cfg.eps_warmup_epochs else 1.0)
+
+
+def _scaled(cfg: TrainConfig, factor: float) -> TrainConfig:
+    """``cfg`` with eps (and an explicit alpha) multiplied by ``factor``."""
+    if factor == 1.0:
         return cfg
-    eps = cfg.eps * ramp
-    return replace(cfg, eps=eps, alpha=cfg.alpha * eps / cfg.eps if cfg.alpha is not None else None)
+    return replace(cfg, eps=cfg.eps * factor,
+                   alpha=cfg.alpha * factor if cfg.alpha is not None else None)
 
 
 def _resume(ckpt: Path | None, model: nn.Module, opt: torch.optim.Optimizer,
