@@ -138,9 +138,11 @@ def test_tabor_objective_adds_the_weighted_terms_to_neural_cleanse() -> None:
 
 def test_tabor_score_by_hand() -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    lin = net[1]
+    assert isinstance(lin, nn.Linear)
     with torch.no_grad():
-        net[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]))
-        net[1].bias.zero_()
+        lin.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]))
+        lin.bias.zero_()
     x = torch.tensor([[1.0, 0, 0, 0.2], [0.3, 0, 0, 1.0]]).view(2, 1, 2, 2)
     pred = net(x).argmax(1)  # [0, 1]
     m = torch.tensor([[0.0, 0], [0, 1.0]]).view(1, 1, 2, 2)  # removes pixel 3: image 1 -> 0
@@ -154,12 +156,15 @@ def test_tabor_score_by_hand() -> None:
 def _scan_res() -> sc.ScanResult:
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     x = torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(3))
-    return sc.scan(net, x, steps=6, batch_size=4, check_every=2, seed=1, threshold=0.5)
+    return sc.scan(net, x, steps=6, batch_size=4, check_every=2, seed=1, threshold=0.5,
+                   schedule=None)  # the method's published schedule
 
 
 def test_scan_keeps_curves_and_tabor_score_and_round_trips(tmp_path: Path) -> None:
     res = _scan_res()
     assert res.schedule == "wang2019" and len(res.tabor_score) == 3
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))  # the default: the benchmark's recipe
+    assert sc.scan(net, torch.rand(8, 1, 4, 4), steps=2).schedule == "eisbench-v1"
     assert (list(res.tabor_index), list(res.tabor_flagged)) == sc.mad_anomaly(
         list(res.tabor_score), threshold=0.5)
     for c in res.curves:

@@ -230,10 +230,17 @@ def test_reconstruction_keeps_the_smallest_successful_mask() -> None:
                           "tabor": tt.TaborV1Weights(0.2, 0.3, 0.4, 0.6)}
     _same(tr.reconstruct_trigger(net, target=2, data=X, generator=_g(1), **kw),
           tr.reconstruct_triggers(net, targets=[2], data=X, generator=_g(1), **kw))
-    for name in ("neural-cleanse", "tabor"):
+    for name, method in (("neural-cleanse", "neural-cleanse"), ("tabor", "tabor-v1")):
+        # the tools' defaults: eisbench's recipe, the one the benchmark was measured with
         kw = {"steps": 3, "lr": 0.05, "lam": 0.01, "batch_size": 5}
         out = TOOLS.get(name)(net, target=1, data=X, n=3, generator=_g(1), **kw)
+        _same(out, tr.restart_images(net, target=1, data=X, n=3, method=method, generator=_g(1),
+                                     device="cpu", schedule="eisbench-v1", **kw))
+        _same(out, tr.trigger_images(tr.reconstruct_triggers(
+            net, targets=[1] * 3, data=X, method=method, generator=_g(1),
+            schedule="eisbench-v1", **kw)))
+        published = {"method": "tabor"} if name == "tabor" else {}
+        out = TOOLS.get(name)(net, target=1, data=X, n=3, generator=_g(1), schedule=None,
+                              **published, **kw)
         _same(out, tr.restart_images(net, target=1, data=X, n=3, method=name, generator=_g(1),
                                      device="cpu", schedule=None, **kw))
-        _same(out, tr.trigger_images(tr.reconstruct_triggers(
-            net, targets=[1] * 3, data=X, method=name, generator=_g(1), schedule=None, **kw)))

@@ -205,6 +205,7 @@ def _add_attack_command(sub: Any) -> None:
 
 def _add_scan_command(sub: Any) -> None:
     """``scan``: a trojan scan of every class."""
+    from eisbench.tools.cost_schedule import SCHEDULES
     from eisbench.tools.trigger_reconstruction import RECONSTRUCTION_METHODS
 
     s = add_command(sub, "scan", help="detect a trojan: reconstruct a trigger per class "
@@ -215,6 +216,10 @@ def _add_scan_command(sub: Any) -> None:
     s.add_argument("--n", type=int, default=500, help="number of clean test images")
     s.add_argument("--method", default="neural-cleanse", choices=RECONSTRUCTION_METHODS.names(),
                    help="trigger reconstruction method")
+    s.add_argument("--schedule", default="eisbench-v1", choices=sorted(SCHEDULES),
+                   help="the L1 weight's schedule: eisbench-v1 (moves at every check, the "
+                   "benchmark's), wang2019 (Neural Cleanse as published: patience, early "
+                   "stop; slow) or trojanzoo-tabor (TABOR's fixed weight)")
     s.add_argument("--steps", type=int, default=200, help="optimisation steps per class")
     s.add_argument("--lr", type=float, default=0.1, help="learning rate of the reconstruction")
     s.add_argument("--lam", type=float, default=1e-3,

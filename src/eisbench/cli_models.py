@@ -194,7 +194,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = scan(model, x, method=args.method, num_classes=None, steps=args.steps,
                lr=args.lr, lam=args.lam, batch_size=args.batch_size, threshold=args.threshold,
-               seed=args.seed, device=device)
+               seed=args.seed, device=device, schedule=args.schedule)
     seconds = time.perf_counter() - t0
     print(f"{args.method} scan of {args.checkpoint or args.model} on {len(x)} {args.data} images "
           f"({seconds:.0f} s): {res.verdict()}")
@@ -203,7 +203,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.out:
         meta = {"model": str(args.checkpoint or args.model), "weights": args.weights,
                 "scale": args.scale, "data": args.data, "n": len(x), "method": args.method,
-                "steps": args.steps, "lr": args.lr, "lam": args.lam,
+                "steps": args.steps, "schedule": args.schedule, "lr": args.lr, "lam": args.lam,
                 "clean_acc": clean,
                 "batch_size": args.batch_size, "threshold": args.threshold, "seed": args.seed,
                 "device": str(device), "seconds": seconds}

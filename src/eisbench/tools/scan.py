@@ -188,20 +188,22 @@ def scan(model: nn.Module, data: torch.Tensor | str, *, n: int = 500,
          lam: float | None = None, batch_size: int | None = None,
          threshold: float = THRESHOLD, seed: int = 0, generator: torch.Generator | None = None,
          device: str | torch.device = "cpu", tabor: TaborWeights | TaborV1Weights | None = None,
-         schedule: str | None = None, check_every: int | None = None) -> ScanResult:
-    """Reconstruct a trigger for every class on clean images ``data`` (N, C, H, W) in [0,1]
-    (all classes in parallel, see :func:`~eisbench.tools.trigger_reconstruction.
-    reconstruct_triggers`) and apply the MAD outlier rule to their mask L1 norms, and beside
-    it to TABOR's trigger-quality scores (:func:`~eisbench.tools.tabor_terms.tabor_score`).
+         schedule: str | None = "eisbench-v1", check_every: int | None = None) -> ScanResult:
+    """Reconstruct a trigger for every class on clean images ``data`` (N, C, H, W) in [0,1] (all
+    classes in parallel, see :func:`~eisbench.tools.trigger_reconstruction.
+    reconstruct_triggers`) and apply the MAD outlier rule to their mask L1 norms, and beside it
+    to TABOR's trigger-quality scores (:func:`~eisbench.tools.tabor_terms.tabor_score`).
 
-    ``schedule``: the L1 weight's schedule (None: the method's published one, e.g. Wang et
-    al.'s for ``"neural-cleanse"``; ``"eisbench-v1"``: the earlier recipe, with ``steps=200,
-    batch_size=64``); ``steps``, ``lam``, ``batch_size``, ``check_every``: None takes the
-    schedule's. ``data`` may also name a dataset (``"mnist"``, ``"digits"``, ...): its first
-    ``n`` test images, from ``data_root`` if given. ``num_classes``: checked against the
-    model's output (None: taken from the dataset named, else from the model). A model that
-    fails on the images or does not return (B, K) logits raises a ValueError. The randomness
-    comes from ``generator``, by default a generator seeded with ``seed``.
+    ``schedule``: the L1 weight's schedule: by default eisbench's (``"eisbench-v1"``, with
+    ``steps=200, batch_size=64``), the one the trojan benchmark's detection figures were
+    measured with; None: the method's published one (Wang et al.'s for ``"neural-cleanse"``,
+    TrojanZoo's for ``"tabor"``), which runs to convergence at a cost not yet measured on the
+    zoo (``benchmarks/scan_recipes.py``); ``steps``, ``lam``, ``batch_size``, ``check_every``:
+    None takes the schedule's. ``data`` may also name a dataset (``"mnist"``, ``"digits"``,
+    ...): its first ``n`` test images, from ``data_root`` if given. ``num_classes``: checked
+    against the model's output (None: taken from the dataset named, else from the model). A
+    model that fails on the images or does not return (B, K) logits raises a ValueError. The
+    randomness comes from ``generator``, by default a generator seeded with ``seed``.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
