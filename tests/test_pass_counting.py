@@ -6,6 +6,7 @@ sum of its parts and is what a counter around it measures; the checks are counte
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,3 +268,26 @@ def test_the_evaluation_counts_its_checks_apart_and_records_everything() -> None
     assert d["check_passes"]["backward"] == ev.check_passes.backward
     assert d["per_attack"][0]["backward_per_example"] == 1.0
     assert "checks' own passes forward/backward " in repr(ev)
+
+
+def test_the_evaluate_stage_records_the_passes_of_either_path(tmp_path: Path) -> None:
+    """What goes into a record: a suite's passes and its checks' apart, or a single attack's
+    (PGD-3 with early exit on unbreakable images: 3 gradients, its judging forward and the
+    evaluation's, per image)."""
+    from eisbench.attacks import AttackConfig
+    from eisbench.runs.stages import Context, Tensors, evaluate_stage
+    from eisbench.runs.store import StageLog, Store
+
+    net, (x, y) = OneHot(), one_hot(8)
+    ctx = Context(store=Store(tmp_path), log=StageLog(), device=torch.device("cpu"))
+    test = Tensors(x, y, "one-hot:8")
+    attack = AttackConfig(name="pgd", eps=0.2, steps=3)
+    single = evaluate_stage(ctx, model=net, model_key="one-hot", test=test, n_robust=8,
+                            attack=attack, seed=0, desc="pgd", std=False)
+    assert {k: single["passes"][k] for k in ("forward", "backward", "forward_per_example")} == {
+        "forward": 8 * 5, "backward": 8 * 3, "forward_per_example": 5.0}
+    suite = evaluate_stage(ctx, model=net, model_key="one-hot", test=test, n_robust=8,
+                           attack=attack, seed=0, desc="suite", std=False, suite="fast",
+                           n_checks=4)
+    assert suite["passes"]["n_attacked"] == 8 and suite["check_passes"]["backward"] > 0
+    assert suite["passes"]["backward"] == sum(a["backward"] for a in suite["per_attack"])
