@@ -4,6 +4,7 @@ defaults it protects."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,3 +125,22 @@ def test_the_guard_defaults_are_pinned() -> None:
         0.2, 0, None, 1e-3, "onecycle")
     assert (co_guard.PROBE_N, co_guard.PROBE_EVERY, co_guard.BACKOFF_FROM,
             co_guard.MAX_BACKOFFS) == (256, 100, 0.5, 3)
+
+
+def test_guarded_models_cached_before_the_guard_are_not_served(tmp_path: Path) -> None:
+    """The train stage of a guarded method is version 2 (the within-epoch guard); a standard
+    model's stays 1, so its cache survives."""
+    import json
+
+    from eisbench.models import ModelSpec
+    from eisbench.runs.stages import Context, Tensors, train_stage
+    from eisbench.runs.store import StageLog, Store
+
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+    ctx = Context(store=Store(tmp_path), log=StageLog(), device=torch.device("cpu"))
+    spec = ModelSpec(arch="mlp", in_shape=(1, 8, 8), num_classes=10)
+    for method, version in (("fast-at", 2), ("standard", 1)):
+        _, ref = train_stage(ctx, spec=spec, data=Tensors(x, y, "tiny"), seed=0, desc=method,
+                             cfg=TrainConfig(method=method, epochs=1, batch_size=8, eps=0.1))
+        done = json.loads((ctx.store.folder("train", ref) / "done.json").read_text())
+        assert done["stage_version"] == version, method

@@ -24,7 +24,7 @@ from eisbench.evaluation import describe_suite, evaluate_robustness
 from eisbench.evaluation.suite import steps_of
 from eisbench.models import ModelSpec, load_checkpoint, save_checkpoint
 from eisbench.runs.store import StageLog, Store
-from eisbench.training import TrainConfig, train
+from eisbench.training import TRAINING_METHODS, TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,13 @@ def train_stage(ctx: Context, *, spec: ModelSpec, cfg: TrainConfig, data: Tensor
     def load(d: Path) -> nn.Module:
         return load_checkpoint(d / "model", device=ctx.device)
 
+    # version 2: the within-epoch overfitting guard (eisbench.training.guard) of the guarded
+    # methods; their models trained before it are not served as if it had run
+    guarded = TRAINING_METHODS.meta(cfg.method)["guarded"] and cfg.overfit_guard > 0
     return ctx.store.run("train", {"spec": spec, "cfg": cfg, "seed": seed,
                                    "device": ctx.device.type},
-                         inputs=(data.key,), compute=compute, save=save, load=load, log=ctx.log)
+                         inputs=(data.key,), compute=compute, save=save, load=load, log=ctx.log,
+                         version=2 if guarded else 1)
 
 
 def construct_stage(ctx: Context, *, name: str, model: nn.Module, model_key: str, data: Tensors,
