@@ -282,3 +282,43 @@ def test_square_l2_start_is_the_grid_of_signed_patterns(monkeypatch: pytest.Monk
         want[:, :, 1 + 3 * i:4 + 3 * i, 1 + 3 * j:4 + 3 * j] += pats[t] * signs[t]
     want = eps * want / want.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     torch.testing.assert_close(x0 - x, want, rtol=1e-12, atol=1e-15)
+
+
+def test_check_inputs_without_an_attack_leaves_hypers_unchecked() -> None:
+    """Callers with no registered attack (the evaluation suite, FMN's min-norm search) pass
+    hyper-parameters no registry entry declares: only the inputs are checked then."""
+    from eisbench.attacks.core import check_inputs
+
+    y = torch.zeros(len(X), dtype=torch.long)
+    check_inputs(X, y, norm="linf", eps=0.1, steps=-3, anything="goes")
+    with pytest.raises(ValueError, match="labels of shape"):
+        check_inputs(X, y[:2], norm="linf", eps=0.1, steps=5)
+
+
+@pytest.mark.parametrize(("name", "key"), [(n, k) for n in ATTACKS.names()
+                                           for k, h in ATTACKS.meta(n)["params"].items()
+                                           if h.type is float and h.hi is not None])
+def test_a_float_hyper_above_its_declared_range_is_refused(name: str, key: str) -> None:
+    """Fractions stay fractions (APGD's momentum and rho, Square's p_init): a momentum of 1.5
+    would step against the gradient's history, a window of 150% of the image is no window."""
+    h = ATTACKS.meta(name)["params"][key]
+    net = _linear(4)
+    with pytest.raises(ValueError, match=rf"^{key} must be a finite number .*got {h.hi + 0.5}"):
+        ATTACKS.get(name)(net, X, net(X).argmax(1), eps=0.1, **{key: h.hi + 0.5})
+    ATTACKS.get(name)(net, X, net(X).argmax(1), eps=0.1, **{**_few(name), key: h.hi})  # edge
+
+
+def test_errors_name_the_values_that_are_wrong() -> None:
+    from eisbench.attacks import invert_representation
+    from eisbench.attacks.projection import BudgetViolation, assert_within_budget
+
+    net = _linear(4)
+    with pytest.raises(ValueError, match=r"^x_start \(6, 1, 4, 4\) and target \(5, 1, 4, 4\) "
+                                         r"differ$"):
+        invert_representation(net, X, X[:5], steps=1)
+    with pytest.raises(ValueError, match=r"^loss must be one of ce, dlr, got 'cw'$"):
+        apgd_mod.apgd(net, X, net(X).argmax(1), eps=0.1, loss="cw")
+    with pytest.raises(BudgetViolation, match=r"^linf distance 0\.25 exceeds eps=0\.1$"):
+        assert_within_budget(X, X + 0.25, norm="linf", eps=0.1)
+    with pytest.raises(BudgetViolation, match=r"^l2 distance 1 exceeds eps=0\.5$"):
+        assert_within_budget(X, X + 0.25, norm="l2", eps=0.5)  # 16 pixels of 0.25
