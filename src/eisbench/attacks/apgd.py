@@ -175,9 +175,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
         >>> x_adv = apgd(model, x, y, eps=0.3, loss="dlr")
     """
     check_inputs(x, y, norm=norm, eps=eps, attack="apgd", steps=steps, loss=loss,
-                 restarts=restarts, momentum=momentum, rho=rho)
-    if loss not in ("ce", "dlr"):
-        raise ValueError(f"unknown loss {loss!r}: expected 'ce' or 'dlr'")
+                 restarts=restarts, momentum=momentum, rho=rho)  # loss: ce or dlr
     with eval_mode(model):
         if loss == "dlr" and len(x):
             _check_classes(model, x, 3, "the DLR loss")
