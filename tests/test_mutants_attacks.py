@@ -6,27 +6,17 @@ float32 on float64 inputs."""
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 from typing import Any
 
 import pytest
 import torch
+from mutants_attacks_helpers import _g, _Recorder, apgd_mod, fmn_mod, pgd_mod, square_mod
 from torch import nn
 
 from eisbench.attacks.core import ATTACKS
 from eisbench.attacks.projection import distance, linf_bounds
-
-# the modules (the package re-exports functions of the same names)
-apgd_mod = importlib.import_module("eisbench.attacks.apgd")
-fmn_mod = importlib.import_module("eisbench.attacks.fmn")
-pgd_mod = importlib.import_module("eisbench.attacks.pgd")
-square_mod = importlib.import_module("eisbench.attacks.square")
-
-
-def _g(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _linear(k: int, *, seed: int = 0, d: int = 16) -> nn.Module:
@@ -188,19 +178,6 @@ def test_fmn_norms_and_margins_are_those_of_its_points_in_float64() -> None:
     assert m_in.dtype == torch.float64
     torch.testing.assert_close(m_in, fmn_mod.logit_margin(net(x_in), y, False), rtol=1e-12,
                                atol=0)
-
-
-class _Recorder(nn.Module):
-    """``net`` that keeps a copy of every batch it is called on."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.detach().clone())
-        return self.net(x)
 
 
 def test_fmn_l2_steps_follow_the_cosine_schedule_down_to_a_hundredth_of_alpha_init() -> None:

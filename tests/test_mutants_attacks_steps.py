@@ -6,39 +6,17 @@ inversion's box."""
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from mutants_attacks_helpers import _g, _Recorder, apgd_mod, fmn_mod, pgd_mod, square_mod
 from torch import nn
 
 from eisbench.attacks import count_passes, invert_representation
 from eisbench.attacks.projection import distance, project, random_start, steepest_direction
-
-apgd_mod = importlib.import_module("eisbench.attacks.apgd")
-fmn_mod = importlib.import_module("eisbench.attacks.fmn")
-pgd_mod = importlib.import_module("eisbench.attacks.pgd")
-square_mod = importlib.import_module("eisbench.attacks.square")
-
-
-def _g(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-class _Recorder(nn.Module):
-    """``net`` that keeps a copy of every batch it is called on."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.detach().clone())
-        return self.net(x)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
