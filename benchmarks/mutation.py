@@ -64,7 +64,8 @@ UNDECIDED = ("not checked", "check was interrupted by user")
 TESTS: dict[str, tuple[str, ...]] = {
     "attacks": ("test_attacks", "test_apgd", "test_fmn", "test_square", "test_construct",
                 "test_evaluation", "test_wrong_algorithms", "test_registry",
-                "test_mutants_attacks", "test_mutants_attacks_steps"),
+                "test_mutants_attacks", "test_mutants_attacks_steps",
+                "test_mutants_attacks_defaults", "test_pass_counting"),
     "construct": ("test_construct", "test_wrong_algorithms", "test_registry"),
     "evaluation": ("test_evaluation", "test_wrong_algorithms", "test_registry", "test_api",
                    "test_mutants_evaluation_checks", "test_mutants_evaluation_suite",
