@@ -385,7 +385,7 @@ def test_a_failed_scan_counts_against_the_detection_method() -> None:
 
     def ok(index: float, suspect: int | None) -> Any:
         return SimpleNamespace(anomaly_index=(index, 0.0), l1=(1.0, 2.0), suspect=suspect,
-                               trigger=None)
+                               trigger=None, tabor_suspect=None, curves=[None, None])
 
     def boom() -> Any:
         raise RuntimeError("size of tensor a (1568) must match")

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -46,6 +45,7 @@ from eisbench.edit.unlearn import (
 )
 from eisbench.tools import TOOLS
 from eisbench.tools.adversarial_patch import default_side
+from eisbench.tools.cost_schedule import EISBENCH_V1
 from eisbench.tools.trigger_reconstruction import reconstruct_trigger
 from eisbench.trojans.stamp import Trojan
 
@@ -91,15 +91,18 @@ class MaskReconstruction:
     method: str
 
     def default_steps(self) -> int:
-        """:func:`~eisbench.tools.trigger_reconstruction.reconstruct_trigger`'s steps."""
-        steps: int = inspect.signature(reconstruct_trigger).parameters["steps"].default
-        return steps
+        """The steps of eisbench's recipe (``eisbench-v1``: 20 checks of 10 mini-batches), the
+        one the edit bench was measured with."""
+        return EISBENCH_V1.max_checks * (EISBENCH_V1.check_every or 1)
 
     def __call__(self, model: nn.Module, *, target: int, data: torch.Tensor, n: int,
                  steps: int, generator: torch.Generator, device: torch.device) -> ToolOutput:
-        """Reconstruct from clean images data (N, C, H, W); ``n`` is unused (one trigger)."""
-        r = reconstruct_trigger(model, target=target, data=data, method=self.method,
-                                steps=steps, generator=generator, device=device)
+        """Reconstruct from clean images data (N, C, H, W) with eisbench's recipe (TABOR as
+        ``tabor-v1``; the published recipes are not measured here yet); ``n`` is unused (one
+        trigger)."""
+        method = "tabor-v1" if self.method == "tabor" else self.method
+        r = reconstruct_trigger(model, target=target, data=data, method=method, steps=steps,
+                                schedule="eisbench-v1", generator=generator, device=device)
         return {"mask": r.mask, "pattern": r.pattern, "stats": torch.tensor([r.l1, r.success])}
 
     def stamper(self, out: ToolOutput | None, trojan: Trojan) -> Stamper:
