@@ -46,8 +46,8 @@ from unittest import mock
 from _common import supplied
 from scipy import stats
 
+import eisbench.runs.claims as C
 from eisbench.core.stats import seeds_needed
-from eisbench.runs import claims as C
 
 BOUNDS = (-1.0, 0.0, 1.0)  # where metric_over_seeds clips an interval
 

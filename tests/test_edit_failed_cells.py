@@ -116,7 +116,7 @@ def test_summarise_scores_a_failed_cell_as_the_model_before_and_keeps_n() -> Non
     ok = {"asr": 0.1, "acc": 0.78, "der": 0.89, "pruned": 4, "of": 16, "acc_pruned": 0.7}
     failed = {**before[0], "der": 0.5, "failed": "edit: RuntimeError: no"}
     plain = {"asr": 0.5, "acc": 0.8, "der": 0.7, "robust_acc": 0.1, "robust_acc_l2": 0.2}
-    res = {"fine-pruning": [[failed], [ok], [ok]], "no-trigger": [[plain]] * 3}
+    res: dict[str, Any] = {"fine-pruning": [[failed], [ok], [ok]], "no-trigger": [[plain]] * 3}
     out = em.summarise(res, before, {}, methods=["fine-pruning", "no-trigger"], selectors=[])
     fp = "edit/fine-pruning/"
     assert out[fp + "der"]["value"] == pytest.approx((0.5 + 0.89 + 0.89) / 3)

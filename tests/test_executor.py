@@ -177,8 +177,8 @@ def test_ray_computes_tool_cells_and_scans_as_tasks_with_the_serial_results(loca
     from eisbench.bench.trojan_probes import detection
     from eisbench.trojans.zoo import ZooRun
 
-    nets = [(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval(), f"lin{i}")
-            for i in range(4)]
+    nets: list[tuple[nn.Module, str]] = [
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval(), f"lin{i}") for i in range(4)]
     zr = ZooRun(trojans=trojans, models=nets[:2], clean=nets[2:], metrics=[], log=StageLog())
     scans = {}
     with executor.threads(1):

@@ -21,7 +21,8 @@ from eisbench.cli import main
 from eisbench.runs.record import validate
 
 TESTS = Path(__file__).parent
-TINY = {"eps": (0.1,), "n_robust": 16, "scan_steps": 5, "n_scan": 16, "references": ("mlp",),
+TINY: dict[str, Any] = {
+        "eps": (0.1,), "n_robust": 16, "scan_steps": 5, "n_scan": 16, "references": ("mlp",),
         "reference_train": {"epochs": 1}, "n_transfer": 32, "distillers": ("tree",),
         "n_fit": 200, "n_val": 100, "tools": ("snafue", "fv-neuron-fourier"), "n_images": 1}
 TINY_SETS = ["eps=0.1", "n_robust=16", "scan_steps=5", "n_scan=16", "references=mlp",

@@ -7,7 +7,7 @@ import math
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -59,7 +59,8 @@ def test_preact_resnet18_shape_parameters_and_stages() -> None:
             h.remove()
     assert sizes == [(64, 32, 32)] * 2 + [(128, 16, 16)] * 2 + [(256, 8, 8)] * 2 + [(512, 4, 4)] * 2
     # pre-activation: each block normalises its input (BN over c_in), not its conv's output
-    assert [b.bn1.num_features for b in blocks] == [64, 64, 64, 128, 128, 256, 256, 512]
+    assert [cast(nn.BatchNorm2d, b.bn1).num_features for b in blocks] == [
+        64, 64, 64, 128, 128, 256, 256, 512]
     narrow = build("preact-resnet18", in_shape=(3, 32, 32), num_classes=10, width=8)
     assert narrow.features(torch.rand(2, 3, 32, 32)).shape == (2, 64)  # type: ignore[operator]
 

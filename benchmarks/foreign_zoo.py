@@ -8,8 +8,8 @@ Prints one row per model: ``ok`` or the first line of the error per command, and
 section list. Uses only flags every version of the command line has, plus ``--label-map`` for
 the 2-class model (an error where a version lacks it: that is the finding).
 
-    python benchmarks/foreign_models.py                  # digits, about a minute
-    python benchmarks/foreign_models.py --data mnist     # 28x28, the issue's setting
+    python benchmarks/foreign_zoo.py                  # digits, about a minute
+    python benchmarks/foreign_zoo.py --data mnist     # 28x28, the issue's setting
 """
 
 from __future__ import annotations
