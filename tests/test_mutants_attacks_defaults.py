@@ -184,3 +184,10 @@ def test_random_start_is_made_on_the_inputs_device(norm: str) -> None:
     combine with images on a GPU. The meta device stands in for one."""
     x = torch.empty(2, 3, 4, 4, device="meta")
     assert random_start(x, norm=norm, eps=0.3, generator=_g(0)).device == x.device
+
+
+def test_correct_under_attack_on_no_examples_is_an_empty_bool_vector() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    out = correct_under_attack(net, torch.rand(0, 1, 2, 2), torch.zeros(0, dtype=torch.long),
+                               AttackConfig(name="pgd", eps=0.1, steps=2))
+    assert out.dtype == torch.bool and out.shape == (0,)

@@ -152,6 +152,9 @@ def test_lrp_problems_and_errors_name_the_layer() -> None:
     twice = nn.Sequential(nn.Flatten(), lin, nn.ReLU(), lin, nn.ReLU(), nn.Linear(64, 3))
     with pytest.raises(at.AttributionUnsupported, match="^LRP: Module .* more than once"):
         at.ATTRIBUTIONS.get("lrp")(twice, X[:2], 0, generator=_g())
+    with pytest.raises(at.AttributionUnsupported, match="^DeepLift: the model runs .* more than "
+                                                        "once per forward pass"):
+        at.ATTRIBUTIONS.get("deeplift")(twice, X[:2], 0, generator=_g())
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as err:
         at.ATTRIBUTIONS.get("lrp")(nn.Sequential(nn.Flatten(), nn.Linear(5, 3)), X[:2], 0,
                                    generator=_g())
