@@ -188,3 +188,22 @@ def test_scan_keeps_curves_and_tabor_score_and_round_trips(tmp_path: Path) -> No
     (tmp_path / "scan.json").write_text(json.dumps(meta | {"format": 3}))
     with pytest.raises(ValueError, match="scan format 3; this eisbench reads up to 2"):
         sc.load_scan(tmp_path)
+
+
+def test_tabor_under_eisbench_v1_is_the_earlier_measured_tabor() -> None:
+    """``"tabor"`` with eisbench's schedule runs the terms that schedule was measured with
+    (``"tabor-v1"``): the scan's, the edit bench's and the tool's defaults agree."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+
+    def run(method: str) -> torch.Tensor:
+        rec = tr.reconstruct_triggers(net, targets=[1, 2], data=x, method=method, steps=4,
+                                      batch_size=4, schedule="eisbench-v1",
+                                      generator=torch.Generator().manual_seed(0))
+        return torch.stack([r.mask for r in rec])
+
+    torch.testing.assert_close(run("tabor"), run("tabor-v1"), rtol=0, atol=0)
+    published = tr.reconstruct_triggers(net, targets=[1, 2], data=x, method="tabor", steps=4,
+                                        batch_size=4, schedule="trojanzoo-tabor",
+                                        generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(torch.stack([r.mask for r in published]), run("tabor-v1"))

@@ -97,11 +97,10 @@ class MaskReconstruction:
 
     def __call__(self, model: nn.Module, *, target: int, data: torch.Tensor, n: int,
                  steps: int, generator: torch.Generator, device: torch.device) -> ToolOutput:
-        """Reconstruct from clean images data (N, C, H, W) with eisbench's recipe (TABOR as
-        ``tabor-v1``; the published recipes are not measured here yet); ``n`` is unused (one
-        trigger)."""
-        method = "tabor-v1" if self.method == "tabor" else self.method
-        r = reconstruct_trigger(model, target=target, data=data, method=method, steps=steps,
+        """Reconstruct from clean images data (N, C, H, W) with eisbench's recipe
+        (``eisbench-v1``; the published recipes are not measured here yet); ``n`` is unused
+        (one trigger)."""
+        r = reconstruct_trigger(model, target=target, data=data, method=self.method, steps=steps,
                                 schedule="eisbench-v1", generator=generator, device=device)
         return {"mask": r.mask, "pattern": r.pattern, "stats": torch.tensor([r.l1, r.success])}
 

@@ -87,18 +87,15 @@ not yet measured inside this benchmark (``benchmarks/scan_recipes.py`` compares 
 def scan_stage(store: Store, *, method: str, model: nn.Module, model_key: str, data: Tensors,
                steps: int, device: torch.device, log: StageLog) -> ScanResult:
     """A trigger-reconstruction scan of every class (cached)."""
-    schedule = BENCH_SCAN_SCHEDULE if method == "neural-cleanse" else None
-    method = "tabor-v1" if method == "tabor" else method
-
     def compute(work: Path) -> ScanResult:
-        return scan(model, data.x, method=method, steps=steps, schedule=schedule,
+        return scan(model, data.x, method=method, steps=steps, schedule=BENCH_SCAN_SCHEDULE,
                     generator=torch.Generator().manual_seed(0), device=device)
 
     def save(res: ScanResult, d: Path) -> None:
         save_scan(res, d)
 
     params = {"method": method, "steps": steps, "n": len(data.x), "device": device.type,
-              "schedule": schedule or BENCH_SCAN_SCHEDULE}
+              "schedule": BENCH_SCAN_SCHEDULE}
     out, _ = store.run("scan", params, inputs=(model_key, data.key), compute=compute,
                        save=save, load=load_scan, log=log)
     return out

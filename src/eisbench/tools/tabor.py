@@ -27,12 +27,13 @@ from eisbench.tools.trigger_reconstruction import restart_images
 def tabor(model: nn.Module, *, target: int, data: torch.Tensor, n: int = 10,
           generator: torch.Generator, device: str | torch.device = "cpu", steps: int = 150,
           lr: float = 0.1, lam: float = 1e-3, batch_size: int = 16,
-          method: str = "tabor-v1", schedule: str | None = "eisbench-v1") -> torch.Tensor:
+          method: str = "tabor", schedule: str | None = "eisbench-v1") -> torch.Tensor:
     """``n`` TABOR triggers for class ``target`` on clean images ``data`` (N, C, H, W):
     (n, C, H, W) in [0,1], smallest successful trigger first.
 
-    By default eisbench's recipe (``method="tabor-v1"``, ``schedule="eisbench-v1"``), the one
-    the trojan benchmark's figures were measured with; ``method="tabor", schedule=None`` is
+    By default eisbench's recipe (``schedule="eisbench-v1"``, under which ``"tabor"`` runs the
+    earlier terms ``"tabor-v1"``), the one the trojan benchmark's figures were measured with;
+    ``method="tabor", schedule=None`` is
     TABOR's published terms with TrojanZoo's weights under its fixed L1 weight
     (:data:`~eisbench.tools.cost_schedule.TROJANZOO_TABOR`; e.g. ``steps=2000,
     batch_size=32``), not the default until it is measured on the zoo. ``batch_size`` images

@@ -263,9 +263,13 @@ def reconstruct_triggers(model: nn.Module, *, targets: Sequence[int], data: torc
     (the schedule's early stop) stops being optimised; the run ends when all have.
     The model is used in eval mode and returned in the mode it came in; no gradient is left on
     its parameters. Returns R :class:`Reconstruction` s, in the order of ``targets``.
+    ``"tabor"`` under ``"eisbench-v1"`` is eisbench's measured TABOR: its earlier terms
+    (``"tabor-v1"``), the ones that schedule was measured with.
     """
-    objective = RECONSTRUCTION_METHODS.get(method)
     sched = with_init_cost(get_schedule(schedule, method), lam)
+    if method == "tabor" and sched.name == "eisbench-v1":
+        method = "tabor-v1"
+    objective = RECONSTRUCTION_METHODS.get(method)
     weights = tabor if tabor is not None else DEFAULT_WEIGHTS.get(method)
     check_images(data, what="clean images (data)")
     if len(data) == 0 or len(targets) == 0:
