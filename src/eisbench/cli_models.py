@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from eisbench.core.accel import place
 from eisbench.core.paths import check_output_folder, output_folder
 
 
@@ -116,11 +117,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
         steps = ((args.attack, evaluation_hyper(args.attack, vars(args))),)
     else:
         SUITES.get(args.suite)
-    model = load_model(args).to(device)
+    model = place(load_model(args), device)
     ds = data.load(args.data, root=args.data_root)
     x, y = ds.x_test[:args.n], ds.y_test[:args.n]
     check_model(model, x, num_classes=ds.num_classes, device=device)  # before any attack
-    control, surrogate = (load_checkpoint(p).to(device) if p else None
+    control, surrogate = (load_checkpoint(p, device=device) if p else None
                           for p in (args.control, args.surrogate))
     t0 = time.perf_counter()
     try:
@@ -182,7 +183,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     _check_scan_flags(args)
     device = resolve_device(args.device)
-    model = load_model(args).to(device)
+    model = place(load_model(args), device)
     ds = data.load(args.data, root=args.data_root)
     x = ds.x_test[:args.n]
     k, _ = check_model(model, x, num_classes=None, device=device)  # before the accuracy
@@ -228,7 +229,7 @@ def cmd_replace(args: argparse.Namespace) -> int:
     names = [n for n in args.distillers.split(",") if n]
     for n in names:
         DISTILLERS.get(n)  # unknown name: clear error with the closest match
-    model = load_model(args).to(device)
+    model = place(load_model(args), device)
     ds = data.load(args.data, root=args.data_root)
     x_test = ds.x_test[:args.n_test] if args.n_test else ds.x_test
     x_ood = digits_like(ds.shape)[0] if min(ds.shape[1:]) >= 8 else None

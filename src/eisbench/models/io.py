@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from eisbench.core.accel import place
 from eisbench.core.paths import atomic_write_bytes
 from eisbench.models.core import MODELS
 from eisbench.models.spec import SPEC_VERSION, ModelSpec, parse_spec
@@ -67,7 +68,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise ValueError(f"{spec_file} is not a valid model spec: {e}") from e
     net = spec.build()
     _load_state(net, stem.with_name(stem.name + ".safetensors"))
-    return net.to(device).eval()  # safe: nn.Module.eval (mode switch)
+    return place(net, device).eval()  # safe: nn.Module.eval (mode switch)
 
 
 def load_foreign(target: str, weights: str | Path | None = None, *,
@@ -82,7 +83,7 @@ def load_foreign(target: str, weights: str | Path | None = None, *,
     net = _import_class(target)(**(kwargs or {}))
     if weights is not None:
         _load_state(net, Path(weights))
-    return net.to(device).eval()  # safe: nn.Module.eval (mode switch)
+    return place(net, device).eval()  # safe: nn.Module.eval (mode switch)
 
 
 def _stem(path: str | Path) -> Path:

@@ -19,6 +19,7 @@ from torch import nn
 from eisbench.attacks import count_passes
 from eisbench.attacks.evaluate import AttackConfig, correct_under_attack
 from eisbench.construct import CONSTRUCTIONS
+from eisbench.core.accel import amp_default
 from eisbench.core.tensors import predict
 from eisbench.evaluation import describe_suite, evaluate_robustness
 from eisbench.evaluation.suite import steps_of
@@ -64,8 +65,11 @@ def train_stage(ctx: Context, *, spec: ModelSpec, cfg: TrainConfig, data: Tensor
     # version 2: the within-epoch overfitting guard (eisbench.training.guard) of the guarded
     # methods; their models trained before it are not served as if it had run
     guarded = TRAINING_METHODS.meta(cfg.method)["guarded"] and cfg.overfit_guard > 0
+    # on CUDA the weight update runs in bf16 (eisbench.core.accel): keyed, so a float32 model
+    # is never served for it (CPU keys are unchanged)
+    amp = {"amp": "bf16"} if amp_default(ctx.device) else {}
     return ctx.store.run("train", {"spec": spec, "cfg": cfg, "seed": seed,
-                                   "device": ctx.device.type},
+                                   "device": ctx.device.type, **amp},
                          inputs=(data.key,), compute=compute, save=save, load=load, log=ctx.log,
                          version=2 if guarded else 1)
 

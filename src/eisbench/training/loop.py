@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from eisbench.attacks.pgd import pgd
+from eisbench.core.accel import mixed_precision, place
 from eisbench.core.progress import progress
 from eisbench.core.tensors import check_images, eval_mode
 from eisbench.training import guard as co_guard
@@ -65,7 +66,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
     check_images(x, what="training images")
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
-    model.to(device)
+    place(model, device)
     fit(model, x, y, cfg=cfg, seed=seed, device=device, resume_dir=resume_dir, desc=desc)
     return model.eval()  # safe: nn.Module.eval (mode switch)
 
@@ -73,7 +74,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfi
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig, seed: int,
         steps: int | None = None, device: str | torch.device = "cpu",
         resume_dir: Path | None = None, after_step: Callable[[nn.Module], None] | None = None,
-        desc: str = "train") -> list[dict[str, Any]]:
+        desc: str = "train", amp: bool | None = None) -> list[dict[str, Any]]:
     """The training loop: train ``model`` (already on ``device``) in place on x (N, C, H, W),
     y (N,) with the method ``cfg.method`` of :data:`TRAINING_METHODS`; returns the history
     (one entry per epoch). Leaves the model in train mode.
@@ -81,6 +82,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
     ``steps``: stop after this many optimiser steps (the last epoch may be partial); None:
     ``cfg.epochs`` epochs. ``after_step(model)`` runs after every optimiser step.
     ``resume_dir``: see :func:`train` (it also receives ``history.json``).
+    ``amp``: the loss of each weight update in bf16 autocast (the method's perturbation stays
+    float32); None: on CUDA only (:mod:`eisbench.core.accel`).
 
     Example:
         >>> fit(net, x, y, cfg=TrainConfig(schedule="constant"), seed=0, steps=200)
@@ -116,7 +119,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
             scfg = _scaled(ecfg, co_guard.backoff_factor(state, step, per_epoch))
-            loss_sum += _step(model, opt, method, xb, yb, cfg=scfg, generator=gen,
+            loss_sum += _step(model, opt, method, xb, yb, cfg=scfg, generator=gen, amp=amp,
                               where=f"{desc}: step {step + 1} (epoch {epoch + 1})") * len(yb)
             seen += len(yb)
             if after_step is not None:
@@ -142,11 +145,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, method: TrainingMethod,
           xb: torch.Tensor, yb: torch.Tensor, *, cfg: TrainConfig, generator: torch.Generator,
-          where: str) -> float:
-    """One optimiser step of ``method`` on the batch xb (B, C, H, W), yb (B,); its loss."""
+          where: str, amp: bool | None = None) -> float:
+    """One optimiser step of ``method`` on the batch xb (B, C, H, W), yb (B,); its loss. The
+    perturbation (an attack) runs in float32; the loss in bf16 autocast where ``amp`` says."""
     model.train()
     batch = method.perturb(model, xb, yb, cfg=cfg, generator=generator)
-    loss = method.loss(model, batch, yb, cfg=cfg)
+    with mixed_precision(xb.device, amp):
+        loss = method.loss(model, batch, yb, cfg=cfg)
     value = float(loss.detach())
     if not math.isfinite(value):
         raise FloatingPointError(f"{where}: training loss became {value}; lower the learning rate")
