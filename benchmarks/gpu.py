@@ -10,8 +10,12 @@ On ``--device`` (default ``cuda``), one run prints:
   3. the standard suite's throughput (APGD-CE, APGD-T, FMN, Square via
      ``evaluate_robustness``) on ``--n`` images, images per second;
   4. one fast-AT epoch of a preact-resnet18 on CIFAR-shaped data (random (N, 3, 32, 32) images
-     and labels: the time of an epoch does not depend on the pixels), seconds per epoch;
-  5. with ``--suite``: the quick evidence suite's wall time on MNIST on the device.
+     and labels: the time of an epoch does not depend on the pixels), seconds per epoch, as
+     eisbench runs it on CUDA (bf16 weight update, channels_last: eisbench.core.accel) beside
+     float32 NCHW, interleaved, ratio printed; PGD likewise with channels_last against NCHW;
+  5. whether bf16 is safe: fast AT of a cnn-small on the bundled 8x8 digits, the same seed
+     in float32 and in bf16, clean and PGD-20 accuracy of each on the digits' test split;
+  6. with ``--suite``: the quick evidence suite's wall time on MNIST on the device.
 Models are untrained where only timing matters (2-4); the figures are throughputs, not
 accuracies. Synchronises the device around every timed region.
 
@@ -57,15 +61,20 @@ def pgd_throughput(device: torch.device, *, batch: int, steps: int,
                    repeats: int) -> dict[str, Any]:
     """Images per second of eisbench's PGD and, where it imports, torchattacks' PGD."""
     from eisbench.attacks import pgd
+    from eisbench.core.accel import place
     from eisbench.models import build
 
     g = torch.Generator().manual_seed(0)
     net = build("cnn-small", in_shape=(1, 28, 28), num_classes=10).to(device).eval()
+    fast = place(build("cnn-small", in_shape=(1, 28, 28), num_classes=10), device).eval()
+    fast.load_state_dict(net.state_dict())
     x = torch.rand(batch, 1, 28, 28, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
     runs: dict[str, Callable[[], Any]] = {
-        "eisbench": lambda: pgd(net, x, y, eps=0.3, step_size=0.01, steps=steps,
-                                generator=torch.Generator().manual_seed(1))}
+        "eisbench": lambda: pgd(fast, x, y, eps=0.3, step_size=0.01, steps=steps,
+                                generator=torch.Generator().manual_seed(1)),
+        "eisbench_nchw": lambda: pgd(net, x, y, eps=0.3, step_size=0.01, steps=steps,
+                                     generator=torch.Generator().manual_seed(1))}
     try:
         import torchattacks
 
@@ -84,6 +93,7 @@ def pgd_throughput(device: torch.device, *, batch: int, steps: int,
     out: dict[str, Any] = {k: batch / statistics.median(v) for k, v in times.items()}
     if "torchattacks" in out:
         out["ratio"] = out["eisbench"] / out["torchattacks"]
+    out["channels_last_speedup"] = out["eisbench"] / out["eisbench_nchw"]
     return {"images_per_s": out, "batch": batch, "steps": steps, "note": note}
 
 
@@ -101,19 +111,62 @@ def suite_throughput(device: torch.device, *, n: int) -> dict[str, Any]:
             "dataset": ds.name}
 
 
-def fast_at_epoch(device: torch.device, *, n: int, batch: int) -> dict[str, Any]:
+def fast_at_epoch(device: torch.device, *, n: int, batch: int, repeats: int) -> dict[str, Any]:
+    """Seconds of a fast-AT epoch as eisbench runs it on ``device`` (bf16 weight update and
+    channels_last on CUDA) and in float32 NCHW, interleaved, median of ``repeats``."""
+    from eisbench.core.accel import place
     from eisbench.models import build
-    from eisbench.training import TrainConfig, train
+    from eisbench.training import TrainConfig
+    from eisbench.training.loop import fit
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
-    net = build("preact-resnet18", in_shape=(3, 32, 32), num_classes=10)
     cfg = TrainConfig(method="fast-at", epochs=1, batch_size=batch, eps=8 / 255,
-                      alpha=10 / 255)
-    seconds = _timed(lambda: train(net, x, y, cfg=cfg, seed=0, device=device), device)
-    return {"images": n, "batch": batch, "seconds": seconds,
-            "seconds_per_50k_epoch": seconds * 50000 / n}
+                      alpha=10 / 255, overfit_guard=0.0)
+
+    def epoch(fast: bool) -> None:
+        net = build("preact-resnet18", in_shape=(3, 32, 32), num_classes=10)
+        net = place(net, device) if fast else net.to(device)
+        fit(net, x, y, cfg=cfg, seed=0, device=device, amp=None if fast else False)
+
+    epoch(True)  # warm-up (cuDNN autotuning, allocator)
+    times: dict[str, list[float]] = {"eisbench": [], "float32_nchw": []}
+    for _ in range(repeats):
+        times["eisbench"].append(_timed(lambda: epoch(True), device))
+        times["float32_nchw"].append(_timed(lambda: epoch(False), device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"images": n, "batch": batch, "seconds": med,
+            "seconds_per_50k_epoch": {k: v * 50000 / n for k, v in med.items()},
+            "speedup": med["float32_nchw"] / med["eisbench"]}
+
+
+def bf16_safety(device: torch.device, *, epochs: int) -> dict[str, Any]:
+    """Fast AT of a cnn-small on the 8x8 digits, one seed, float32 and bf16 weight updates;
+    clean and PGD-20 accuracy (Linf 0.3) of each on the digits' test split."""
+    from eisbench import data
+    from eisbench.attacks import pgd
+    from eisbench.core.accel import place
+    from eisbench.core.tensors import accuracy
+    from eisbench.models import build
+    from eisbench.training import TrainConfig
+    from eisbench.training.loop import fit
+
+    ds = data.load("digits")
+    cfg = TrainConfig(method="fast-at", epochs=epochs, batch_size=64, lr=2e-3,
+                      eps_warmup_epochs=max(1, epochs // 2))
+    out: dict[str, Any] = {"epochs": epochs, "images": len(ds.x_test)}
+    for name, amp in (("float32", False), ("bf16", True)):
+        torch.manual_seed(0)
+        net = place(build("cnn-small", in_shape=ds.shape, num_classes=10), device)
+        fit(net, ds.x_train.to(device), ds.y_train.to(device), cfg=cfg, seed=0, device=device,
+            amp=amp)
+        net.eval()
+        xt, yt = ds.x_test.to(device), ds.y_test.to(device)
+        xa = pgd(net, xt, yt, eps=0.3, step_size=0.03, steps=20,
+                 generator=torch.Generator().manual_seed(1))
+        out[name] = {"clean": accuracy(net, xt, yt), "pgd20": accuracy(net, xa, yt)}
+    return out
 
 
 def quick_suite(device: torch.device) -> dict[str, Any]:
@@ -135,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--n", type=int, default=1000, help="images for the suite's throughput")
     p.add_argument("--at-images", type=int, default=10000, help="images of the fast-AT epoch")
+    p.add_argument("--safety-epochs", type=int, default=10,
+                   help="epochs of the bf16 safety check on the digits")
     p.add_argument("--suite", action="store_true", help="also time the quick evidence suite")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -154,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     res["suite"] = suite_throughput(device, n=args.n)
     print(f"standard suite: {res['suite']['images_per_s']:.1f} images/s on "
           f"{res['suite']['images']} {res['suite']['dataset']} images")
-    res["fast_at"] = fast_at_epoch(device, n=args.at_images, batch=128)
-    print(f"fast-AT preact-resnet18, CIFAR-shaped: {res['fast_at']['seconds']:.1f} s for "
-          f"{args.at_images} images ({res['fast_at']['seconds_per_50k_epoch']:.0f} s per "
-          "50k-image epoch)")
+    res["fast_at"] = fast_at_epoch(device, n=args.at_images, batch=128, repeats=2)
+    fa = res["fast_at"]
+    print(f"fast-AT preact-resnet18, CIFAR-shaped, {args.at_images} images: "
+          f"{fa['seconds']['eisbench']:.1f} s as eisbench runs it vs "
+          f"{fa['seconds']['float32_nchw']:.1f} s float32 NCHW (x{fa['speedup']:.2f}; "
+          f"{fa['seconds_per_50k_epoch']['eisbench']:.0f} s per 50k-image epoch)")
+    res["bf16_safety"] = bf16_safety(device, epochs=args.safety_epochs)
+    print(f"bf16 safety (fast-AT cnn-small on digits): {res['bf16_safety']}")
     if args.suite:
         res["quick_suite"] = quick_suite(device)
         print(f"quick evidence suite: {res['quick_suite']['seconds']:.0f} s")
