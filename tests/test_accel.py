@@ -18,7 +18,8 @@ def _dtypes_seen(amp: bool | None) -> tuple[list[torch.dtype], list[torch.dtype]
     step's FGSM forward needs the input's gradient (x.requires_grad), the loss's does not."""
     torch.manual_seed(0)
     net = build("cnn-small", in_shape=(1, 28, 28), num_classes=10)
-    attack, update = [], []
+    attack: list[torch.dtype] = []
+    update: list[torch.dtype] = []
 
     def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         (attack if inp[0].requires_grad else update).append(out.dtype)
@@ -63,6 +64,7 @@ def test_channels_last_only_for_conv_models_on_cuda(monkeypatch: pytest.MonkeyPa
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     accel.place(mlp, "cpu")
-    assert mlp[1].weight.is_contiguous()
+    lin = mlp[1]
+    assert isinstance(lin, nn.Linear) and lin.weight.is_contiguous()
     x = torch.rand(4, 1, 28, 28)
     torch.testing.assert_close(conv(x), conv(x.contiguous(memory_format=torch.channels_last)))
