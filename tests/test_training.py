@@ -17,7 +17,8 @@ from eisbench.training.methods import Batch
 
 # every registered method: (what it perturbs, whether the overfitting guard applies)
 DECLARED = {"standard": ("nothing", False), "pgd-at": ("inputs", True),
-            "fast-at": ("inputs", True), "input-grad": ("nothing", False),
+            "fast-at": ("inputs", True), "trades": ("inputs", True),
+            "input-grad": ("nothing", False),
             "latent-at": ("hidden", False), "finetune": ("inputs", False)}
 MLP_LAT = LatConfig(bounds=(LatentBound("body.1", eps=0.2),), steps=3)
 
@@ -57,7 +58,7 @@ def test_every_method_is_registered_with_its_metadata() -> None:
         assert isinstance(method, TrainingMethod)
         assert callable(method.perturb) and callable(method.loss)
         assert dict(TRAINING_METHODS.meta(name)) == {"perturbs": perturbs, "guarded": guarded}
-    assert TRAINING_METHODS.names(guarded=True) == ["fast-at", "pgd-at"]
+    assert TRAINING_METHODS.names(guarded=True) == ["fast-at", "pgd-at", "trades"]
     lat, ft = TRAINING_METHODS.get("latent-at"), TRAINING_METHODS.get("finetune")
     assert lat.perturb is latent_adversary and lat.loss is lat_loss and ft.perturb is stamped
 

@@ -5,14 +5,16 @@ Each entry of :data:`TRAINING_METHODS` is a :class:`TrainingMethod`, two functio
 - ``perturb(model, x, y, *, cfg, generator) -> Batch``: what the step trains on, made from the
   clean batch x (B, C, H, W), y (B,) (adversarial images, stamped images, or perturbations of
   hidden activations in :attr:`Batch.hidden`);
-- ``loss(model, batch, y, *, cfg) -> scalar``: the training loss on that batch;
+- ``loss(model, batch, y, *, cfg) -> scalar``: the training loss on that batch (a loss that
+  compares the clean and the perturbed images, as TRADES' does, finds the clean ones in
+  :attr:`Batch.clean`);
 
 and declares, as registry metadata, ``perturbs`` (what its perturbation changes: nothing,
 inputs or hidden activations) and ``guarded`` (whether the loop's catastrophic-overfitting
 guard applies: methods trained against an input-space attack that they can overfit to).
 
 ``cfg`` is the run's :class:`~eisbench.training.config.TrainConfig` (a subclass carries a
-method's own options). This module registers standard, pgd-at, fast-at and input-grad;
+method's own options). This module registers standard, pgd-at, fast-at, trades and input-grad;
 :mod:`eisbench.edit` registers latent-at (:mod:`eisbench.edit.lat`) and finetune, the
 fine-tuning on stamped batches (:mod:`eisbench.edit.unlearn`).
 
@@ -20,7 +22,7 @@ Example:
     >>> TRAINING_METHODS.meta("fast-at")["guarded"]
     True
     >>> TRAINING_METHODS.names(guarded=True)
-    ['fast-at', 'pgd-at']
+    ['fast-at', 'pgd-at', 'trades']
 """
 
 from __future__ import annotations
@@ -35,16 +37,24 @@ from torch import nn
 from eisbench.attacks.pgd import pgd
 from eisbench.attacks.projection import project, random_start, steepest_direction
 from eisbench.core.registry import MetaKey, Registry
-from eisbench.training.config import DEFAULT_GRAD_REG, TrainConfig
+from eisbench.core.tensors import eval_mode
+from eisbench.training.config import (
+    DEFAULT_GRAD_REG,
+    DEFAULT_TRADES_BETA,
+    DEFAULT_TRADES_NOISE,
+    TrainConfig,
+)
 
 
 @dataclass(frozen=True, eq=False)
 class Batch:
-    """What one step trains on: images x (B, C, H, W) and, for latent methods, perturbations
-    ``{layer: d (B, ...)}`` that the method's loss adds to those layers' outputs."""
+    """What one step trains on: images x (B, C, H, W); for latent methods, perturbations
+    ``{layer: d (B, ...)}`` that the method's loss adds to those layers' outputs; for a loss
+    that compares the two (TRADES), the clean images (B, C, H, W) that x was made from."""
 
     x: torch.Tensor
     hidden: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    clean: torch.Tensor | None = None
 
 
 Perturb = Callable[..., Batch]
@@ -116,6 +126,74 @@ def fast_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainCon
                              eps=cfg.eps))
 
 
+# TRADES' step over eps / steps when cfg.alpha is None (github.com/yaodongyu/TRADES): Linf 0.01
+# at eps 0.3 and 40 steps (train_trades_mnist.py:28-32), L2 SGD at lr 2 eps / steps (trades.py:47)
+TRADES_STEP = {"linf": 4.0 / 3.0, "l2": 2.0}
+
+
+def trades_step(cfg: TrainConfig) -> float:
+    """The step of TRADES' attack: ``cfg.alpha``, else ``TRADES_STEP[norm] * eps / steps``."""
+    if cfg.alpha is not None:
+        return cfg.alpha
+    return TRADES_STEP[cfg.norm] * cfg.eps / cfg.attack_steps
+
+
+def trades_kl(logits_adv: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
+    """``sum_i KL(softmax(clean_i) || softmax(adv_i))`` of logits (B, K), summed over the batch
+    (TRADES' ``KLDivLoss(size_average=False)(log_softmax(adv), softmax(clean))``)."""
+    return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1),
+                    reduction="sum")
+
+
+def trades_perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig,
+                   generator: torch.Generator) -> Batch:
+    """Zhang et al. 2019, TRADES' inner maximisation: from x + noise * N(0, 1), ``attack_steps``
+    steepest-ascent steps (sign steps for Linf) of :func:`trades_step` on
+    ``KL(f(x) || f(x'))``, each projected to the eps-ball and [0,1], the model in eval mode.
+    The labels y (B,) are not used. Returns x' (B, C, H, W) with the clean x in ``clean``.
+
+    Example:
+        >>> batch = trades_perturb(net, x, y, cfg=TradesConfig(), generator=gen)
+        >>> float((batch.x - batch.clean).abs().amax()) <= 0.3
+        True
+    """
+    step, noise = trades_step(cfg), float(getattr(cfg, "trades_noise", DEFAULT_TRADES_NOISE))
+    start = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)  # (B, C, H, W)
+    x_adv = x.detach() + noise * start
+    with eval_mode(model):
+        with torch.no_grad():
+            logits_clean = model(x)  # (B, K)
+        for _ in range(cfg.attack_steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(trades_kl(model(x_adv), logits_clean), x_adv)
+            with torch.no_grad():
+                x_adv = project(x, x_adv + step * steepest_direction(grad, cfg.norm),
+                                norm=cfg.norm, eps=cfg.eps)
+    return Batch(x_adv.detach(), clean=x)
+
+
+def trades_loss(model: nn.Module, batch: Batch, y: torch.Tensor, *,
+                cfg: TrainConfig) -> torch.Tensor:
+    """TRADES' loss ``CE(f(x), y) + beta * sum_i KL(f(x_i) || f(x'_i)) / B`` on a batch from
+    :func:`trades_perturb` (x = ``batch.clean``, x' = ``batch.x``, (B, C, H, W)), y (B,);
+    beta is ``cfg.trades_beta`` (:class:`~eisbench.training.config.TradesConfig`), else
+    :data:`DEFAULT_TRADES_BETA`. The gradient flows through both logits, as in the reference
+    (whose KL target is a second forward pass of x; one pass here, the same for a model
+    without dropout).
+
+    Example:
+        >>> loss = trades_loss(net, trades_perturb(net, x, y, cfg=cfg, generator=gen), y, cfg=cfg)
+    """
+    if batch.clean is None:
+        raise ValueError("trades' loss needs the clean images in Batch.clean: make the batch "
+                         "with trades_perturb")
+    beta = float(getattr(cfg, "trades_beta", DEFAULT_TRADES_BETA))
+    logits_clean = model(batch.clean)  # (B, K)
+    logits_adv = model(inputs_only(batch))  # (B, K)
+    return (F.cross_entropy(logits_clean, y)
+            + beta * trades_kl(logits_adv, logits_clean) / len(y))
+
+
 def input_grad_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     cfg: TrainConfig) -> torch.Tensor:
     """``mean_i CE_i + lambda * mean_i ||d CE_i / d x_i||_2^2`` on a batch x (B, C, H, W),
@@ -142,5 +220,12 @@ def _input_grad(model: nn.Module, batch: Batch, y: torch.Tensor, *,
 register_method("standard", perturb=clean, loss=cross_entropy, perturbs="nothing", guarded=False)
 register_method("pgd-at", perturb=pgd_at, loss=cross_entropy, perturbs="inputs", guarded=True)
 register_method("fast-at", perturb=fast_at, loss=cross_entropy, perturbs="inputs", guarded=True)
+# trades is guarded like pgd-at: the guard's probe (FGSM vs PGD-5 accuracy on CE) looks for a
+# masked gradient whatever attack trained the model, and TRADES' attack starts at x + 0.001 noise
+# where the KL's gradient nearly vanishes (no uniform random start, the setting in which Wong et
+# al. 2020 saw FGSM training collapse), so few-step TRADES can mask it; the probe costs < 1% of a
+# 40-step TRADES epoch.
+register_method("trades", perturb=trades_perturb, loss=trades_loss, perturbs="inputs",
+                guarded=True)
 register_method("input-grad", perturb=clean, loss=_input_grad, perturbs="nothing",
                 guarded=False)
