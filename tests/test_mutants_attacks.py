@@ -1,8 +1,8 @@
 """Plausible wrong versions of the attacks that the other attack tests let through: PGD's default
 step, its success flags on a targeted run, APGD-T's number and order of targets, the messages of
-its class checks, FMN's step size in Linf, its default, the budget it is given and the end of its
-step-size schedule, Square's L2 start, and any tensor made inside an attack that falls back to
-float32 on float64 inputs."""
+its class checks, FMN's step in Linf (and its earlier one), its default, the budget it is given
+and the end of its step-size schedule, Square's L2 start, and any tensor made inside an attack
+that falls back to float32 on float64 inputs."""
 
 from __future__ import annotations
 
@@ -83,23 +83,31 @@ def test_dlr_losses_name_what_needs_more_classes() -> None:
         apgd_mod.apgd_t(_linear(3), X, _linear(3)(X).argmax(1), eps=0.1)
 
 
-def test_fmn_linf_step_is_alpha_times_the_radius_and_alpha_starts_at_half() -> None:
+def test_fmn_linf_step_is_alpha_times_the_l2_normalised_gradient_and_alpha_starts_at_one(
+        ) -> None:
     """One Linf step by hand from x: radius r = the linear estimate of the distance to the
     boundary, |margin| / ||grad||_1 (at most the farthest box corner); the step is
-    alpha r sign(grad) with alpha 0.5 (then clipped to the r-ball: a no-op here)."""
+    alpha g / ||g||_2 with alpha 1 (the reference implementation's, for every norm), then
+    clipped to the r-ball. Under ``eisbench-v1`` it was alpha r sign(g) with alpha 0.5."""
     net = _linear(3)
     y = net(X).argmax(1)  # correctly classified: the first radius is the linear estimate
     xa = X.clone().requires_grad_(True)
     m = fmn_mod.logit_margin(net(xa), y, False)
     (g,) = torch.autograd.grad(m.sum(), xa)
     worst = distance(X, (X <= 0.5).to(X.dtype), norm="linf")
-    r = torch.minimum(m.detach().abs() / g.flatten(1).abs().sum(1), worst)  # (B,)
-    want = (X - 0.5 * r.view(-1, 1, 1, 1) * g.sign()).clamp(0, 1)
-    for alpha_init in (None, 0.5):
-        _, _, x_in, m_in = fmn_mod._run(net, X, y, torch.zeros_like(X), norm="linf", steps=1,
-                                        targeted=False, alpha_init=alpha_init, budget=10.0)
-        assert bool((m_in < m.detach()).all())  # the step lowered every margin: x_in is it
-        torch.testing.assert_close(x_in, want, rtol=1e-5, atol=1e-6)
+    r = torch.minimum(m.detach().abs() / g.flatten(1).abs().sum(1), worst).view(-1, 1, 1, 1)
+    unit = g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # (B, 1, 4, 4)
+    wants = {"guarded": (X - torch.minimum(torch.maximum(1.0 * unit, -r), r)).clamp(0, 1),
+             "eisbench-v1": (X - 0.5 * r * g.sign()).clamp(0, 1)}
+    assert not torch.allclose(wants["guarded"], wants["eisbench-v1"], atol=1e-3)
+    for recipe, want in wants.items():
+        alphas = (None, 1.0) if recipe == "guarded" else (None, 0.5)
+        for alpha_init in alphas:
+            _, _, x_in, m_in = fmn_mod._run(net, X, y, torch.zeros_like(X), norm="linf",
+                                            steps=1, targeted=False, alpha_init=alpha_init,
+                                            budget=10.0, recipe=recipe)
+            assert bool((m_in < m.detach()).all())  # the step lowered every margin: x_in is it
+            torch.testing.assert_close(x_in, want, rtol=1e-5, atol=1e-6)
 
 
 def test_fmn_gives_its_run_the_budget_eps(monkeypatch: pytest.MonkeyPatch) -> None:
