@@ -1,15 +1,20 @@
-"""Benchmark: fast adversarial training (Wong et al. 2020) on MNIST at Linf eps 0.3.
+"""Benchmark: fast adversarial training (Wong et al. 2020) on MNIST at Linf eps 0.3; TRADES
+(Zhang et al. 2019) as a second arm with ``--method trades``.
 
 Targets (printed with PASS/FAIL):
   * robust accuracy >= 85% under the standard suite (APGD-CE, APGD-T, FMN, Square; the number
-    reported for fast AT) on the first --n-suite test images, and >= 85% under PGD-50 with 10
-    restarts (Linf eps 0.3, step 2.5*eps/50) on --n-eval test images,
+    reported for the trained arm) on the first --n-suite test images, and >= 85% under PGD-50
+    with 10 restarts (Linf eps 0.3, step 2.5*eps/50) on --n-eval test images,
   * clean accuracy >= 98% on all 10,000 test images,
   * training wall time <= 15 minutes on a 2-core CPU machine.
 
-It also measures the time per batch of Madry-style PGD-40 adversarial training (step 0.01) of
-the same model, extrapolates it to Madry et al. 2018's recipe (100k iterations of batch 50) and to
-one epoch at the fast-AT batch size, and prints the speed-up of fast AT against both.
+It also times epochs of the trained arm's method (its own batch size) against epochs of Madry
+et al. 2018's PGD-40 adversarial training (batch 50, 40 steps of 0.01 from a random start, Adam
+1e-4: github.com/MadryLab/mnist_challenge config.json:11,19-22, train.py:39) on the same model,
+alternating the two (arm, Madry, arm, Madry, ...) for --rounds rounds, each epoch from fresh
+weights; it prints the median epoch of each and their ratio, both measured. A PGD-40 epoch of
+cnn-small takes ~22 min on a 2-core CPU machine: ``--epoch-fraction 0.1`` times the first tenth
+of the training images instead (printed as a fraction, never as an epoch).
 
 An optional cross-check re-evaluates the trained model with torchattacks' PGD-50 (same budget,
 step and restarts) on a subset of the test set.
@@ -23,7 +28,11 @@ Usage (torchattacks lives in a separate venv, see benchmarks/README.md):
     PYTHONPATH=src /tmp/venvbench/bin/python benchmarks/fast_at.py --arch cnn-small --epochs 12
     PYTHONPATH=src python benchmarks/fast_at.py --no-xcheck --n-eval 2000
     PYTHONPATH=src python benchmarks/fast_at.py --no-xcheck --arch cnn-small --epochs 10 \
-        --lr 2e-3 --alpha 0 --eps-warmup 0 --n-eval 1000 --pgd-at-batches 0  # the README command
+        --lr 2e-3 --alpha 0 --eps-warmup 0 --n-eval 1000 --rounds 0  # the README command
+    PYTHONPATH=src python benchmarks/fast_at.py --no-xcheck --method trades --arch cnn-small \
+        --epochs 2 --eps-warmup 0 --attack-steps 10 --n-eval 1000   # a TRADES point
+    PYTHONPATH=src python benchmarks/fast_at.py --no-xcheck --arch cnn-small --epochs 1 \
+        --n-train 2000 --n-eval 100 --n-suite 100 --epoch-fraction 0.02 --rounds 2  # smoke test
 
 The last line of the output is one JSON object with every figure.
 """
@@ -45,15 +54,22 @@ from _common import default_threads
 from _common import import_torchattacks as _import_torchattacks
 
 from eisbench import data
-from eisbench.attacks import AttackConfig, correct_under_attack
+from eisbench.attacks import AttackConfig, correct_under_attack, count_passes
 from eisbench.core.stats import wilson_ci
 from eisbench.core.tensors import predict
 from eisbench.evaluation import describe_suite, run_suite
 from eisbench.models import ModelSpec, num_params, save_checkpoint
-from eisbench.training import TrainConfig, train
+from eisbench.training import TradesConfig, TrainConfig, train
+from eisbench.training.methods import trades_step
 
 EPS = 0.3
-MADRY_ITERS, MADRY_BATCH = 100_000, 50  # Madry et al. 2018, MNIST
+# Madry et al. 2018's MNIST recipe (github.com/MadryLab/mnist_challenge): batch 50, 100,000
+# iterations (config.json:7,11), PGD k=40 steps of a=0.01 from a random start (config.json:20-22),
+# Adam 1e-4 (train.py:39)
+MADRY = TrainConfig(method="pgd-at", epochs=1, batch_size=50, lr=1e-4, eps=EPS, alpha=0.01,
+                    attack_steps=40, schedule="constant", overfit_guard=0.0)
+MADRY_ITERS = 100_000
+FAST_AT_ALPHA = 0.3  # this benchmark's FGSM step unless --alpha says otherwise
 INSTALL_HINT = """\
 torchattacks is not installed in this Python ({exe}).
 Install it in a separate venv, pinned to the CPU build of torch by the project's constraints file:
@@ -75,9 +91,23 @@ def run_name(args: argparse.Namespace) -> str:
 
     No dots: ``save_checkpoint`` treats everything after the last dot as a suffix.
     """
-    name = (f"{args.arch}-fast-at-eps{EPS:g}-e{args.epochs}-lr{args.lr:g}-a{args.alpha:g}"
-            f"-w{args.eps_warmup}-b{args.batch}-s{args.seed}{'-val' if args.validation else ''}")
+    trades = (f"-k{args.attack_steps}-beta{args.beta:g}" if args.method == "trades" else "")
+    name = (f"{args.arch}-{args.method}-eps{EPS:g}-e{args.epochs}-lr{args.lr:g}-a{args.alpha:g}"
+            f"-w{args.eps_warmup}-b{args.batch}{trades}-s{args.seed}"
+            f"{'-val' if args.validation else ''}")
     return name.replace(".", "p")
+
+
+def arm_config(args: argparse.Namespace) -> TrainConfig:
+    """The trained arm's config: fast AT (FGSM step ``--alpha``) or TRADES (``--attack-steps``
+    sign steps of ``--alpha`` on the KL, weight ``--beta``); ``--alpha 0``: the method's
+    default step."""
+    common = {"epochs": args.epochs, "batch_size": args.batch, "lr": args.lr, "eps": EPS,
+              "alpha": args.alpha or None, "eps_warmup_epochs": args.eps_warmup,
+              "schedule": "onecycle"}
+    if args.method == "trades":
+        return TradesConfig(attack_steps=args.attack_steps, trades_beta=args.beta, **common)
+    return TrainConfig(method="fast-at", **common)
 
 
 def spec_of(arch: str) -> ModelSpec:
@@ -90,33 +120,36 @@ def fresh_model(arch: str, seed: int) -> torch.nn.Module:
         return spec_of(arch).build()
 
 
-def time_per_batch(x: torch.Tensor, y: torch.Tensor, *, arch: str, batch: int, n_batches: int,
-                   fast_cfg: TrainConfig, seed: int, device: str) -> dict[str, list[float]]:
-    """Seconds per batch of PGD-40 adversarial training (step 0.01) and of fast AT, measured
-    through the real training loop, interleaved in groups of 5 batches so that both see the
-    same load from other processes (a burst shows up as one outlying group, not as a bias).
+def time_epochs(x: torch.Tensor, y: torch.Tensor, *, arch: str, arm: TrainConfig, rounds: int,
+                seed: int, device: str) -> dict[str, list[dict]]:
+    """Wall time of one epoch over x (N, C, H, W), y (N,) of the arm's method at its batch size
+    and of Madry's PGD-40 AT at batch 50, alternating (arm, Madry, arm, Madry, ...) for
+    ``rounds`` rounds, each epoch from the same fresh weights through the real training loop,
+    with its forward and backward passes (in examples) and the load average after it.
+
+    The overfitting guard is off in both (Madry's recipe has none; its probes cost fast AT ~8%
+    of an epoch and a back-off would change what is timed), and both run at their full eps.
     """
-    # overfit_guard=0: the guard probes once per train() call, i.e. once per group here
-    cfgs = {"pgd-at": TrainConfig(method="pgd-at", epochs=1, batch_size=batch, lr=1e-3, eps=EPS,
-                                  alpha=0.01, attack_steps=40, schedule="constant",
-                                  overfit_guard=0.0),
-            "fast-at": replace(fast_cfg, epochs=1, batch_size=batch, schedule="constant",
-                               eps_warmup_epochs=0, overfit_guard=0.0)}
-    nets = {k: fresh_model(arch, seed) for k in cfgs}
-    for k, cfg in cfgs.items():  # warm-up
-        train(nets[k], x[:2 * batch], y[:2 * batch], cfg=cfg, seed=seed, device=device,
-              desc="warm-up")
-    per_batch: dict[str, list[float]] = {k: [] for k in cfgs}
-    group = 5
-    for g in range(0, n_batches, group):
-        k_b = min(group, n_batches - g)
-        lo = (2 + g) * batch
+    cfgs = {"arm": replace(arm, epochs=1, schedule="constant", eps_warmup_epochs=0,
+                           overfit_guard=0.0),
+            "madry": MADRY}
+    for cfg in cfgs.values():  # warm-up: 2 batches each, not timed
+        train(fresh_model(arch, seed), x[:2 * cfg.batch_size], y[:2 * cfg.batch_size], cfg=cfg,
+              seed=seed, device=device, desc="warm-up")
+    out: dict[str, list[dict]] = {k: [] for k in cfgs}
+    for r in range(rounds):
         for k, cfg in cfgs.items():
-            t0 = time.perf_counter()
-            train(nets[k], x[lo:lo + k_b * batch], y[lo:lo + k_b * batch], cfg=cfg,
-                  seed=seed + g, device=device, desc=f"{k} timing")
-            per_batch[k].append((time.perf_counter() - t0) / k_b)
-    return per_batch
+            net = fresh_model(arch, seed)
+            with count_passes(net) as p:
+                t0 = time.perf_counter()
+                train(net, x, y, cfg=cfg, seed=seed + r, device=device, desc=f"{k} timing")
+                dt = time.perf_counter() - t0
+            out[k].append({"s": round(dt, 2), "forward": p.forward, "backward": p.backward,
+                           "load": " ".join(f"{v:.2f}" for v in os.getloadavg())})
+            print(f"    round {r + 1}/{rounds} {cfg.method:<8} (batch {cfg.batch_size:>3}): "
+                  f"{dt:.1f} s, {p.forward:,} forward / {p.backward:,} backward passes; "
+                  f"load {out[k][-1]['load']}", flush=True)
+    return out
 
 
 def robust_eval(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *,
@@ -159,12 +192,20 @@ def torchattacks_eval(ta, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="fast-at", choices=("fast-at", "trades"),
+                   help="the trained and scored arm")
     p.add_argument("--arch", default="cnn-deep", help="registered model (eisbench list)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=5e-3, help="peak Adam lr (onecycle schedule)")
-    p.add_argument("--alpha", type=float, default=0.3,
-                   help="FGSM step; 0: the method's default (Wong et al. 2020: 0.375)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"attack step; 0: the method's default (fast-at: Wong et al. 2020's "
+                   f"1.25 eps = 0.375; trades: 4/3 eps / steps, the reference's 0.01 at 40 "
+                   f"steps); default: {FAST_AT_ALPHA} for fast-at, the method's for trades")
+    p.add_argument("--attack-steps", type=int, default=40,
+                   help="trades: steps of its KL attack (train_trades_mnist.py:30: 40)")
+    p.add_argument("--beta", type=float, default=1.0,
+                   help="trades: weight of the KL term (train_trades_mnist.py:34: 1.0)")
     p.add_argument("--eps-warmup", type=int, default=8, help="epochs of linear eps ramp")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--n-train", type=int, default=None,
@@ -178,15 +219,24 @@ def main() -> None:
     p.add_argument("--n-xcheck", type=int, default=1000,
                    help="test images for the torchattacks PGD-50 cross-check")
     p.add_argument("--no-xcheck", action="store_true", help="skip the torchattacks cross-check")
-    p.add_argument("--pgd-at-batches", type=int, default=30,
-                   help="batches timed for PGD-40 adversarial training (per batch size); "
-                   "0 skips the timing")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of the timing against Madry's PGD-40 AT, each one epoch of the "
+                   "arm and one of Madry's (~22 min for cnn-small on 2 cores); 0 skips it")
+    p.add_argument("--epoch-fraction", type=float, default=1.0,
+                   help="time this fraction of an epoch (the first images) instead of whole "
+                   "epochs; 1.0: whole epochs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--cache-dir", type=Path,
                    default=Path(os.environ.get("EISBENCH_BENCH_CACHE", "/tmp/eisbench-benchmarks")))
     p.add_argument("--time-budget-min", type=float, default=15.0)
     args = p.parse_args()
+    if args.alpha is None:
+        args.alpha = FAST_AT_ALPHA if args.method == "fast-at" else 0.0
+    if not 0.0 < args.epoch_fraction <= 1.0:
+        p.error(f"--epoch-fraction must be in (0, 1], got {args.epoch_fraction}")
+    if args.rounds < 0:
+        p.error(f"--rounds must be >= 0, got {args.rounds}")
 
     ta = None if args.no_xcheck else import_torchattacks()
     torch.set_num_threads(args.threads)
@@ -203,15 +253,13 @@ def main() -> None:
     print(f"note: timings are wall-clock on a shared {default_threads()}-core CPU machine; "
           "load from other processes inflates them", flush=True)
 
-    # 1. fast adversarial training
-    cfg = TrainConfig(method="fast-at", epochs=args.epochs, batch_size=args.batch, lr=args.lr,
-                      eps=EPS, alpha=args.alpha or None, eps_warmup_epochs=args.eps_warmup,
-                      schedule="onecycle")
+    # 1. adversarial training of the arm
+    cfg = arm_config(args)
     net = fresh_model(args.arch, args.seed)
-    print(f"\n[1] fast-AT: {args.arch} ({num_params(net):,} params), {cfg}", flush=True)
+    print(f"\n[1] {args.method}: {args.arch} ({num_params(net):,} params), {cfg}", flush=True)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    net = train(net, x_tr, y_tr, cfg=cfg, seed=args.seed, device=args.device, desc="fast-at")
+    net = train(net, x_tr, y_tr, cfg=cfg, seed=args.seed, device=args.device, desc=args.method)
     train_s = time.perf_counter() - t0
     load1 = os.getloadavg()[0]
     epoch_s = train_s / args.epochs
@@ -271,9 +319,8 @@ def main() -> None:
                   "worst_case_of_both": both.float().mean().item(), "n_differ": disagree,
                   "agree_within_1pt": agree, "torchattacks_s": ta_s}
 
-    # 4. the cost of Madry's PGD-40 recipe on the same model and machine
-    cost = (madry_comparison(d.x_train, d.y_train, args=args, fast_cfg=cfg)
-            if args.pgd_at_batches > 0 else None)
+    # 4. epochs of the arm against epochs of Madry's PGD-40 AT, same model and machine
+    cost = madry_comparison(x_tr, y_tr, args=args, arm=cfg) if args.rounds > 0 else None
 
     # 5. summary
     budget_s = 60 * args.time_budget_min
@@ -292,28 +339,29 @@ def main() -> None:
           f"{f'{100 * suite.robust_acc:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]':>20}{'>= 85%':>14}")
     print(f"{f'robust acc, PGD-50 x{args.restarts} (n={n_eval})':<44}"
           f"{f'{100 * robust:.2f}% +- {100 * se:.2f}':>20}{'>= 85%':>14}")
-    print(f"{'fast-AT training time':<44}{f'{train_s / 60:.1f} min':>20}"
+    print(f"{f'{args.method} training time':<44}{f'{train_s / 60:.1f} min':>20}"
           f"{f'<= {args.time_budget_min:g} min':>14}")
     print(f"{'robust eval time (PGD; suite)':<44}{f'{eval_s:.0f} s; {suite_s:.0f} s':>20}")
     if cost is not None:
+        arm_s, madry_s = cost["arm"]["median_s"], cost["madry"]["median_s"]
+        per = f"per {cost['unit']} ({cost['n_images']:,} images)"
         print("-" * 78)
-        print(f"{'per epoch (60k images)':<44}{'fast-AT':>17}{'PGD-40 AT':>17}")
-        print(f"{'  measured (whole run / epochs)':<44}{f'{epoch_s:.1f} s':>17}{'':>17}")
-        fast_e, pgd_e, madry = (cost[k] for k in ("fast_at_epoch_s", "pgd_at_epoch_s",
-                                                   "madry_recipe_s"))
-        print(f"{'  interleaved per-batch timing':<44}{f'{fast_e:.1f} s':>17}"
-              f"{f'{pgd_e:.0f} s':>17}   ({pgd_e / fast_e:.1f}x)")
-        print(f"{'whole recipe':<44}{f'{train_s / 60:.1f} min':>17}"
-              f"{f'{madry / 3600:.2f} h':>17}   ({madry / train_s:.0f}x)")
-        print(f"  Madry recipe extrapolated as {MADRY_ITERS:,} iterations x median s/batch of "
-              f"PGD-40 AT at batch {MADRY_BATCH}; fast-AT as measured")
+        print(f"{per:<44}{args.method:>17}{'Madry PGD-40':>17}")
+        print(f"{f'  median of {args.rounds}, interleaved':<44}{f'{arm_s:.2f} s':>17}"
+              f"{f'{madry_s:.2f} s':>17}   ({cost['madry_over_arm']:.1f}x)")
+        print(f"{'  batch size':<44}{cfg.batch_size:>17}{MADRY.batch_size:>17}")
+        if cost["epoch_fraction"] < 1.0:
+            print(f"  A FRACTION {cost['epoch_fraction']:g} OF AN EPOCH was timed, not whole "
+                  "epochs")
     print("-" * 78)
     for k, v in checks.items():
         print(f"{k:<44}{'PASS' if v else 'FAIL':>20}")
     print("=" * 78)
     result = {
-        "benchmark": "fast_at", "arch": args.arch, "seed": args.seed, "epochs": args.epochs,
-        "lr": args.lr, "alpha": cfg.alpha, "eps_warmup_epochs": args.eps_warmup,
+        "benchmark": "fast_at", "method": args.method, "arch": args.arch, "seed": args.seed,
+        "epochs": args.epochs, "lr": args.lr,
+        "alpha": trades_step(cfg) if args.method == "trades" else cfg.alpha,
+        "eps_warmup_epochs": args.eps_warmup, "train_config": repr(cfg),
         "batch": args.batch, "eps": EPS, "threads": args.threads, "device": args.device,
         "scored_on": scored, "torch": torch.__version__, "train_s": round(train_s, 1),
         "epoch_s": round(epoch_s, 2), "loadavg_before_after": [round(load0, 2), round(load1, 2)],
@@ -330,33 +378,35 @@ def main() -> None:
 
 
 def madry_comparison(x: torch.Tensor, y: torch.Tensor, *, args: argparse.Namespace,
-                     fast_cfg: TrainConfig) -> dict:
-    """Time PGD-40 AT and fast AT per batch (interleaved) and extrapolate Madry's recipe."""
-    print(f"\n[4] PGD-40 adversarial training (step 0.01) vs fast-AT, {args.pgd_at_batches} "
-          "timed batches each per batch size, interleaved", flush=True)
-    timing: dict[int, dict] = {}
-    for b in (MADRY_BATCH, args.batch):
-        per = time_per_batch(x, y, arch=args.arch, batch=b, n_batches=args.pgd_at_batches,
-                             fast_cfg=fast_cfg, seed=args.seed, device=args.device)
-        timing[b] = {k: {"median_s": statistics.median(v), "groups_s": [round(t, 4) for t in v]}
-                     for k, v in per.items()}
-        for k, v in per.items():
-            print(f"    batch {b:>3} {k:<8} median {statistics.median(v):.4f} s/batch "
-                  f"(groups of 5: {', '.join(f'{t:.4f}' for t in v)})", flush=True)
-    t50 = timing[MADRY_BATCH]["pgd-at"]["median_s"]
-    madry_s = MADRY_ITERS * t50
-    n_batches_epoch = -(-len(x) // args.batch)
-    pgd_epoch_s = n_batches_epoch * timing[args.batch]["pgd-at"]["median_s"]
-    fast_epoch_s = n_batches_epoch * timing[args.batch]["fast-at"]["median_s"]
-    print(f"    Madry recipe: T = {MADRY_ITERS:,} iterations x {t50:.4f} s/batch(50) = "
-          f"{madry_s:,.0f} s = {madry_s / 3600:.2f} h")
-    print(f"    one epoch at batch {args.batch}: {n_batches_epoch} batches x median s/batch = "
-          f"{pgd_epoch_s:.0f} s (PGD-40 AT), {fast_epoch_s:.1f} s (fast-AT)")
-    return {"s_per_batch": {str(k): v for k, v in timing.items()},
-            "pgd_at_epoch_s": round(pgd_epoch_s, 1), "fast_at_epoch_s": round(fast_epoch_s, 2),
-            "madry_recipe_s": round(madry_s),
-            "madry_formula": f"{MADRY_ITERS} * median_s_per_batch(batch={MADRY_BATCH})",
-            "speedup_per_epoch": pgd_epoch_s / fast_epoch_s}
+                     arm: TrainConfig) -> dict:
+    """Epochs (or ``--epoch-fraction`` of one) of the arm and of Madry's PGD-40 AT, interleaved
+    (:func:`time_epochs`); their medians and the ratio Madry / arm, both measured."""
+    n = max(MADRY.batch_size, round(args.epoch_fraction * len(x)))
+    unit = "epoch" if n == len(x) else f"{n / len(x):.3g} of an epoch"
+    print(f"\n[4] {args.method} (batch {arm.batch_size}) against Madry's PGD-40 AT (batch "
+          f"{MADRY.batch_size}, step 0.01, random start): {args.rounds} rounds, alternating, "
+          f"one {unit} ({n:,} of {len(x):,} training images) each", flush=True)
+    if n < len(x):
+        print(f"    NOTE: timing a FRACTION {n / len(x):.3g} of an epoch (--epoch-fraction), "
+              "not whole epochs", flush=True)
+    runs = time_epochs(x[:n], y[:n], arch=args.arch, arm=arm, rounds=args.rounds,
+                       seed=args.seed, device=args.device)
+    med = {k: statistics.median(r["s"] for r in v) for k, v in runs.items()}
+    ratio = med["madry"] / med["arm"]
+    print(f"    median {unit}: {args.method} {med['arm']:.2f} s, Madry PGD-40 {med['madry']:.2f} "
+          f"s: Madry / {args.method} = {ratio:.1f}x (measured, same images)")
+    print(f"    Madry et al.'s recipe is {MADRY_ITERS:,} iterations of batch {MADRY.batch_size} "
+          f"({MADRY_ITERS * MADRY.batch_size / len(x):.1f} epochs of these {len(x):,} images); "
+          "not timed here")
+    return {"arm_method": args.method, "epoch_fraction": n / len(x), "n_images": n,
+            "unit": unit, "rounds": args.rounds, "order": "arm, madry; alternating",
+            "guard": "off in both",
+            "arm": {"batch": arm.batch_size, "median_s": round(med["arm"], 2),
+                    "runs": runs["arm"]},
+            "madry": {"batch": MADRY.batch_size, "steps": MADRY.attack_steps,
+                      "step": MADRY.alpha, "median_s": round(med["madry"], 2),
+                      "runs": runs["madry"]},
+            "madry_over_arm": ratio}
 
 
 if __name__ == "__main__":
