@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from eisbench import data
@@ -51,6 +52,42 @@ def test_without_an_ensemble_it_is_plain_targeted_pgd() -> None:
               random_start=False)
     torch.testing.assert_close(ours, ref)
     assert net.training  # its mode is restored
+
+
+def test_the_loss_is_the_target_loss_plus_the_ensembles_mean_loss() -> None:
+    """Nakkiran's decorrelated loss, one L2 step by hand, per example:
+    x_1 = x - a g / ||g||, g = grad [CE(f(x), t) + (1/k) sum_i CE(f_i(x), y)]. A sum over the
+    ensemble (k times its weight), a minus sign or a missing target term moves x elsewhere."""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Flatten(), nn.Linear(16, 3)) for _ in range(4)]
+    f, ens = nets[0], nets[1:]
+    x = 0.3 + 0.4 * torch.rand(5, 1, 4, 4)
+    y = torch.randint(0, 3, (5,))
+    t = (y + 1) % 3
+
+    def step(w_ens: float, w_target: float = 1.0) -> torch.Tensor:
+        rows = []
+        for i in range(len(x)):  # one example at a time: no batch reduction involved
+            xi = x[i:i + 1].clone().requires_grad_(True)
+            loss = w_target * F.cross_entropy(f(xi), t[i:i + 1]) + w_ens * sum(
+                F.cross_entropy(m(xi), y[i:i + 1]) for m in ens)
+            (g,) = torch.autograd.grad(loss, xi)
+            rows.append((x[i:i + 1] - 0.2 * g / g.norm()).clamp(0, 1))
+        return torch.cat(rows)
+
+    got = non_transferable_pgd(f, ens, x, y, t, eps=5.0, steps=1, step_size=0.2)
+    want = step(1 / 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for wrong in (step(1.0), step(-1 / 3), step(1 / 3, w_target=0.0)):
+        assert (got - wrong).abs().max() > 1e-3
+    torch.testing.assert_close(  # w scales the ensemble's mean
+        non_transferable_pgd(f, ens, x, y, t, eps=5.0, steps=1, step_size=0.2,
+                             ensemble_weight=3.0), step(1.0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_full_preset_uses_nakkirans_ten_model_ensemble() -> None:
+    assert nakkiran.FULL.ensemble == 10 and nakkiran.FULL.ensemble_weight == 1.0
+    assert nakkiran.QUICK.ensemble_weight == 1.0
 
 
 def test_robust_classifier_robustness_is_exact() -> None:

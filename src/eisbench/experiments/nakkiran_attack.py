@@ -31,7 +31,11 @@ def non_transferable_pgd(model: nn.Module, ensemble: Sequence[nn.Module], x: tor
     Minimises ``CE(model(x'), target) + ensemble_weight * mean_i CE(ensemble[i](x'), y)`` over
     the ``norm`` ball of radius ``eps`` around x (and the [0,1] box), from x itself, with
     ``steps`` normalised steepest-descent steps of ``step_size``; with an empty ensemble it is
-    plain targeted PGD.
+    plain targeted PGD. With ``ensemble_weight=1`` this is Nakkiran's "decorrelated loss"
+    ``L(f, x, y_targ) + E_i[L(f_i, x, y)]`` (Distill 2019, "Adversarial Examples are Just
+    Bugs, Too", distillpub/post--ilyas-response-5 ``index.html``): a mean over the ensemble,
+    added. The losses are summed over the batch only so that each example's gradient is its
+    own loss's (the steps are normalised per example).
 
     Args:
         model: the target model, (B, C, H, W) images in [0,1] -> logits (B, K).
