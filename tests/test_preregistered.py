@@ -30,11 +30,12 @@ from eisbench.runs.preregistered import (
 )
 from eisbench.runs.result import Result, to_record
 
-DIGEST = "977d3833cf040d741cd2e01794350b8f0de96f563469d184b5c882bb7d2c0bb3"
+DIGEST = "ae183e5ec7f2ef05acb08e7a46d35d9a71ee1f57bacbe9daa90a08259b1309d9"
 """``digest()`` of the whole table (values, reasons, sources, pilots) under RULES_VERSION."""
 VALUE_PINS = {3: "b12a1d1f0a6ae43f2b8a5869caab26b537fb2389c1910ecc42368cc7d2d543d7",
               4: "f209bcf974cded23f8638342a54cb9695ba2dbb15b727f19b9277e639791df10",
-              5: "611a314d80b9c769e0cdac8c4003e192524539e6fbbf0cb4f9fdd4c4bc029e89"}
+              5: "611a314d80b9c769e0cdac8c4003e192524539e6fbbf0cb4f9fdd4c4bc029e89",
+              6: "f264da0dbf79c70c85755027c3e1164854ec0b7c9bf53633a207160417b43d29"}
 """Per rules version: the fingerprint of the table's names and values alone (no prose)."""
 
 SRC = Path(preregistered.__file__).resolve().parents[1]  # src/eisbench
@@ -104,7 +105,7 @@ class _Cfg:
 
 def test_every_record_holds_the_rules_version_and_the_table_digest() -> None:
     rec = to_record("x", _Cfg(), Result(metrics={}), seconds=0.0)
-    assert rec["versions"]["claim_rules"] == str(RULES_VERSION) == "5"
+    assert rec["versions"]["claim_rules"] == str(RULES_VERSION) == "6"
     assert rec["versions"]["thresholds"] == digest()[:16]
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypedDict
 
-RULES_VERSION = 5
+RULES_VERSION = 7
 """The version of the claims' decision rules, recorded in every record (``versions``'s
 ``claim_rules``, beside ``thresholds``: the first 16 hex digits of :func:`digest`). A rule
 changed after results were seen bumps it, and says so here:
@@ -80,6 +80,21 @@ changed after results were seen bumps it, and says so here:
   after it never fired on noise in one MNIST validation). Quick benchmarks use the full zoo
   recipe, the only one measured to implant all 12 trojans on both datasets. No bar or margin
   changed.
+- 6 (2026-12): new rules for the D_R recipe ladder (``experiments/ilyas_ladder.py``), fixed
+  before any rung ran: ``ilyas.ladder.dr_gain_shift`` (a rung moves D_R when the per-seed
+  shift of D_R's robust gain over rung (a) has CI lower > 0.05, and does not when CI upper <
+  0.10) and ``ilyas.ladder.source_robust_acc`` (a "does not move" counts only when the rung's
+  robust source keeps robust acc CI lower > 0.5). Written after the quick and full suites'
+  D_R verdicts (robust accuracy 0.002) had been seen, which is what the ladder examines; no
+  existing bar or margin changed.
+- 7 (2026-12): two of the papers' recipes, followed more closely, after the rules-6 verdicts
+  had been seen. The NTK claim that robustness falls with the eigen-index tests the Spearman
+  correlation of the index with each eigen-feature's survival ratio (robust / clean accuracy)
+  instead of with its robust accuracy, which also falls when only usefulness does: entries
+  ``ntk.spearman_index_robust.*`` renamed ``ntk.spearman_index_survival.*``, values unchanged.
+  Goh's leakage probe reads an L2-robust model at the budget of the L2 attack that built D_rand
+  and D_det (``goh-leakage``'s ``probe_train``) instead of the Linf-robust source; no bar or
+  margin changed.
 """
 
 
@@ -158,6 +173,15 @@ THRESHOLDS: Mapping[str, Threshold] = build([
                                        f"{_ILYAS}, Fig. 2b (D_R, L2 eps 0.25)")),
     ("ilyas.D_R.robust_acc.bar", _T(0.10, "D_R's own robust accuracy clearly non-zero")),
     ("ilyas.D_R.robust_acc.margin", _T(0.0, _NEEDED)),
+    ("ilyas.ladder.dr_gain_shift.bar", _T(0.05, "a rung moves D_R's robust gain over rung "
+                                        "(a): 5 points, the bar of ilyas.D_R.robust_gain")),
+    ("ilyas.ladder.dr_gain_shift.margin", _T(0.05, f"{_QUARTER}: 21.85 points of D_R robust "
+                                           "accuracy, as ilyas.D_R.robust_gain.margin",
+                                           f"{_ILYAS}, Fig. 2b (D_R, L2 eps 0.25)")),
+    ("ilyas.ladder.source_robust_acc.bar", _T(0.5, "a rung's robust source is robust: it keeps "
+                                             "at least half the test images under the rung's "
+                                             "attack; else its D_R says nothing")),
+    ("ilyas.ladder.source_robust_acc.margin", _T(0.0, _NEEDED)),
     ("ilyas.D_rand_D_det.std_acc.bar_x_chance", _T(2.0, _TWO_K)),
     ("ilyas.D_rand_D_det.std_acc.margin", _T(0.05, f"{_QUARTER}: D_det's 43.7% is 23.7 points "
                                             "past 2/K", f"{_ILYAS}, Table 1 (D_det)")),
@@ -227,8 +251,9 @@ THRESHOLDS: Mapping[str, Threshold] = build([
                                 "clear to count")),
     ("frequency.at_gain.margin", _T(0.02, "refuted when the gain stays within twice the bar")),
     # exhibit G: NTK
-    ("ntk.spearman_index_robust.bar", _T(0.0, "robustness falls with the eigen-index")),
-    ("ntk.spearman_index_robust.margin", _T(0.2, "a 'weak' rank correlation: no fall worth the "
+    ("ntk.spearman_index_survival.bar", _T(0.0, "robustness (robust / clean accuracy) falls "
+                                           "with the eigen-index")),
+    ("ntk.spearman_index_survival.margin", _T(0.2, "a 'weak' rank correlation: no fall worth the "
                                            "name")),
     ("ntk.high_index.clean_acc.bar_over_chance", _T(0.0, "useful: above the majority-class rate")),
     ("ntk.high_index.clean_acc.margin", _T(0.05, "about a quarter of the published 18 points of "
