@@ -94,13 +94,28 @@ def test_goh_leakage_reuses_the_ilyas_cache(tmp_path: Path) -> None:
     tiny = _tiny()
     store = Store(tmp_path / "cache")
     fvb.run(tiny, out=tmp_path / "fvb", store=store)
-    rec = goh.run(derived_config(GohLeakageConfig, tiny), out=tmp_path / "goh", store=store)  # type: ignore[arg-type]
+    probe = TrainConfig(method="fast-at", norm="l2", eps=3.0, epochs=3, lr=5e-3)
+    cfg = derived_config(GohLeakageConfig, tiny, probe_train=probe)  # type: ignore[arg-type]
+    rec = goh.run(cfg, out=tmp_path / "goh", store=store)
     record.validate(dict(rec))
-    assert all(s["cached"] for s in rec["stages"])  # same models and datasets, nothing retrained
+    # the same models and datasets, nothing retrained but the L2-robust probe model, a stage of
+    # its own (one per seed) that a second run reuses
+    fresh = [s for s in rec["stages"] if not s["cached"]]
+    assert len(fresh) == 2 and all(s["name"] == "train" for s in fresh)
+    again = goh.run(cfg, out=tmp_path / "goh2", store=store)
+    assert all(s["cached"] for s in again["stages"])
     m = rec["metrics"]
     for row in rec["details"]["per_seed"]:  # accuracies against y and y+1 are disjoint events
-        assert row["D_det"] + row["D_det_shifted"] <= 1.0 + 1e-9
+        for pre in ("", "linf_probe/"):
+            assert row[pre + "D_det"] + row[pre + "D_det_shifted"] <= 1.0 + 1e-9
     assert m["goh_leakage/D/probe_acc"]["value"] > 0.5  # the robust features know the digits
+    assert "goh_leakage/linf_probe/D_rand/probe_acc" in m  # the earlier probe, beside it
+    with pytest.raises(ValueError, match="probe_train must train a model robust to the L2 "):
+        derived_config(GohLeakageConfig, tiny, probe_train=TrainConfig(  # type: ignore[arg-type]
+            method="fast-at", norm="linf", eps=3.0))
+    with pytest.raises(ValueError, match=r"probe_train\.eps=2"):
+        derived_config(GohLeakageConfig, tiny, wrong_label_eps=2.0,  # type: ignore[arg-type]
+                       probe_train=probe)
     assert {c["verdict"] for c in rec["claims"]} <= set(record.VERDICTS)
     assert "Goh 2019" in goh.report(rec, tmp_path / "goh").read_text()
     # the probe itself: separable features are learnt, shuffled labels are not
