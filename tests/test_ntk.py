@@ -126,17 +126,25 @@ def test_decide_follows_its_rules() -> None:
     def m(v: float, lo: float, hi: float) -> Metric:
         return {"value": v, "ci95": [lo, hi], "n": 3, "higher_is_better": True}
 
-    base = {"ntk/spearman_index_robust": m(-0.6, -0.8, -0.4),
+    base = {"ntk/spearman_index_survival": m(-0.6, -0.8, -0.4),
+            "ntk/spearman_index_robust": m(-0.6, -0.8, -0.4),
             "ntk/spearman_index_clean": m(0.0, -0.1, 0.1),
             "ntk/high_index/clean_acc": m(0.6, 0.56, 0.64),
             "ntk/high_index/robust_acc": m(0.02, 0.0, 0.05)}
     assert [c["verdict"] for c in decide(base, chance=0.55, n_features=8)] == [
         "reproduced", "reproduced"]
-    flipped = base | {"ntk/spearman_index_robust": m(0.5, 0.2, 0.8),
+    flipped = base | {"ntk/spearman_index_survival": m(0.5, 0.2, 0.8),
                       "ntk/high_index/clean_acc": m(0.5, 0.48, 0.52)}
     assert [c["verdict"] for c in decide(flipped, chance=0.55, n_features=8)] == [
         "not reproduced", "not reproduced"]
-    unsure = base | {"ntk/spearman_index_robust": m(-0.2, -0.6, 0.2),
+    unsure = base | {"ntk/spearman_index_survival": m(-0.2, -0.6, 0.2),
                      "ntk/high_index/robust_acc": m(0.08, 0.02, 0.14)}
     assert [c["verdict"] for c in decide(unsure, chance=0.55, n_features=8)] == [
         "inconclusive", "inconclusive"]
+    # robust accuracy falls with the index only because clean accuracy does (usefulness): the
+    # survival ratio stays flat, and the claim is not reproduced
+    useful_only = base | {"ntk/spearman_index_survival": m(0.0, -0.1, 0.1),
+                          "ntk/spearman_index_clean": m(-0.6, -0.8, -0.4)}
+    first = decide(useful_only, chance=0.55, n_features=8)[0]
+    assert first["verdict"] == "not reproduced" and "survival" in first["rule"]
+    assert "spearman_index_survival" in first["measured"]
