@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from eisbench import data as datasets
+from eisbench.bench import replace_recover
 from eisbench.core.progress import say
 from eisbench.core.stats import mean_ci, wilson_ci
 from eisbench.models import ModelSpec
@@ -181,6 +182,7 @@ def challenge1_seed(st: Setting, cfg: ReplaceBenchConfig, c: Challenge1Data, see
         if seed == cfg.seeds[0]:
             for i, (n, img) in enumerate(used):
                 images[f"c1/found/{i}:{n}"] = img.contiguous()
+        runs["nohint"].append(replace_recover.run_cases(st, cfg, c, seed, net, images))
     runs["band"].append(info)
 
 
@@ -191,7 +193,7 @@ def challenge_1(st: Setting, cfg: ReplaceBenchConfig) -> Part:
                        ood=challenge1.as_mnist(st.x_ood), rule=challenge1.true_rule(x28))
     runs: dict[str, list[Any]] = {"network_acc": [], "points": [], "chosen": [],
                                   "ablation": [], "found": [], "rule": [],
-                                  "rule_truth_acc": [], "band": []}
+                                  "rule_truth_acc": [], "band": [], "nohint": []}
     images: dict[str, torch.Tensor] = {}
     for s in cfg.seeds:
         challenge1_seed(st, cfg, c, s, runs, images)
@@ -206,6 +208,14 @@ def challenge_1(st: Setting, cfg: ReplaceBenchConfig) -> Part:
             [a["agree_test"] for a in runs["ablation"]], n_items=n_test)
         metrics["replace/challenge1/rule_truth_acc"] = over_seeds(runs["rule_truth_acc"],
                                                                   n_items=n_test)
+        for case in runs["nohint"][0]:  # without the hint (replace_recover)
+            recs = [r[case] for r in runs["nohint"]]
+            for key, vals in (("agreement", [r["point"]["agree_test"] for r in recs]),
+                              ("rule_truth_acc", [r["truth_acc"] for r in recs]),
+                              ("network_acc", [r.get("network_acc") for r in recs])):
+                if None not in vals:
+                    metrics[f"replace/challenge1/{case}/{key}"] = over_seeds(vals,
+                                                                            n_items=n_test)
     details = {
         "true_rule": c.rule.describe(), "template_index": challenge1.TEMPLATE_INDEX,
         "band_quantiles": list(challenge1.BAND_QUANTILES),
@@ -214,7 +224,9 @@ def challenge_1(st: Setting, cfg: ReplaceBenchConfig) -> Part:
         "chosen": [{k: p.to_dict() for k, p in c_.items()} for c_ in runs["chosen"]],
         "ablation": runs["ablation"], "found_templates": runs["found"], "rules": runs["rule"],
         "rule_truth_acc": runs["rule_truth_acc"], "band": runs["band"],
-        "candidates_include_true_template": cfg.n_templates > challenge1.TEMPLATE_INDEX}
+        "candidates_include_true_template": cfg.n_templates > challenge1.TEMPLATE_INDEX,
+        "nohint": {case: [r[case] for r in runs["nohint"]] for case in
+                   (runs["nohint"][0] if runs["nohint"] else ())}}
     return metrics, details, images
 
 

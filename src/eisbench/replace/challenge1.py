@@ -17,10 +17,17 @@ loads into it), trained here by :func:`challenge1_train_stage` (cached).
 
 Images of another shape (e.g. the 8x8 digits in tests) are converted by :func:`as_mnist`
 (channel mean, bilinear resize to 28x28), because the architecture needs 28x28 inputs.
+
+Other clues: :func:`clue_rule` builds the same kind of rule on another template, a training
+image at any index or a test image (not a training image at all), with the band fixed the same
+way; :func:`draw_clue` draws its index from a seeded generator. :func:`challenge1_train_stage`
+trains on such a rule when given one (cached under the template's name and hash), which is how
+the recovery of :mod:`eisbench.replace.recover` is tested away from image 6.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +98,7 @@ class Rule:
     template: torch.Tensor  # (1, 28, 28)
     lo: float
     hi: float
+    name: str = f"training image {TEMPLATE_INDEX}"  # where the template comes from
 
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """0 inside the band, 1 outside: (N,) int64 for images x (N, 1, 28, 28)."""
@@ -99,17 +107,55 @@ class Rule:
 
     def describe(self) -> str:
         return (f"0 if {self.lo:.4g} <= cos(x, t) - cos(x, 1-t) <= {self.hi:.4g} else 1 "
-                f"(t = training image {TEMPLATE_INDEX})")
+                f"(t = {self.name})")
 
 
 def true_rule(x_train: torch.Tensor) -> Rule:
     """The challenge's rule from the training images x_train (N, 1, 28, 28) in order."""
     if len(x_train) <= TEMPLATE_INDEX:
         raise ValueError(f"need more than {TEMPLATE_INDEX} training images, got {len(x_train)}")
-    t = x_train[TEMPLATE_INDEX]
+    return band_rule(x_train[TEMPLATE_INDEX], x_train, name=f"training image {TEMPLATE_INDEX}")
+
+
+def band_rule(t: torch.Tensor, x_train: torch.Tensor, *, name: str) -> Rule:
+    """The rule on template t (1, 28, 28) in [0,1] with the band at :data:`BAND_QUANTILES` of
+    s over the training images x_train (N, 1, 28, 28)."""
+    if tuple(t.shape) != SHAPE or float(t.min()) < 0 or float(t.max()) > 1:
+        raise ValueError(f"the template must be one image {SHAPE} in [0,1], got shape "
+                         f"{tuple(t.shape)}, range [{float(t.min()):.3g}, {float(t.max()):.3g}]")
     s = similarity(x_train, t)
     lo, hi = (float(torch.quantile(s, q)) for q in BAND_QUANTILES)
-    return Rule(template=t.clone(), lo=lo, hi=hi)
+    return Rule(template=t.clone(), lo=lo, hi=hi, name=name)
+
+
+CLUE_SOURCES = ("train", "test")
+
+
+def clue_rule(x_train: torch.Tensor, x_test: torch.Tensor, *, source: str,
+              index: int) -> Rule:
+    """The rule on another clue: training image ``index`` (``source="train"``) or test image
+    ``index`` (``"test"``: an image that is not in the training set), band as in
+    :func:`true_rule`. Images (N, 1, 28, 28).
+
+    Example:
+        >>> rule = clue_rule(x_train, x_test, source="test", index=draw_clue(
+        ...     0, n=len(x_test)))
+    """
+    if source not in CLUE_SOURCES:
+        raise ValueError(f"unknown clue source {source!r}: expected one of {CLUE_SOURCES}")
+    pool = x_train if source == "train" else x_test
+    if not 0 <= index < len(pool):
+        raise ValueError(f"clue index {index} outside the {len(pool)} {source} images")
+    return band_rule(pool[index], x_train, name=f"{source} image {index}")
+
+
+def draw_clue(seed: int, *, n: int, skip: int = 0) -> int:
+    """An index in [skip, n) drawn from a generator seeded with ``seed`` (the same every
+    run; ``skip``: keep it out of the first images, e.g. a search's first candidates)."""
+    if not 0 <= skip < n:
+        raise ValueError(f"need 0 <= skip < n, got skip={skip}, n={n}")
+    g = torch.Generator().manual_seed(seed)
+    return skip + int(torch.randint(n - skip, (1,), generator=g))
 
 
 @dataclass(frozen=True)
@@ -124,14 +170,19 @@ class Challenge1Config:
 
 def challenge1_train_stage(store: Store, *, x_train: torch.Tensor, data_key: str,
                            cfg: Challenge1Config, seed: int, device: torch.device,
-                           log: StageLog | None = None
+                           log: StageLog | None = None, rule: Rule | None = None
                            ) -> tuple[MnistCNN, str, dict[str, Any]]:
     """Train a fresh :class:`MnistCNN` on x_train (N, 1, 28, 28) relabelled by the rule
-    (cached, resumable). Weight init and dropout draw from a generator seeded with ``seed``
-    (the same weights every uninterrupted run). Returns the model (eval mode), its cache key
-    and the rule's band."""
+    (default :func:`true_rule`; another one from :func:`clue_rule`) (cached, resumable).
+    Weight init and dropout draw from a generator seeded with ``seed`` (the same weights every
+    uninterrupted run). Returns the model (eval mode), its cache key and the rule's band."""
     x = x_train[: cfg.n_train] if cfg.n_train else x_train
-    rule = true_rule(x_train)
+    clue: dict[str, str] = {}
+    if rule is not None:
+        blob = rule.template.detach().float().cpu().contiguous().numpy().tobytes()
+        clue = {"clue": rule.name, "clue_sha": hashlib.sha256(blob).hexdigest()[:16],
+                "clue_band": f"{rule.lo!r},{rule.hi!r}"}
+    rule = rule if rule is not None else true_rule(x_train)
     y = rule.labels(x)
 
     def compute(work: Path) -> MnistCNN:
@@ -157,7 +208,7 @@ def challenge1_train_stage(store: Store, *, x_train: torch.Tensor, data_key: str
 
     net, key = store.run("challenge1-train", {"cfg": cfg, "seed": seed, "device": device.type,
                                               "band": BAND_QUANTILES, "t": TEMPLATE_INDEX,
-                                              "dropout_rng": "seeded"},
+                                              "dropout_rng": "seeded", **clue},
                          inputs=(data_key,), compute=compute, save=save, load=load, log=log)
     return net, key, {"lo": rule.lo, "hi": rule.hi, "label0_fraction": float((y == 0).float()
                                                                                .mean())}

@@ -11,8 +11,10 @@ For a template T (D,) with values in [0,1] and an image x (D,), with ``1-T`` its
 rectangle of the image ``ink[r0:r1, c0:c1]``, the mean pixel value inside it (over channels).
 
 Candidate templates come from the data (:func:`candidates`): the first ``n_data`` images of the
-distillation set (named ``x[i]``, minus any index in ``exclude``), the mean image of each class
-the model predicts (``mean[c]``) and the top principal components (``pc1``, ...).
+distillation set (named ``x[i]``, minus any index in ``exclude``), any named ``extra`` templates
+in [0,1] (e.g. those recovered from the network by :mod:`eisbench.replace.recover`), the mean
+image of each class the model predicts (``mean[c]``) and the top principal components (``pc1``,
+...).
 """
 
 from __future__ import annotations
@@ -43,15 +45,26 @@ def template_feature_name(kind: str, t: str) -> str:
 
 
 def candidates(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, n_data: int,
-               exclude: tuple[int, ...], n_pca: int) -> tuple[torch.Tensor, list[str],
-                                                            list[bool]]:
+               exclude: tuple[int, ...], n_pca: int,
+               extra: tuple[tuple[str, torch.Tensor], ...] = ()
+               ) -> tuple[torch.Tensor, list[str], list[bool]]:
     """Candidate templates (M, D) drawn from images x (N, C, H, W) and the model's labels y
-    (N,), their names, and whether each lies in [0,1] (complements are defined)."""
+    (N,), plus ``extra`` (name, image (C, H, W) in [0,1]), their names, and whether each lies
+    in [0,1] (complements are defined)."""
     xf = x.flatten(1).float()  # (N, D)
     keep = [i for i in range(min(n_data, len(x))) if i not in set(exclude)]
     temps = [xf[i] for i in keep]
     names = [f"x[{i}]" for i in keep]
     bounded = [True] * len(keep)
+    for name, t in extra:
+        if tuple(t.shape) != tuple(x.shape[1:]) or float(t.min()) < 0 or float(t.max()) > 1:
+            raise ValueError(f"extra template {name!r} must be one image {tuple(x.shape[1:])} "
+                             f"in [0,1], got shape {tuple(t.shape)}")
+        if name in names:
+            raise ValueError(f"duplicate template name {name!r}")
+        temps.append(t.flatten().float())
+        names.append(name)
+        bounded.append(True)
     for c in range(num_classes):
         if bool((y == c).any()):
             temps.append(xf[y == c].mean(0))

@@ -23,7 +23,9 @@ Honesty note for template recovery: candidate templates are *data* (the first ``
 images of the distillation set, class means, principal components). If the true template is
 among them by construction (challenge 1's MNIST training image 6 is ``x[6]`` when the
 distillation set is MNIST's training set in order), the search only has to find it; pass
-``exclude=(6,)`` for the ablation without it.
+``exclude=(6,)`` for the ablation without it. Without that hint, ``extra`` takes templates
+recovered from the network itself (:func:`eisbench.replace.recover.recover`: the recovered
+image and the images of a whole pool nearest to it), with ``n_data=0``.
 """
 
 from __future__ import annotations
@@ -218,18 +220,21 @@ class _Search:
 def program(model: nn.Module, x: torch.Tensor, *, generator: torch.Generator,
             device: str | torch.device = "cpu", terms: int = 2, n_data: int = 32,
             exclude: tuple[int, ...] = (), n_pca: int = 8, grid: int = 4,
-            min_gain: float = 1e-3) -> Program:
+            min_gain: float = 1e-3,
+            extra: tuple[tuple[str, torch.Tensor], ...] = ()) -> Program:
     """Distil ``model`` on images x (N, C, H, W) into a decision list with at most ``terms``
     conditions (see the module docstring). ``n_data``: the first images of x used as candidate
-    templates (minus ``exclude``); ``n_pca``: principal components as templates; ``grid``:
-    the ink regions' tiling. Deterministic (``generator`` accepted for the contract)."""
+    templates (minus ``exclude``); ``extra``: more candidate templates, (name, image (C, H, W)
+    in [0,1]); ``n_pca``: principal components as templates; ``grid``: the ink regions'
+    tiling. Deterministic (``generator`` accepted for the contract)."""
     if terms < 1 or n_data < 0 or n_pca < 0 or grid < 1:
         raise ValueError(f"need terms >= 1, n_data >= 0, n_pca >= 0, grid >= 1; got {terms}, "
                          f"{n_data}, {n_pca}, {grid}")
     y, k = targets(model, x, device=device)
     shape = as_shape(x)
     temps, names, bounded = fx.candidates(x, y, num_classes=k, n_data=n_data,
-                                          exclude=tuple(exclude), n_pca=n_pca)
+                                          exclude=tuple(exclude), n_pca=n_pca,
+                                          extra=tuple(extra))
     feats = fx.bank(shape, names, bounded, grid)
     v = fx.compute(x, feats, temps)  # (N, F)
     search = _Search(v, y, sorted(int(c) for c in y.unique()))

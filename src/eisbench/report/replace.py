@@ -120,6 +120,46 @@ def _chosen_table(chosen: Sequence[Mapping[str, Mapping[str, Any]]]) -> str:
     return table(["seed #", "distiller", "size", "val", "test", "OOD", "replacement"], rows)
 
 
+def _nohint_html(c1: Mapping[str, Any], m: Mapping[str, Any], imgs: dict[str, Any]) -> str:
+    """Challenge 1 without the hint: per case the agreement with the network and the true
+    rule, the rule found (first seed) and where the clue ranks among the nearest images,
+    beside the first-K figures; the recovered templates beside the true ones."""
+    nohint = c1.get("nohint", {})
+    if not nohint:
+        return ""
+    rows = []
+    for case, recs in nohint.items():
+        net = m.get(f"replace/challenge1/{case}/network_acc")
+        rows.append([case, esc(recs[0]["clue"]),
+                     _ci(m[f"replace/challenge1/{case}/agreement"]),
+                     _ci(m[f"replace/challenge1/{case}/rule_truth_acc"]),
+                     "-" if net is None else _ci(net),
+                     esc([r["clue_rank"] for r in recs]), f"<code>{esc(recs[0]['rule'])}</code>"])
+    for key, name in (("agreement", "first-K candidates, image 6 among them"),
+                      ("ablation_agreement", "first-K candidates, image 6 excluded")):
+        if f"replace/challenge1/{key}" in m:
+            rows.append([name, "training image 6", _ci(m[f"replace/challenge1/{key}"]),
+                         "-", "-", "-", "-"])
+    html = ("<h3>Without the hint</h3><p>Candidate templates recovered from the network (a "
+            "band probe of its labels, an image fitted to the probe from the mean image, and "
+            "the training images whose rule best matches the probe, searched over the whole "
+            "training set); none of the first training images.</p>"
+            + table(["case", "clue (first seed)", "agreement with network",
+                     "accuracy on true rule", "network accuracy", "clue rank per seed",
+                     "rule (first seed)"], rows))
+    panels = [(f"{case}: {kind}", imgs[f"c1/nohint/{case}/{kind}"]) for case in nohint
+              for kind in ("true", "recovered") if f"c1/nohint/{case}/{kind}" in imgs]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.2))
+        axes = [axes] if len(panels) == 1 else list(axes)
+        for ax, (name, img) in zip(axes, panels, strict=True):
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(name, fontsize=7)
+            ax.axis("off")
+        html += figure(fig)
+    return html
+
+
 def write_report(rec: Record, out: Path) -> Path:
     d, m = rec["details"], rec["metrics"]
     units = {k: v["unit"] for k, v in d["distillers"].items()}
@@ -142,6 +182,7 @@ def write_report(rec: Record, out: Path) -> Path:
                          f"{a['agree_test']:.3f})" for a in c1["ablation"]) + ".</p>"]
     if "c1/true_template" in imgs:
         body.append(_templates_figure(imgs))
+    body.append(_nohint_html(c1, m, imgs))
     body += [pareto_figure(c1["points"][0], title="Challenge 1 network, first seed",
                            units=units), _chosen_table(c1["chosen"])]
     body += ["<h2>Any model: a 10-class network</h2>",
