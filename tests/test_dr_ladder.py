@@ -183,13 +183,16 @@ def test_the_preset_from_the_command_line(capsys: pytest.CaptureFixture[str],
                       Store(tmp_path))
 
 
-def _record(seeds: list[int], dr: list[float], d: list[float], src: float) -> dict[str, Any]:
+def _record(seeds: list[int], dr: list[float], d: list[float], src: float,
+            dr_std: float = 0.9) -> dict[str, Any]:
     per_seed = {"train_on_D_R": [{"robust_acc": v} for v in dr],
                 "train_on_D": [{"robust_acc": v} for v in d]}
     metric = {"value": src, "ci95": [src - 0.01, src + 0.01], "n": len(seeds),
               "higher_is_better": True}
     return {"seeds": seeds, "details": {"per_seed": per_seed, "attack": "pgd"},
             "metrics": {"adv_train_on_D/robust_acc": metric,
+                        "train_on_D_R/std_acc": {**metric, "value": dr_std,
+                                                 "ci95": [dr_std - 0.01, dr_std + 0.01]},
                         "train_on_D_R/robust_acc": {**metric, "value": sum(dr) / len(dr),
                                                     "ci95": [min(dr), max(dr)]},
                         "train_on_D/robust_acc": {**metric, "value": sum(d) / len(d),
@@ -201,8 +204,11 @@ def test_the_ladder_judge_can_say_moves_and_does_not_move() -> None:
     moved = _record([0, 1, 2], [0.30, 0.32, 0.31], [0.0, 0.01, 0.0], 0.9)
     flat = _record([0, 1, 2], [0.01, 0.01, 0.00], [0.0, 0.0, 0.0], 0.9)
     weak_source = _record([0, 1, 2], [0.01, 0.01, 0.00], [0.0, 0.0, 0.0], 0.2)
-    got = judge_ladder({"dr-a": a, "dr-b": moved, "dr-c": flat, "dr-d": weak_source})
-    assert [c["verdict"] for c in got] == ["reproduced", "not reproduced", "inconclusive"]
+    at_chance = _record([0, 1, 2], [0.10, 0.11, 0.10], [0.0, 0.0, 0.0], 0.9, dr_std=0.11)
+    got = judge_ladder({"dr-a": a, "dr-b": moved, "dr-c": flat, "dr-d": weak_source,
+                        "dr-e": at_chance})
+    assert [c["verdict"] for c in got] == ["reproduced", "not reproduced", "inconclusive",
+                                           "inconclusive"]  # a chance D_R model does not move
     assert all(c["if_reproduced"] == c["if_not"] == "inconclusive" for c in got)
     one = judge_ladder({"dr-a": _record([0], [0.0], [0.0], 0.9),
                         "dr-b": _record([0], [0.5], [0.0], 0.9)})

@@ -5,7 +5,7 @@ The suite's D_R (``ilyas`` quick/full) departs from the recipe of Ilyas et al. 2
 robustness library in five ways. Each rung adds one of them to the rung below (cumulative), is a
 preset of ``ilyas`` (``eisbench run ilyas --preset dr-c``) with its own claims and intervals over
 seeds, and :func:`judge_ladder` compares it with rung (a) by a rule fixed before any rung ran
-(``ilyas.ladder.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`, rules 6):
+(``ilyas.ladder.*`` in :data:`~eisbench.runs.preregistered.THRESHOLDS`, rules 6 and 8):
 
 ============  ===================================================  ============================
 preset        adds                                                 fields (:data:`INGREDIENTS`)
@@ -55,14 +55,16 @@ from typing import TYPE_CHECKING, Any
 from eisbench.runs.claims import (
     UNSURE,
     checks_of,
+    conjunction,
     decide_against,
     decide_metric,
     fmt,
     make_claim,
     metric_over_seeds,
+    needed,
     provided,
 )
-from eisbench.runs.preregistered import bar_margin
+from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.training import TrainConfig
 
@@ -126,9 +128,10 @@ def _rung_checks(name: str, metrics: Mapping[str, Metric]) -> dict[str, bool | N
     return {f"{name}: {k}": v for k, v in got.items()}
 
 
-def judge_ladder(records: Mapping[str, Mapping[str, Any]]) -> list[Claim]:
+def judge_ladder(records: Mapping[str, Mapping[str, Any]], *,
+                 num_classes: int = 10) -> list[Claim]:
     """One claim per rung above ``dr-a`` among ``records`` (rung name -> its ``ilyas``
-    record, which must include ``dr-a``), by the rule of rules 6:
+    record, which must include ``dr-a``; K = ``num_classes``), by the rule of rules 6 and 8:
 
     - the quantity: per seed, the rung's D_R robust gain (the D_R model's robust accuracy minus
       the standard model's, under the rung's own threat model) minus rung (a)'s, with a 95%
@@ -139,8 +142,11 @@ def judge_ladder(records: Mapping[str, Mapping[str, Any]]) -> list[Claim]:
     - moves: the interval's lower end > ``ilyas.ladder.dr_gain_shift.bar`` (0.05); does not
       move: its upper end < bar + margin (0.10), provided the rung's robust source is robust
       (``adv_train_on_D/robust_acc`` CI lower > ``ilyas.ladder.source_robust_acc.bar``, 0.5:
-      a D_R built from a non-robust source says nothing about robust features); fewer than two
-      seeds: inconclusive (no interval).
+      a D_R built from a non-robust source says nothing about robust features); "moves" counts
+      only when the rung's D_R model learns the task (``train_on_D_R/std_acc`` CI lower >
+      ``ilyas.ladder.dr_std_acc.bar_x_chance`` / K, twice chance: a model at chance keeps its
+      ~1/K accuracy under attack, which would read as a robust gain); fewer than two seeds:
+      inconclusive (no interval).
 
     Neither outcome is evidence for a world by itself: "moves" says rung (a)'s D_R result
     depended on the recipe (each rung's own D_R claim then says what its D_R supports); "does
@@ -148,11 +154,12 @@ def judge_ladder(records: Mapping[str, Mapping[str, Any]]) -> list[Claim]:
     """
     if "dr-a" not in records:
         raise ValueError(f"the ladder is judged against rung dr-a: got only {sorted(records)}")
-    return [judge_rung(name, records[name], records["dr-a"])
+    return [judge_rung(name, records[name], records["dr-a"], num_classes=num_classes)
             for name in RUNGS if name in records and name != "dr-a"]
 
 
-def judge_rung(name: str, rec: Mapping[str, Any], base: Mapping[str, Any]) -> Claim:
+def judge_rung(name: str, rec: Mapping[str, Any], base: Mapping[str, Any], *,
+               num_classes: int = 10) -> Claim:
     """The ladder's claim for rung ``name`` (its record ``rec``) against rung (a)'s record
     ``base``: the rule of :func:`judge_ladder`."""
     if list(rec["seeds"]) != list(base["seeds"]):
@@ -164,17 +171,23 @@ def judge_rung(name: str, rec: Mapping[str, Any], base: Mapping[str, Any]) -> Cl
     v = decide_against(m["value"], *m["ci95"], **shift_bm)
     v = UNSURE if m["n"] < 2 else v
     src = decide_metric(rec["metrics"], "adv_train_on_D/robust_acc", **src_bm)
+    learns_bar = threshold("ilyas.ladder.dr_std_acc.bar_x_chance") / num_classes
+    learns = decide_metric(rec["metrics"], "train_on_D_R/std_acc", bar=learns_bar,
+                           margin=threshold("ilyas.ladder.dr_std_acc.margin"))
     bar, top = shift_bm["bar"], shift_bm["bar"] + shift_bm["margin"]
     return make_claim(
         claim=f"ladder {name} ({ADDS[name]}) moves D_R's robust accuracy over dr-a",
         rule=f"per-seed shift of D_R's robust gain over the standard model, {name} minus dr-a "
              f"(95% t-interval over seeds): lower > {bar:.2f} (moves); upper < {top:.2f} (does "
              f"not move), provided the robust source's robust acc CI lower > "
-             f"{src_bm['bar']:.2f}; one seed: inconclusive",
+             f"{src_bm['bar']:.2f}; moves only if D_R's std acc CI lower > {learns_bar:.2f}; "
+             "one seed: inconclusive",
         measured=(f"shift = {m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] "
                   f"(n={m['n']}); {fmt(rec['metrics'], 'train_on_D_R/robust_acc')}; "
+                  f"{fmt(rec['metrics'], 'train_on_D_R/std_acc')}; "
                   f"source {fmt(rec['metrics'], 'adv_train_on_D/robust_acc')}"),
-        verdict=provided(v, src), exhibit="D", if_reproduced="inconclusive",
+        verdict=conjunction(provided(v, src), needed(learns)), exhibit="D",
+        if_reproduced="inconclusive",
         if_not="inconclusive",
         literature="CIFAR-10, L2 eps 0.25: D_R 21.85% robust (Ilyas et al. 2019, Fig. 2b); 48% "
                    "on the released robust_CIFAR (MadryLab/constructed-datasets README)",
@@ -188,14 +201,15 @@ def shift_metric(rec: Mapping[str, Any], base: Mapping[str, Any]) -> Metric:
     return metric_over_seeds(shifts, lower=-1.0, upper=1.0)
 
 
-def ladder_rows(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
+def ladder_rows(records: Mapping[str, Mapping[str, Any]], *,
+                num_classes: int = 10) -> list[dict[str, str]]:
     """One row per rung in ``records`` (bottom to top): its ingredient, D_R's robust accuracy,
     the standard model's, the robust source's own (each with its interval over seeds), the
     attack behind them, and (above dr-a) the ladder's verdict."""
     rows = []
     for name in [r for r in RUNGS if r in records]:
         met = records[name]["metrics"]
-        c = (judge_rung(name, records[name], records["dr-a"])
+        c = (judge_rung(name, records[name], records["dr-a"], num_classes=num_classes)
              if name != "dr-a" and "dr-a" in records else None)
         m = shift_metric(records[name], records["dr-a"]) if c is not None else None
         rows.append({"rung": name, "adds": ADDS[name],

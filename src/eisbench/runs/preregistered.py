@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypedDict
 
-RULES_VERSION = 7
+RULES_VERSION = 8
 """The version of the claims' decision rules, recorded in every record (``versions``'s
 ``claim_rules``, beside ``thresholds``: the first 16 hex digits of :func:`digest`). A rule
 changed after results were seen bumps it, and says so here:
@@ -95,6 +95,12 @@ changed after results were seen bumps it, and says so here:
   Goh's leakage probe reads an L2-robust model at the budget of the L2 attack that built D_rand
   and D_det (``goh-leakage``'s ``probe_train``) instead of the Linf-robust source; no bar or
   margin changed.
+- 8 (2026-12): the D_R ladder's "moves" also needs the rung's D_R model to learn the task
+  (``ilyas.ladder.dr_std_acc``: standard accuracy CI lower > 2/K), since a model at chance
+  keeps its ~1/K accuracy under attack and would read as a robust gain. Added after a
+  one-seed check of the ladder on 200 MNIST images (rules-6 verdicts: every rung inconclusive,
+  one seed) showed a D_R model at 0.13 standard and 0.12 robust accuracy; no rung has run at
+  its preset's size, and no bar or margin changed.
 """
 
 
@@ -182,6 +188,9 @@ THRESHOLDS: Mapping[str, Threshold] = build([
                                              "at least half the test images under the rung's "
                                              "attack; else its D_R says nothing")),
     ("ilyas.ladder.source_robust_acc.margin", _T(0.0, _NEEDED)),
+    ("ilyas.ladder.dr_std_acc.bar_x_chance", _T(2.0, f"{_TWO_K}: a rung's D_R model learns the "
+                                              "task, else its robust accuracy is chance kept")),
+    ("ilyas.ladder.dr_std_acc.margin", _T(0.0, _NEEDED)),
     ("ilyas.D_rand_D_det.std_acc.bar_x_chance", _T(2.0, _TWO_K)),
     ("ilyas.D_rand_D_det.std_acc.margin", _T(0.05, f"{_QUARTER}: D_det's 43.7% is 23.7 points "
                                             "past 2/K", f"{_ILYAS}, Table 1 (D_det)")),
