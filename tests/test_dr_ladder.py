@@ -232,9 +232,9 @@ def test_the_paper_preset_runs_end_to_end_on_tiny_data(tmp_path: Path) -> None:
     tiny = {"epochs": 1, "batch_size": 50}
     rec = eisbench.run(
         "ilyas", "dr-f-paper", dataset="digits", seeds=1, out=tmp_path / "run",
-        store=Store(tmp_path / "cache"), n_train=300, n_construct=40, n_test=100,
+        store=Store(tmp_path / "cache"), n_train=200, n_construct=40, n_test=60,
         n_test_robust=16, n_checks=16, std_train=tiny, robust_train=tiny, fresh_train=tiny,
-        inversion_steps=3, wrong_label_steps=3, eps_curve=(2.0,),
+        inversion_steps=3, wrong_label_steps=3, eps_curve=(),
         overrides=["eval_attack.steps=3"])
     cfg = rec["config"]
     assert (cfg["arch"], cfg["inversion_relu"], cfg["inversion_start"]) == (
