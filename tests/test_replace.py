@@ -211,3 +211,36 @@ def test_one_seed_interval_is_wilson_of_the_exact_count_and_rejects_non_rates() 
         over_seeds([0.5], n_items=7)  # 3.5 of 7: a mean, not a count over these images
     two = over_seeds([0.5, 0.7], n_items=7)  # several seeds: a t-interval over seeds
     assert two["n"] == 2 and two["ci95"][0] < 0.6 < two["ci95"][1]
+
+
+def test_challenge2_difference_is_paired_over_pairs_for_one_seed_and_over_seeds_else() -> None:
+    from eisbench.bench.replace_parts import paired_difference
+
+    one = paired_difference([torch.tensor([1.0, 0.0, 0.0, -1.0, 1.0])])
+    half = 2.7764451 * 0.7 ** 0.5 / 5 ** 0.5  # t(0.975, 4) * sd / sqrt(n), by hand
+    assert one["value"] == pytest.approx(0.2) and one["n"] == 5
+    assert one["ci95"] == pytest.approx([0.2 - half, 0.2 + half], abs=1e-6)
+    seeds = paired_difference([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]),
+                               torch.tensor([0.0, -1.0])])
+    assert seeds["value"] == pytest.approx(0.0) and seeds["n"] == 3  # n = seeds
+
+
+def test_challenge2_replacements_are_scored_on_the_true_labels_of_the_right_pairs() -> None:
+    from eisbench.bench.replace_parts import Challenge2Data, truth_scores
+    from eisbench.replace import challenge2 as c2
+
+    c = Challenge2Data.load()
+
+    class Rep:  # right on every pair except those with a == 0, which it flips
+        def predict(self, x: torch.Tensor) -> torch.Tensor:
+            ab = (x.flatten(1) * 112).round().long()  # (N, 2)
+            y = c.truth[ab[:, 0] * 113 + ab[:, 1]]
+            return torch.where(ab[:, 0] == 0, 1 - y, y)
+
+    pt = Point(distiller="tree", hyper={}, size=1, agree_fit=1.0, agree_val=1.0,
+               agree_test=1.0, agree_ood=None, description="", seconds=0.0)
+    s = truth_scores(c, {"tree": pt}, [pt], {"tree": [Rep()]})["tree"]
+    a_val, a_te = c2.all_pairs()[c.index("val"), 0], c2.all_pairs()[c.te, 0]
+    assert s["val"] == pytest.approx(float((a_val != 0).float().mean()))
+    assert s["test_ok"].tolist() == (a_te != 0).tolist()
+    assert len(c.index("fit")) + len(c.index("val")) == 6384 and len(c.te) == 6385

@@ -9,6 +9,7 @@ Intervals (:func:`over_seeds`): t-intervals over network seeds when there are se
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -230,28 +231,75 @@ def challenge_1(st: Setting, cfg: ReplaceBenchConfig) -> Part:
     return metrics, details, images
 
 
-def challenge2_seed(st: Setting, cfg: ReplaceBenchConfig, seed: int,
-                    sets: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+@dataclass(frozen=True)
+class Challenge2Data:
+    """Challenge 2's pairs: the split, the images the distillers read, the true labels and
+    the published network's labels (both (P*P,), row-major)."""
+
+    tr: torch.Tensor  # training half, indices (6384,)
+    te: torch.Tensor  # held-out half, indices (6385,)
+    n_fit: int  # the first n_fit of the training half fit the replacements, the rest choose
+    truth: torch.Tensor
+    published: torch.Tensor
+
+    @staticmethod
+    def load() -> Challenge2Data:
+        tr, te = challenge2.split()
+        return Challenge2Data(tr=tr, te=te, n_fit=round(0.8 * len(tr)),
+                              truth=challenge2.labels().flatten(),
+                              published=challenge2.published_network_labels().flatten())
+
+    def images(self, part: str) -> torch.Tensor:
+        """The pair images (N, 1, 1, 2) of ``part``: fit, val or test (the held-out half)."""
+        return challenge2.as_images(challenge2.all_pairs()[self.index(part)])
+
+    def index(self, part: str) -> torch.Tensor:
+        return {"fit": self.tr[:self.n_fit], "val": self.tr[self.n_fit:], "test": self.te}[part]
+
+
+def truth_scores(c: Challenge2Data, chosen: dict[str, Point], pts: list[Point],
+                 kept: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """Per chosen replacement: accuracy on the TRUE labels of the validation fifth of the
+    training half (``val``) and whether it is right on each held-out pair (``test_ok``,
+    (6385,) bool)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, p in chosen.items():
+        rep = kept[name][[q for q in pts if q.distiller == name].index(p)]
+        val_ok = rep.predict(c.images("val")) == c.truth[c.index("val")]
+        out[name] = {"val": float(val_ok.float().mean()),
+                     "test_ok": rep.predict(c.images("test")) == c.truth[c.te]}
+    return out
+
+
+def challenge2_seed(st: Setting, cfg: ReplaceBenchConfig, seed: int, c: Challenge2Data,
                     runs: dict[str, list[Any]], images: dict[str, torch.Tensor]) -> None:
     """One transformer seed of challenge 2: train it (cached), distil it on the training
-    half (``sets``: fit, validation, held-out test images); appends to ``runs``."""
+    half, score the replacements against the network (fidelity) and the true labels (the
+    distiller with the best validation accuracy on the true labels against the network, pair
+    by pair on the held-out half); appends to ``runs``."""
     say(f"challenge 2: seed {seed}")
-    c2cfg = challenge2.Challenge2Config(steps=cfg.c2_steps, batch_size=cfg.c2_batch_size,
-                                        lr=cfg.c2_lr)
-    net2, _, info2 = challenge2.train_stage(st.store, cfg=c2cfg, seed=seed, device=st.device,
+    net2, _, info2 = challenge2.train_stage(st.store, cfg=cfg.c2, seed=seed, device=st.device,
                                             log=st.log)
+    grid = challenge2.predict_grid(net2, device=st.device)  # (P*P,)
     runs["network_acc"].append(info2["heldout_acc"])
     runs["train_acc"].append(info2["train_acc"])
+    runs["published_agreement"].append(float((grid[c.te] == c.published[c.te]).float().mean()))
     wrapped: nn.Module = challenge2.PairsAsImages(net2)
     kept: dict[str, list[Any]] = {}
-    p_fit, p_val, p_test = sets
-    pts = sweep(wrapped, fit=p_fit, val=p_val, test=p_test, distillers=st.names,
-                generator_seed=seed, device=st.device, keep=kept)
+    pts = sweep(wrapped, fit=c.images("fit"), val=c.images("val"), test=c.images("test"),
+                distillers=st.names, generator_seed=seed, device=st.device, keep=kept)
     chosen = choose(pts, tolerance=cfg.tolerance)
     best = max(chosen.values(), key=lambda p: p.agree_val)
+    truth = truth_scores(c, chosen, pts, kept)
+    pick = max(truth, key=lambda n: truth[n]["val"])
     runs["points"].append([p.to_dict() for p in pts])
     runs["chosen"].append(chosen)
     runs["best"].append(best.to_dict())
+    runs["truth_acc"].append({n: float(t["test_ok"].float().mean()) for n, t in truth.items()})
+    runs["truth_val"].append({n: t["val"] for n, t in truth.items()})
+    runs["truth_pick"].append(pick)
+    runs["minus_network"].append(truth[pick]["test_ok"].float()
+                                 - (grid[c.te] == c.truth[c.te]).float())  # (6385,)
     if seed == cfg.seeds[0]:
         mine = [p for p in pts if p.distiller == best.distiller]
         rep = kept[best.distiller][mine.index(best)]
@@ -260,37 +308,61 @@ def challenge2_seed(st: Setting, cfg: ReplaceBenchConfig, seed: int,
 
 
 CHALLENGE2_NOTE = (
-    "replacements are fitted on 80% of the training half and chosen on the other 20%; where "
-    "the transformer fits its training half exactly, its labels there are the truth, so the "
-    "held-out fidelity measures whether the replacement generalises the way the network does")
+    "replacements are fitted on 80% of the training half (the network's labels) and chosen on "
+    "the other 20%; fidelity is agreement with the network on the held-out half. Against the "
+    "true labels, the distiller with the best accuracy on the true labels of that 20% is "
+    "compared with the network on the held-out half, pair by pair")
+
+
+def paired_difference(diffs: list[torch.Tensor]) -> Metric:
+    """Mean of per-pair differences (one (N,) tensor per seed, values in {-1, 0, 1}): a
+    t-interval over seeds when there are several (n = seeds), else the paired t-interval over
+    the pairs of the one seed (n = pairs)."""
+    values = [float(d.mean()) for d in diffs]
+    if len(values) > 1:
+        return over_seeds(values, n_items=len(diffs[0]), binomial=False)
+    m, lo, hi = mean_ci(diffs[0].tolist())
+    return _metric(m, lo, hi, len(diffs[0]), unit="held-out pairs (paired t-interval)")
 
 
 def challenge_2(st: Setting, cfg: ReplaceBenchConfig) -> Part:
-    """Part 3: EIS VII challenge 2, per transformer seed (see :func:`challenge2_seed`)."""
-    tr, te = challenge2.split()
-    pairs = challenge2.all_pairs()
-    n_fit = round(0.8 * len(tr))
-    p_fit, p_val = (challenge2.as_images(pairs[i]) for i in (tr[:n_fit], tr[n_fit:]))
-    sets = (p_fit, p_val, challenge2.as_images(pairs[te]))
-    runs: dict[str, list[Any]] = {"network_acc": [], "train_acc": [], "points": [],
-                                  "chosen": [], "best": []}
+    """Part 3: EIS VII challenge 2 on its own labelling, per transformer seed (see
+    :func:`challenge2_seed`)."""
+    c = Challenge2Data.load()
+    runs: dict[str, list[Any]] = {k: [] for k in (
+        "network_acc", "train_acc", "published_agreement", "points", "chosen", "best",
+        "truth_acc", "truth_val", "truth_pick", "minus_network")}
     images: dict[str, torch.Tensor] = {}
     for s in cfg.seeds:
-        challenge2_seed(st, cfg, s, sets, runs, images)
+        challenge2_seed(st, cfg, s, c, runs, images)
     images["c2/train_mask"] = torch.zeros(challenge2.P ** 2, dtype=torch.long).index_fill(
-        0, tr, 1).view(challenge2.P, challenge2.P)
-    metrics = subject_metrics("challenge2", runs["chosen"], len(te), None,
-                              items="held-out pairs")
-    metrics["replace/challenge2/fidelity"] = over_seeds(
-        [b["agree_test"] for b in runs["best"]], n_items=len(te), items="held-out pairs")
-    metrics["replace/challenge2/network_acc"] = over_seeds(runs["network_acc"],
-                                                           n_items=len(te), items="held-out pairs")
+        0, c.tr, 1).view(challenge2.P, challenge2.P)
+    n_te = len(c.te)
+
+    def held(values: list[float]) -> Metric:
+        return over_seeds(values, n_items=n_te, items="held-out pairs")
+
+    metrics = subject_metrics("challenge2", runs["chosen"], n_te, None, items="held-out pairs")
+    metrics["replace/challenge2/fidelity"] = held([b["agree_test"] for b in runs["best"]])
+    metrics["replace/challenge2/network_acc"] = held(runs["network_acc"])
+    metrics["replace/challenge2/published_agreement"] = held(runs["published_agreement"])
+    for name in runs["truth_acc"][0]:
+        metrics[f"replace/challenge2/{name}/truth_acc"] = held([t[name] for t in
+                                                               runs["truth_acc"]])
+    metrics["replace/challenge2/best_distiller_minus_network"] = paired_difference(
+        runs["minus_network"])
     details = {
-        "label_fn": "ours: 1 if sin(2pi(1.3u^2 + 1.1v)) + cos(2pi(1.2u - 0.9v^2 + 0.3uv)) "
-                    "- 0.15 > 0, u = a/112, v = b/112",
-        "published_acc": challenge2.PUBLISHED_ACC, "network_acc": runs["network_acc"],
-        "train_acc": runs["train_acc"], "points": runs["points"],
-        "chosen": [{k: p.to_dict() for k, p in c.items()} for c in runs["chosen"]],
-        "best": runs["best"], "pixels": "p[0,0] = a/112, p[0,1] = b/112",
+        "labels": {"source": challenge2.LABELS_SOURCE, "sha256": challenge2.LABELS_SHA256,
+                   "ones": float(c.truth.float().mean())},
+        "split": f"the original's: Python random.seed({challenge2.SPLIT_SEED}), shuffle of the "
+                 f"pairs in row-major order, the first {len(c.tr)} train, {n_te} held out",
+        "network": dataclasses.asdict(cfg.c2),
+        "published_acc": challenge2.PUBLISHED_ACC,
+        "published_network": challenge2.published_network_accuracy(),
+        "network_acc": runs["network_acc"], "train_acc": runs["train_acc"],
+        "published_agreement": runs["published_agreement"], "points": runs["points"],
+        "chosen": [{k: p.to_dict() for k, p in c_.items()} for c_ in runs["chosen"]],
+        "best": runs["best"], "truth_acc": runs["truth_acc"], "truth_val": runs["truth_val"],
+        "truth_pick": runs["truth_pick"], "pixels": "p[0,0] = a/112, p[0,1] = b/112",
         "note": CHALLENGE2_NOTE}
     return metrics, details, images
