@@ -44,7 +44,8 @@ def local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     # the `ray` extra is part of `test`: under CI a missing Ray fails, it never skips
     ray = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")
     monkeypatch.setenv("EISBENCH_HOME", str(tmp_path / "home"))
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False,  # never a running cluster
+             configure_logging=False)
     try:
         yield ray
     finally:
@@ -206,4 +207,80 @@ def test_ray_runs_an_experiments_seeds_as_tasks_with_the_serial_record(
         for name in ("serial", "ray")}
     assert steady(dict(recs["ray"])) == steady(dict(recs["serial"]))
     assert recs["ray"]["stages"] and all(s["cached"] for s in recs["ray"]["stages"])
+    assert not any(s["cached"] for s in recs["serial"]["stages"])
+
+
+PER_SEED = ("ilyas", "nakkiran", "ntk", "saliency", "superposition", "transfer", "tsipras",
+            "wallace", "goh_leakage")  # the experiments whose seeds run as tasks
+
+
+def test_prefetch_seeds_units_and_their_gpus(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    """Serially nothing runs; under a parallel executor each seed is a unit
+    ``(per_seed, cfg, store root, seed)`` that declares a GPU on cuda only; every
+    experiment's ``per_seed`` is module-level (a task finds it by name)."""
+    import importlib
+    import pickle
+
+    ran: list[int] = []
+    store = Store(tmp_path / "cache")
+    executor.prefetch_seeds(lambda cfg, st, seed: ran.append(seed), None, store, [0, 1],
+                            device="cpu")
+    assert ran == []  # serial: the experiment's own loop does the work
+    calls: list[tuple[list[Any], float]] = []
+    monkeypatch.setattr(executor, "prefetch", lambda fn, units, *, what, num_gpus:
+                        calls.append((list(units), num_gpus)))
+    def unit(cfg: str, store: Store, seed: int) -> None: ...
+
+    for device in ("cpu", "cuda:1", torch.device("cuda", 0)):
+        executor.prefetch_seeds(unit, "cfg", store, (3, 5), device=device)
+    assert [u for u, _ in calls] == [[(unit, "cfg", store.root, 3),
+                                      (unit, "cfg", store.root, 5)]] * 3
+    assert [g for _, g in calls] == [0.0, 1.0, 1.0]
+    for name in PER_SEED:
+        unit = importlib.import_module(f"eisbench.experiments.{name}")._seed_unit
+        assert pickle.loads(pickle.dumps(unit)) is unit, name  # by reference, not by value
+
+
+def test_prefetch_seeds_leaves_a_failing_seed_to_the_loop(local_ray: Any,
+                                                          tmp_path: Path) -> None:
+    """Under Ray each seed computes into the shared cache on its own ``Store(root)``; a seed
+    that raises stops neither the others nor the caller, and leaves nothing cached."""
+    def save(v: int, d: Path) -> None:
+        (d / "v").write_text(str(v))
+
+    def load(d: Path) -> int:
+        return int((d / "v").read_text())
+
+    def per_seed(cfg: dict[str, int], store: Store, seed: int) -> None:
+        if seed == cfg["bad"]:
+            raise RuntimeError(f"seed {seed} fails")
+        store.run("probe", {"seed": seed}, compute=lambda _w: seed * cfg["k"], save=save,
+                  load=load)
+
+    store = Store(tmp_path / "cache")
+    with executor.using(executor.RayExecutor()):
+        executor.prefetch_seeds(per_seed, {"bad": 1, "k": 7}, store, [0, 1, 2], device="cpu")
+    from eisbench.runs.store import StageLog
+
+    log = StageLog()
+    got = [store.run("probe", {"seed": s}, compute=lambda _w: -1, save=save, load=load,
+                     log=log)[0] for s in (0, 1, 2)]
+    assert got == [0, -1, 14]  # seeds 0 and 2 by the tasks; seed 1 computed here
+    assert [e["cached"] for e in log.entries] == [True, False, True]
+
+
+def test_ray_runs_ntk_seeds_as_tasks_with_the_serial_record(local_ray: Any,
+                                                            tmp_path: Path) -> None:
+    """An experiment moved onto ``prefetch_seeds`` (ntk, the cheapest on digits): under Ray
+    each seed's stage is computed by a task, the experiment's loop loads every one of them,
+    and the record is the serial one."""
+    recs = {name: eisbench.run(
+        "ntk", dataset="digits", seeds=2, out=tmp_path / name,
+        store=Store(tmp_path / f"cache-{name}"), executor=name, threads=1, n_max=200,
+        n_test_robust=64, steps=5)
+        for name in ("serial", "ray")}
+    assert steady(dict(recs["ray"])) == steady(dict(recs["serial"]))
+    assert [s["name"] for s in recs["ray"]["stages"]] == ["ntk-features"] * 2
+    assert all(s["cached"] for s in recs["ray"]["stages"])  # computed by the tasks
     assert not any(s["cached"] for s in recs["serial"]["stages"])

@@ -60,6 +60,7 @@ from eisbench.experiments.ilyas import (
 )
 from eisbench.models.core import features
 from eisbench.runs.claims import decide_metric, fmt, make_claim, metric_over_seeds
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.preregistered import threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
@@ -149,10 +150,18 @@ def probe_seed(st: Setting, cfg: GohLeakageConfig, seed: int) -> dict[str, float
     return row
 
 
+def _seed_unit(cfg: GohLeakageConfig, store: Store, seed: int) -> None:
+    """One seed's cached stages: the source models, D_rand and D_det (an executor's task:
+    :func:`prefetch_seeds`; the probes are not cached)."""
+    st = setting(cfg, store)
+    wrong_label_sets(st, cfg, source_models(st, cfg, seed)[0], seed)
+
+
 def measure(cfg: GohLeakageConfig, *, out: Path, store: Store) -> Result:
     """Load the features-vs-bugs setting, fit the leakage probes of every seed, decide."""
     del out  # nothing but the record
     st = setting(cfg, store)
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds, device=st.ctx.device)  # loop loads them
     per_seed = [probe_seed(st, cfg, seed) for seed in cfg.seeds]
     metrics: dict[str, Metric] = {
         f"goh_leakage/{k}/probe_acc": metric_over_seeds([r[k] for r in per_seed])

@@ -34,7 +34,7 @@ from eisbench.runs.claims import (
     merge_checks,
     metric_over_seeds,
 )
-from eisbench.runs.executor import gpus_for, prefetch
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.record import Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Context, Tensors, construct_stage, evaluate_stage, train_stage
@@ -287,18 +287,16 @@ def one_seed(st: Setting, cfg: IlyasConfig, seed: int
     return std, rob, built, evaluate_models(st, cfg, models, std, seed)
 
 
-def _seed_unit(unit: tuple[IlyasConfig, Path, int]) -> None:
-    """One seed computed into the shared stage cache (an executor's task)."""
-    cfg, root, seed = unit
-    one_seed(setting(cfg, Store(root)), cfg, seed)
+def _seed_unit(cfg: IlyasConfig, store: Store, seed: int) -> None:
+    """One seed's cached stages (an executor's task: :func:`prefetch_seeds`)."""
+    one_seed(setting(cfg, store), cfg, seed)
 
 
 def measure(cfg: IlyasConfig, *, out: Path, store: Store) -> Result:
     """Per seed: train the source models, build the four datasets, train fresh models on them,
     evaluate every model on the original test set; then aggregate and judge the claims."""
     st = setting(cfg, store)
-    prefetch(_seed_unit, [(cfg, store.root, seed) for seed in cfg.seeds], what="seeds",
-             num_gpus=gpus_for(st.ctx.device.type))  # tasks first; the loop loads them
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds, device=st.ctx.device)  # loop loads them
     per_seed: dict[str, list[dict[str, Any]]] = {}
     construction: dict[str, list[float]] = {}
     samples: dict[str, torch.Tensor] = {}

@@ -56,6 +56,7 @@ from eisbench.runs.claims import (
     metric_over_seeds,
     needed,
 )
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
@@ -213,10 +214,21 @@ def samples_of(st: Setting, m: Copies, built: dict[str, Tensors],
                for name, d in built.items()}}
 
 
+def _seed_unit(cfg: NakkiranConfig, store: Store, seed: int) -> None:
+    """One seed's cached stages: the copies, both attacks' D_det, the fresh models on them
+    and the squares' network (an executor's task: :func:`prefetch_seeds`)."""
+    st = load(cfg, store)
+    copies = train_copies(st, cfg, seed)
+    measure_attacks(st, cfg, copies, attack(st, cfg, copies, seed), seed)
+    squares_seed(st.ctx, cfg.squares, seed)
+
+
 def measure(cfg: NakkiranConfig, *, out: Path, store: Store) -> Result:
     """Per seed: train the copies, run both attacks, measure them, then the squares; aggregate
     over seeds and decide."""
     del out  # the record and the samples are written by the caller
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds,  # as tasks first; the loop loads them
+                   device=resolve_device(cfg.device))
     t0, c0 = time.perf_counter(), time.process_time()
     st = load(cfg, store)
     per_seed: list[dict[str, Any]] = []

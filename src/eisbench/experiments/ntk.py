@@ -56,6 +56,7 @@ from eisbench.experiments.ntk_features import (
     scalar_mlp,
 )
 from eisbench.runs.claims import conjunction, decide_metric, fmt, make_claim, metric_over_seeds
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
@@ -271,15 +272,9 @@ def measure(cfg: NTKConfig, *, out: Path, store: Store) -> Result:
     device = resolve_device(cfg.device)
     ds = datasets.load(cfg.dataset, root=cfg.data_root)
     check_classes(cfg, ds)
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds, device=device)  # the loop loads them
     log = StageLog()
-    per_seed: list[dict[str, Any]] = []
-    hyper = {k: v for k, v in to_plain(cfg).items() if k not in ("seeds", "device", "data_root")}
-    for seed in cfg.seeds:
-        res, _ = store.run("ntk-features", {**hyper, "seed": seed, "device": device.type},
-                           inputs=(f"{ds.name}:{ds.sha256}",),
-                           compute=partial(_compute, cfg, ds, seed, device),
-                           save=_save, load=_load, log=log)
-        per_seed.append(res)
+    per_seed = [seed_stage(cfg, ds, store, seed, device=device, log=log) for seed in cfg.seeds]
     metrics = _aggregate(per_seed)
     chance = float(np.mean([r["chance"] for r in per_seed]))
     return Result(
@@ -291,6 +286,23 @@ def measure(cfg: NTKConfig, *, out: Path, store: Store) -> Result:
                  "attack": f"PGD on the margin y f_i(x), {cfg.norm} eps={cfg.eps:g}, "
                            f"{cfg.steps} steps, random start, every iterate counts"},
         data={ds.name: ds.sha256}, stages=log.entries, device=str(device))
+
+
+def seed_stage(cfg: NTKConfig, ds: datasets.ImageData, store: Store, seed: int, *,
+               device: torch.device, log: StageLog | None = None) -> dict[str, Any]:
+    """:func:`analyse_seed`, cached in ``store`` (stage ``ntk-features``)."""
+    hyper = {k: v for k, v in to_plain(cfg).items() if k not in ("seeds", "device", "data_root")}
+    res, _ = store.run("ntk-features", {**hyper, "seed": seed, "device": device.type},
+                       inputs=(f"{ds.name}:{ds.sha256}",),
+                       compute=partial(_compute, cfg, ds, seed, device),
+                       save=_save, load=_load, log=log)
+    return res
+
+
+def _seed_unit(cfg: NTKConfig, store: Store, seed: int) -> None:
+    """One seed's stage (an executor's task: :func:`prefetch_seeds`)."""
+    seed_stage(cfg, datasets.load(cfg.dataset, root=cfg.data_root), store, seed,
+               device=resolve_device(cfg.device))
 
 
 def _compute(cfg: NTKConfig, ds: datasets.ImageData, seed: int, device: torch.device,

@@ -52,6 +52,7 @@ from eisbench.experiments.saliency_scores import (
 )
 from eisbench.models import ModelSpec
 from eisbench.runs.claims import merge_checks
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.record import Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Tensors, evaluate_stage, train_stage
@@ -276,11 +277,21 @@ def attach_checks(metrics: dict[str, Metric], per_seed: list[dict[str, Any]]
     return metrics
 
 
+def _seed_unit(cfg: SaliencyConfig, store: Store, seed: int) -> None:
+    """One seed's cached stages: its models, its judge and their robustness evaluations (an
+    executor's task: :func:`prefetch_seeds`; the maps and inversions are not cached)."""
+    st = setting(cfg, store)
+    models, _ = _seed_models(st, cfg, seed)
+    for name, model in models.items():
+        robustness(st, cfg, name, model, models["standard"], seed)
+
+
 def measure(cfg: SaliencyConfig, *, out: Path, store: Store) -> Result:
     """Check the config and load the data; per seed, train and score the three models; then
     the metrics and the claims (the first seed's maps and inversions are the samples)."""
     check_config(cfg)
     st = setting(cfg, store)
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds, device=st.ctx.device)  # loop loads them
     p = probes(cfg, st.test)
     timing = {"robustness_s": 0.0, "saliency_s": 0.0, "inversion_s": 0.0}
     per_seed: list[dict[str, Any]] = []

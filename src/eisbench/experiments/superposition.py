@@ -61,6 +61,7 @@ from eisbench.runs.claims import (
     merge_checks,
     metric_over_seeds,
 )
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.preregistered import threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
@@ -214,6 +215,25 @@ def network_specs(cfg: SuperpositionConfig, ds: datasets.ImageData
     return widths, specs
 
 
+def _seed_unit(cfg: SuperpositionConfig, store: Store, seed: int) -> None:
+    """One seed's cached stages: both networks trained, evaluated and attacked (an executor's
+    task: :func:`prefetch_seeds`)."""
+    ds = load_data(cfg)
+    ctx = Context(store=store, log=StageLog(), device=resolve_device(cfg.device))
+    train, test = _tensors(ds)
+    specs = network_specs(cfg, ds)[1]
+    for shape in SHAPES:
+        _one_model(ctx, cfg, spec=specs[shape], train=train, test=test, seed=seed, shape=shape,
+                   timing={})
+
+
+def _tensors(ds: datasets.ImageData) -> tuple[Tensors, Tensors]:
+    """The training and the test set with their cache keys."""
+    key = f"{ds.name}:{ds.sha256}"
+    return (Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}"),
+            Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}"))
+
+
 def measure(cfg: SuperpositionConfig, *, out: Path, store: Store) -> Result:
     """Load the data; per seed, train, attack and rescale both networks; then the metrics and
     the claims."""
@@ -221,10 +241,9 @@ def measure(cfg: SuperpositionConfig, *, out: Path, store: Store) -> Result:
     SUITES.get(cfg.suite)  # a typo fails now, not after training
     ds = load_data(cfg)
     ctx = Context(store=store, log=StageLog(), device=device)
-    key = f"{ds.name}:{ds.sha256}"
-    train = Tensors(ds.x_train, ds.y_train, f"{key}:train:{len(ds.x_train)}")
-    test = Tensors(ds.x_test, ds.y_test, f"{key}:test:{len(ds.x_test)}")
+    train, test = _tensors(ds)
     widths, specs = network_specs(cfg, ds)
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds, device=device)  # the loop loads them
     per_seed: list[dict[str, Any]] = []
     timing: dict[str, float] = {}
     for seed in cfg.seeds:

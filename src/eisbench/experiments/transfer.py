@@ -63,6 +63,7 @@ from eisbench.runs.claims import (
     metric_over_seeds,
     needed,
 )
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.preregistered import bar_margin, threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
@@ -220,12 +221,19 @@ def _check(cfg: TransferConfig, st: Setting) -> None:
         raise ValueError(f"n_det={cfg.n_det} must be in [1, n_construct={cfg.n_construct}]")
 
 
+def _seed_unit(cfg: TransferConfig, store: Store, seed: int) -> None:
+    """One seed's cached stages: its models and D_det (an executor's task:
+    :func:`prefetch_seeds`; the transfer attacks are not cached)."""
+    train_models(setting(cfg, store), cfg, seed)
+
+
 def measure(cfg: TransferConfig, *, out: Path, store: Store) -> Result:
     """Load the features-vs-bugs setting and check the config, measure every seed, aggregate
     and decide."""
     del out  # nothing but the record
     st = setting(cfg, store)
     _check(cfg, st)
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds, device=st.ctx.device)  # loop loads them
     per_seed = [run_seed(st, cfg, seed) for seed in cfg.seeds]
     metrics = _aggregate(per_seed, cfg.archs)
     return Result(metrics=metrics, claims=decide(metrics), details=_details(cfg, st, per_seed),

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from eisbench.experiments.tsipras_linear import (
 )
 from eisbench.models import ModelSpec
 from eisbench.runs.claims import merge_checks, metric_over_seeds
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.record import Metric
 from eisbench.runs.result import Result
 from eisbench.runs.stages import Context, Tensors, evaluate_stage, train_stage
@@ -193,11 +195,12 @@ def _check(cfg: TsiprasConfig) -> None:
     SUITES.get(cfg.eval_suite)
 
 
-def image_curve(ctx: Context, cfg: TsiprasConfig
+def image_curve(ctx: Context, cfg: TsiprasConfig, seeds: Sequence[int] | None = None
                 ) -> tuple[datasets.ImageData, list[dict[str, Any]]]:
-    """(b) Load the image dataset; per seed and training eps, train a model (standard at eps 0,
-    fast adversarial training above; cached) and evaluate it with the attack suite at
-    ``eval_eps`` (cached). Returns the dataset and one row per (seed, eps)."""
+    """(b) Load the image dataset; per seed (of ``seeds``, default ``cfg.seeds``) and training
+    eps, train a model (standard at eps 0, fast adversarial training above; cached) and
+    evaluate it with the attack suite at ``eval_eps`` (cached). Returns the dataset and one
+    row per (seed, eps)."""
     ds = datasets.load(cfg.dataset, root=cfg.data_root).subset(n_train=cfg.n_train,
                                                                 n_test=cfg.n_test)
     key = f"{ds.name}:{ds.sha256}"
@@ -206,7 +209,7 @@ def image_curve(ctx: Context, cfg: TsiprasConfig
     spec = ModelSpec(arch=cfg.arch, in_shape=ds.shape, num_classes=ds.num_classes)
     attack = AttackConfig(name="apgd", norm="linf", eps=cfg.eval_eps)
     img: list[dict[str, Any]] = []
-    for seed in cfg.seeds:
+    for seed in cfg.seeds if seeds is None else seeds:
         std: tuple[Any, str] | None = None
         for e in cfg.train_eps:
             tcfg = cfg.std_train if e == 0 else dataclasses.replace(cfg.adv_train, eps=e)
@@ -225,12 +228,21 @@ def image_curve(ctx: Context, cfg: TsiprasConfig
     return ds, img
 
 
+def _seed_unit(cfg: TsiprasConfig, store: Store, seed: int) -> None:
+    """One seed's cached stages: its synthetic models and its image models with their
+    evaluations (an executor's task: :func:`prefetch_seeds`)."""
+    ctx = Context(store=store, log=StageLog(), device=resolve_device(cfg.device))
+    synthetic_stage(ctx, cfg, seed)
+    image_curve(ctx, cfg, seeds=(seed,))
+
+
 def measure(cfg: TsiprasConfig, *, out: Path, store: Store) -> Result:
     """Check the config; (a) the synthetic models of every seed (cached per seed); (b) the
     image trade-off curve; then the metrics, the claims and the closed-form theory."""
-    t0 = time.perf_counter()
     _check(cfg)
     ctx = Context(store=store, log=StageLog(), device=resolve_device(cfg.device))
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds, device=ctx.device)  # loops load them
+    t0 = time.perf_counter()
     syn = [synthetic_stage(ctx, cfg, seed) for seed in cfg.seeds]
     t_syn = time.perf_counter() - t0
     ds, img = image_curve(ctx, cfg)

@@ -48,6 +48,7 @@ from eisbench.experiments.ilyas import (
     source_models,
 )
 from eisbench.runs.claims import decide_metric, fmt, make_claim, metric_over_seeds
+from eisbench.runs.executor import prefetch_seeds
 from eisbench.runs.preregistered import threshold
 from eisbench.runs.record import Claim, Metric
 from eisbench.runs.result import Result
@@ -176,6 +177,22 @@ def learn_from_errors(st: Setting, cfg: WallaceConfig, weak_d: Tensors, seed: in
     return weak, on_errors, int(wrong.sum())
 
 
+def weak_data(cfg: WallaceConfig, st: Setting) -> Tensors:
+    """The first ``cfg.n_weak`` images of D, the weak model's training set."""
+    return Tensors(st.train.x[:cfg.n_weak], st.train.y[:cfg.n_weak],
+                   f"{st.train.key}:first{cfg.n_weak}")
+
+
+def _seed_unit(cfg: WallaceConfig, store: Store, seed: int) -> None:
+    """One seed's cached stages: the source models, the fresh model on the foreign images,
+    the weak model and the fresh model on its errors (an executor's task:
+    :func:`prefetch_seeds`)."""
+    st = setting(cfg, store)
+    std, _ = source_models(st, cfg, seed)
+    learn_from_foreign(st, cfg, foreign_images(cfg, st), std, seed)
+    learn_from_errors(st, cfg, weak_data(cfg, st), seed)
+
+
 def measure(cfg: WallaceConfig, *, out: Path, store: Store) -> Result:
     """Load D and the foreign images; per seed, train on foreign images and on a weak model's
     errors and test every model on D's test set; aggregate and decide."""
@@ -183,8 +200,8 @@ def measure(cfg: WallaceConfig, *, out: Path, store: Store) -> Result:
     st = setting(cfg, store)
     k = st.ds.num_classes
     fds = foreign_images(cfg, st)
-    weak_d = Tensors(st.train.x[:cfg.n_weak], st.train.y[:cfg.n_weak],
-                     f"{st.train.key}:first{cfg.n_weak}")
+    weak_d = weak_data(cfg, st)
+    prefetch_seeds(_seed_unit, cfg, store, cfg.seeds, device=st.ctx.device)  # loop loads them
     per_seed: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         std, _ = source_models(st, cfg, seed)

@@ -18,7 +18,10 @@ Units share the stage cache (:class:`~eisbench.runs.store.Store`) through its fo
 worker must see that path. Two units that need the same stage take its lock in turn, and the
 second reuses what the first wrote.
 
-A run picks its executor with :func:`using`; code with independent units asks :func:`current`.
+A run picks its executor with :func:`using`; code with independent units asks :func:`current`,
+or calls :func:`prefetch` (units computed as tasks into the stage cache, which the caller's own
+loop then loads, so its record is the serial one) or :func:`prefetch_seeds` (an experiment's
+seeds that way).
 
 Example:
     >>> with using(Serial()):
@@ -32,11 +35,13 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
 
 from eisbench.core.progress import say
+from eisbench.runs.store import Store
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -99,7 +104,8 @@ class RayExecutor:
     def _init(self) -> Any:
         ray = _ray()
         if not ray.is_initialized():
-            ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+            ray.init(address=self.address or "local",  # None: never a `ray start` cluster
+                     num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, configure_logging=False)
         return ray
 
@@ -187,12 +193,38 @@ def prefetch(fn: Callable[[T], Any], units: Sequence[T], *, what: str,
     ex = current()
     if ex.name == "serial" or not units:
         return
-    say(f"{what}: {len(units)} as {ex.describe()} tasks")
+    say(f"{what}: {len(units)} tasks on {ex.describe()}")
     ex.map(fn, units, num_gpus=num_gpus, on_error=lambda i, e: None)
 
 
-VARYING = frozenset({"created", "wall_seconds", "seconds", "timing_seconds", "timing", "cached",
-                     "peak_rss_gib", "git", "executor"})
+C = TypeVar("C")
+
+
+def prefetch_seeds(per_seed: Callable[[C, Store, int], Any], cfg: C, store: Store,
+                   seeds: Sequence[int], *, device: str | torch.device) -> None:
+    """:func:`prefetch` for an experiment whose seeds are independent: under a parallel
+    executor, ``per_seed(cfg, store, seed)`` runs for every seed as a task (with a
+    :class:`~eisbench.runs.store.Store` on ``store.root``, which every worker must see),
+    computing that seed's cached stages; the experiment's own loop over ``seeds`` then loads
+    them. ``per_seed`` must be a module-level function (a task finds it by its name) and
+    should do only the seed's cached work: whatever it computes outside the cache is done
+    twice. A unit on a ``cuda`` ``device`` declares one GPU. Serially nothing happens.
+
+    Example:
+        >>> prefetch_seeds(print, None, Store(Path("cache")), [0, 1], device="cpu")  # serial
+    """
+    prefetch(_seed_task, [(per_seed, cfg, store.root, seed) for seed in seeds], what="seeds",
+             num_gpus=gpus_for(str(device)))
+
+
+def _seed_task(unit: tuple[Callable[[Any, Store, int], Any], Any, Path, int]) -> None:
+    """One seed computed into the shared stage cache (a task of :func:`prefetch_seeds`)."""
+    per_seed, cfg, root, seed = unit
+    per_seed(cfg, Store(root), seed)
+
+
+VARYING = frozenset({"created", "wall_seconds", "seconds", "timing_seconds", "timing",
+                     "stage_seconds", "cached", "peak_rss_gib", "git", "executor"})
 """Record fields that may differ between two runs of one config: timings, memory use, the
 executor and the git state (a shared checkout may be edited between the runs)."""
 
@@ -260,5 +292,5 @@ def using(ex: Executor) -> Iterator[Executor]:
 
 
 __all__ = ["EXECUTORS", "Executor", "MissingRayError", "RayExecutor", "Serial", "current",
-           "executor", "gpus_for", "prefetch", "steady", "threads",
-           "using"]
+           "executor", "gpus_for", "prefetch", "prefetch_seeds", "steady",
+           "threads", "using"]
