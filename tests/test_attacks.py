@@ -90,7 +90,8 @@ def test_every_numeric_hyper_parameter_declares_its_range() -> None:
 
 def test_declared_hyper_parameters_and_evaluation_defaults() -> None:
     hypers = declared_hypers()
-    assert hypers["steps"][1] == {"apgd": 100, "apgd-t": 100, "fmn": 100, "pgd": 40}
+    assert hypers["steps"][1] == {"apgd": 100, "apgd-t": 100, "apgd-t-osd": 100, "fmn": 100,
+                                  "pgd": 40}
     assert hypers["loss"][0].choices == ("ce", "dlr")
     assert evaluation_hyper("pgd", {"steps": 5, "restarts": None}) == {
         "steps": 5, "step_size": None, "restarts": 1, "random_start": True, "early_exit": True}
@@ -99,7 +100,7 @@ def test_declared_hyper_parameters_and_evaluation_defaults() -> None:
     assert AttackConfig(name="fgsm").kwargs() == {"norm": "linf", "eps": 0.3}
     assert set(AttackConfig(name="apgd").kwargs()) == {"norm", "eps", "steps", "restarts"}
     assert ATTACKS.names(white_box=False) == ["square"]
-    assert ATTACKS.names(min_classes=4) == ["apgd-t"]
+    assert ATTACKS.names(min_classes=4) == ["apgd-t", "apgd-t-osd"]
 
 
 @pytest.mark.parametrize(("name", "norm"), [(n, norm) for n in ATTACKS.names()

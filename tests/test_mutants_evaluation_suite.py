@@ -130,7 +130,7 @@ def test_suites_state_their_attacks_and_the_classes_they_need(
     assert runnable(dlr, 3) == (dlr, ()) and runnable(dlr, 2) == ((), ("apgd (needs >= 3 "
                                                                        "classes)",))
     assert [suites_for(k) for k in (1, 2, 3, 4)] == [[], ["binary"], ["binary"],
-                                                     ["binary", "fast", "standard"]]
+                                                     ["adaptive", "binary", "fast", "standard"]]
     monkeypatch.setattr(SUITES, "_items", dict(SUITES._items))
     monkeypatch.setattr(SUITES, "_meta", dict(SUITES._meta))
     with pytest.raises(ValueError, match=r"^attack suite 'odd' states min_classes=2, but its "

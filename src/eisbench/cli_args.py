@@ -175,7 +175,8 @@ def _add_attack_command(sub: Any) -> None:
     add_model_args(a)
     add_data_args(a, default="mnist", what="test images: the first --n of the dataset")
     a.add_argument("--suite", default="standard",
-                   help="attack suite: standard (APGD-CE, APGD-T, FMN, Square) or fast")
+                   help="attack suite: standard (APGD-CE, APGD-T, FMN, Square), adaptive "
+                   "(APGD-CE, APGD-T on MALT targets with online discarding, Square) or fast")
     a.add_argument("--attack", help="one registered attack instead of a suite: "
                    f"{', '.join(ATTACKS.names())}")
     a.add_argument("--norm", default="linf",

@@ -1,10 +1,12 @@
-"""Attacks: PGD, FGSM, APGD(-T), FMN, Square (registered), representation inversion, evaluation,
-and the count of an attack's forward and backward passes (:func:`count_passes`)."""
+"""Attacks: PGD, FGSM, APGD(-T), APGD-T with online discarding, FMN, Square (registered),
+representation inversion, evaluation, and the count of an attack's forward and backward passes
+(:func:`count_passes`)."""
 
 from __future__ import annotations
 
 from eisbench.attacks import apgd as _apgd  # noqa: F401  (registers attacks)
 from eisbench.attacks import fmn as _fmn  # noqa: F401
+from eisbench.attacks import osd as _osd  # noqa: F401
 from eisbench.attacks import pgd as _pgd  # noqa: F401
 from eisbench.attacks import square as _square  # noqa: F401
 from eisbench.attacks.apgd import apgd, apgd_t, dlr_loss

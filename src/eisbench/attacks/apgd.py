@@ -3,7 +3,9 @@
 Two registered attacks, Linf and L2:
 
 * ``apgd``: untargeted, cross-entropy (``loss="ce"``) or difference-of-logits-ratio (``"dlr"``).
-* ``apgd-t``: targeted DLR towards each of the ``n_targets`` most likely wrong classes in turn.
+* ``apgd-t``: targeted DLR towards ``n_targets`` wrong classes in turn, ranked
+  (``target_selection``) by the clean logits, highest first (``"logits"``, AutoAttack's
+  ``autopgd_base.py:655-668``), or by MALT's score (``"malt"``, :func:`malt_scores`).
 
 The step size starts at ``2 eps`` and is halved at checkpoints ``w_j`` (``p_0 = 0``,
 ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``) where fewer than 75% of the
@@ -135,6 +137,69 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | N
     return x_out, fooled
 
 
+DUAL_NORM = {"linf": 1.0, "l2": 2.0}  # the dual of each threat model's norm
+
+
+def other_classes(y: torch.Tensor, k: int) -> torch.Tensor:
+    """Every class but y (B, K-1), in increasing order, for labels y (B,)."""
+    every = torch.arange(k, device=y.device).expand(len(y), k)  # (B, K)
+    return every[every != y[:, None]].view(len(y), k - 1)
+
+
+def malt_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """MALT's score (Melamed, Yehudai & Shamir 2024) of each class t other than the label, for
+    images x (B, C, H, W) with labels y (B,): the linearised distance from x to the boundary
+    between y and t,
+
+        (z_y(x) - z_t(x)) / ||grad_x (z_y - z_t)(x)||_q,
+
+    q the dual norm of the threat model (1 for Linf, 2 for L2): for a linear model, the exact
+    ``norm`` distance from x to that boundary. Returns (scores (B, K-1), classes (B, K-1): the
+    class t of each score, :func:`other_classes`). Costs one forward and K-1 backward passes
+    per example (one gradient of z_y - z_t per t, each counted by
+    :func:`~eisbench.attacks.count_passes`).
+
+    Example:
+        >>> scores, classes = malt_scores(model, x, y, norm="linf")
+        >>> nearest = classes.gather(1, scores.argsort(dim=1))[:, :3]  # three first targets
+    """
+    rows = torch.arange(len(x), device=x.device)
+    with torch.enable_grad():
+        xa = x.detach().clone().requires_grad_(True)
+        logits = model(xa)  # (B, K)
+        k = int(logits.shape[1])
+        classes = other_classes(y, k)  # (B, K-1)
+        z_y = logits[rows, y]  # (B,)
+        norms = []
+        for j in range(k - 1):
+            (g,) = torch.autograd.grad((z_y - logits[rows, classes[:, j]]).sum(), xa,
+                                       retain_graph=j < k - 2)  # (B, C, H, W)
+            norms.append(g.flatten(1).norm(p=DUAL_NORM[norm], dim=1))
+    z = logits.detach()
+    gap = z[rows, y][:, None] - z.gather(1, classes)  # (B, K-1): z_y - z_t
+    return gap / torch.stack(norms, dim=1).clamp_min(1e-12), classes
+
+
+def target_order(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
+                 selection: str, logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Every class but y (B, K-1), first target first: by the clean logits, highest first
+    (``"logits"``; pass ``logits`` (B, K) to spare a forward pass), or by
+    :func:`malt_scores`, smallest first (``"malt"``); ties keep the lower class first.
+
+    Example:
+        >>> target_order(model, x, y, norm="linf", selection="malt")[:, 0]  # (B,) first targets
+    """
+    if selection == "malt":
+        scores, classes = malt_scores(model, x, y, norm=norm)
+        return classes.gather(1, scores.argsort(dim=1, stable=True))
+    if logits is None:
+        with torch.no_grad():
+            logits = model(x)  # (B, K)
+    order = logits.sort(dim=1, descending=True, stable=True).indices  # (B, K)
+    return order[order != y[:, None]].view(len(x), -1)
+
+
 def _check_classes(model: nn.Module, x: torch.Tensor, need: int, what: str) -> int:
     with torch.no_grad():
         k = int(model(x[:1]).shape[1])
@@ -144,6 +209,10 @@ def _check_classes(model: nn.Module, x: torch.Tensor, need: int, what: str) -> i
     return k
 
 
+TARGET_SELECTION = Hyper(
+    "logits", str, "how apgd-t ranks its targets: logits (highest clean logit first, as "
+    "AutoAttack) or malt (smallest linearised distance to the boundary, Melamed et al. 2024; "
+    "K-1 backward passes per example)", ("logits", "malt"))
 _APGD_STEP = {"momentum": Hyper(0.75, float, "APGD's momentum", lo=0.0, hi=1.0),
               "rho": Hyper(0.75, float, "APGD's step-halving threshold", lo=0.0, hi=1.0)}
 
@@ -194,40 +263,44 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
 
 @ATTACKS.register("apgd-t", norms=NORMS, white_box=True, min_classes=4, params={
     "steps": STEPS,
-    "n_targets": Hyper(9, int, "target classes tried, highest clean logit first (apgd-t)",
-                       lo=1),
+    "n_targets": Hyper(9, int, "target classes tried, first ranked first (apgd-t)", lo=1),
     "restarts": RESTARTS,
+    "target_selection": TARGET_SELECTION,
     **_APGD_STEP,
 })
 def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
            norm: str = "linf", steps: int = 100, n_targets: int = 9, restarts: int = 1,
-           momentum: float = 0.75, rho: float = 0.75,
+           target_selection: str = "logits", momentum: float = 0.75, rho: float = 0.75,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Targeted APGD with the targeted DLR loss, towards the ``n_targets`` classes with the
-    highest clean logits other than y, one after the other, each only on the examples not yet
-    misclassified. Needs K >= 4 classes. Shapes and return value as :func:`apgd`.
+    """Targeted APGD with the targeted DLR loss, towards the ``n_targets`` first classes
+    other than y in ``target_selection``'s ranking (:func:`target_order`: the highest clean
+    logits, or the smallest MALT scores), one after the other, each only on the examples not
+    yet misclassified. Needs K >= 4 classes. Shapes and return value as :func:`apgd`.
 
     Example:
         >>> x_adv = apgd_t(model, x, y, eps=0.3, n_targets=9)
+        >>> x_adv = apgd_t(model, x, y, eps=0.3, n_targets=3, target_selection="malt")
     """
     check_inputs(x, y, norm=norm, eps=eps, attack="apgd-t", steps=steps, n_targets=n_targets,
-                 restarts=restarts, momentum=momentum, rho=rho)
+                 restarts=restarts, target_selection=target_selection, momentum=momentum,
+                 rho=rho)
     with eval_mode(model):
         if not len(x):
             return x.clone()
         k = _check_classes(model, x, 4, "the targeted DLR loss")
         with torch.no_grad():
             logits = model(x)  # (B, K)
-        order = logits.sort(dim=1, descending=True).indices  # (B, K)
         out = x.clone()
         todo = (logits.argmax(1) == y).nonzero().flatten()
+        order = torch.zeros(len(x), k - 1, dtype=torch.long, device=x.device)  # (B, K-1)
+        if len(todo):  # ranked only where attacked: MALT costs K-1 backward passes each
+            order[todo] = target_order(model, x[todo], y[todo], norm=norm,
+                                       selection=target_selection, logits=logits[todo])
         for j in range(min(n_targets, k - 1)):
             for _ in range(max(restarts, 1)):
                 if len(todo) == 0:
                     break
-                cand = order[todo]  # (T, K): drop y from each example's ranking
-                cand = cand[cand != y[todo, None]].view(len(todo), k - 1)
-                t = cand[:, j]
+                t = order[todo, j]
                 xa, ok = _run(model, x[todo], y[todo], t, eps=eps, norm=norm, steps=steps,
                               loss="dlr", momentum=momentum, rho=rho, generator=generator)
                 out[todo] = xa

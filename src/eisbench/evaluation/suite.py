@@ -5,6 +5,14 @@ own implementations: APGD-CE, APGD-T (targeted DLR, 9 target classes), FMN (a mi
 attack in the role of FAB-T) and Square (5000 queries, gradient-free). Robust accuracy is the
 per-example worst case over all attacks.
 
+The ``adaptive`` suite spends fewer passes where they do not pay: APGD-CE (100 steps), then
+``apgd-t-osd`` (:mod:`eisbench.attacks.osd`): targeted APGD towards MALT's targets (the
+smallest linearised distance to a boundary first, Melamed et al. 2024) in 3 restarts of 100
+steps, restart r only on the ``0.5**r`` of the unbroken points closest to the boundary (A3's
+online discarding, Liu et al. 2022), and Square with 1000 queries on the survivors (gradient-free,
+so the black-box-not-stronger check can still fail). ``benchmarks/adaptive_suite.py`` measures
+it against ``standard`` and AutoAttack's chain.
+
 Every suite states the fewest classes its attacks work with (metadata ``min_classes``, checked
 against its attacks where it is registered). ``standard`` and ``fast`` need 4 (targeted DLR);
 on fewer classes :func:`~eisbench.evaluation.evaluate_robustness` skips the attacks that cannot
@@ -96,6 +104,14 @@ register_suite("fast", (  # a cheaper screen for inner loops; not for reported n
     ("apgd-t", {"n_targets": 3, "steps": 50}),
     # a short gradient-free attack, so that the black-box-not-stronger check can fail here too
     ("square", {"n_queries": 100}),
+), min_classes=4)
+register_suite("adaptive", (  # the standard suite's number at a fraction of its work
+    ("apgd", {"loss": "ce", "steps": 100}),
+    # MALT's targets, each restart on the unbroken points closest to the boundary (A3's OSD)
+    ("apgd-t-osd", {"steps": 100, "restarts": 3, "n_targets": 3, "keep": 0.5,
+                    "target_selection": "malt"}),
+    # gradient-free, on the survivors only, so that the black-box-not-stronger check can fail
+    ("square", {"n_queries": 1000}),
 ), min_classes=4)
 register_suite("binary", (  # 2 or 3 classes: untargeted only, restarts in place of targets
     ("apgd", {"loss": "ce", "steps": 100, "restarts": 5}),
