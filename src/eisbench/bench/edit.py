@@ -45,6 +45,7 @@ with the scored zoo) by ``benchmarks/lat_pilot.py``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ from eisbench.edit import metrics as em
 from eisbench.edit.lat import LatConfig, LatentBound
 from eisbench.edit.unlearn import FinetuneConfig
 from eisbench.runs.claims import ci_metric
+from eisbench.runs.executor import gpus_for, prefetch
 from eisbench.runs.preregistered import choice, threshold
 from eisbench.runs.record import Metric
 from eisbench.runs.result import Result
@@ -236,11 +238,32 @@ def remove_one(st: Setting, cfg: EditBenchConfig, store: Store, i: int, trojan: 
     return before, after, shown, failures
 
 
+@functools.lru_cache(maxsize=1)
+def _worker_setting(cfg: EditBenchConfig, root: Path) -> Setting:
+    """A task's :func:`setting`, loaded once per worker process (the zoo from the cache)."""
+    return setting(cfg, Store(root))
+
+
+def _cell_unit(unit: tuple[EditBenchConfig, Path, str, int, int]) -> None:
+    """One (method, trojan, seed) edit computed into the shared stage cache (an executor's
+    task). A method that fails leaves nothing there: the caller's loop runs the cell again
+    and records the failure."""
+    cfg, root, method, i, seed = unit
+    st = _worker_setting(cfg, root)
+    trojan = st.zoo.trojans[i]
+    edit_cell(st, cfg, Store(root), method=method, i=i, trojan=trojan, seed=seed,
+              ev=em.TrojanEval.build(trojan, st.test.x, st.test.y))
+
+
 def removal(st: Setting, cfg: EditBenchConfig, store: Store
             ) -> tuple[dict[str, Rows], list[dict[str, float]], dict[str, torch.Tensor],
                        list[dict[str, Any]]]:
     """Part 1: ``res[method][trojan][seed]``, the models' scores ``before`` editing, the
-    tools' reconstructions shown in the report and the failed cells."""
+    tools' reconstructions shown in the report and the failed cells. Under a parallel
+    executor every (method, trojan, seed) edit is a task first; the loop loads them."""
+    prefetch(_cell_unit, [(cfg, store.root, m, i, s) for i in range(len(st.zoo.trojans))
+                          for s in cfg.seeds for m in st.methods],
+             what="edit cells", num_gpus=gpus_for(st.device.type))
     res: dict[str, Rows] = {m: [] for m in st.methods}
     before: list[dict[str, float]] = []
     shown: dict[str, torch.Tensor] = {}
@@ -272,17 +295,49 @@ def failure_summary(failed: list[dict[str, Any]], *, methods: list[str], cells: 
                                              unit=unit)}, summary)
 
 
+def ablation_data(st: Setting, cfg: EditBenchConfig) -> tuple[Tensors, Tensors]:
+    """The ablation's out-of-distribution images and its first ``n_ablation_test`` test
+    images."""
+    ood_x, ood_y = digits_like(st.ds.shape)
+    return (Tensors(ood_x, ood_y, "digits-like:" + "x".join(map(str, st.ds.shape))),
+            Tensors(st.test.x[:cfg.n_ablation_test], st.test.y[:cfg.n_ablation_test],
+                    f"{st.test.key}:{cfg.n_ablation_test}"))
+
+
+def _ablation_unit(unit: tuple[EditBenchConfig, Path, str, int, str, int]) -> None:
+    """One (layer, selector, clean model) ablation into the shared stage cache (an executor's
+    task); one that raises is left to the caller's loop."""
+    cfg, root, layer, k, sel, j = unit
+    st = _worker_setting(cfg, root)
+    ood, test = ablation_data(st, cfg)
+    m_, k_ = st.zoo.clean[j]
+    ablation_stage(Store(root), selector=sel, layer=layer, k=k, model=m_, model_key=k_,
+                   select=st.defender, test=test, ood=ood, seed=j, device=st.device,
+                   log=st.log)
+
+
+def ablation_layers(cfg: EditBenchConfig) -> tuple[tuple[str, int], ...]:
+    """The ablated layers, each with its units per class."""
+    return ("penultimate", cfg.ablation_k), ("last-conv", cfg.ablation_k_conv)
+
+
+def prefetch_ablations(st: Setting, cfg: EditBenchConfig, store: Store) -> None:
+    """Under a parallel executor, every (layer, selector, clean model) ablation as a task
+    into the shared stage cache; :func:`ablation` then loads them."""
+    prefetch(_ablation_unit, [(cfg, store.root, layer, k, sel, j)
+                              for layer, k in ablation_layers(cfg)
+                              for sel in st.selectors for j in range(cfg.n_ablate)],
+             what="ablation cells", num_gpus=gpus_for(st.device.type))
+
+
 def ablation(st: Setting, cfg: EditBenchConfig, store: Store
              ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], int]:
     """Part 3: ``ablations[layer][selector]`` (one effect dict per clean model) and the number
     of out-of-distribution images."""
-    ood_x, ood_y = digits_like(st.ds.shape)
-    ood = Tensors(ood_x, ood_y, "digits-like:" + "x".join(map(str, st.ds.shape)))
-    test = Tensors(st.test.x[:cfg.n_ablation_test], st.test.y[:cfg.n_ablation_test],
-                   f"{st.test.key}:{cfg.n_ablation_test}")
+    ood, test = ablation_data(st, cfg)
     ablations: dict[str, dict[str, list[dict[str, Any]]]] = {}
     num_classes = int(st.defender.y.max()) + 1
-    for layer, k in (("penultimate", cfg.ablation_k), ("last-conv", cfg.ablation_k_conv)):
+    for layer, k in ablation_layers(cfg):
         ablations[layer] = {}
         for sel in progress(st.selectors, desc=f"ablation {layer}", unit="selector"):
             ablations[layer][sel] = []
@@ -296,7 +351,7 @@ def ablation(st: Setting, cfg: EditBenchConfig, store: Store
                         f"{type(e).__name__}: {e}")
                     eff = no_effect(num_classes, f"{type(e).__name__}: {e}")
                 ablations[layer][sel].append(eff)
-    return ablations, len(ood_y)
+    return ablations, len(ood.y)
 
 
 def no_effect(num_classes: int, error: str) -> dict[str, Any]:
@@ -314,6 +369,7 @@ def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
     ``tools.safetensors``. A method's failed cells are recorded and scored, never fatal."""
     st = setting(cfg, store)
     res, before, shown, failed = removal(st, cfg, store)
+    prefetch_ablations(st, cfg, store)
     ablations, n_ood = ablation(st, cfg, store)
     metrics = em.summarise(res, before, ablations, methods=st.methods, selectors=st.selectors)
     fail_metrics, failures = failure_summary(failed, methods=st.methods,
