@@ -182,12 +182,12 @@ def run(name: str, preset: str = "quick", *, out: str | Path | None = None,
     :mod:`eisbench.runs.track`); an unknown name or a missing extra fails before any work.
     ``executor``: where independent units run, ``"serial"`` (in this process) or ``"ray"``
     (Ray tasks, the optional extra ``ray``; ``address``: the cluster, ``"auto"`` or
-    ``"HOST:PORT"``, default a local instance): the evidence suite's experiments and the trojan
-    zoo's models; the record's ``details["executor"]`` says which ran them, and on how many
-    threads. ``threads``: torch intra-op threads for the run and each of its units (default:
-    torch's, as set in this process). Results depend on it in the last bits, so a Ray run's
-    record equals the serial run's at equal ``threads``
-    (:mod:`eisbench.runs.executor`).
+    ``"HOST:PORT"``, default a local instance): the evidence suite's experiments, every
+    experiment's seeds, the trojan zoo's models, the trojan bench's tool cells and scans, and
+    the edit bench's edits; the record's ``details["executor"]`` says which ran them, and on
+    how many threads. ``threads``: torch intra-op threads for the run and each of its units
+    (default: torch's, as set in this process). Results depend on it in the last bits, so a
+    Ray run's record equals the serial run's at equal ``threads`` (:mod:`eisbench.runs.executor`).
 
     Example:
         >>> rec = run("goh-linear", dataset="digits", seeds=1, contamination=(0.0, 0.2),

@@ -151,10 +151,11 @@ def probe_seed(st: Setting, cfg: GohLeakageConfig, seed: int) -> dict[str, float
 
 
 def _seed_unit(cfg: GohLeakageConfig, store: Store, seed: int) -> None:
-    """One seed's cached stages: the source models, D_rand and D_det (an executor's task:
-    :func:`prefetch_seeds`; the probes are not cached)."""
+    """One seed's cached stages: the source models, D_rand and D_det, and the L2-robust probe
+    model (an executor's task: :func:`prefetch_seeds`; the probes are not cached)."""
     st = setting(cfg, store)
     wrong_label_sets(st, cfg, source_models(st, cfg, seed)[0], seed)
+    probe_model(st, cfg, seed)
 
 
 def measure(cfg: GohLeakageConfig, *, out: Path, store: Store) -> Result:
