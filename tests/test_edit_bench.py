@@ -20,7 +20,8 @@ SETS = (("n_train", "none"), ("n_test", "none"), ("epochs", 8), ("n_clean", 1),
         ("tools", "neural-cleanse,adversarial-patch"), ("tool_steps", 0.1),
         ("n_patches", 2), ("finetune.steps", 15), ("lat_steps", 1), ("n_robust", 32),
         ("robust_steps", 3), ("robust_eps_l2", 0.5), ("n_ablate", 1),
-        ("selectors", "activation-difference,random"), ("ablation_k_conv", 4))
+        ("selectors", "activation-difference,random"), ("ablation_k_conv", 4),
+        ("suite_trojans", "0"), ("n_suite", 16))
 
 
 def test_bench_edit_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -35,7 +36,7 @@ def test_bench_edit_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Mon
     validate(rec)
     m, d = rec["metrics"], rec["details"]
     assert d["methods"] == ["neural-cleanse", "adversarial-patch", "true-trigger",
-                            "no-trigger", "fine-pruning", "lat"]
+                            "no-trigger", "fine-pruning", "lat", "lat-targeted", "input-at"]
     for meth in d["methods"]:
         for f in ("asr_after", "clean_acc_after", "der"):
             assert m[f"edit/{meth}/{f}"]["n"] == 12
@@ -44,7 +45,9 @@ def test_bench_edit_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Mon
                  "edit/neural-cleanse/der_vs_no_trigger", "ablation/random/selectivity",
                  "ablation/activation-difference/selectivity_ood",
                  "ablation/activation-difference/vs_random",
-                 "ablation-conv/activation-difference/selectivity"):
+                 "ablation-conv/activation-difference/selectivity",
+                 "compare/lat/asr_gain_vs_input_at", "compare/lat-targeted/clean_vs_input_at",
+                 "suite/lat/robust_acc", "suite/input-at/robust_gain"):
         assert name in m, name
     sel = m["ablation/random/selectivity"]  # 1 model x 10 classes: the unit is the model
     assert sel["n"] == 1 and sel["ci95"] == [-2.0, 2.0]  # fewer than 3 models: no interval
@@ -52,6 +55,8 @@ def test_bench_edit_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Mon
     assert m["edit/lat/der"]["unit"] == "trojans' models (95% t-interval)"
     assert all(v.get("unit") for v in m.values())
     assert m["edit/before/asr"]["value"] >= 0.5  # the zoo's digits trojans mostly work
+    assert m["suite/lat/robust_acc"]["n"] == 1  # the suite: first seed, trojan 0 only
+    assert set(d["suite_checks"]) == {"no-trigger", "lat", "lat-targeted", "input-at"}
     verdicts = {c["claim"]: c["verdict"] for c in rec["claims"]}
     assert any("true trigger removes" in c for c in verdicts)
     html = (out / "report.html").read_text()

@@ -28,7 +28,8 @@ CFG = edit_bench.EditBenchConfig(
     dataset="digits", n_train=None, n_test=None, epochs=8, n_clean=1, defender_frac=0.3,
     n_tool_data=128, tools=(FLAKY,), tool_steps=0.1, n_patches=2,
     finetune=FinetuneConfig(steps=15), lat_steps=1, n_robust=32, robust_steps=3,
-    robust_eps_l2=0.5, n_ablate=1, selectors=("random",), ablation_k_conv=4, seeds=(0,))
+    robust_eps_l2=0.5, n_ablate=1, selectors=("random",), ablation_k_conv=4, seeds=(0,),
+    suite_trojans=())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,8 @@ from eisbench.bench.edit_methods import (
     MaskReconstruction,
     PatchReconstruction,
     budget_params,
+    input_at_config,
+    lat_targeted_config,
     rows,
 )
 from eisbench.core.config import to_plain
@@ -83,9 +85,14 @@ def test_budget_params_are_the_cache_keys_of_before() -> None:
             want["max_drop"] = TINY.prune_max_drop
         if name == "lat":
             want["lat"] = to_plain(TINY.lat())
+        if name == "lat-targeted":
+            want["lat_targeted"] = to_plain(lat_targeted_config(TINY))
+        if name == "input-at":
+            want["input_at"] = to_plain(input_at_config(TINY))
         got = budget_params(TINY, name)
         assert got == want and list(got) == list(want), name
-    assert {n for n in NAMES if EDIT_METHODS.get(n).robust} == {"no-trigger", "lat"}
+    assert {n for n in NAMES if EDIT_METHODS.get(n).robust} == {"no-trigger", "lat",
+                                                                 "lat-targeted", "input-at"}
 
 
 @pytest.fixture
@@ -145,7 +152,7 @@ def test_fine_tune_edits_a_copy(name: str) -> None:
     stamper = m.stamper({"mask": torch.ones(1, 8, 8) * 0.1, "pattern": torch.ones(SHAPE),
                          "patches": torch.ones(2, 1, 3, 3)}, corner_trojan())
     edited, extra = m.fine_tune(model, x, y, stamper=stamper, settings=TINY, seed=0,
-                                device=torch.device("cpu"), desc=name)
+                                device=torch.device("cpu"), desc=name, target=3)
     assert edited is not model
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)

@@ -10,6 +10,7 @@ import torch
 
 import eisbench.edit  # noqa: F401  (registers latent-at and finetune)
 from eisbench.edit.lat import LatConfig, LatentBound, LatTrainConfig, lat_loss, latent_adversary
+from eisbench.edit.lat_targeted import TargetedLatConfig, TargetedLatTrainConfig
 from eisbench.edit.unlearn import StampTrainConfig, stamped
 from eisbench.models import build
 from eisbench.training import TRAINING_METHODS, TrainConfig, TrainingMethod, fit, train
@@ -19,7 +20,8 @@ from eisbench.training.methods import Batch
 DECLARED = {"standard": ("nothing", False), "pgd-at": ("inputs", True),
             "fast-at": ("inputs", True), "trades": ("inputs", True),
             "input-grad": ("nothing", False),
-            "latent-at": ("hidden", False), "finetune": ("inputs", False)}
+            "latent-at": ("hidden", False), "finetune": ("inputs", False),
+            "latent-at-targeted": ("hidden", False), "input-at": ("inputs", True)}
 MLP_LAT = LatConfig(bounds=(LatentBound("body.1", eps=0.2),), steps=3)
 
 
@@ -35,6 +37,8 @@ def _cfg(method: str, **kw: Any) -> TrainConfig:
     finetune stamps half of each batch)."""
     if method == "latent-at":
         return LatTrainConfig(lat=MLP_LAT, **kw)
+    if method == "latent-at-targeted":
+        return TargetedLatTrainConfig(tlat=TargetedLatConfig(lat=MLP_LAT), target=0, **kw)
     if method == "finetune":
         return StampTrainConfig(stamper=_corner, stamp_frac=0.5, **kw)
     return TrainConfig(method=method, **kw)
@@ -58,7 +62,7 @@ def test_every_method_is_registered_with_its_metadata() -> None:
         assert isinstance(method, TrainingMethod)
         assert callable(method.perturb) and callable(method.loss)
         assert dict(TRAINING_METHODS.meta(name)) == {"perturbs": perturbs, "guarded": guarded}
-    assert TRAINING_METHODS.names(guarded=True) == ["fast-at", "pgd-at", "trades"]
+    assert TRAINING_METHODS.names(guarded=True) == ["fast-at", "input-at", "pgd-at", "trades"]
     lat, ft = TRAINING_METHODS.get("latent-at"), TRAINING_METHODS.get("finetune")
     assert lat.perturb is latent_adversary and lat.loss is lat_loss and ft.perturb is stamped
 

@@ -8,13 +8,18 @@
    true labels (:mod:`eisbench.edit.unlearn`). Neural Cleanse and TABOR give a mask and a
    pattern; the patch tools give ``n_patches`` patches, pasted at random positions.
    Reference rows: the true trigger (oracle) and no trigger (plain fine-tuning); baselines:
-   fine-pruning and latent adversarial training. Every row gets the same budget
+   fine-pruning, latent adversarial training (untargeted and targeted toward the trojan's
+   target) and input-space adversarial training on LAT's budget at the Linf bound that
+   matches LAT's clean cost on the pilot (:mod:`eisbench.edit.lat_compare`). Every row gets
+   the same budget
    (:class:`~eisbench.edit.unlearn.FinetuneConfig`: steps, batch, learning rate, data); each
    row is an entry of :data:`~eisbench.bench.edit_methods.EDIT_METHODS`.
    Scores on the test set: ASR after, clean accuracy after, and DER
    (:func:`eisbench.edit.metrics.der`).
 2. LAT against input-space attacks it was not trained for: PGD Linf and L2 on ``n_robust``
-   test images, for the model before, after plain fine-tuning and after LAT (same budget).
+   test images, for the model before, after plain fine-tuning and after LAT (same budget);
+   for the first seed's edits of the trojans ``suite_trojans`` (one per trigger kind) every
+   robust row also gets the standard suite with every sanity check on ``n_suite`` images.
 3. Capability ablation (:mod:`eisbench.edit.ablation`) on ``n_ablate`` clean zoo models: each
    unit selector names ``ablation_k`` penultimate units (``ablation_k_conv`` channels of the
    last conv layer) per class from the defender's data; zeroing them is scored by
@@ -65,6 +70,7 @@ from eisbench.core.config import resolve_device
 from eisbench.core.progress import progress, say
 from eisbench.data.ood import digits_like
 from eisbench.edit import ablation as abl
+from eisbench.edit import lat_compare as lc
 from eisbench.edit import metrics as em
 from eisbench.edit.lat import LatConfig, LatentBound
 from eisbench.edit.unlearn import FinetuneConfig
@@ -102,6 +108,9 @@ class EditBenchConfig:
     lat_layer: str = choice("edit.lat.layer")  # chosen on a pilot: runs/preregistered.py
     lat_eps: float = threshold("edit.lat.eps")
     lat_steps: int = 3
+    input_at_eps: float = threshold("edit.input_at.eps")  # Linf, matched clean cost (pilot)
+    suite_trojans: tuple[int, ...] = (0, 4, 8)  # the first trojan of each trigger kind
+    n_suite: int = 100  # test images of the standard suite (and its checks)
     robust_eps: float = 0.1  # PGD Linf
     robust_eps_l2: float = 1.5  # PGD L2
     robust_steps: int = 20
@@ -123,7 +132,7 @@ FULL = EditBenchConfig()
 QUICK = EditBenchConfig(n_clean=2, n_test=2000, tool_steps=0.5,
                         n_patches=3, finetune=FinetuneConfig(steps=60), lat_steps=2,
                         n_robust=200, robust_steps=10, n_ablate=2, n_ablation_test=1000,
-                        seeds=(0,))
+                        n_suite=50, seeds=(0,))
 """Quick: the zoo of ``eisbench bench trojans`` (its full recipe, shared cache) with 2 clean
 models, shorter fine-tuning, one seed."""
 
@@ -192,7 +201,8 @@ def edit_cell(st: Setting, cfg: EditBenchConfig, store: Store, *, method: str, i
         raise MethodFailed(method, "stamper", e) from e
     r = edit_stage(store, method=method, model=model, model_key=mkey, stamper=stamper,
                    stamp_key=tkey, ev=ev, test=st.test, defender=st.defender, cfg=cfg,
-                   seed=seed, device=st.device, log=st.log)
+                   seed=seed, device=st.device, log=st.log,
+                   suite=seed == cfg.seeds[0] and i in cfg.suite_trojans)
     return r, tool
 
 
@@ -375,6 +385,8 @@ def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
     fail_metrics, failures = failure_summary(failed, methods=st.methods,
                                              cells=len(st.zoo.trojans) * len(cfg.seeds))
     metrics |= fail_metrics
+    robust_rows = [m for m in st.methods if EDIT_METHODS.get(m).robust]
+    metrics |= lc.lat_metrics(res, robust_rows=robust_rows)
     details = {
         "zoo": [m.to_dict() for m in st.zoo.metrics],
         "trojans": [t.name for t in st.zoo.trojans],
@@ -384,6 +396,8 @@ def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
         "n_defender": len(st.defender.x), "n_test": st.n_test, "n_ood": n_ood,
         "ood_note": "scikit-learn digits drawn like MNIST (digits_like)",
         "failed_cells": failed, "failures": failures,
+        "suite_trojans": list(cfg.suite_trojans),
+        "suite_checks": lc.suite_check_names(res, robust_rows),
         "failed_ablations": [{"layer": layer, "selector": sel, "model": j, "error": e["failed"]}
                              for layer, sels in ablations.items() for sel, effs in sels.items()
                              for j, e in enumerate(effs) if "failed" in e],
@@ -391,7 +405,9 @@ def measure(cfg: EditBenchConfig, *, out: Path, store: Store) -> Result:
     return Result(
         metrics=metrics,
         claims=em.edit_claims(metrics, tools=list(cfg.tools), selectors=st.selectors,
-                              failures=failures),
+                              failures=failures)
+        + lc.lat_claims(metrics, robust_rows=robust_rows, details=details,
+                        tol=threshold("edit.lat_vs_input_at.clean_tolerance")),
         details=details,
         artifacts={"tools.safetensors": {k: v.contiguous() for k, v in shown.items()}},
         data={st.ds.name: st.ds.sha256}, stages=st.log.entries, device=str(st.device))

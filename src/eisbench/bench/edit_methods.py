@@ -8,7 +8,8 @@ Every :class:`EditMethod` declares what it needs:
 - the stamper its fine-tuning pastes into ``stamp_frac`` of every batch: the tool's
   reconstruction, the true trigger (the oracle), or none;
 - the fine-tuning variant (unlearning, plain fine-tuning, fine-pruning, latent adversarial
-  training) and what it adds to the fine-tuning budget's cache parameters;
+  training untargeted and targeted, input-space adversarial training) and what it adds to the
+  fine-tuning budget's cache parameters;
 - whether the edited model's input-space robustness is measured.
 
 The bench's rows are :func:`rows`: the configured tools, then :data:`REFERENCES`, then
@@ -18,7 +19,7 @@ Example:
     >>> EDIT_METHODS.get("lat").robust
     True
     >>> rows(("tabor",))
-    ['tabor', 'true-trigger', 'no-trigger', 'fine-pruning', 'lat']
+    ['tabor', 'true-trigger', 'no-trigger', 'fine-pruning', 'lat', 'lat-targeted', 'input-at']
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from torch import nn
 from eisbench.core.config import to_plain
 from eisbench.core.registry import Registry
 from eisbench.edit.baselines import fine_prune, finetune
+from eisbench.edit.input_at import InputAtConfig, input_at_finetune
 from eisbench.edit.lat import LatConfig, lat_finetune
+from eisbench.edit.lat_compare import LAT_ROWS
+from eisbench.edit.lat_targeted import TargetedLatConfig, lat_targeted_finetune
 from eisbench.edit.unlearn import (
     FinetuneConfig,
     Stamper,
@@ -62,7 +66,7 @@ PATCH_SIDE = {t: float(TOOLS.meta(t)["patch_side"]) for t in (
     "adversarial-patch", "snafue", "feature-adversary-generator", "feature-adversary-perturbation")}
 TOOL_ROWS = (*MASK_TOOLS, *PATCH_SIDE)  # the tools whose reconstruction can be stamped
 REFERENCES = ("true-trigger", "no-trigger")
-BASELINES = ("fine-pruning", "lat")
+BASELINES = ("fine-pruning", "lat", "lat-targeted", "input-at")
 
 
 class EditSettings(Protocol):
@@ -73,6 +77,9 @@ class EditSettings(Protocol):
 
     @property
     def prune_max_drop(self) -> float: ...
+
+    @property
+    def input_at_eps(self) -> float: ...
 
     def lat(self) -> LatConfig: ...
 
@@ -143,11 +150,14 @@ StamperFor = Callable[[ToolOutput | None, Trojan], Stamper | None]
 
 class FineTune(Protocol):
     """A fine-tuning variant: a copy of ``model`` edited on the defender's clean x (N, C, H, W),
-    y (N,), and what it reports beyond the scores (e.g. fine-pruning's pruned channels)."""
+    y (N,), and what it reports beyond the scores (e.g. fine-pruning's pruned channels).
+    ``target``: the trojan's target class, which the bench gives every tool (only targeted LAT
+    among the fine-tuning variants reads it)."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                  stamper: Stamper | None, settings: EditSettings, seed: int,
-                 device: torch.device, desc: str) -> tuple[nn.Module, dict[str, Any]]: ...
+                 device: torch.device, desc: str, target: int = -1
+                 ) -> tuple[nn.Module, dict[str, Any]]: ...
 
 
 def no_stamp(tool: ToolOutput | None, trojan: Trojan) -> None:
@@ -162,7 +172,7 @@ def true_trigger(tool: ToolOutput | None, trojan: Trojan) -> Stamper:
 
 def unlearning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, stamper: Stamper | None,
                settings: EditSettings, seed: int, device: torch.device,
-               desc: str) -> tuple[nn.Module, dict[str, Any]]:
+               desc: str, target: int = -1) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune with ``stamper``'s images under their true labels
     (:func:`~eisbench.edit.unlearn.unlearn`)."""
     return unlearn(model, x, y, stamper=stamper, cfg=settings.finetune, seed=seed,
@@ -171,14 +181,16 @@ def unlearning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, stamper: S
 
 def plain_finetuning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                      stamper: Stamper | None, settings: EditSettings, seed: int,
-                     device: torch.device, desc: str) -> tuple[nn.Module, dict[str, Any]]:
+                     device: torch.device, desc: str, target: int = -1
+                 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune on clean data (:func:`~eisbench.edit.baselines.finetune`)."""
     return finetune(model, x, y, cfg=settings.finetune, seed=seed, device=device), {}
 
 
 def fine_pruning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                  stamper: Stamper | None, settings: EditSettings, seed: int,
-                 device: torch.device, desc: str) -> tuple[nn.Module, dict[str, Any]]:
+                 device: torch.device, desc: str, target: int = -1
+                 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune dormant channels, then fine-tune (:func:`~eisbench.edit.baselines.fine_prune`);
     reports the channels pruned."""
     edited, info = fine_prune(model, x, y, cfg=settings.finetune, seed=seed,
@@ -189,10 +201,47 @@ def fine_pruning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 def latent_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                        stamper: Stamper | None, settings: EditSettings, seed: int,
-                       device: torch.device, desc: str) -> tuple[nn.Module, dict[str, Any]]:
+                       device: torch.device, desc: str, target: int = -1
+                 ) -> tuple[nn.Module, dict[str, Any]]:
     """Latent adversarial training (:func:`~eisbench.edit.lat.lat_finetune`)."""
     return lat_finetune(model, x, y, lat=settings.lat(), cfg=settings.finetune, seed=seed,
                         device=device), {}
+
+
+def lat_targeted_config(settings: EditSettings) -> TargetedLatConfig:
+    """Targeted LAT with LAT's bound, steps and step rule (``settings.lat()``) and the
+    reference's loss weights (:mod:`eisbench.edit.lat_targeted`)."""
+    return TargetedLatConfig(lat=settings.lat())
+
+
+def input_at_config(settings: EditSettings) -> InputAtConfig:
+    """Input-space AT with exactly LAT's inner budget (PGD steps, step rule, clean weight of
+    ``settings.lat()``) and the Linf bound ``settings.input_at_eps`` (matched clean cost)."""
+    lat = settings.lat()
+    return InputAtConfig(eps=settings.input_at_eps, steps=lat.steps, step_frac=lat.step_frac,
+                         clean_weight=lat.clean_weight, random_start=lat.random_start)
+
+
+def targeted_latent_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                                stamper: Stamper | None, settings: EditSettings, seed: int,
+                                device: torch.device, desc: str, target: int = -1
+                                ) -> tuple[nn.Module, dict[str, Any]]:
+    """Targeted LAT toward the trojan's ``target`` class, the one every tool is given
+    (:func:`~eisbench.edit.lat_targeted.lat_targeted_finetune`); a missing target raises."""
+    if target < 0:
+        raise ValueError(f"targeted LAT needs the trojan's target class, got {target}")
+    return lat_targeted_finetune(model, x, y, target=target, tlat=lat_targeted_config(settings),
+                                 cfg=settings.finetune, seed=seed, device=device), {}
+
+
+def input_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                      stamper: Stamper | None, settings: EditSettings, seed: int,
+                      device: torch.device, desc: str, target: int = -1
+                      ) -> tuple[nn.Module, dict[str, Any]]:
+    """Input-space adversarial training on LAT's budget
+    (:func:`~eisbench.edit.input_at.input_at_finetune`)."""
+    return input_at_finetune(model, x, y, at=input_at_config(settings), cfg=settings.finetune,
+                             seed=seed, device=device), {}
 
 
 def no_budget(settings: EditSettings) -> dict[str, Any]:
@@ -238,6 +287,14 @@ EDIT_METHODS.register("fine-pruning")(EditMethod(
 EDIT_METHODS.register("lat")(EditMethod(
     role="baseline", summary="latent adversarial training", fine_tune=latent_adversarial,
     robust=True, budget=lambda s: {"lat": to_plain(s.lat())}))
+EDIT_METHODS.register("lat-targeted")(EditMethod(
+    role="baseline", summary="targeted latent adversarial training (toward the trojan's target)",
+    fine_tune=targeted_latent_adversarial, robust=True,
+    budget=lambda s: {"lat_targeted": to_plain(lat_targeted_config(s))}))
+EDIT_METHODS.register("input-at")(EditMethod(
+    role="baseline", summary="input-space adversarial training (LAT's budget, Linf)",
+    fine_tune=input_adversarial, robust=True,
+    budget=lambda s: {"input_at": to_plain(input_at_config(s))}))
 
 
 def rows(tools: Sequence[str]) -> list[str]:
@@ -258,6 +315,6 @@ def budget_params(settings: EditSettings, method: str) -> dict[str, Any]:
     return {"ft": to_plain(settings.finetune)} | EDIT_METHODS.get(method).budget(settings)
 
 
-__all__ = ["BASELINES", "EDIT_METHODS", "MASK_TOOLS", "PATCH_SIDE", "REFERENCES", "TOOL_ROWS",
-           "EditMethod", "EditSettings", "MaskReconstruction", "PatchReconstruction", "rows",
-           "budget_params"]
+__all__ = ["BASELINES", "EDIT_METHODS", "LAT_ROWS", "MASK_TOOLS", "PATCH_SIDE", "REFERENCES",
+           "TOOL_ROWS", "EditMethod", "EditSettings", "MaskReconstruction", "PatchReconstruction",
+           "budget_params", "input_at_config", "lat_targeted_config", "rows"]

@@ -22,6 +22,7 @@ from eisbench.bench.edit_methods import EDIT_METHODS, ToolOutput, budget_params
 from eisbench.edit import ablation as abl
 from eisbench.edit import metrics as em
 from eisbench.edit.unlearn import Stamper
+from eisbench.evaluation import EvaluationBudgetViolation, evaluate_robustness
 from eisbench.runs.stages import Tensors
 from eisbench.runs.store import StageLog, Store
 
@@ -103,6 +104,25 @@ def robust_scores(model: nn.Module, test: Tensors, cfg: EditBenchConfig, device:
     return out
 
 
+def suite_scores(model: nn.Module, control: nn.Module, test: Tensors, cfg: EditBenchConfig,
+                 device: torch.device, seed: int) -> dict[str, Any]:
+    """Robust accuracy under the ``standard`` attack suite (Linf ``cfg.robust_eps``) on the
+    first ``cfg.n_suite`` test images, with every sanity check (``control``: the model before
+    the edit, undefended): {"suite_robust_acc", "suite_clean_acc", "suite_n",
+    "suite_failed_checks" (names), "suite_checks" (each check's outcome)}. An attack that
+    leaves the threat model is a failed ``within-budget`` check, not a failed cell."""
+    x, y = test.x[:cfg.n_suite], test.y[:cfg.n_suite]
+    try:
+        ev = evaluate_robustness(model, x, y, eps=cfg.robust_eps, norm="linf", suite="standard",
+                                 n_checks=cfg.n_suite, control=control, seed=seed,
+                                 device=device)
+    except EvaluationBudgetViolation as e:
+        ev = e.evaluation
+    return {"suite_robust_acc": ev.result.robust_acc, "suite_clean_acc": ev.result.clean_acc,
+            "suite_n": len(x), "suite_failed_checks": [c.name for c in ev.warnings],
+            "suite_checks": [c.to_dict() for c in ev.checks]}
+
+
 def before_scores(model: nn.Module, ev: em.TrojanEval, test: Tensors, cfg: EditBenchConfig,
                   device: torch.device) -> dict[str, float]:
     """The trojaned model's ASR, clean accuracy and robust accuracies before any edit."""
@@ -112,28 +132,33 @@ def before_scores(model: nn.Module, ev: em.TrojanEval, test: Tensors, cfg: EditB
 def edit_stage(store: Store, *, method: str, model: nn.Module, model_key: str,
                stamper: Stamper | None, stamp_key: str, ev: em.TrojanEval, test: Tensors,
                defender: Tensors, cfg: EditBenchConfig, seed: int, device: torch.device,
-               log: StageLog) -> dict[str, Any]:
+               log: StageLog, suite: bool = False) -> dict[str, Any]:
     """Edit the model with ``method`` (an entry of
     :data:`~eisbench.bench.edit_methods.EDIT_METHODS`) and score it (cached; the edited model
-    is not kept). What the method raises is raised as :class:`MethodFailed`, uncached."""
+    is not kept); ``suite``: a robust row's cell also gets :func:`suite_scores`. What the
+    method raises is raised as :class:`MethodFailed`, uncached."""
     entry = EDIT_METHODS.get(method)
 
     def compute(work: Path) -> dict[str, Any]:
         try:
             edited, extra = entry.fine_tune(model, defender.x, defender.y, stamper=stamper,
                                             settings=cfg, seed=seed, device=device,
-                                            desc=f"unlearn {method}")
+                                            desc=f"unlearn {method}", target=ev.target)
         except Exception as e:  # the method's own error: one failed cell
             raise MethodFailed(method, "edit", e) from e
         out = ev.scores(edited, device=device) | extra
         if entry.robust:
             out |= robust_scores(edited, test, cfg, device, seed)
+        if suite and entry.robust:
+            out |= suite_scores(edited, model, test, cfg, device, seed)
         return out
 
     params = {"method": method, "finetune": budget_params(cfg, method), "seed": seed,
               "n_test": len(ev.x), "device": device.type}
     if entry.robust:
         params |= {"robust": [cfg.robust_eps, cfg.robust_eps_l2, cfg.robust_steps, cfg.n_robust]}
+        if suite:
+            params |= {"suite": ["standard", cfg.robust_eps, cfg.n_suite]}
     out, _ = _json_stage(store, "edit", params, (model_key, defender.key, stamp_key, test.key),
                          compute, log)
     return out

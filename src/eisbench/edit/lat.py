@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -119,12 +120,26 @@ def radii(model: nn.Module, x: torch.Tensor, bounds: tuple[LatentBound, ...]
     return out, dict(acts)
 
 
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``objective(logits (B, K), y (B,)) -> scalar`` that the latent adversary ascends, summed
+over the batch (so each example's step does not depend on the batch size)."""
+
+
+def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The untargeted adversary's objective: the cross-entropy of logits (B, K), y (B,),
+    summed over the batch."""
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
 def latent_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: LatConfig,
-               generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+               generator: torch.Generator, objective: Objective = summed_cross_entropy
+               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The latent adversary on the batch x (B, C, H, W), y (B,): perturbations
     ``{layer: d (B, ...)}`` (detached, each example inside its layer's ball) that maximise
-    the cross-entropy, and the radius used per layer. Runs the model in eval mode and returns
-    it in its mode; no gradient is left on its parameters."""
+    ``objective`` (default: the cross-entropy; targeted LAT ascends the negative of its
+    toward and away losses, :mod:`eisbench.edit.lat_targeted`), and the radius used per layer.
+    Runs the model in eval mode and returns it in its mode; no gradient is left on its
+    parameters."""
     with eval_mode(model):
         rad, acts = radii(model, x, cfg.bounds)
         norms = {resolve_layer(model, b.layer, example=x): b.norm for b in cfg.bounds}
@@ -138,7 +153,7 @@ def latent_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: LatCo
             deltas[n] = d.requires_grad_(True)
         for _ in range(cfg.steps):
             with add_to_outputs(model, deltas):
-                loss = F.cross_entropy(model(x), y, reduction="sum")
+                loss = objective(model(x), y)
             grads = torch.autograd.grad(loss, list(deltas.values()))
             with torch.no_grad():
                 for (n, d), g in zip(list(deltas.items()), grads, strict=True):

@@ -1,5 +1,7 @@
 """The ``eisbench bench edit`` report: verdicts, DER per method with CIs, ASR against clean
-accuracy after each edit, the per-trojan table, LAT's clean and robust accuracy, capability
+accuracy after each edit, the per-trojan table, LAT's clean and robust accuracy, LAT and
+targeted LAT against input-space adversarial training at matched clean accuracy with the
+standard suite's robust accuracy and checks, capability
 ablation selectivity (test vs out of distribution), the tools' reconstructions, all metrics,
 and the failed cells (a method that raised on one trojan and seed) with their errors."""
 
@@ -166,6 +168,57 @@ def _lat(rec: Record) -> str:
             f"{_ci(m['lat/clean_gain'])}.</p>")
 
 
+def _suite_cell(m: Mapping[str, Any], row: str) -> str:
+    r = m.get(f"suite/{row}/robust_acc")
+    if r is None:
+        return "-"
+    failed = int(m[f"suite/{row}/failed_checks"]["value"])
+    return _ci(r) + (f" <b>{failed} failed check(s)</b>" if failed else "; every check passed")
+
+
+def _lat_vs_input_at(rec: Record) -> str:
+    """LAT, targeted LAT and input-space AT side by side (plain fine-tuning for reference):
+    ASR, clean accuracy and DER after the edit with their intervals, the standard suite's
+    robust accuracy on the subset, and the paired differences to input-AT."""
+    m, d, cfg = rec["metrics"], rec["details"], rec["config"]
+    rows_ = [r for r in ("no-trigger", "lat", "lat-targeted", "input-at")
+             if f"edit/{r}/der" in m]
+    if "input-at" not in rows_:
+        return "<p>(input-space adversarial training not run)</p>"
+    body = [[r, _ci(m[f"edit/{r}/asr_after"]), _ci(m[f"edit/{r}/clean_acc_after"]),
+             _ci(m[f"edit/{r}/der"]), _suite_cell(m, r)] for r in rows_]
+    diffs = [[r, _ci(m[f"compare/{r}/asr_gain_vs_input_at"]),
+              _ci(m[f"compare/{r}/clean_vs_input_at"]), _ci(m[f"compare/{r}/der_vs_input_at"])]
+             for r in ("lat", "lat-targeted") if f"compare/{r}/asr_gain_vs_input_at" in m]
+    names = ", ".join(d["trojans"][i] for i in d.get("suite_trojans", [])
+                      if i < len(d["trojans"]))
+    return (
+        "<p>Casper et al. 2024 compare LAT with input-space adversarial training at a matched "
+        "clean cost. Input-space AT (input-at) fine-tunes with LAT's budget (steps, batch, "
+        "learning rate, defender data, seed, inner PGD steps and step rule, the same 50/50 "
+        f"clean/adversarial loss) in a Linf ball of {cfg.get('input_at_eps')} on [0,1] images, "
+        "the bound whose clean-accuracy drop matched LAT's on the pilot zoo "
+        "(benchmarks/input_at_pilot.py). Targeted LAT (Sheshadri et al. 2024) uses LAT's "
+        "layer, bound and steps; its adversary pushes the defender's images not of the "
+        "trojan's target class toward it, and the model is trained away from the target "
+        "under the perturbation with a clean retain loss (weights 0.2 / 0.2 / 0.6 from the "
+        "reference). Threat model: targeted LAT is given the trojan's target class, as every "
+        "tool row is, but not its source class or trigger; the other rows use no trojan "
+        "information.</p>"
+        + table(["row", "ASR after", "clean accuracy after", "DER",
+                 f"standard-suite robust accuracy (Linf {cfg['robust_eps']}, "
+                 f"{cfg.get('n_suite')} images)"], body)
+        + "<p>Intervals: 95% t over trojans (each trojan's mean over seeds). The standard "
+          "suite (APGD-CE, APGD-T, FMN, Square 5000) with every sanity check ran on the "
+          f"first seed's edits of the trojans {esc(names)} (one per trigger kind: the suite "
+          "and its checks cost minutes per model on CPU); its control is the trojaned model "
+          "before the edit. A failed check makes the robustness claims resting on that "
+          "model inconclusive.</p>"
+        + (table(["row vs input-at", "ASR gain (input-at minus row)",
+                  "clean accuracy (row minus input-at)", "DER (row minus input-at)"], diffs)
+           if diffs else ""))
+
+
 def _ablation(rec: Record) -> str:
     d, m = rec["details"], rec["metrics"]
     parts = []
@@ -247,6 +300,7 @@ def write_report(rec: Record, out: Path) -> Path:
         + _failures(rec) + _der_bars(rec) + _per_kind(rec) + _scatter(rec)
         + _per_trojan(rec)
         + "<h2>Latent adversarial training</h2>" + _lat(rec)
+        + "<h2>LAT against input-space adversarial training</h2>" + _lat_vs_input_at(rec)
         + "<h2>Capability ablation</h2>"
         + f"<p>Units picked per class from the defender's data on {cfg['n_ablate']} clean "
         + f"models; selectivity on {cfg['n_ablation_test']} test images and on "

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypedDict
 
-RULES_VERSION = 8
+RULES_VERSION = 9
 """The version of the claims' decision rules, recorded in every record (``versions``'s
 ``claim_rules``, beside ``thresholds``: the first 16 hex digits of :func:`digest`). A rule
 changed after results were seen bumps it, and says so here:
@@ -101,6 +101,14 @@ changed after results were seen bumps it, and says so here:
   one-seed check of the ladder on 200 MNIST images (rules-6 verdicts: every rung inconclusive,
   one seed) showed a D_R model at 0.13 standard and 0.12 robust accuracy; no rung has run at
   its preset's size, and no bar or margin changed.
+- 9 (2026-12): LAT against its real baseline (Casper et al. 2024), fixed before any pilot or
+  scored run of the new rows: the edit bench's input-space AT row takes the Linf bound
+  ``edit.input_at.eps`` whose mean clean-accuracy drop on the pilot zoo is closest to LAT's
+  (``benchmarks/input_at_pilot.py``: ties within 0.002 to the smaller eps), and "LAT beats
+  input-AT" is judged at matched clean accuracy with ``edit.lat_vs_input_at.clean_tolerance``
+  (:func:`eisbench.edit.lat_compare.matched_verdict`). The pilot then chose 0.3, the grid's
+  largest bound: LAT costs 9.3 points of clean accuracy on the pilot, input-AT at most 2.1, so
+  the costs are not matched. New entries only; no bar or margin changed.
 """
 
 
@@ -164,6 +172,10 @@ _LAT_PILOT = ("the pilot zoo (trojans/zoo.PILOT_TABLE: 3 trojans on trigger-bank
               "scored zoo never implants, seeds 100-102, the quick bench's zoo recipe and "
               "budget), grid layer x eps, benchmarks/lat_pilot.py; until rules 4: 3 of the 12 "
               "scored trojans")
+
+_INPUT_AT_PILOT = ("the pilot zoo of edit.lat (trojans/zoo.PILOT_TABLE, seeds 100-102, the quick "
+                   "bench's zoo recipe and budget), grid of Linf eps, "
+                   "benchmarks/input_at_pilot.py")
 
 THRESHOLDS: Mapping[str, Threshold] = build([
     # exhibit D: Ilyas et al. 2019
@@ -342,6 +354,18 @@ THRESHOLDS: Mapping[str, Threshold] = build([
     ("edit.lat.layer", _T("body.1", "LAT's latent layer: cnn-small's first conv block",
                          pilot=_LAT_PILOT, disjoint=True)),
     ("edit.lat.eps", _T(0.5, "LAT's latent perturbation bound", pilot=_LAT_PILOT, disjoint=True)),
+    ("edit.input_at.eps", _T(0.3, "input-space AT's Linf bound on [0,1] images: the grid bound "
+                             "(0.02-0.3; 0.3 is MNIST's usual Linf budget, past which a digit's "
+                             "strokes can be erased) whose mean clean-accuracy drop is closest "
+                             "to LAT's at its pre-registered layer and bound, the same budget; "
+                             "ties to the smaller eps (LAT against input-space AT at matched "
+                             "clean cost). The pilot chose the grid's largest: LAT's drop, 9.3 "
+                             "points, exceeds every grid bound's (0.3: 2.1), so the costs are "
+                             "not matched and input-AT is the cheaper row",
+                             pilot=_INPUT_AT_PILOT, disjoint=True)),
+    ("edit.lat_vs_input_at.clean_tolerance", _T(0.01, "clean accuracies within 1 point count "
+                                                "as matched (the bar of LAT's own clean-cost "
+                                                "claim against plain fine-tuning)")),
 ])
 """Every pre-registered number, by name (see the module docstring)."""
 
