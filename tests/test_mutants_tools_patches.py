@@ -206,4 +206,5 @@ def test_snafue_search_is_the_documented_pipeline() -> None:
 def test_snafue_refuses_zero_of_any_count(arg: str) -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     with pytest.raises(ValueError, match="^n, bank_size, adversarial, hosts and pool must be"):
-        sn.search(net, target=1, data=X, generator=_g(), **{arg: 0})
+        counts: dict[str, Any] = {arg: 0}
+        sn.search(net, target=1, data=X, generator=_g(), **counts)
