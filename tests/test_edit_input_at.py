@@ -246,7 +246,8 @@ def test_lat_metrics_and_the_check_gate() -> None:
              failed: tuple[str, ...] = ()) -> dict[str, object]:
         c: dict[str, object] = {"asr": asr, "acc": acc, "der": 0.5 + (1 - asr) / 2}
         if suite is not None:
-            c |= {"suite_robust_acc": suite, "suite_failed_checks": list(failed)}
+            c |= {"suite_robust_acc": suite, "suite_failed_checks": list(failed),
+                  "robust_acc": suite + 0.25}
         return c
 
     res = {"input-at": [[cell(0.5, 0.9, 0.6)], [cell(0.5, 0.9)], [cell(0.4, 0.9, 0.5)]],
@@ -260,6 +261,7 @@ def test_lat_metrics_and_the_check_gate() -> None:
     assert m["compare/lat/clean_vs_input_at"]["value"] == pytest.approx(0.0)
     assert m["suite/lat/robust_acc"]["value"] == pytest.approx(0.25)
     assert m["suite/lat/robust_acc"]["n"] == 2
+    assert m["suite/lat/pgd_robust_acc"]["value"] == pytest.approx(0.5)  # same models, PGD
     assert m["suite/lat/robust_gain"]["value"] == pytest.approx(0.2)
     assert m["suite/lat-targeted/failed_checks"]["value"] == 1
     claims = {c["claim"]: c for c in lat_claims(m, robust_rows=robust, tol=0.01,

@@ -9,8 +9,10 @@ cells of the suite's subset also with "suite_robust_acc" and "suite_failed_check
   LAT removes more), ``clean_vs_input_at`` and ``der_vs_input_at`` (LAT row minus input-AT),
   each paired per trojan (mean over seeds) with a t-interval over trojans;
 - ``suite/<robust row>/robust_acc``: the standard suite's robust accuracy over the subset's
-  trojans (one seed each), ``suite/<robust row>/failed_checks`` the number of failed checks
-  summed over them, and ``suite/<row>/robust_gain`` the paired gain over plain fine-tuning.
+  trojans (one seed each), ``suite/<robust row>/pgd_robust_acc`` the same models' accuracy
+  under the bench's PGD alone (its own ``n_robust`` images), ``suite/<robust row>/failed_checks``
+  the number of failed checks summed over them, and ``suite/<row>/robust_gain`` the paired
+  gain over plain fine-tuning.
 
 Claims (:func:`lat_claims`): LAT beats input-AT on ASR at matched clean accuracy (rule in
 :func:`matched_verdict`), and each adversarial row is more robust in input space than plain
@@ -71,6 +73,9 @@ def lat_metrics(res: Mapping[str, Rows], *, robust_rows: Sequence[str],
             continue
         out[f"suite/{m}/robust_acc"] = metric([c["suite_robust_acc"] for _, c in cells],
                                               unit=unit)
+        if all("robust_acc" in c for _, c in cells):  # the same models under PGD alone
+            out[f"suite/{m}/pgd_robust_acc"] = metric([c["robust_acc"] for _, c in cells],
+                                                      unit=unit)
         failed = float(sum(len(c["suite_failed_checks"]) for _, c in cells))
         out[f"suite/{m}/failed_checks"] = {"value": failed, "ci95": [failed, failed],
                                            "n": len(cells), "higher_is_better": False,
