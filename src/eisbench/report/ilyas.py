@@ -21,6 +21,7 @@ from eisbench.report.html import (
     table,
     verdict_table,
 )
+from eisbench.report.training import stop_note
 from eisbench.runs.claims import n_label
 from eisbench.runs.record import Record
 
@@ -150,15 +151,9 @@ def diagnostics(rec: Record) -> list[str]:
             notes.append(f"{LABELS[r]}: robust accuracy varies across seeds from {min(vals):.1%}"
                          f" to {max(vals):.1%}; see the per-seed table.")
     for run, hist in rec["details"].get("training", {}).items():
-        stop = [h for h in hist if h.get("stopped")]
-        if stop:
-            h = stop[0]
-            best = max((x for x in hist if not x.get("stopped")),
-                       key=lambda x: x["guard_pgd10_acc"], default=h)
-            notes.append(f"The {run} overfitted catastrophically in epoch {h['epoch']} (PGD-10 "
-                         f"accuracy on a fixed training batch fell to {h['guard_pgd10_acc']:.0%})"
-                         f"; training stopped and kept epoch {best['epoch']}, trained at eps "
-                         f"{best['eps']:.3g}.")
+        note = stop_note(run, hist)
+        if note is not None:
+            notes.append(note)
     for name in ("D_R", "D_NR"):
         m = rec["metrics"].get(f"construct/{name}/feature_distance")
         if m is not None and m["value"] > 0.2:

@@ -24,6 +24,7 @@ from eisbench.report.html import (
     table,
     verdict_table,
 )
+from eisbench.report.training import stop_note
 from eisbench.runs.record import Record
 
 SALIENCY_MODELS = ("standard", "fast-at", "input-grad")
@@ -173,14 +174,10 @@ def diagnostics(rec: Record) -> list[str]:
                 notes.append(f"{LABELS[name]}, seed {r['seed']}: robustness sanity checks failed "
                              f"({', '.join(failed)}); its robust accuracy may be overstated.")
     for run, hist in rec["details"].get("training", {}).items():
-        stop = [h for h in hist if h.get("stopped")]
-        if stop:
-            kept = max((h for h in hist if not h.get("stopped")),
-                       key=lambda h: h["guard_pgd10_acc"], default=stop[0])
-            notes.append(f"The {run} overfitted catastrophically in epoch {stop[0]['epoch']}; "
-                         f"training kept epoch {kept['epoch']} (trained at eps "
-                         f"{kept['eps']:.3g}), so that seed's robust model differs from the "
-                         "others and widens the CIs.")
+        note = stop_note(run, hist)
+        if note is not None:
+            notes.append(f"{note} That seed's robust model differs from the others and widens "
+                         "the CIs.")
     std, ig = mt.get("saliency/standard/std_acc"), mt.get("saliency/input-grad/std_acc")
     if std and ig and std["value"] - ig["value"] > 0.03:
         notes.append(f"Input-gradient regularisation cost clean accuracy: {ig['value']:.1%} "
