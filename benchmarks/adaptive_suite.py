@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -50,10 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import default_threads
 from _interleave import interleave, loadavg, medians, ratios, table
-from autoattack_xcheck import attack_line, per_attack_medians, torchattacks_chain
-from pgd_throughput import EPS, SPEC, check_budget, get_model, import_torchattacks
+from autoattack_xcheck import attack_line, parse_common, per_attack_medians, torchattacks_chain
+from pgd_throughput import EPS, SPEC, check_budget, get_model
 
 from eisbench import data
 from eisbench.core.stats import wilson_ci
@@ -96,16 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n", type=int, default=1000, help="MNIST test images")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--model", choices=["robust", "pgd-at", "trades"], default="robust")
-    p.add_argument("--ckpt", type=Path, help="another robust checkpoint (stem or .safetensors)")
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get(
-        "EISBENCH_BENCH_CACHE", "/tmp/eisbench-benchmarks")))
-    p.add_argument("--threads", type=int, default=default_threads())
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3,
-                   help="interleaved rounds of the three runs (medians of time and passes)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    import_torchattacks()  # fail early, with the install hint
+    args = parse_common(p, argv)
     d = data.load("mnist")
     model = model_of(args.model, d, args.cache_dir, args.ckpt)
     x, y = d.x_test[:args.n], d.y_test[:args.n]

@@ -100,13 +100,9 @@ def autoattack_as_shipped(model: torch.nn.Module, x: torch.Tensor, y: torch.Tens
                       for i in range(0, len(x), batch)])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=1000, help="MNIST test images")
-    p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--model", choices=["pgd-at", "robust"], default="pgd-at",
-                   help="pgd-at: PGD-10 adversarially trained cnn-small (default); robust: the "
-                   "fast-AT cnn-small of pgd_throughput.py")
+def parse_common(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Add the options this benchmark shares with ``adaptive_suite.py`` (checkpoint, cache,
+    threads, seed, rounds), parse, set the threads and check that torchattacks imports."""
     p.add_argument("--ckpt", type=Path, help="another robust checkpoint (stem or .safetensors)")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get(
         "EISBENCH_BENCH_CACHE", "/tmp/eisbench-benchmarks")))
@@ -117,6 +113,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import_torchattacks()  # fail early, with the install hint
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="MNIST test images")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--model", choices=["pgd-at", "robust"], default="pgd-at",
+                   help="pgd-at: PGD-10 adversarially trained cnn-small (default); robust: the "
+                   "fast-AT cnn-small of pgd_throughput.py")
+    args = parse_common(p, argv)
     d = data.load("mnist")
     model = get_model(args.model, d, args.cache_dir, "cpu", args.ckpt).eval()
     x, y = d.x_test[:args.n], d.y_test[:args.n]
