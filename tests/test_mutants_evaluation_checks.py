@@ -110,7 +110,7 @@ def test_eval_mode_and_enough_classes_details() -> None:
     run("eval-mode", ctx(model, x, y, was_training=True), passed=False,
         detail="model was handed over in training mode")
     run("eval-mode", ctx(model, x, y), passed=True, detail="model was in eval mode")
-    for skipped, k, fit in [((), 10, "binary, fast, standard"), (("a (x)",), 3, "binary"),
+    for skipped, k, fit in [((), 10, "adaptive, binary, fast, standard"), (("a (x)",), 3, "binary"),
                             (("a (x)", "b (y)"), 1, "none")]:
         run("enough-classes", ctx(model, x, y, skipped=skipped, num_classes=k),
             passed=not skipped, advice=ADVICE["enough-classes"].format(k, fit),

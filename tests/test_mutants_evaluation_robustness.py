@@ -43,7 +43,7 @@ def test_evaluate_robustness_defaults() -> None:
         "apgd", "apgd-t", "fmn", "square"]
     assert [c.name for c in ev.checks] == CHECKS.names() and ev.warnings == []
     assert {c.name: c.advice for c in ev.checks} == {n: ADVICE[n] for n in CHECKS.names()} | {
-        "enough-classes": ADVICE["enough-classes"].format(4, "binary, fast, standard")}
+        "enough-classes": ADVICE["enough-classes"].format(4, "adaptive, binary, fast, standard")}
     details = {c.name: c.detail for c in ev.checks}
     assert (details["iterative-beats-single-step"], details["enough-classes"]) == (
         "FGSM breaks 0 of 200 examples the suite left robust", "4 classes")

@@ -85,11 +85,17 @@ def _templates_figure(imgs: dict[str, Any]) -> str:
     found = sorted(k for k in imgs if k.startswith("c1/found/"))
     panels = [("true template: training image 6", imgs["c1/true_template"])] + [
         ("found: " + k.split(":", 1)[1], imgs[k]) for k in found]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
+    return _image_row(panels, width=2.2, height=2.4, fontsize=8)
+
+
+def _image_row(panels: list[tuple[str, Any]], *, width: float, height: float,
+               fontsize: int) -> str:
+    """One row of grey images (1, H, W) in [0,1], each titled, as a figure."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height))
     axes = [axes] if len(panels) == 1 else list(axes)
     for ax, (name, img) in zip(axes, panels, strict=True):
         ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=8)
+        ax.set_title(name, fontsize=fontsize)
         ax.axis("off")
     return figure(fig)
 
@@ -176,13 +182,7 @@ def _nohint_html(c1: Mapping[str, Any], m: Mapping[str, Any], imgs: dict[str, An
     panels = [(f"{case}: {kind}", imgs[f"c1/nohint/{case}/{kind}"]) for case in nohint
               for kind in ("true", "recovered") if f"c1/nohint/{case}/{kind}" in imgs]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.2))
-        axes = [axes] if len(panels) == 1 else list(axes)
-        for ax, (name, img) in zip(axes, panels, strict=True):
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(name, fontsize=7)
-            ax.axis("off")
-        html += figure(fig)
+        html += _image_row(panels, width=1.9, height=2.2, fontsize=7)
     return html
 
 

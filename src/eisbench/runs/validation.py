@@ -73,8 +73,10 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("classes", Rule(lo=0, nonempty=True, distinct=True)),
     ("label_map", Rule(lo=0, nonempty=True)),  # dataset class -> model class
     ("n_show", Rule(lo=0)),  # feature indices (0-based) drawn in the report; () draws none
+    ("suite_trojans", Rule(lo=0, distinct=True)),  # zoo indices; () scores none with the suite
     # training length and batches
     ("eps_warmup_epochs", NONNEG),  # 0: no warm-up
+    ("warmup", NONNEG),  # steps of a learning-rate ramp; 0: none
     ("*epochs", COUNT),
     ("*batch_size", COUNT),
     # budgets (0: no perturbation, a legal corner: the clean point of a curve)
@@ -109,10 +111,13 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("judge_trials", COUNT),
     ("smoothgrad_samples", COUNT),
     ("ablation_k*", COUNT),
+    ("c1_recover_k", COUNT),  # nearest training images offered beside a recovered template
     ("program_terms", Rule(lo=1, nonempty=True)),
     ("*_program_terms", Rule(lo=1, nonempty=True)),
     # architecture sizes
     ("width", COUNT),
+    ("d_model", COUNT),
+    ("d_mlp", COUNT),
     ("*_width", COUNT),
     ("depth", NONNEG),  # NTK: hidden layers, 0 = a linear model
     ("*_depth", COUNT),
