@@ -35,25 +35,21 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from lat_pilot import PILOT_SEED, pilot_setup
+
 EPS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 TIE = 0.002
-PILOT_SEED = 100
 
 
 def main() -> int:
     import torch
 
-    from eisbench import data as datasets
-    from eisbench.bench.edit import FULL, QUICK
     from eisbench.bench.edit_methods import input_at_config, lat_targeted_config
-    from eisbench.core.paths import cache_dir
     from eisbench.edit import metrics as em
     from eisbench.edit.input_at import input_at_finetune
     from eisbench.edit.lat import lat_finetune
     from eisbench.edit.lat_targeted import lat_targeted_finetune
     from eisbench.runs.preregistered import threshold
-    from eisbench.runs.store import Store
-    from eisbench.trojans.zoo import PILOT_TABLE, format_table, run_zoo, zoo, zoo_config
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="mnist")
@@ -61,18 +57,8 @@ def main() -> int:
     p.add_argument("--preset", choices=("quick", "full"), default="quick")
     args = p.parse_args()
     t0 = time.perf_counter()
-    bench = dataclasses.replace(QUICK if args.preset == "quick" else FULL, dataset=args.dataset)
-    ds = datasets.load(args.dataset)
-    pilot = zoo(args.dataset, shape=ds.shape, table=PILOT_TABLE, num_classes=ds.num_classes)
-    cfg = zoo_config(args.dataset, epochs=bench.epochs, n_train=bench.n_train, seed=PILOT_SEED,
-                     n_clean=1)
-    run = run_zoo(cfg, Store(cache_dir()), trojans=pilot)
-    print(format_table(run.metrics))
+    bench, ds, run, xd, yd = pilot_setup(args.dataset, args.preset)
     t_zoo = time.perf_counter() - t0
-    # the edit bench's defender data: the same fixed subset of the training split
-    n_def = max(1, round(bench.defender_frac * len(ds.x_train)))
-    pick = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(12345))[:n_def]
-    xd, yd = ds.x_train[pick], ds.y_train[pick]
     drops: dict[str, list[float]] = {}
     asrs: dict[str, list[float]] = {}
     for (model, _), trojan in zip(run.models, run.trojans, strict=True):

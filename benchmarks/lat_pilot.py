@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import time
+from typing import Any
 
 LAYERS = ("body.1", "body.3", "body.6")  # cnn-small: after conv 1, after conv 2, penultimate
 EPS = (0.25, 0.5, 1.0, 2.0)
@@ -35,18 +36,37 @@ TIE = 0.01
 PILOT_SEED = 100
 
 
-def main() -> int:
+def pilot_setup(dataset: str, preset: str) -> tuple[Any, Any, Any, Any, Any]:
+    """The pilot zoo (PILOT_TABLE, seed PILOT_SEED) trained by the edit bench's ``preset``
+    recipe, and the bench's defender data: (bench config, dataset, zoo run, x_def, y_def)."""
     import torch
 
     from eisbench import data as datasets
     from eisbench.bench.edit import FULL, QUICK
     from eisbench.core.paths import cache_dir
+    from eisbench.runs.store import Store
+    from eisbench.trojans.zoo import PILOT_TABLE, format_table, run_zoo, zoo, zoo_config
+
+    bench = dataclasses.replace(QUICK if preset == "quick" else FULL, dataset=dataset)
+    ds = datasets.load(dataset)
+    pilot = zoo(dataset, shape=ds.shape, table=PILOT_TABLE, num_classes=ds.num_classes)
+    cfg = zoo_config(dataset, epochs=bench.epochs, n_train=bench.n_train, seed=PILOT_SEED,
+                     n_clean=1)
+    run = run_zoo(cfg, Store(cache_dir()), trojans=pilot)
+    print(format_table(run.metrics))
+    # the edit bench's defender data: the same fixed subset of the training split
+    n_def = max(1, round(bench.defender_frac * len(ds.x_train)))
+    pick = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(12345))[:n_def]
+    return bench, ds, run, ds.x_train[pick], ds.y_train[pick]
+
+
+def main() -> int:
+    import torch
+
     from eisbench.edit import metrics as em
     from eisbench.edit.baselines import finetune
     from eisbench.edit.lat import LatConfig, LatentBound, lat_finetune
     from eisbench.runs.preregistered import choice, threshold
-    from eisbench.runs.store import Store
-    from eisbench.trojans.zoo import PILOT_TABLE, format_table, run_zoo, zoo, zoo_config
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="mnist")
@@ -55,17 +75,7 @@ def main() -> int:
     p.add_argument("--preset", choices=("quick", "full"), default="quick")
     args = p.parse_args()
     t0 = time.perf_counter()
-    bench = dataclasses.replace(QUICK if args.preset == "quick" else FULL, dataset=args.dataset)
-    ds = datasets.load(args.dataset)
-    pilot = zoo(args.dataset, shape=ds.shape, table=PILOT_TABLE, num_classes=ds.num_classes)
-    cfg = zoo_config(args.dataset, epochs=bench.epochs, n_train=bench.n_train, seed=PILOT_SEED,
-                     n_clean=1)
-    run = run_zoo(cfg, Store(cache_dir()), trojans=pilot)
-    print(format_table(run.metrics))
-    # the edit bench's defender data: the same fixed subset of the training split
-    n_def = max(1, round(bench.defender_frac * len(ds.x_train)))
-    pick = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(12345))[:n_def]
-    xd, yd = ds.x_train[pick], ds.y_train[pick]
+    bench, ds, run, xd, yd = pilot_setup(args.dataset, args.preset)
     rows: dict[tuple[str, float], list[float]] = {}
     plain: list[float] = []
     for (model, _), trojan in zip(run.models, run.trojans, strict=True):
