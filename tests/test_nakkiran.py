@@ -16,7 +16,7 @@ from eisbench import data
 from eisbench.attacks.evaluate import AttackConfig
 from eisbench.attacks.pgd import pgd
 from eisbench.evaluation import CHECKS
-from eisbench.experiments import EXPERIMENTS, nakkiran
+from eisbench.experiments import EXPERIMENTS, nakkiran, nakkiran_claims
 from eisbench.experiments.nakkiran_attack import non_transferable_pgd
 from eisbench.experiments.nakkiran_squares import (
     SquaresConfig,
@@ -130,7 +130,7 @@ def test_the_squares_claim_is_gated_by_the_checks_of_its_suite(tmp_path: Path) -
         assert list(checks) == CHECKS.names()  # every registered check ran on two classes
         # the same draw as two seeds: a zero-width interval, so the rule alone decides
         per_seed = [{f"squares/{k}": v for k, v in row.items()}] * 2
-        out[suite] = checks, dict(nakkiran._squares_claim(nakkiran._aggregate(per_seed)))
+        out[suite] = checks, dict(nakkiran_claims._squares_claim(nakkiran._aggregate(per_seed)))
     checks, claim = out["binary"]
     assert {n for n, p in checks.items() if p is not True} == {"control-falls"}  # no control
     assert checks["control-falls"] is None
