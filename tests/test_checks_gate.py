@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from test_claims_symmetry import DECIDE, _metric, names_read, search, shape
 
-from eisbench.experiments import ilyas, nakkiran, saliency, superposition, tsipras
+from eisbench.experiments import ilyas, nakkiran, nakkiran_claims, saliency, superposition, tsipras
 from eisbench.runs import claims, record
 from eisbench.runs.record import Claim, Metric
 
@@ -240,8 +240,9 @@ def test_nakkiran_squares_checks_only_with_a_suite() -> None:
            "squares/robust_classifier_robust_acc": 1.0}
     plain = nakkiran._aggregate([row, row])
     assert "checks" not in plain["nakkiran/squares/net_robust_acc"]
-    assert nakkiran._squares_claim({**{f"nakkiran/squares/{k}": _metric(1.0, 1.0, 1.0) for k in (
-        "net_std_acc", "robust_classifier_robust_acc")}, **plain})["checks"] == {}
+    setup = {f"nakkiran/squares/{k}": _metric(1.0, 1.0, 1.0)
+             for k in ("net_std_acc", "robust_classifier_robust_acc")}
+    assert nakkiran_claims._squares_claim({**setup, **plain})["checks"] == {}
     suite = [{**row, "squares/checks": _ev(**{"enough-classes": False})},
              {**row, "squares/checks": _ev(**{"enough-classes": True})}]
     m = nakkiran._aggregate(suite)
