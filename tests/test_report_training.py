@@ -4,6 +4,8 @@ healthy weights kept), whose history entry has no PGD-10 accuracy."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from eisbench.report.training import stop_note
 
 
@@ -23,7 +25,7 @@ def test_per_epoch_guard_keeps_the_best_epoch() -> None:
 
 def test_within_epoch_guard_has_no_pgd10_accuracy_and_says_so() -> None:
     # the history the guarded fast-AT runs of the quick suite write (a KeyError before)
-    hist = [{"epoch": 1, "eps": 0.06, "guard_pgd10_acc": 0.9},
+    hist: list[dict[str, Any]] = [{"epoch": 1, "eps": 0.06, "guard_pgd10_acc": 0.9},
             {"epoch": 4, "eps": 0.3, "backoffs_at": [1900, 2300]},
             {"epoch": 5, "eps": 0.3, "backoffs_at": [2800, 3300], "stopped": True}]
     note = stop_note("seed 1 robust model", hist)
